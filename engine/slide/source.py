@@ -1,0 +1,239 @@
+"""Slide sources: the ``SlideSource`` protocol and its OpenSlide implementation.
+
+This is the only module that imports openslide. Every format OpenSlide 4 reads is supported (Aperio
+SVS, Hamamatsu NDPI/VMS, MIRAX MRXS, Leica SCN, Ventana BIF, Philips TIFF, Zeiss CZI, generic tiled
+TIFF, DICOM WSI). A DICOM slide opens from its folder or from any one of its ``.dcm`` files.
+
+Pixels come back in OpenSlide's native form, premultiplied ARGB as 32-bit words (``read_argb``; the
+GUI wraps them without conversion) or as RGB composited on white (``read_rgb``; for analysis).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+from engine.errors import SlideError
+from engine.slide.request import RegionRequest, TileGrid, best_level_for_downsample
+
+log = logging.getLogger(__name__)
+
+#: Typical scanner objective power for a given microns-per-pixel (10× ≈ 1 µm/px).
+MICRONS_AT_1X = 10.0
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """What a slide is: geometry, resolution and metadata. Immutable, safe to pass between threads."""
+
+    path: str
+    vendor: str | None
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: tuple[float, float] | None
+    objective_power: float | None
+    properties: Mapping[str, str] = field(default_factory=dict, compare=False)
+    associated_images: tuple[str, ...] = ()
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def has_mpp(self) -> bool:
+        return self.mpp is not None
+
+    @property
+    def base_magnification(self) -> float | None:
+        """Magnification of level 0: the scanner's objective power, else estimated from mpp."""
+        if self.objective_power:
+            return self.objective_power
+        if self.mpp:
+            return MICRONS_AT_1X / self.mpp[0]
+        return None
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        return best_level_for_downsample(self.level_downsamples, downsample)
+
+    def tile_grid(self, tile_size: int = 512) -> TileGrid:
+        return TileGrid(self.path, self.level_dimensions, self.level_downsamples, tile_size)
+
+
+@runtime_checkable
+class SlideSource(Protocol):
+    """A readable whole-slide image. Implementations are safe to read from several threads."""
+
+    info: SlideInfo
+
+    def read_argb(self, request: RegionRequest) -> np.ndarray: ...
+
+    def read_rgb(self, request: RegionRequest) -> np.ndarray: ...
+
+    def associated_image(self, name: str) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def resolve_slide_path(path: str | Path) -> Path:
+    """The file OpenSlide should open for ``path``; a folder must hold a DICOM slide (any .dcm)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SlideError(f"{p}: no such file")
+    if p.is_dir():
+        dcm = sorted(p.glob("*.dcm")) or sorted(p.glob("*.DCM"))
+        if not dcm:
+            raise SlideError(f"{p}: is a folder with no DICOM (.dcm) files; open a slide file instead")
+        return dcm[0]
+    return p
+
+
+def _parse_float(value: str | None) -> float | None:
+    try:
+        f = float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+    return f if f is not None and f > 0 and np.isfinite(f) else None
+
+
+class OpenSlideSource:
+    """A slide read through OpenSlide (thread-safe: OpenSlide's C library locks internally)."""
+
+    def __init__(self, path: str | Path) -> None:
+        import openslide  # deferred: the library loads only when a slide is opened
+
+        self._openslide = openslide
+        file = resolve_slide_path(path).resolve()
+        try:
+            self._slide = openslide.OpenSlide(str(file))
+        except openslide.OpenSlideUnsupportedFormatError:
+            raise SlideError(f"{file}: not a slide in any format OpenSlide reads "
+                             "(SVS, NDPI, MRXS, SCN, BIF, Philips TIFF, tiled TIFF, DICOM, …)") from None
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"{file}: the slide is corrupt or truncated ({exc})") from None
+        except OSError as exc:
+            raise SlideError(f"{file}: cannot be read ({exc.strerror or exc})") from None
+        self._closed = False
+        self._lock = threading.Lock()
+        props = dict(self._slide.properties)
+        mpp_x = _parse_float(props.get(openslide.PROPERTY_NAME_MPP_X))
+        mpp_y = _parse_float(props.get(openslide.PROPERTY_NAME_MPP_Y))
+        mpp = (mpp_x, mpp_y or mpp_x) if mpp_x else None
+        self.info = SlideInfo(
+            path=str(file),
+            vendor=props.get(openslide.PROPERTY_NAME_VENDOR),
+            level_dimensions=tuple(tuple(map(int, d)) for d in self._slide.level_dimensions),
+            level_downsamples=tuple(float(d) for d in self._slide.level_downsamples),
+            mpp=mpp,
+            objective_power=_parse_float(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)),
+            properties=MappingProxyType(props),
+            associated_images=tuple(sorted(self._slide.associated_images.keys())),
+        )
+        if mpp is None:
+            log.info("%s has no microns-per-pixel: physical units are unavailable", file)
+        self._check_readable()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _check_readable(self) -> None:
+        """Read one small region of the coarsest level, so a broken file fails at open, clearly."""
+        lvl = self.info.level_count - 1
+        w, h = self.info.level_dimensions[lvl]
+        self.read_argb(RegionRequest(self.info.path, lvl, 0, 0, max(1, min(w, 64)), max(1, min(h, 64))))
+
+    def read_argb(self, request: RegionRequest) -> np.ndarray:
+        """Pixels of ``request`` as a (h, w) uint32 array of premultiplied ARGB (OpenSlide's form)."""
+        if self._closed:
+            raise SlideError(f"{self.info.path}: the slide was closed")
+        if request.level >= self.info.level_count:
+            raise SlideError(f"{self.info.path}: has no level {request.level} "
+                             f"(levels 0–{self.info.level_count - 1})")
+        buf = np.empty((request.height, request.width), dtype=np.uint32)
+        lowlevel = self._openslide.lowlevel
+        try:
+            lowlevel._read_region(  # the public API would convert to PIL RGBA and back; skip that
+                self._slide._osr,
+                buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+                request.x, request.y, request.level, request.width, request.height,
+            )
+        except self._openslide.OpenSlideError as exc:
+            raise SlideError(f"{self.info.path}: the slide is corrupt or truncated; reading level "
+                             f"{request.level} at ({request.x}, {request.y}) failed ({exc})") from None
+        except AttributeError:  # a future openslide-python without the private entry point
+            return self._read_argb_public(request)
+        return buf
+
+    def _read_argb_public(self, request: RegionRequest) -> np.ndarray:
+        img = self._slide.read_region((request.x, request.y), request.level,
+                                      (request.width, request.height))
+        rgba = np.asarray(img, dtype=np.uint32)
+        a = rgba[..., 3]
+        premul = (rgba[..., :3] * a[..., None] + 127) // 255
+        return (a << 24) | (premul[..., 0] << 16) | (premul[..., 1] << 8) | premul[..., 2]
+
+    def read_rgb(self, request: RegionRequest) -> np.ndarray:
+        """Pixels of ``request`` as (h, w, 3) uint8 RGB, transparent areas composited on white."""
+        return argb_to_rgb(self.read_argb(request))
+
+    def associated_image(self, name: str) -> np.ndarray:
+        """An associated image (label, macro, thumbnail, …) as (h, w, 3) uint8 RGB on white."""
+        if name not in self.info.associated_images:
+            raise SlideError(f"{self.info.path}: has no associated image {name!r} "
+                             f"(it has: {', '.join(self.info.associated_images) or 'none'})")
+        rgba = np.asarray(self._slide.associated_images[name].convert("RGBA"))
+        a = rgba[..., 3:4].astype(np.uint16)
+        return ((rgba[..., :3] * a + 255 * (255 - a)) // 255).astype(np.uint8)
+
+    def thumbnail(self, max_size: int = 512) -> np.ndarray:
+        """The whole slide as (h, w, 3) RGB fitting ``max_size``, from the best level for it."""
+        w0, h0 = self.info.dimensions
+        ds = max(w0, h0) / max_size
+        level = self.info.best_level_for_downsample(max(ds, 1.0))
+        lw, lh = self.info.level_dimensions[level]
+        rgb = self.read_rgb(RegionRequest(self.info.path, level, 0, 0, lw, lh))
+        from PIL import Image
+
+        scale = max(lw, lh) / max_size
+        if scale > 1:
+            size = (max(1, round(lw / scale)), max(1, round(lh / scale)))
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+        return rgb
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._slide.close()
+
+    def __enter__(self) -> "OpenSlideSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def argb_to_rgb(argb: np.ndarray) -> np.ndarray:
+    """Premultiplied ARGB words → (h, w, 3) uint8 RGB over a white background."""
+    b = argb.view(np.uint8).reshape(*argb.shape, 4)  # little-endian bytes: B, G, R, A
+    out = np.empty((*argb.shape, 3), dtype=np.uint8)
+    white = 255 - b[..., 3]
+    # premultiplied colour + (1 - alpha) · white never exceeds 255
+    np.add(b[..., 2], white, out=out[..., 0])
+    np.add(b[..., 1], white, out=out[..., 1])
+    np.add(b[..., 0], white, out=out[..., 2])
+    return out
+
+
+def open_slide(path: str | Path) -> OpenSlideSource:
+    """Open a whole-slide image, raising :class:`SlideError` with one clear sentence if it cannot."""
+    return OpenSlideSource(path)
