@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CocoPathError as exc:
         print(f"cocopath-engine: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("cocopath-engine: interrupted", file=sys.stderr)
         return 130

@@ -98,6 +98,26 @@ def resolve_slide_path(path: str | Path) -> Path:
     return p
 
 
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _unsupported_message(file: Path) -> str:
+    """Why OpenSlide refused ``file``, told apart by the file's first bytes."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(132)
+    except OSError as exc:
+        return f"{file}: cannot be read ({exc.strerror or exc})"
+    if not head:
+        return f"{file}: the file is empty"
+    if head[:4] in _TIFF_MAGICS or head[128:132] == b"DICM":
+        kind = "DICOM" if head[128:132] == b"DICM" else "TIFF"
+        return (f"{file}: a {kind} file that OpenSlide cannot read as a slide: it is truncated or "
+                f"corrupt, or an image that is not a tiled whole-slide pyramid")
+    return (f"{file}: not a slide in any format OpenSlide reads "
+            "(SVS, NDPI, MRXS, SCN, BIF, Philips TIFF, tiled TIFF, DICOM, …)")
+
+
 def _parse_float(value: str | None) -> float | None:
     try:
         f = float(value) if value not in (None, "") else None
@@ -117,8 +137,7 @@ class OpenSlideSource:
         try:
             self._slide = openslide.OpenSlide(str(file))
         except openslide.OpenSlideUnsupportedFormatError:
-            raise SlideError(f"{file}: not a slide in any format OpenSlide reads "
-                             "(SVS, NDPI, MRXS, SCN, BIF, Philips TIFF, tiled TIFF, DICOM, …)") from None
+            raise SlideError(_unsupported_message(file)) from None
         except openslide.OpenSlideError as exc:
             raise SlideError(f"{file}: the slide is corrupt or truncated ({exc})") from None
         except OSError as exc:

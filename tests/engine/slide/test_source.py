@@ -1,0 +1,152 @@
+"""Slides open and read exactly what OpenSlide reads; bad input gives one clear sentence."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+
+from engine.errors import SlideError
+from engine.slide import RegionRequest, argb_to_rgb, open_slide
+
+
+def _reference(path: Path, req: RegionRequest) -> np.ndarray:
+    with openslide.OpenSlide(str(path)) as ref:
+        img = ref.read_region((req.x, req.y), req.level, (req.width, req.height))
+    rgba = np.asarray(img).astype(np.int32)
+    a = rgba[..., 3:4]
+    return ((rgba[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def _all_slides(shared_data: Path) -> list[Path]:
+    root = shared_data / "slides"
+    return sorted(p for p in root.iterdir() if p.suffix == ".svs" or p.is_dir())
+
+
+def test_every_shared_slide_reads_like_openslide(shared_data: Path) -> None:
+    slides = _all_slides(shared_data)
+    assert len(slides) >= 3
+    rng = np.random.default_rng(0)
+    for path in slides:
+        with open_slide(path) as s:
+            info = s.info
+            for level in range(min(info.level_count, 3)):
+                w, h = info.level_dimensions[level]
+                ds = info.level_downsamples[level]
+                for _ in range(3):
+                    rw, rh = min(w, 300), min(h, 200)
+                    x, y = int(rng.integers(0, w - rw + 1)), int(rng.integers(0, h - rh + 1))
+                    req = RegionRequest(info.path, level, round(x * ds), round(y * ds), rw, rh)
+                    got = s.read_rgb(req)
+                    assert got.shape == (rh, rw, 3)
+                    ref = _reference(Path(info.path), req)
+                    assert np.abs(got.astype(int) - ref).max() <= 1, (path, req)
+
+
+def test_region_past_the_edge_is_white(small_svs: Path) -> None:
+    with open_slide(small_svs) as s:
+        w, h = s.info.dimensions
+        rgb = s.read_rgb(RegionRequest(s.info.path, 0, w - 10, h - 10, 40, 40))
+    assert (rgb[20:, 20:] == 255).all()
+    assert (rgb[:10, :10] < 255).any()
+
+
+def test_metadata_of_the_aperio_slide(small_svs: Path) -> None:
+    with open_slide(small_svs) as s:
+        i = s.info
+        assert i.vendor == "aperio"
+        assert i.dimensions == (2220, 2967)
+        assert i.mpp == pytest.approx((0.499, 0.499))
+        assert i.objective_power == 20
+        assert i.base_magnification == 20
+        assert set(i.associated_images) == {"label", "macro", "thumbnail"}
+        label = s.associated_image("label")
+        assert label.ndim == 3 and label.shape[2] == 3 and label.size > 0
+        with pytest.raises(SlideError, match="no associated image 'nope'"):
+            s.associated_image("nope")
+        assert "aperio.AppMag" in i.properties
+
+
+def test_missing_mpp_is_reported_not_fatal(no_mpp_svs: Path) -> None:
+    with open_slide(no_mpp_svs) as s:
+        assert s.info.mpp is None and not s.info.has_mpp
+        assert s.info.base_magnification is None
+        assert s.info.level_count == 2
+        assert s.read_rgb(RegionRequest(s.info.path, 1, 0, 0, 64, 64)).shape == (64, 64, 3)
+
+
+def test_dicom_opens_from_its_folder_and_from_any_file(dicom_dir: Path) -> None:
+    files = sorted(dicom_dir.glob("*.dcm"))
+    assert len(files) > 1
+    with open_slide(dicom_dir) as from_dir, open_slide(files[-1]) as from_file:
+        assert from_dir.info.level_count == from_file.info.level_count == 12
+        assert from_dir.info.dimensions == (2220, 2967)
+        req = RegionRequest(from_dir.info.path, 0, 500, 500, 128, 128)
+        assert np.array_equal(from_dir.read_argb(req), from_file.read_argb(req))
+
+
+def test_thumbnail_fits(small_svs: Path) -> None:
+    with open_slide(small_svs) as s:
+        t = s.thumbnail(256)
+    assert max(t.shape[:2]) == 256 and t.dtype == np.uint8
+
+
+def test_argb_to_rgb_composites_on_white() -> None:
+    # opaque red, transparent, half-transparent premultiplied blue
+    argb = np.array([[0xFFFF0000, 0x00000000, 0x80000080]], dtype=np.uint32)
+    rgb = argb_to_rgb(argb)
+    assert rgb.tolist() == [[[255, 0, 0], [255, 255, 255], [127, 127, 255]]]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d, src: d / "missing.svs", "no such file"),
+        (lambda d, src: _write(d / "empty.svs", b""), "the file is empty"),
+        (lambda d, src: _write(d / "notes.svs", b"just some text\n" * 100), "not a slide"),
+        (lambda d, src: _write(d / "trunc.svs", src.read_bytes()[:400_000]), "truncated or corrupt"),
+        (lambda d, src: _mkdir(d / "folder"), "no DICOM"),
+    ],
+    ids=["missing", "empty", "not-a-slide", "truncated", "empty-folder"],
+)
+def test_bad_files_give_one_clear_sentence(tmp_path: Path, small_svs: Path, make, message: str) -> None:
+    path = make(tmp_path, small_svs)
+    with pytest.raises(SlideError) as err:
+        open_slide(path)
+    text = str(err.value)
+    assert message in text and path.name in text and "\n" not in text
+
+
+def test_corrupt_tile_data_fails_clearly_on_read(tmp_path: Path, small_svs: Path) -> None:
+    data = bytearray(small_svs.read_bytes())
+    data[300_000:900_000] = bytes(600_000)  # zero tiles in the middle of level 0
+    bad = _write(tmp_path / "zeroed.svs", bytes(data))
+    with open_slide(bad) as s:
+        w, h = s.info.dimensions
+        with pytest.raises(SlideError, match="corrupt or truncated"):
+            for y in range(0, h, 256):
+                s.read_argb(RegionRequest(s.info.path, 0, 0, y, w, 256))
+
+
+def test_closed_slide_and_bad_level(tmp_path: Path, small_svs: Path) -> None:
+    copy = tmp_path / "copy.svs"
+    shutil.copy(small_svs, copy)
+    s = open_slide(copy)
+    with pytest.raises(SlideError, match="no level 3"):
+        s.read_argb(RegionRequest(s.info.path, 3, 0, 0, 8, 8))
+    s.close()
+    with pytest.raises(SlideError, match="closed"):
+        s.read_argb(RegionRequest(s.info.path, 0, 0, 0, 8, 8))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
