@@ -1,0 +1,163 @@
+"""``cocopath [SLIDE]``: the GUI. Also ``--screenshot OUT.png`` and ``--bench-viewer OUT.json``.
+
+Start-up stays light: Qt and the slide engine only (torch is never imported here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+T_START = time.perf_counter()
+log = logging.getLogger("app")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="cocopath", description="CoCoPath whole-slide viewer.")
+    p.add_argument("slide", nargs="?", help="a slide file (or a DICOM slide's folder) to open")
+    p.add_argument("--screenshot", metavar="OUT.png",
+                   help="open SLIDE, wait until every visible tile is drawn, save the window, exit")
+    p.add_argument("--center", metavar="X,Y", help="centre the view on level-0 pixel X,Y")
+    p.add_argument("--magnification", type=float, metavar="M", help="show the slide at M× (e.g. 10)")
+    p.add_argument("--size", metavar="WxH", default=None, help="window size, e.g. 1600x1000")
+    p.add_argument("--bench-viewer", metavar="OUT.json", help="run the viewer benchmark, write JSON")
+    p.add_argument("--bench-size", type=int, default=50_000, metavar="PX",
+                   help="side of the benchmark's synthetic pyramid (default 50000)")
+    p.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
+    p.add_argument("--first-frame-probe", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return p.parse_args(argv)
+
+
+def _pair(text: str, sep: str, what: str, kind: type = float) -> tuple:
+    try:
+        a, b = text.lower().split(sep)
+        return kind(a), kind(b)
+    except ValueError:
+        raise SystemExit(f"cocopath: error: {what} must look like A{sep}B, got {text!r}") from None
+
+
+def _ensure_platform() -> None:
+    """Headless machines (no X, no Wayland) render offscreen rather than abort."""
+    if sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM") \
+            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+
+def make_application() -> object:
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName("CoCoPath")
+    app.setApplicationName("CoCoPath")
+    app.setApplicationDisplayName("CoCoPath")
+    return app
+
+
+def wait_until_drawn(window: object, timeout: float) -> bool:
+    """Run the event loop until the view has drawn every visible tile at its final level."""
+    from PySide6.QtCore import QCoreApplication, QEventLoop
+
+    view = window.view  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    stable = 0
+    last = None
+    while time.monotonic() < deadline:
+        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+        state = (view.request_id, view.is_complete())
+        stable = stable + 1 if state == last and state[1] else 0
+        last = state
+        if stable >= 3:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    _ensure_platform()
+    if args.bench_viewer:
+        from app.bench import run_benchmark
+
+        return run_benchmark(Path(args.bench_viewer), size=args.bench_size)
+    size = _pair(args.size, "x", "--size", int) if args.size else None
+    center = _pair(args.center, ",", "--center") if args.center else None
+    headless = bool(args.screenshot or args.first_frame_probe)
+
+    app = make_application()
+    from app.main_window import MainWindow
+
+    window = MainWindow(interactive_errors=not headless)
+    if size:
+        window.resize(*size)
+    slide = args.slide
+    if slide is None:
+        from app.sample_download import sample_path_or_none
+
+        local = sample_path_or_none()
+        slide = str(local) if local else None
+    window.show()
+    if slide is None:
+        if headless:
+            print("cocopath: error: no slide given (and no COCOPATH_SAMPLE or downloaded sample)",
+                  file=sys.stderr)
+            return 2
+        window.offer_sample_download()
+        return app.exec()  # type: ignore[attr-defined]
+    if not window.open_path(slide):
+        if headless:
+            print(f"cocopath: error: {window.last_error}", file=sys.stderr)
+            return 1
+        return app.exec()  # type: ignore[attr-defined]
+    view = window.view
+    if center or args.magnification:
+        app.processEvents()  # type: ignore[attr-defined]
+        if args.magnification:
+            if not view.presets() and view.geometry_ and not view.geometry_.base_magnification:
+                print("cocopath: error: this slide has no known magnification; omit --magnification",
+                      file=sys.stderr)
+                return 2
+            view.set_magnification(args.magnification)
+        if center:
+            view.center_on(*center)
+    if args.first_frame_probe:
+        return _first_frame(window)
+    if args.screenshot:
+        return _screenshot(window, Path(args.screenshot), args.timeout)
+    return app.exec()  # type: ignore[attr-defined]
+
+
+def _first_frame(window: object) -> int:
+    """Benchmark probe: report the seconds from process start to the first painted slide frame."""
+    from PySide6.QtCore import QCoreApplication
+
+    view = window.view  # type: ignore[attr-defined]
+    seen: list[float] = []
+    view.painted.connect(lambda rec: seen.append(time.perf_counter()))
+    while not seen:
+        QCoreApplication.processEvents()
+    print(f"first-frame {seen[0] - T_START:.4f} torch={'torch' in sys.modules}", flush=True)
+    return 0
+
+
+def _screenshot(window: object, out: Path, timeout: float) -> int:
+    if not wait_until_drawn(window, timeout):
+        print(f"cocopath: error: the slide was not fully drawn within {timeout:g} s", file=sys.stderr)
+        return 1
+    image = window.grab()  # type: ignore[attr-defined]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not image.save(str(out)):
+        print(f"cocopath: error: could not write {out}", file=sys.stderr)
+        return 1
+    window.close()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

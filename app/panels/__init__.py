@@ -1,0 +1,1 @@
+"""Dock panels of the main window (slide info; later: classes, models, jobs)."""

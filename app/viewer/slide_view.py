@@ -1,0 +1,343 @@
+"""The slide view: paints a slide's tiles with QPainter, pans and zooms, never shows a blank.
+
+Painting uses only what is cached: for each visible tile of the chosen level the decoded QImage if
+it is in, otherwise the best coarser cached tiles (and, under them, the slide's thumbnail) scaled into
+its place. Tile arrivals of the current request trigger a repaint; those of stale requests do not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import (QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen,
+                           QResizeEvent, QWheelEvent)
+from PySide6.QtWidgets import QWidget
+
+from app.state.tiles import TilePlan, plan_tiles
+from app.state.viewport import (SlideGeometry, Viewport, available_presets, fit_viewport,
+                                nice_scale_bar)
+from app.viewer.tile_loader import FINER, RING, TileLoader
+from engine.slide.cache import ByteBoundedCache
+from engine.slide.request import RegionRequest, TileGrid
+
+log = logging.getLogger(__name__)
+
+TILE_SIZE = 512
+BACKGROUND = QColor(62, 64, 70)
+GLASS = QColor(255, 255, 255)
+FALLBACK_LEVELS = 5  # how many coarser levels a missing tile may borrow from
+
+
+@dataclass(frozen=True)
+class PaintRecord:
+    """What one paint drew: the request it served and the final-level tiles it showed."""
+
+    request_id: int
+    level: int
+    drawn: frozenset[RegionRequest]
+    missing: int
+    complete: bool
+    seconds: float
+
+
+class SlideView(QWidget):
+    """A whole-slide image view. Give it a source with :meth:`set_source`; it does the rest."""
+
+    viewport_changed = Signal(object)  # Viewport
+    cursor_moved = Signal(float, float)  # slide coordinates (level-0 px)
+    frame_complete = Signal(int)  # request id whose visible tiles are all drawn at their final level
+    painted = Signal(object)  # PaintRecord
+
+    def __init__(self, cache: ByteBoundedCache, parent: QWidget | None = None,
+                 workers: int | None = None) -> None:
+        super().__init__(parent)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setMouseTracking(True)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        self.setMinimumSize(200, 150)
+        self.cache = cache
+        self.loader = TileLoader(cache, workers, self)
+        self.loader.tile_ready.connect(self._on_tile_ready)
+        self.loader.tile_failed.connect(self._on_tile_failed)
+        self.source: object | None = None
+        self.geometry_: SlideGeometry | None = None
+        self.grid: TileGrid | None = None
+        self.thumbnail: QImage | None = None
+        self._viewport: Viewport | None = None
+        self._plan: TilePlan | None = None
+        self._request_id = 0
+        self._complete_id = -1
+        self._cursor: tuple[float, float] | None = None
+        self._drag_from: QPointF | None = None
+        self.stale_dropped = 0
+        self.fast_panning = False  # while dragging: draw scaled tiles without smoothing
+        self.last_error = ""
+
+    # -- slide -------------------------------------------------------------------------------------
+
+    def set_source(self, source: object | None, thumbnail: QImage | None = None) -> None:
+        """Show ``source`` (an engine SlideSource), fitted to the view; None shows nothing."""
+        self.source = source
+        self.thumbnail = thumbnail
+        self.loader.set_source(source)
+        if source is None:
+            self.geometry_ = self.grid = self._viewport = self._plan = None
+            self.update()
+            return
+        info = source.info  # type: ignore[attr-defined]
+        self.geometry_ = SlideGeometry.from_info(info)
+        self.grid = info.tile_grid(TILE_SIZE)
+        self._viewport = None
+        self.zoom_to_fit()
+
+    @property
+    def viewport(self) -> Viewport | None:
+        return self._viewport
+
+    @property
+    def request_id(self) -> int:
+        return self._request_id
+
+    @property
+    def plan(self) -> TilePlan | None:
+        return self._plan
+
+    def is_complete(self) -> bool:
+        """True once every visible tile of the current viewport was painted at its final level."""
+        return self._viewport is not None and self._complete_id == self._request_id
+
+    def set_viewport(self, viewport: Viewport) -> None:
+        """Move the view; starts a new request (older ones go stale) and schedules a repaint."""
+        if self.geometry_ is None or self.grid is None:
+            return
+        dpr = self.devicePixelRatioF()
+        vp = viewport.resized(self.width(), self.height(), dpr).clamped(self.geometry_)
+        if vp == self._viewport:
+            return
+        self._viewport = vp
+        self._request_id += 1
+        self._plan = plan_tiles(self.grid, self.geometry_, vp, self._cursor)
+        g = self.grid
+        prefetch = [(g.request(t), RING) for t in self._plan.ring]
+        prefetch += [(g.request(t), FINER) for t in self._plan.finer]
+        self.loader.request(self._request_id, [g.request(t) for t in self._plan.visible], prefetch)
+        self.update()
+        self.viewport_changed.emit(vp)
+
+    # -- navigation --------------------------------------------------------------------------------
+
+    def zoom_to_fit(self) -> None:
+        if self.geometry_ is not None:
+            self.set_viewport(fit_viewport(self.geometry_, self.width(), self.height(),
+                                           self.devicePixelRatioF()))
+
+    def zoom_by(self, factor: float, anchor: tuple[float, float] | None = None) -> None:
+        if self._viewport is not None:
+            self.set_viewport(self._viewport.zoomed(factor, anchor))
+
+    def pan_by(self, dx: float, dy: float) -> None:
+        if self._viewport is not None:
+            self.set_viewport(self._viewport.panned(dx, dy))
+
+    def center_on(self, x: float, y: float) -> None:
+        if self._viewport is not None:
+            self.set_viewport(self._viewport.centered(x, y))
+
+    def set_magnification(self, magnification: float) -> None:
+        if self._viewport is not None and self.geometry_ is not None:
+            self.set_viewport(self._viewport.with_magnification(magnification, self.geometry_))
+
+    def set_downsample(self, downsample: float) -> None:
+        if self._viewport is not None:
+            self.set_viewport(self._viewport.with_downsample(downsample))
+
+    def presets(self) -> tuple[float, ...]:
+        return available_presets(self.geometry_.base_magnification) if self.geometry_ else ()
+
+    # -- loader ------------------------------------------------------------------------------------
+
+    def _on_tile_ready(self, request_id: int, key: RegionRequest) -> None:
+        if request_id != self._request_id:
+            self.stale_dropped += 1  # a stale request: never painted, not even a repaint
+            return
+        self.update()
+
+    def _on_tile_failed(self, request_id: int, key: RegionRequest, message: str) -> None:
+        if message != self.last_error:
+            log.warning("%s", message)
+        self.last_error = message
+        if request_id == self._request_id:
+            self.update()
+
+    # -- painting ----------------------------------------------------------------------------------
+
+    def _screen_rect(self, vp: Viewport, x: float, y: float, w: float, h: float) -> QRectF:
+        sx, sy = vp.to_screen(x, y)
+        return QRectF(sx, sy, w / vp.downsample, h / vp.downsample)
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt's name)
+        t0 = time.perf_counter()
+        p = QPainter(self)
+        p.fillRect(self.rect(), BACKGROUND)
+        vp, g, geo, plan = self._viewport, self.grid, self.geometry_, self._plan
+        if vp is None or g is None or geo is None or plan is None:
+            self._paint_placeholder(p)
+            p.end()
+            return
+        if not self.fast_panning:
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+        p.fillRect(self._screen_rect(vp, 0, 0, geo.width, geo.height), GLASS)
+        drawn: set[RegionRequest] = set()
+        missing = 0
+        for tile in plan.visible:
+            key = g.request(tile)
+            rect = self._screen_rect(vp, *g.tile_rect_level0(tile))
+            img = self.cache.get(key)
+            if img is not None:
+                p.drawImage(rect, img, QRectF(img.rect()))
+                drawn.add(key)
+            else:
+                missing += 1
+                self._paint_fallback(p, vp, g, tile.level, rect, g.tile_rect_level0(tile))
+        self._paint_overlays(p, vp, geo)
+        p.end()
+        complete = missing == 0
+        record = PaintRecord(self._request_id, plan.level, frozenset(drawn), missing, complete,
+                             time.perf_counter() - t0)
+        if complete and self._complete_id != self._request_id:
+            self._complete_id = self._request_id
+            self.frame_complete.emit(self._request_id)
+        self.painted.emit(record)
+
+    def _paint_fallback(self, p: QPainter, vp: Viewport, g: TileGrid, level: int, rect: QRectF,
+                        rect0: tuple[float, float, float, float]) -> None:
+        """Fill a missing tile's place with the thumbnail and the best coarser cached tiles, scaled."""
+        p.save()
+        p.setClipRect(rect)
+        geo = self.geometry_
+        assert geo is not None
+        if self.thumbnail is not None and not self.thumbnail.isNull():
+            p.drawImage(self._screen_rect(vp, 0, 0, geo.width, geo.height), self.thumbnail,
+                        QRectF(self.thumbnail.rect()))
+        x, y, w, h = rect0
+        top = min(len(geo.level_downsamples) - 1, level + FALLBACK_LEVELS)
+        for lvl in range(top, level, -1):  # coarse first, finer ones painted over them
+            for t in g.tiles_in(lvl, x, y, x + w, y + h):
+                img = self.cache.peek(g.request(t))
+                if img is not None:
+                    p.drawImage(self._screen_rect(vp, *g.tile_rect_level0(t)), img, QRectF(img.rect()))
+        p.restore()
+
+    def _paint_overlays(self, p: QPainter, vp: Viewport, geo: SlideGeometry) -> None:
+        """The scale bar (bottom left), or a note where the slide has no pixel size."""
+        margin = 12
+        bar = nice_scale_bar(geo.mpp, vp.downsample, target_pixels=min(160.0, self.width() / 4))
+        font = p.font()
+        font.setPointSizeF(max(8.0, font.pointSizeF()))
+        p.setFont(font)
+        fm = p.fontMetrics()
+        if bar is None:
+            text = "No scale bar: the slide has no pixel size"
+            box = QRectF(margin, self.height() - margin - fm.height() - 8, fm.horizontalAdvance(text) + 16,
+                         fm.height() + 8)
+            p.fillRect(box, QColor(0, 0, 0, 150))
+            p.setPen(QColor(255, 255, 255))
+            p.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+            return
+        width = max(bar.pixels, fm.horizontalAdvance(bar.label))
+        box = QRectF(margin, self.height() - margin - fm.height() - 22, width + 16, fm.height() + 22)
+        p.fillRect(box, QColor(255, 255, 255, 200))
+        y = box.bottom() - 8
+        x0 = box.left() + 8
+        p.setPen(QPen(QColor(0, 0, 0), 3))
+        p.drawLine(QPointF(x0, y), QPointF(x0 + bar.pixels, y))
+        p.setPen(QPen(QColor(0, 0, 0), 2))
+        p.drawLine(QPointF(x0, y - 5), QPointF(x0, y + 2))
+        p.drawLine(QPointF(x0 + bar.pixels, y - 5), QPointF(x0 + bar.pixels, y + 2))
+        p.drawText(QRectF(x0, box.top() + 3, width, fm.height()), Qt.AlignmentFlag.AlignLeft, bar.label)
+
+    def _paint_placeholder(self, p: QPainter) -> None:
+        p.setPen(QColor(220, 220, 220))
+        p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
+                   "Open a slide: File ▸ Open (Ctrl+O), drop a file here,\n"
+                   "or File ▸ Open sample slide")
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        if self._viewport is not None:
+            self.set_viewport(self._viewport)
+        elif self.geometry_ is not None:
+            self.zoom_to_fit()
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
+        steps = event.angleDelta().y() / 120.0
+        if steps:
+            pos = event.position()
+            self.zoom_by(1.25 ** steps, (pos.x(), pos.y()))
+        event.accept()
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
+            self._drag_from = event.position()
+            self.fast_panning = True
+            self.setCursor(Qt.CursorShape.ClosedHandCursor)
+        event.accept()
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        pos = event.position()
+        self._cursor = (pos.x(), pos.y())
+        if self._drag_from is not None:
+            d = pos - self._drag_from
+            self._drag_from = pos
+            self.pan_by(d.x(), d.y())
+        if self._viewport is not None:
+            self.cursor_moved.emit(*self._viewport.to_slide(pos.x(), pos.y()))
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if self._drag_from is not None:
+            self._drag_from = None
+            self.fast_panning = False
+            self.unsetCursor()
+            self.update()
+        event.accept()
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        pos = event.position()
+        self.zoom_by(2.0, (pos.x(), pos.y()))
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        key = event.key()
+        step_x, step_y = self.width() / 4, self.height() / 4
+        K = Qt.Key
+        if key == K.Key_Left:
+            self.pan_by(step_x, 0)
+        elif key == K.Key_Right:
+            self.pan_by(-step_x, 0)
+        elif key == K.Key_Up:
+            self.pan_by(0, step_y)
+        elif key == K.Key_Down:
+            self.pan_by(0, -step_y)
+        elif key in (K.Key_Plus, K.Key_Equal):
+            self.zoom_by(1.5)
+        elif key in (K.Key_Minus, K.Key_Underscore):
+            self.zoom_by(1 / 1.5)
+        elif key in (K.Key_F, K.Key_0):
+            self.zoom_to_fit()
+        elif K.Key_1 <= key <= K.Key_6:
+            presets = self.presets()
+            i = key - K.Key_1
+            if i < len(presets):
+                self.set_magnification(presets[i])
+        else:
+            super().keyPressEvent(event)
+
+    def leaveEvent(self, event: object) -> None:  # noqa: N802
+        self._cursor = None
+
+    def closeEvent(self, event: object) -> None:  # noqa: N802
+        self.loader.shutdown()
