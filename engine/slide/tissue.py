@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from engine.slide.request import RegionRequest
 from engine.slide.source import SlideSource
@@ -60,6 +59,8 @@ def otsu_threshold(values: np.ndarray) -> float:
 def detect_tissue_rgb(rgb: np.ndarray, *, min_saturation: int = 20, min_area_px: int = 16,
                       closing: int = 2) -> np.ndarray:
     """Boolean tissue mask of an RGB image (background = bright, unsaturated glass)."""
+    from scipy import ndimage  # deferred: the viewer does not pay for scipy at start-up
+
     rgb = np.asarray(rgb, dtype=np.uint8)
     grey = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).astype(np.uint8)
     sat = (rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)).astype(np.uint8)
