@@ -180,11 +180,8 @@ class MainWindow(QMainWindow):
             log.exception("opening %s failed", path)
             self.show_error(f"{path}: could not be opened ({type(exc).__name__}: {exc}).")
             return False
-        old = self.source
         self.source = source
-        self.view.set_source(source, thumb)
-        if old is not None:
-            old.close()  # type: ignore[attr-defined]
+        self.view.set_source(source, thumb)  # the view's loader closes the previous slide when idle
         info = source.info
         self.overview.set_slide(thumb, info.dimensions)
         if self.view.viewport is not None:
@@ -208,12 +205,10 @@ class MainWindow(QMainWindow):
             return None
 
     def close_slide(self) -> None:
-        old, self.source = self.source, None
+        self.source = None
         self.view.set_source(None)
         self.overview.set_slide(None, None)
         self.info_panel.clear()
-        if old is not None:
-            old.close()  # type: ignore[attr-defined]
         self.setWindowTitle("CoCoPath")
         self.mag_label.setText("—")
         self.level_label.setText("")
@@ -304,8 +299,10 @@ class MainWindow(QMainWindow):
             return
         mag = vp.magnification(geo)
         self.mag_label.setText(format_magnification(mag, vp.downsample))
-        level = vp.level(geo)
-        self.level_label.setText(f"level {level} (÷{geo.level_downsamples[level]:g})")
+        plan = self.view.plan
+        level = plan.level if plan is not None else vp.level(geo)
+        self.level_label.setText("thumbnail" if level < 0
+                                 else f"level {level} (÷{geo.level_downsamples[level]:.3g})")
 
     def _on_cursor(self, x: float, y: float) -> None:
         geo = self.view.geometry_
@@ -344,8 +341,6 @@ class MainWindow(QMainWindow):
         self.settings.sync()
         if self.downloader is not None:
             self.downloader.shutdown()  # type: ignore[attr-defined]
-        self.view.loader.shutdown()
-        if self.source is not None:
-            self.source.close()  # type: ignore[attr-defined]
-            self.source = None
+        self.view.loader.shutdown()  # closes the slide once no reader uses it
+        self.source = None
         super().closeEvent(event)

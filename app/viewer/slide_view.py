@@ -79,7 +79,10 @@ class SlideView(QWidget):
     # -- slide -------------------------------------------------------------------------------------
 
     def set_source(self, source: object | None, thumbnail: QImage | None = None) -> None:
-        """Show ``source`` (an engine SlideSource), fitted to the view; None shows nothing."""
+        """Show ``source`` (an engine SlideSource), fitted to the view; None shows nothing.
+
+        The view owns the source from now on: it is closed when replaced (once no read uses it).
+        """
         self.source = source
         self.thumbnail = thumbnail
         self.loader.set_source(source)
@@ -119,13 +122,29 @@ class SlideView(QWidget):
             return
         self._viewport = vp
         self._request_id += 1
-        self._plan = plan_tiles(self.grid, self.geometry_, vp, self._cursor)
+        self._plan = self._make_plan(vp)
         g = self.grid
         prefetch = [(g.request(t), RING) for t in self._plan.ring]
         prefetch += [(g.request(t), FINER) for t in self._plan.finer]
         self.loader.request(self._request_id, [g.request(t) for t in self._plan.visible], prefetch)
         self.update()
         self.viewport_changed.emit(vp)
+
+    def _make_plan(self, vp: Viewport) -> TilePlan:
+        """Tiles for ``vp``; far below the coarsest level, the (area-averaged) thumbnail instead.
+
+        Scaling a level down by more than 2× with bilinear filtering aliases; the thumbnail was
+        resampled properly, so where it is fine enough it is the final image (level -1, no tiles).
+        """
+        assert self.grid is not None and self.geometry_ is not None
+        plan = plan_tiles(self.grid, self.geometry_, vp, self._cursor)
+        geo = self.geometry_
+        if self.thumbnail is not None and not self.thumbnail.isNull():
+            eff = vp.downsample / max(vp.dpr, 1e-6)
+            thumb_ds = geo.width / self.thumbnail.width()
+            if eff >= thumb_ds and eff > 2 * geo.level_downsamples[plan.level]:
+                return TilePlan(-1, ())
+        return plan
 
     # -- navigation --------------------------------------------------------------------------------
 
@@ -192,6 +211,9 @@ class SlideView(QWidget):
         p.fillRect(self._screen_rect(vp, 0, 0, geo.width, geo.height), GLASS)
         drawn: set[RegionRequest] = set()
         missing = 0
+        if plan.level < 0 and self.thumbnail is not None:
+            p.drawImage(self._screen_rect(vp, 0, 0, geo.width, geo.height), self.thumbnail,
+                        QRectF(self.thumbnail.rect()))
         for tile in plan.visible:
             key = g.request(tile)
             rect = self._screen_rect(vp, *g.tile_rect_level0(tile))

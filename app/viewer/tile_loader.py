@@ -81,6 +81,8 @@ class TileLoader(QObject):
         self._inflight: dict[RegionRequest, int] = {}
         self._inflight_visible = 0
         self._failed: set[RegionRequest] = set()
+        self._readers: dict[int, int] = {}  # id(source) -> reads in progress
+        self._retiring: list[object] = []
         self._cond = threading.Condition()
         self._stop = False
         self._counts = {"submitted": 0, "cancelled": 0, "loaded": 0, "failed": 0}
@@ -93,12 +95,27 @@ class TileLoader(QObject):
     # -- GUI thread --------------------------------------------------------------------------------
 
     def set_source(self, source: object | None) -> None:
-        """Read from ``source`` from now on; queued work for the previous one is dropped."""
+        """Read from ``source`` from now on; queued work for the previous one is dropped.
+
+        The loader owns the sources it is given: the previous one is closed as soon as no reader is
+        using it (closing a slide under a running read would crash OpenSlide).
+        """
         with self._cond:
             self._counts["cancelled"] += len(self._heap)
             self._heap.clear()
             self._failed.clear()
-            self._source = source
+            old, self._source = self._source, source
+            if old is not None and old is not source:
+                self._retiring.append(old)
+            to_close = self._collect_idle_retired()
+        for src in to_close:
+            src.close()  # type: ignore[attr-defined]
+
+    def _collect_idle_retired(self) -> list[object]:
+        """Retired sources no reader is using (call with the lock held)."""
+        idle = [s for s in self._retiring if self._readers.get(id(s), 0) == 0]
+        self._retiring = [s for s in self._retiring if self._readers.get(id(s), 0) > 0]
+        return idle
 
     def request(self, request_id: int, visible: Iterable[RegionRequest],
                 prefetch: Iterable[tuple[RegionRequest, int]] = ()) -> int:
@@ -139,12 +156,22 @@ class TileLoader(QObject):
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the readers (a read in progress finishes) and wait for them."""
         with self._cond:
+            if self._stop:
+                return
             self._stop = True
             self._heap.clear()
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            log.warning("tile readers still busy after %.1f s; leaving their slides open", timeout)
+            return
+        with self._cond:
+            sources = self._retiring + ([self._source] if self._source is not None else [])
+            self._retiring, self._source = [], None
+        for src in sources:
+            src.close()  # type: ignore[attr-defined]
 
     # -- reader threads ----------------------------------------------------------------------------
 
@@ -162,6 +189,7 @@ class TileLoader(QObject):
                         self._inflight[job.key] = job.request_id
                         if prio == VISIBLE:
                             self._inflight_visible += 1
+                        self._readers[id(self._source)] = self._readers.get(id(self._source), 0) + 1
                         return job, self._source
                 self._cond.wait()
 
@@ -191,7 +219,11 @@ class TileLoader(QObject):
                     self._counts["failed"] += 1
                 else:
                     self._counts["loaded"] += 1
+                self._readers[id(source)] -= 1
+                to_close = self._collect_idle_retired()
                 self._cond.notify_all()
+            for src in to_close:
+                src.close()  # type: ignore[attr-defined]
             if self._stop:
                 return
             try:

@@ -1,0 +1,82 @@
+"""GUI test fixtures: offscreen Qt, private settings, real slides and a small synthetic pyramid."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before anything creates a QApplication
+
+import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# settings written by the app under test go to a throw-away folder, never the user's
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="cocopath-test-config-")
+
+
+@pytest.fixture(scope="session")
+def app_pyramid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6000 × 4000 JPEG-tiled pyramidal TIFF of real H&E patches (mpp 0.25, levels 1, 2, 4, …)."""
+    from engine.slide.pyramid import build_pyramid_tiff
+
+    return build_pyramid_tiff(tmp_path_factory.mktemp("pyramid") / "pyramid.tif", 6000, 4000, seed=3)
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    from PySide6.QtCore import QSettings
+
+    return QSettings(str(tmp_path / "cocopath.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture
+def cache():
+    from engine.slide.cache import ByteBoundedCache
+
+    return ByteBoundedCache(256 * 2**20)
+
+
+@pytest.fixture
+def window(qtbot, settings, cache) -> Iterator[object]:
+    from app.main_window import MainWindow
+
+    w = MainWindow(settings=settings, cache=cache)
+    qtbot.addWidget(w)
+    w.resize(1000, 700)
+    w.show()
+    qtbot.waitExposed(w)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def view(qtbot, cache) -> Iterator[object]:
+    """A bare slide view, 640 × 480, shown offscreen."""
+    from app.viewer.slide_view import SlideView
+
+    v = SlideView(cache)
+    qtbot.addWidget(v)
+    v.resize(640, 480)
+    v.show()
+    qtbot.waitExposed(v)
+    yield v
+    v.loader.shutdown()
+    v.close()
+
+
+def grab_rgb(widget) -> np.ndarray:
+    """A widget's rendering as (h, w, 3) uint8 RGB, in logical pixels."""
+    from PySide6.QtGui import QImage
+
+    img = widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    w, h, bpl = img.width(), img.height(), img.bytesPerLine()
+    arr = np.frombuffer(img.constBits(), np.uint8, count=bpl * h).reshape(h, bpl)
+    return arr[:, : w * 3].reshape(h, w, 3).copy()
+
+
+def wait_drawn(qtbot, view, timeout: int = 15000) -> None:
+    """Wait until the view drew every visible tile of its current viewport at the final level."""
+    qtbot.waitUntil(view.is_complete, timeout=timeout)

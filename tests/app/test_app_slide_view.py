@@ -1,0 +1,177 @@
+"""The slide view draws what the slide holds: rendered pixels against openslide read directly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtGui import QWheelEvent
+from PySide6.QtWidgets import QApplication
+
+from app.state.viewport import Viewport
+from engine.slide import RegionRequest, open_slide
+from conftest import grab_rgb, wait_drawn
+
+BAR_MARGIN = 70  # the scale bar / no-scale note sits in the bottom 70 px
+
+
+def show_at(qtbot, view, source, x0: int, y0: int, downsample: float) -> None:
+    """Put slide pixel (x0, y0) at the view's top-left corner, at ``downsample``, and wait."""
+    w, h = view.width(), view.height()
+    view.set_viewport(Viewport(x0 + w * downsample / 2, y0 + h * downsample / 2, downsample, w, h))
+    wait_drawn(qtbot, view)
+
+
+def expected_rgb(source, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    return source.read_rgb(RegionRequest(source.info.path, level, x0, y0, w, h))
+
+
+def assert_matches(rendered: np.ndarray, expected: np.ndarray, mean_tol: float = 1.0) -> None:
+    h = rendered.shape[0] - BAR_MARGIN
+    diff = np.abs(rendered[:h].astype(int) - expected[:h].astype(int))
+    assert diff.mean() <= mean_tol, f"mean |diff| {diff.mean():.2f} > {mean_tol}"
+    assert np.percentile(diff, 99) <= 8
+
+
+@pytest.mark.parametrize("slide", ["small_svs", "no_mpp_svs", "dicom_dir"])
+def test_level0_at_one_to_one_is_the_slide(qtbot, view, slide, request) -> None:
+    source = open_slide(request.getfixturevalue(slide))
+    view.set_source(source)
+    show_at(qtbot, view, source, 700, 900, 1.0)
+    assert view.plan.level == 0
+    rendered = grab_rgb(view)
+    assert_matches(rendered, expected_rgb(source, 0, 700, 900, view.width(), view.height()))
+
+
+def test_coarser_level_at_one_to_one_is_that_level(qtbot, view, app_pyramid) -> None:
+    source = open_slide(app_pyramid)
+    view.set_source(source)
+    show_at(qtbot, view, source, 1200, 800, 2.0)
+    assert view.plan.level == 1
+    rendered = grab_rgb(view)
+    assert_matches(rendered, expected_rgb(source, 1, 1200, 800, view.width(), view.height()))
+
+
+def block_mean(img: np.ndarray, k: int) -> np.ndarray:
+    h, w = (img.shape[0] // k) * k, (img.shape[1] // k) * k
+    return img[:h, :w].reshape(h // k, k, w // k, k, 3).mean(axis=(1, 3))
+
+
+def test_every_preset_shows_the_region_at_that_magnification(qtbot, view, small_svs) -> None:
+    from PIL import Image
+
+    source = open_slide(small_svs)
+    view.set_source(source)
+    presets = view.presets()
+    assert presets == (1.0, 2.5, 5.0, 10.0, 20.0)
+    for mag in presets:
+        view.center_on(1110, 1480)
+        view.set_magnification(mag)
+        wait_drawn(qtbot, view)
+        vp = view.viewport
+        assert vp.magnification(view.geometry_) == pytest.approx(mag)
+        rendered = grab_rgb(view)
+        # the same slide region, read from openslide and resized to the screen, should look the same
+        (ax, ay), (bx, by) = vp.to_screen(0, 0), vp.to_screen(2220, 2967)
+        c0x, c0y = max(0, int(np.ceil(ax)) + 1), max(0, int(np.ceil(ay)) + 1)
+        c1x, c1y = min(view.width(), int(bx) - 1), min(view.height() - BAR_MARGIN, int(by) - 1)
+        crop = rendered[c0y:c1y, c0x:c1x]
+        (x0, y0), (x1, y1) = vp.to_slide(c0x, c0y), vp.to_slide(c1x, c1y)
+        x0, y0, x1, y1 = round(x0), round(y0), round(x1), round(y1)
+        ref = expected_rgb(source, 0, x0, y0, x1 - x0, y1 - y0)
+        ref_small = np.asarray(Image.fromarray(ref).resize((crop.shape[1], crop.shape[0]),
+                                                           Image.Resampling.BOX))
+        k = 8
+        diff = np.abs(block_mean(crop, k) - block_mean(ref_small, k))
+        print(f"{mag}x mean block diff {diff.mean():.2f}")
+        assert diff.mean() < 8, f"{mag}×: rendered region differs from the slide (mean {diff.mean():.1f})"
+
+
+def test_arrow_keys_and_drag_pan_to_the_right_place(qtbot, view, small_svs) -> None:
+    source = open_slide(small_svs)
+    view.set_source(source)
+    show_at(qtbot, view, source, 400, 600, 1.0)
+    before = view.viewport
+    qtbot.keyClick(view, Qt.Key.Key_Right)
+    assert view.viewport.cx == pytest.approx(before.cx + view.width() / 4)
+    qtbot.keyClick(view, Qt.Key.Key_Down)
+    assert view.viewport.cy == pytest.approx(before.cy + view.height() / 4)
+    wait_drawn(qtbot, view)
+    x0, y0 = (int(round(v)) for v in view.viewport.origin)
+    assert_matches(grab_rgb(view), expected_rgb(source, 0, x0, y0, view.width(), view.height()))
+    # drag the content 100 px left and 50 px up
+    start = view.viewport
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=QPoint(300, 300))
+    qtbot.mouseMove(view, QPoint(250, 275))
+    qtbot.mouseMove(view, QPoint(200, 250))
+    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=QPoint(200, 250))
+    assert (view.viewport.cx, view.viewport.cy) == pytest.approx((start.cx + 100, start.cy + 50))
+    wait_drawn(qtbot, view)
+    x0, y0 = (int(round(v)) for v in view.viewport.origin)
+    assert_matches(grab_rgb(view), expected_rgb(source, 0, x0, y0, view.width(), view.height()))
+
+
+def test_wheel_zooms_around_the_cursor(qtbot, view, small_svs) -> None:
+    source = open_slide(small_svs)
+    view.set_source(source)
+    show_at(qtbot, view, source, 300, 300, 2.0)
+    pos = QPointF(123, 321)
+    under = view.viewport.to_slide(pos.x(), pos.y())
+    ev = QWheelEvent(pos, view.mapToGlobal(pos), QPoint(0, 0), QPoint(0, 120), Qt.MouseButton.NoButton,
+                     Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+    QApplication.sendEvent(view, ev)
+    assert view.viewport.downsample == pytest.approx(2.0 / 1.25)
+    assert view.viewport.to_slide(pos.x(), pos.y()) == pytest.approx(under)
+    qtbot.keyClick(view, Qt.Key.Key_Plus)
+    assert view.viewport.downsample == pytest.approx(2.0 / 1.25 / 1.5)
+    qtbot.keyClick(view, Qt.Key.Key_F)
+    x0, y0, x1, y1 = view.viewport.visible_rect()
+    assert x0 <= 0 and y0 <= 0 and x1 >= 2220 and y1 >= 2967
+
+
+def test_stale_requests_are_never_painted(qtbot, view, app_pyramid, cache) -> None:
+    source = open_slide(app_pyramid)
+    view.set_source(source)
+    wait_drawn(qtbot, view)
+    cache.clear()
+    records = []
+    view.painted.connect(records.append)
+    view.loader.load_delay_s = 0.15  # every read takes at least 150 ms: the requests below go stale
+    first_id = view.request_id + 1
+    for i in range(6):  # six far-apart places at 1:1, quicker than any tile can load
+        view.set_viewport(Viewport(800 + i * 800, 1000 + (i % 2) * 2000, 1.0, view.width(), view.height()))
+        qtbot.wait(20)
+    last_id = view.request_id
+    assert last_id - first_id == 5
+    wait_drawn(qtbot, view, timeout=20000)
+    final_keys = {view.grid.request(t) for t in view.plan.visible}
+    painted_tiles = [(r.request_id, k) for r in records for k in r.drawn]
+    assert painted_tiles, "the final viewport was painted"
+    assert all(rid == last_id for rid, _ in painted_tiles), "a stale request's tiles reached the paint"
+    assert {k for _, k in painted_tiles} <= final_keys
+    stats = view.loader.stats
+    assert stats.cancelled > 0  # queued reads of stale requests never ran
+    assert view.stale_dropped > 0  # reads that were running finished, were cached, not painted
+
+
+def test_coarse_tiles_stand_in_while_fine_ones_load(qtbot, view, app_pyramid) -> None:
+    source = open_slide(app_pyramid)
+    view.set_source(source)
+    view.set_downsample(8.0)
+    wait_drawn(qtbot, view)  # levels around 8× are in the cache now
+    view.loader.load_delay_s = 1.0
+    records = []
+    view.painted.connect(records.append)
+    view.set_viewport(Viewport(3000, 2000, 1.0, view.width(), view.height()))
+    qtbot.waitUntil(lambda: bool(records), timeout=3000)
+    assert records[-1].missing > 0 and not records[-1].complete  # the fine tiles are still loading
+    rendered = grab_rgb(view)[:-BAR_MARGIN]
+    # never blank: no background colour and no untouched white where the slide is
+    assert (np.abs(rendered.astype(int) - (62, 64, 70)).sum(axis=2) < 6).mean() < 0.001
+    assert (rendered.min(axis=2) == 255).mean() < 0.01
+    x0, y0 = (int(round(v)) for v in view.viewport.origin)
+    ref = expected_rgb(source, 0, x0, y0, view.width(), view.height())[:-BAR_MARGIN]
+    diff = np.abs(block_mean(rendered, 16) - block_mean(ref, 16))
+    assert diff.mean() < 12, "the stand-in is the same place, only blurrier"
+    view.loader.load_delay_s = 0.0
+    wait_drawn(qtbot, view, timeout=20000)
