@@ -1,0 +1,18 @@
+"""Annotations: the project store (SQLite, R*Tree, edit journal) and QuPath / ASAP / ImageScope files.
+
+No Qt and no torch here: the viewer imports this at start-up.
+"""
+
+from engine.annotations.errors import (AnnotationError, AnnotationFormatError, ProjectCorruptError,
+                                       ProjectError, ProjectLockedError, ProjectMissingError)
+from engine.annotations.model import (Annotation, AnnotationClass, ExportResult, Kind,
+                                      ParsedAnnotations, Source, polygonal)
+from engine.annotations.project import Project, SlideRecord, slide_fingerprint
+from engine.annotations.store import AnnotationStore, AuditEntry, Change, Step
+
+__all__ = [
+    "Annotation", "AnnotationClass", "AnnotationError", "AnnotationFormatError", "AnnotationStore",
+    "AuditEntry", "Change", "ExportResult", "Kind", "ParsedAnnotations", "Project",
+    "ProjectCorruptError", "ProjectError", "ProjectLockedError", "ProjectMissingError",
+    "SlideRecord", "Source", "Step", "polygonal", "slide_fingerprint",
+]
