@@ -18,6 +18,7 @@ from engine.errors import CocoPathError
 #: Modules that define ``register(subparsers, bench_subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "engine.slide.commands",
+    "engine.training.commands",
 )
 
 

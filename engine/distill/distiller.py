@@ -125,6 +125,11 @@ class Distiller(nn.Module):
             self.train(was)
         log.debug("%s wiring checked: %s", self.config.method, ", ".join(terms))
 
+    @property
+    def network(self) -> SegmentationModel:
+        """The model that training produces (the student)."""
+        return self.student
+
     def close(self) -> None:
         """Remove the forward hooks this distiller put on the teacher and the student."""
         self._rec_s.detach()
@@ -204,7 +209,7 @@ class Distiller(nn.Module):
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= world
         self._critic_opt.step()
-        return {k: float(v) for k, v in out.items()}
+        return {k: float(v.detach()) for k, v in out.items()}
 
     def prepare(self, images: Iterable[Tensor], cancel: CancelToken | None = None,
                 progress: Callable[[Progress], None] | None = None) -> dict[str, float]:
@@ -230,7 +235,7 @@ class Distiller(nn.Module):
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             opt.step()
-            last = float(loss)
+            last = float(loss.detach())  # type: ignore[union-attr]
             first = last if step == 0 else first
             if progress is not None:
                 progress(Progress("paraphraser", step + 1, steps, {"loss_paraphrase": last}))

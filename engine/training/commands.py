@@ -1,0 +1,202 @@
+"""CLI commands: ``train-teacher``, ``distill``, ``evaluate`` and ``bench distill``.
+
+torch is imported inside the handlers only, so ``cocopath-engine --help`` and the slide commands
+stay fast. User errors raise :class:`~engine.errors.CocoPathError` (one line on stderr, exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import CocoPathError
+
+DEFAULT_REGEX = r"^(.*?)-\d+-400-\d+$"
+
+
+def _common_data(p: argparse.ArgumentParser, regex_required: bool) -> None:
+    p.add_argument("--data", action="append", required=True, metavar="DIR",
+                   help="folder with images/ and masks/ (repeatable)")
+    p.add_argument("--group-regex", required=regex_required, default=None if regex_required else DEFAULT_REGEX,
+                   help="regex on file stems whose first group is the case id (split by case)")
+    p.add_argument("--split-file", default=None, help="split JSON (made if missing, reused if present)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=None, help="resize so the short side is SIZE (default native)")
+    p.add_argument("--mask-mode", choices=("binary", "index"), default="binary")
+    p.add_argument("--classes", default="background,tumour", help="comma-separated class names")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def _common_train(p: argparse.ArgumentParser, steps: int) -> None:
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=8, help="global batch (split across torchrun processes)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--crop", type=int, default=224, help="training crop size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.state.safetensors if present")
+    p.add_argument("--state-every", type=int, default=100, help="steps between resumable states")
+
+
+def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-teacher", help="train a teacher segmentation network from scratch")
+    _common_data(p, regex_required=True)
+    _common_train(p, steps=2000)
+    p.add_argument("--model", default="unet-resnet50", help="unet-resnet50, unet-resnet34, …")
+    p.add_argument("--encoder-weights", default=None, help="local pretrained encoder weights (.safetensors)")
+    p.add_argument("--out", required=True, help="T.safetensors (a T.json config is written beside it)")
+    p.set_defaults(func=cmd_train_teacher)
+
+    p = sub.add_parser("distill", help="distil a compact student from a teacher")
+    _common_data(p, regex_required=False)
+    _common_train(p, steps=2000)
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (.safetensors)")
+    p.add_argument("--method", default="coco-full", help="student, kd, skd, cwd, ft, coco, coco-gram, coco-adv, coco-full, or a .toml")
+    p.add_argument("--student", default="mobile-unet", help="mobile-unet, mobile-unet-small")
+    p.add_argument("--paraphraser-steps", type=int, default=None, help="override the config's paraphraser pre-training steps")
+    p.add_argument("--out", required=True, help="S.safetensors")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("evaluate", help="mIoU / Dice / pixel accuracy of a model on a split")
+    _common_data(p, regex_required=False)
+    p.add_argument("--model", required=True, help="model checkpoint (.safetensors)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+    b = bench.add_parser("distill", help="ablation of distillation methods on ebhi-adenocarcinoma")
+    b.add_argument("--quick", action="store_true", help="tiny images and few steps (minutes on 2 CPU cores)")
+    b.add_argument("--out", default=None, help="write the JSON here (a .md table is written beside it)")
+    b.add_argument("--data", default=None, help="dataset folder (default: shared ebhi-adenocarcinoma)")
+    b.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    b.add_argument("--seeds", type=int, default=None, help="seeds per method (default 1 quick, 3 full)")
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--device", default="auto")
+    b.set_defaults(func=cmd_bench_distill)
+
+
+# --------------------------------------------------------------------------- helpers
+def _setup(args: argparse.Namespace) -> None:
+    import torch
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+
+
+def _progress_printer(enabled: bool):  # noqa: ANN202
+    if not enabled:
+        return None
+
+    def show(p: Any) -> None:
+        vals = " ".join(f"{k}={v:.4f}" for k, v in p.metrics.items() if k.startswith("loss") or k == "total")
+        end = "\n" if p.step == p.total else "\r"
+        print(f"{p.stage} {p.step}/{p.total} {vals}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def _spec(args: argparse.Namespace, split_file: str, size: int | None, crop: int | None):  # noqa: ANN202
+    from engine.training.runs import DataSpec, check_regex
+
+    return DataSpec(tuple(str(Path(d)) for d in args.data), check_regex(args.group_regex), split_file,
+                    args.split_seed, size, crop, args.mask_mode, tuple(c.strip() for c in args.classes.split(",")))
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], line: str) -> int:
+    if args.json:
+        print(json.dumps(payload, indent=1, default=str))
+    else:
+        print(line)
+    return 0 if payload.get("status", "done") == "done" else 3
+
+
+def _out_path(out: str) -> Path:
+    path = Path(out)
+    if path.suffix != ".safetensors":
+        raise CocoPathError(f"--out {out}: the checkpoint name must end in .safetensors")
+    return path
+
+
+def _config(args: argparse.Namespace):  # noqa: ANN202
+    from engine.training.trainer import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                       device=args.device, state_every=args.state_every)
+
+
+# --------------------------------------------------------------------------- handlers
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    _setup(args)
+    from engine.training.runs import load_data, train_teacher
+
+    out = _out_path(args.out)
+    split = args.split_file or str(out.with_suffix(".split.json"))
+    data = load_data(_spec(args, split, args.size, args.crop), seed=args.seed)
+    kw = {"encoder_weights": args.encoder_weights} if args.encoder_weights else {}
+    _model, res, meta = train_teacher(
+        data, args.model, _config(args), out, model_kw=kw, progress=_progress_printer(sys.stderr.isatty()),
+        state_path=out.with_suffix(".state.safetensors"), resume=args.resume)
+    payload = {"status": res.status, "out": str(out), "split_file": split, **dict(res.metrics),
+               "val": meta["metrics"].get("val")}
+    return _emit(args, payload, f"teacher {res.status}: {out} (val mIoU {res.metrics.get('val_miou', float('nan')):.4f})")
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    _setup(args)
+    from engine.training.checkpoints import load_model
+    from engine.training.runs import distill_student, load_data
+
+    out = _out_path(args.out)
+    teacher, tmeta = load_model(args.teacher)
+    split = args.split_file or tmeta.get("data", {}).get("split_file")
+    if not split:
+        raise CocoPathError("no split: pass --split-file (the teacher's config names none)")
+    size = args.size if args.size is not None else tmeta.get("input", {}).get("short_side")
+    data = load_data(_spec(args, split, size, args.crop), seed=args.seed)
+    student, res, meta = distill_student(
+        data, teacher, args.method, args.student, _config(args), out,
+        paraphraser_steps=args.paraphraser_steps, progress=_progress_printer(sys.stderr.isatty()),
+        state_path=out.with_suffix(".state.safetensors"), resume=args.resume)
+    payload = {"status": res.status, "out": str(out), "method": args.method, **dict(res.metrics),
+               "val": meta["metrics"].get("val"), "teacher": str(args.teacher)}
+    return _emit(args, payload, f"student {res.status}: {out} (val mIoU {res.metrics.get('val_miou', float('nan')):.4f})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine.training.checkpoints import load_model
+    from engine.training.evaluate import evaluate
+    from engine.training.runs import load_data
+
+    model, meta = load_model(args.model)
+    split = args.split_file or meta.get("data", {}).get("split_file")
+    if args.split != "all" and not (split and Path(split).is_file()):
+        raise CocoPathError(f"no split file for --split {args.split}: pass --split-file or --split all")
+    size = args.size if args.size is not None else meta.get("input", {}).get("short_side")
+    if args.split == "all":
+        from engine.training.datasets import find_pairs
+        from engine.training.loader import SegDataset
+
+        dataset = SegDataset(find_pairs(args.data), size, args.mask_mode)
+    else:
+        dataset = load_data(_spec(args, split, size, None)).part(args.split)
+    classes = meta.get("classes") or [c.strip() for c in args.classes.split(",")]
+    res = evaluate(model, dataset, classes, device=args.device)
+    payload = {"model": str(args.model), "split": args.split, **res}
+    return _emit(args, payload, f"{args.split}: mIoU {res['miou']:.4f}  Dice {res['dice']:.4f}  "
+                                f"pixel accuracy {res['pixel_accuracy']:.4f} ({res['images']} images)")
+
+
+def cmd_bench_distill(args: argparse.Namespace) -> int:
+    _setup(args)
+    from engine.training.bench import run_benchmark, write_outputs
+
+    report = run_benchmark(quick=args.quick, data_dir=args.data, seeds=args.seeds, device=args.device,
+                           methods=args.methods.split(",") if args.methods else None,
+                           progress=_progress_printer(sys.stderr.isatty()))
+    md = write_outputs(report, Path(args.out) if args.out else None)
+    print(json.dumps(report, indent=1) if not args.out else md)
+    return 0

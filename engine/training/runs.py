@@ -1,0 +1,184 @@
+"""End-to-end runs shared by the CLI and the benchmark: data → split → train teacher / distil
+student → evaluate → checkpoint with a JSON config (architecture, classes, normalisation, data,
+split, metrics, command)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.distill.config import load_config
+from engine.distill.distiller import Distiller
+from engine.jobs import CancelToken, Result
+from engine.models import SegmentationModel, count_flops, count_params, create_model
+from engine.training.augment import AugmentConfig
+from engine.training.checkpoints import save_model
+from engine.training.datasets import DatasetError, find_pairs, load_or_make_split
+from engine.training.evaluate import evaluate
+from engine.training.loader import MEAN, STD, SegDataset
+from engine.training.trainer import ProgressFn, SupervisedObjective, TrainConfig, TrainSummary, seed_everything, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    folders: tuple[str, ...]
+    group_regex: str
+    split_path: str
+    split_seed: int = 0
+    size: int | None = None  # resize so the short side is this (None: native)
+    crop: int | None = 224
+    mask_mode: str = "binary"
+    classes: tuple[str, ...] = ("background", "tumour")
+
+
+@dataclass
+class Data:
+    spec: DataSpec
+    train: SegDataset
+    val: SegDataset
+    test: SegDataset
+    split: dict[str, Any]
+
+    def part(self, name: str) -> SegDataset:
+        if name == "all":
+            ds = SegDataset([], augment_cfg=None)
+            for p in (self.train, self.val, self.test):
+                ds.pairs += p.pairs
+                ds.items += p.items
+            return ds
+        if name not in ("train", "val", "test"):
+            raise DatasetError(f"unknown split {name!r}; valid: train, val, test, all")
+        return {"train": self.evaluation_train(), "val": self.val, "test": self.test}[name]
+
+    def evaluation_train(self) -> SegDataset:
+        ds = SegDataset([], augment_cfg=None)
+        ds.pairs, ds.items = self.train.pairs, self.train.items
+        return ds
+
+
+def load_data(spec: DataSpec, seed: int = 0, augment: AugmentConfig | None = None) -> Data:
+    pairs = find_pairs([Path(f) for f in spec.folders])
+    split = load_or_make_split(Path(spec.split_path), [p.stem for p in pairs], spec.group_regex, spec.split_seed)
+    by = {p.stem: p for p in pairs}
+    parts = {n: [by[s] for s in split[n] if s in by] for n in ("train", "val", "test")}
+    aug = augment if augment is not None else AugmentConfig(crop=spec.crop)
+    train_ds = SegDataset(parts["train"], spec.size, spec.mask_mode, aug, seed)
+    val_ds = SegDataset(parts["val"], spec.size, spec.mask_mode)
+    test_ds = SegDataset(parts["test"], spec.size, spec.mask_mode)
+    log.info("data: %d train / %d val / %d test images", len(train_ds), len(val_ds), len(test_ds))
+    return Data(spec, train_ds, val_ds, test_ds, split)
+
+
+def model_meta(model: SegmentationModel, data: Data, role: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "role": role,
+        "model": model.config,
+        "classes": list(data.spec.classes),
+        "input": {"mean": list(MEAN), "std": list(STD), "channels": "RGB", "scale": "0-255 → 0-1",
+                  "short_side": data.spec.size, "mpp": None},
+        "data": {"folders": list(data.spec.folders), "group_regex": data.spec.group_regex,
+                 "split_file": data.spec.split_path, "mask_mode": data.spec.mask_mode,
+                 "train_cases": data.split.get("train_cases"), "val_cases": data.split.get("val_cases"),
+                 "test_cases": data.split.get("test_cases")},
+        "params": count_params(model),
+        "flops_256": count_flops(model, 256),
+        **extra,
+    }
+
+
+def _finish(
+    summary: TrainSummary, model: SegmentationModel, data: Data, role: str, out: Path | None,
+    extra: dict[str, Any],
+) -> tuple[Result, dict[str, Any]]:
+    metrics = {"val": evaluate(model, data.val, list(data.spec.classes))} if summary.result.status == "done" else {}
+    meta = model_meta(model, data, role, {"training": extra, "metrics": metrics,
+                                          "final_loss": summary.result.metrics.get("final_loss")})
+    outputs: tuple[str, ...] = ()
+    if out is not None and summary.result.status == "done":
+        save_model(out, model, meta)
+        outputs = (str(out), str(Path(out).with_suffix(".json")))
+    res = Result(summary.result.status, {**summary.result.metrics,
+                                         **({"val_miou": metrics["val"]["miou"]} if metrics else {})}, outputs)
+    return res, meta
+
+
+def train_teacher(
+    data: Data, model_name: str, cfg: TrainConfig, out: Path | None = None, *, model_kw: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None, cancel: CancelToken | None = None, state_path: Path | None = None,
+    resume: bool = False,
+) -> tuple[SegmentationModel, Result, dict[str, Any]]:
+    seed_everything(cfg.seed)
+    model = create_model(model_name, classes=len(data.spec.classes), **(model_kw or {}))
+    summary = train(SupervisedObjective(model), data.train, cfg, progress=progress, cancel=cancel,
+                    state_path=state_path, resume=resume)
+    res, meta = _finish(summary, model, data, "teacher", out, {"config": vars_of(cfg), "objective": "ce+dice"})
+    return model, res, meta
+
+
+def distill_student(
+    data: Data, teacher: nn.Module, method: str, student_name: str, cfg: TrainConfig, out: Path | None = None, *,
+    student_kw: dict[str, Any] | None = None, paraphraser_steps: int | None = None,
+    progress: ProgressFn | None = None, cancel: CancelToken | None = None, state_path: Path | None = None,
+    resume: bool = False,
+) -> tuple[SegmentationModel, Result, dict[str, Any]]:
+    config = load_config(method)
+    if paraphraser_steps is not None:
+        config = replace(config, paraphraser_steps=paraphraser_steps)
+    seed_everything(cfg.seed)
+    student = create_model(student_name, classes=len(data.spec.classes), **(student_kw or {}))
+    distiller = Distiller(config, teacher, student)
+    try:
+        summary = train(distiller, data.train, cfg, progress=progress, cancel=cancel, state_path=state_path,
+                        resume=resume)
+    finally:
+        distiller.close()
+    teacher.eval()
+    res, meta = _finish(summary, student, data, "student", out,
+                        {"config": vars_of(cfg), "method": config.method, "description": config.description})
+    return student, res, meta
+
+
+def vars_of(cfg: TrainConfig) -> dict[str, Any]:
+    return dict(cfg.__dict__)
+
+
+def check_regex(regex: str) -> str:
+    try:
+        if re.compile(regex).groups < 1:
+            raise DatasetError(f"--group-regex {regex!r} needs a group: its first group is the case id")
+    except re.error as exc:
+        raise DatasetError(f"--group-regex {regex!r} is not a valid regular expression ({exc})") from exc
+    return regex
+
+
+def images_per_second(model: nn.Module, size: int, batch: int = 4, seconds: float = 3.0, threads: int | None = None) -> float:
+    """CPU inference throughput (images/s) at ``size``² with ``batch`` images per forward pass."""
+    import time
+
+    model = model.eval().cpu()
+    x = torch.randn(batch, 3, size, size)
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            model(x)  # warm-up
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds or n < 2:
+                model(x)
+                n += 1
+            return n * batch / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+
+
+__all__: Sequence[str] = ("DataSpec", "Data", "load_data", "train_teacher", "distill_student", "images_per_second")
