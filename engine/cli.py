@@ -19,6 +19,7 @@ from engine.errors import CocoPathError
 COMMAND_MODULES: tuple[str, ...] = (
     "engine.slide.commands",
     "engine.training.commands",
+    "engine.annotations.commands",
 )
 
 

@@ -23,7 +23,7 @@ from shapely.geometry.base import BaseGeometry
 
 from engine.annotations import records
 from engine.annotations.errors import AnnotationError
-from engine.annotations.model import Annotation, Kind
+from engine.annotations.model import Annotation, AnnotationClass, Kind
 from engine.annotations.records import State
 
 if TYPE_CHECKING:
@@ -162,10 +162,12 @@ class AnnotationStore:
         return self.edit([(a, a.evolve(locked=locked, modified=now))
                           for a in (self.get(u) for u in ids)], "lock" if locked else "unlock")
 
-    def edit(self, pairs: Sequence[Pair], label: str) -> Step:
+    def edit(self, pairs: Sequence[Pair], label: str,
+             classes: Sequence[AnnotationClass] = ()) -> Step:
         """Apply one compound edit (e.g. a merge: two removes and an add) as one undoable step.
 
         Each pair is (state expected now, state wanted): (None, a) adds, (a, None) removes.
+        ``classes`` missing from the project are created in the same transaction (an import).
         """
         pairs = [(b, a) for b, a in pairs if b is None or a is None or b != a]
         if not pairs:
@@ -182,6 +184,8 @@ class AnnotationStore:
             raise AnnotationError("one edit changes the same annotation twice")
         author, now = self.project.author, time.time()
         with self.project.transaction() as c:
+            for cls in classes:
+                self.project.ensure_class(cls, conn=c)
             c.execute("UPDATE steps SET status = 'discarded' WHERE slide_id = ? AND status = 'undone'",
                       (self.slide.id,))
             step_id = int(c.execute(

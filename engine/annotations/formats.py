@@ -1,0 +1,165 @@
+"""Import and export by format name: guess a file's format, read it into a slide's store in one
+journalled step (undo removes the whole import), write a slide's annotations, and summarise them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.annotations.errors import AnnotationError, AnnotationFormatError
+from engine.annotations.model import Annotation, ExportResult, Kind, ParsedAnnotations, new_uuid
+from engine.annotations.reading import parse_xml, read_bytes
+from engine.annotations.store import AnnotationStore
+
+log = logging.getLogger(__name__)
+
+IMPORT_FORMATS = ("geojson", "asap", "imagescope")
+EXPORT_FORMATS = ("geojson", "asap", "mask")
+MASK_SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff"}
+
+
+@dataclass(frozen=True)
+class ClassSummary:
+    count: int
+    area_px2: float
+    area_um2: float | None
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did: how many annotations, into which step, and what was left out or changed."""
+
+    path: str
+    format: str
+    count: int
+    step_id: int | None
+    warnings: tuple[str, ...] = ()
+    summary: dict[str, ClassSummary] = field(default_factory=dict, compare=False)
+
+
+def guess_format(path: str | Path) -> str:
+    """'geojson', 'asap' or 'imagescope', from the file's content (not its name)."""
+    path = Path(path)
+    data = read_bytes(path)
+    head = data[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head[:1] in (b"{", b"["):
+        return "geojson"
+    if head[:1] == b"<":
+        root = parse_xml(data, path)
+        if root.tag == "ASAP_Annotations":
+            return "asap"
+        if root.tag == "Annotations":
+            return "imagescope"
+        raise AnnotationFormatError(f"{path}: XML with root <{root.tag[:40]}> is neither ASAP "
+                                    f"(<ASAP_Annotations>) nor ImageScope (<Annotations>)")
+    raise AnnotationFormatError(f"{path}: not an annotation file CoCoPath reads (QuPath GeoJSON, "
+                                f"ASAP XML or ImageScope XML)")
+
+
+def read_annotations(path: str | Path, fmt: str | None = None) -> ParsedAnnotations:
+    """Read ``path`` as ``fmt`` (guessed from the content when None)."""
+    from engine.annotations.asap_io import read_asap
+    from engine.annotations.geojson_io import read_geojson
+    from engine.annotations.imagescope_io import read_imagescope
+
+    fmt = fmt or guess_format(path)
+    readers = {"geojson": read_geojson, "asap": read_asap, "imagescope": read_imagescope}
+    if fmt not in readers:
+        raise AnnotationError(f"unknown annotation format {fmt!r} (known: {', '.join(readers)})")
+    return readers[fmt](path)
+
+
+def summarize(annotations: Sequence[Annotation], mpp: tuple[float, float] | None
+              ) -> dict[str, ClassSummary]:
+    """Count and area per class (key "(unclassified)" for none, "(correction ROI)" for ROIs)."""
+    acc: dict[str, list[float]] = {}
+    for a in annotations:
+        key = "(correction ROI)" if a.kind is Kind.ROI else (a.class_name or "(unclassified)")
+        n, area = acc.get(key, [0, 0.0])
+        acc[key] = [n + 1, area + a.area]
+    um2 = mpp[0] * mpp[1] if mpp else None
+    return {k: ClassSummary(int(n), area, area * um2 if um2 else None)
+            for k, (n, area) in sorted(acc.items())}
+
+
+def import_file(store: AnnotationStore, path: str | Path, fmt: str | None = None) -> ImportResult:
+    """Import a file into a slide's store as one step; nothing is imported if anything is wrong."""
+    parsed = read_annotations(path, fmt)
+    warnings = list(parsed.warnings)
+    anns = list(parsed.annotations)
+    if anns:
+        taken = _existing_uuids(store, [a.uuid for a in anns])
+        if taken:
+            anns = [a.evolve(uuid=new_uuid()) if a.uuid in taken else a for a in anns]
+            warnings.append(f"{len(taken)} annotation(s) had ids already in the project and were "
+                            f"imported with new ids")
+        anns = [a if a.author else a.evolve(author=store.project.author) for a in anns]
+    slide = store.slide
+    if parsed.mpp and slide.mpp and abs(parsed.mpp - slide.mpp[0]) > 0.01 * slide.mpp[0]:
+        warnings.append(f"the file says {parsed.mpp:g} µm/px, the slide {slide.mpp[0]:g} µm/px: "
+                        f"is it the right slide?")
+    for a in anns:
+        x0, y0, x1, y1 = a.geometry.bounds
+        if x1 < 0 or y1 < 0 or x0 > slide.width or y0 > slide.height:
+            warnings.append(f"some annotations lie outside the slide's {slide.width}×{slide.height} "
+                            f"pixels: is it the right slide?")
+            break
+    step = None
+    if anns:
+        step = store.edit([(None, a) for a in anns], f"import {Path(path).name}",
+                          classes=parsed.classes).id
+    log.info("imported %d annotations from %s", len(anns), path)
+    return ImportResult(str(path), parsed.format, len(anns), step, tuple(warnings),
+                        summarize(anns, slide.mpp))
+
+
+def _existing_uuids(store: AnnotationStore, uuids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(uuids), 500):
+        chunk = uuids[i:i + 500]
+        rows = store.project.query(f"SELECT uuid FROM annotations WHERE uuid IN "
+                                   f"({','.join('?' * len(chunk))})", chunk)
+        found.update(r[0] for r in rows)
+    return found
+
+
+def export_file(store: AnnotationStore, out: str | Path, fmt: str | None = None,
+                downsample: float = 1.0) -> ExportResult:
+    """Write the slide's annotations (and ROIs, where the format can hold them) to ``out``."""
+    from engine.annotations.asap_io import write_asap
+    from engine.annotations.geojson_io import write_geojson
+    from engine.annotations.mask import write_mask_png, write_mask_tiff
+
+    out = Path(out)
+    fmt = fmt or _format_from_suffix(out)
+    anns = store.annotations(kind=None)
+    classes = store.project.classes()
+    slide = store.slide
+    if fmt == "geojson":
+        return write_geojson(out, anns, classes, slide.mpp)
+    if fmt == "asap":
+        return write_asap(out, anns, classes)
+    if fmt == "mask":
+        kind = MASK_SUFFIXES.get(out.suffix.lower())
+        if kind is None:
+            raise AnnotationError(f"{out}: a label mask is written as .png or .tif (pyramidal); "
+                                  f"give the file one of these endings")
+        size = (slide.width, slide.height)
+        if kind == "png":
+            return write_mask_png(out, anns, classes, size, downsample)
+        return write_mask_tiff(out, anns, classes, size, downsample, slide.mpp)
+    raise AnnotationError(f"unknown export format {fmt!r} (known: {', '.join(EXPORT_FORMATS)})")
+
+
+def _format_from_suffix(out: Path) -> str:
+    suffix = out.suffix.lower()
+    if suffix in (".geojson", ".json"):
+        return "geojson"
+    if suffix == ".xml":
+        return "asap"
+    if suffix in MASK_SUFFIXES:
+        return "mask"
+    raise AnnotationError(f"{out}: cannot tell the format from the ending {suffix or '(none)'}; "
+                          f"give --format {'|'.join(EXPORT_FORMATS)}")
