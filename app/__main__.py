@@ -134,16 +134,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _first_frame(window: object) -> int:
-    """Benchmark probe: report the seconds from process start to the first painted slide frame."""
-    from PySide6.QtCore import QCoreApplication
+    """Benchmark probe: seconds from start to the first slide frame, then to all tiles final."""
+    from PySide6.QtCore import QCoreApplication, QEventLoop
 
     view = window.view  # type: ignore[attr-defined]
     seen: list[float] = []
     view.painted.connect(lambda rec: seen.append(time.perf_counter()))
     while not seen:
-        QCoreApplication.processEvents()
-    print(f"first-frame {seen[0] - T_START:.4f} torch={'torch' in sys.modules}", flush=True)
-    return 0
+        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 5)
+    print(f"first_frame_s={seen[0] - T_START:.4f} torch={'torch' in sys.modules}", flush=True)
+    ok = wait_until_drawn(window, 60.0)
+    print(f"complete_s={time.perf_counter() - T_START:.4f} ok={ok}", flush=True)
+    return 0 if ok else 1
 
 
 def _screenshot(window: object, out: Path, timeout: float) -> int:

@@ -1,0 +1,419 @@
+"""``cocopath --bench-viewer OUT.json``: the viewer's performance, measured in one run.
+
+On a synthetic pyramid built from real H&E patches (≥ 50 000² by default, in a temporary folder):
+
+* viewport change → every visible tile drawn at its final level, 1920 × 1080, over a scripted
+  sequence of pans and zooms, cold (empty caches, fresh slide handle) and warm (tiles cached);
+  baseline: reading the same tiles with raw ``openslide.OpenSlide.read_region``, one after another;
+* frame time while panning over cached tiles (smooth and drag-mode painting); baseline: an empty paint;
+* the app's tile path (read + QImage) against raw ``read_region`` of the same tiles, as a ratio;
+* peak resident memory against the decoded-tile cache budget;
+* start-up to the first slide frame on screen, in a subprocess; baseline: a bare interpreter.
+
+Timings are wall-clock on this machine; the JSON records the machine so figures are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+VIEW_W, VIEW_H = 1920, 1080
+TARGETS = {"cold_p95_ms": 100.0, "frame_p95_ms": 16.0, "tile_path_ratio": 1.3,
+           "memory_over_budget_mb": 400.0, "startup_s": 2.0}
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def _summary(ms: list[float]) -> dict[str, float]:
+    return {"n": len(ms), "p50_ms": round(_pct(ms, 50), 2), "p95_ms": round(_pct(ms, 95), 2),
+            "max_ms": round(max(ms), 2) if ms else float("nan"), "mean_ms": round(statistics.fmean(ms), 2)}
+
+
+class _PeakRss:
+    """Samples this process's resident memory every 10 ms in a thread; ``peak`` in bytes."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def now(self) -> int:
+        return self._proc.memory_info().rss
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join()
+        return self.peak
+
+
+def scripted_sequence(geo: object, start: object) -> list[object]:
+    """Pans and zooms a pathologist makes: zoom into tissue, pan, jump, zoom out (deterministic)."""
+    import random
+
+    from app.state.viewport import Viewport, fit_viewport
+
+    rnd = random.Random(7)
+    w, h = geo.width, geo.height  # type: ignore[attr-defined]
+    fit: Viewport = fit_viewport(geo, VIEW_W, VIEW_H)  # type: ignore[arg-type]
+    seq: list[Viewport] = [fit]
+    vp = fit.centered(w * 0.45, h * 0.5)
+    while vp.downsample > 1.0:  # zoom in by 2× per step, towards tissue
+        vp = vp.with_downsample(max(1.0, vp.downsample / 2))
+        seq.append(vp)
+    for _ in range(8):  # arrow keys: a quarter screen to the right at 40×
+        vp = vp.panned(-VIEW_W / 4, 0)
+        seq.append(vp)
+    for _ in range(4):  # and down
+        vp = vp.panned(0, -VIEW_H / 4)
+        seq.append(vp)
+    for _ in range(5):  # wheel out, around a point left of centre
+        vp = vp.zoomed(1 / 1.25, (VIEW_W * 0.3, VIEW_H * 0.5))
+        seq.append(vp)
+    for _ in range(8):  # overview clicks: jumps to tissue at 20×
+        vp = Viewport(w * rnd.uniform(0.25, 0.75), h * rnd.uniform(0.25, 0.75), 2.0, VIEW_W, VIEW_H)
+        seq.append(vp)
+    vp = replace(vp, downsample=4.0)
+    for _ in range(6):  # drag at 10×
+        vp = vp.panned(-300, -120)
+        seq.append(vp)
+    seq.append(vp.with_downsample(0.5))  # past level 0
+    seq.append(fit)
+    del start
+    return seq
+
+
+def _wait_complete(app: object, view: object, timeout: float = 30.0) -> bool:
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    deadline = time.perf_counter() + timeout
+    tick = QTimer()
+    tick.start(5)  # wakes the wait below even if no tile arrives
+    try:
+        while not view.is_complete():  # type: ignore[attr-defined]
+            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents  # type: ignore[attr-defined]
+                              | QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
+            if time.perf_counter() > deadline:
+                return False
+    finally:
+        tick.stop()
+    return True
+
+
+def _run_sequence(app: object, view: object, seq: list[object]) -> tuple[list[float], list[set]]:
+    """Per step: ms from set_viewport to every visible tile painted; and the tiles each step lacked."""
+    times: list[float] = []
+    missing: list[set] = []
+    for vp in seq:
+        _wait_idle(view)
+        t0 = time.perf_counter()
+        view.set_viewport(vp)  # type: ignore[attr-defined]
+        plan, grid, cache = view.plan, view.grid, view.cache  # type: ignore[attr-defined]
+        missing.append({grid.request(t) for t in plan.visible if grid.request(t) not in cache})
+        if not _wait_complete(app, view):
+            raise RuntimeError("the view did not complete a frame within 30 s")
+        times.append((time.perf_counter() - t0) * 1000)
+    return times, missing
+
+
+def _wait_idle(view: object, timeout: float = 10.0) -> None:
+    """Let prefetch finish between steps so every step starts from the same quiet state."""
+    deadline = time.perf_counter() + timeout
+    while view.loader.pending() and time.perf_counter() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.002)
+
+
+def _raw_read_ms(path: Path, keys: list) -> list[float]:
+    """Milliseconds per tile for raw ``openslide.OpenSlide.read_region`` (fresh handle, one thread)."""
+    import openslide
+
+    slide = openslide.OpenSlide(str(path))
+    out = []
+    for k in keys:
+        t0 = time.perf_counter()
+        slide.read_region((k.x, k.y), k.level, (k.width, k.height))
+        out.append((time.perf_counter() - t0) * 1000)
+    slide.close()
+    return out
+
+
+def _app_read_ms(path: Path, keys: list) -> list[float]:
+    """Milliseconds per tile for the app's tile path (engine read + QImage), fresh handle, one thread."""
+    from app.viewer.tile_loader import read_tile
+    from engine.slide.source import open_slide
+
+    source = open_slide(path)
+    out = []
+    for k in keys:
+        t0 = time.perf_counter()
+        read_tile(source, k)
+        out.append((time.perf_counter() - t0) * 1000)
+    source.close()
+    return out
+
+
+def _frame_times(app: object, view: object, start: object, steps: int, dx: float,
+                 fast: bool) -> list[float]:
+    """ms per frame (viewport change + synchronous repaint) panning over already-cached tiles."""
+    vp = start
+    path = []
+    for _ in range(steps):
+        vp = vp.panned(-dx, -dx / 3)
+        path.append(vp)
+    for vp in path:  # first pass loads the tiles of the whole path
+        view.set_viewport(vp)  # type: ignore[attr-defined]
+        _wait_complete(app, view)
+    view.set_viewport(start)  # type: ignore[attr-defined]
+    _wait_complete(app, view)
+    _wait_idle(view)
+    view.fast_panning = fast  # type: ignore[attr-defined]
+    out = []
+    for vp in path:
+        t0 = time.perf_counter()
+        view.set_viewport(vp)  # type: ignore[attr-defined]
+        view.repaint()  # type: ignore[attr-defined]
+        out.append((time.perf_counter() - t0) * 1000)
+        if not view.is_complete():  # type: ignore[attr-defined]
+            log.warning("a frame of the cached pan was not complete")
+    view.fast_panning = False  # type: ignore[attr-defined]
+    return out
+
+
+def _empty_paint_ms(app: object, n: int = 60) -> list[float]:
+    from PySide6.QtWidgets import QWidget
+
+    w = QWidget()
+    w.resize(VIEW_W, VIEW_H)
+    w.show()
+    app.processEvents()  # type: ignore[attr-defined]
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        w.repaint()
+        out.append((time.perf_counter() - t0) * 1000)
+    w.close()
+    return out
+
+
+def _startup(path: Path, runs: int = 3) -> dict[str, object]:
+    """Start ``cocopath SLIDE`` in a subprocess until its first slide frame; bare interpreter baseline."""
+    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
+               XDG_CONFIG_HOME=tempfile.mkdtemp(prefix="cocopath-bench-config-"))
+    walls, firsts, completes, torch_seen = [], [], [], False
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "app", str(path), "--first-frame-probe"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        walls.append(time.perf_counter() - t0)
+        second = proc.stdout.readline()
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0 or "first_frame_s=" not in first:
+            raise RuntimeError(f"start-up probe failed: {err.strip()[-300:]}")
+        fields = dict(kv.split("=") for kv in (first + " " + second).split() if "=" in kv)
+        firsts.append(float(fields["first_frame_s"]))
+        completes.append(float(fields["complete_s"]))
+        torch_seen |= fields.get("torch") == "True"
+    bare = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+        bare.append(time.perf_counter() - t0)
+    qt = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "from PySide6.QtWidgets import QApplication; "
+                        "a = QApplication([]); from PySide6.QtWidgets import QMainWindow; "
+                        "w = QMainWindow(); w.show(); a.processEvents()"], env=env, check=True)
+        qt.append(time.perf_counter() - t0)
+    wall = statistics.median(walls)
+    return {
+        "process_to_first_frame_s": round(wall, 3),
+        "in_process_first_frame_s": round(statistics.median(firsts), 3),
+        "in_process_all_tiles_final_s": round(statistics.median(completes), 3),
+        "baseline_bare_python_s": round(statistics.median(bare), 3),
+        "baseline_empty_qt_window_s": round(statistics.median(qt), 3),
+        "ratio_vs_empty_qt_window": round(wall / statistics.median(qt), 2),
+        "torch_imported": torch_seen,
+        "target_s": TARGETS["startup_s"],
+        "meets_target": wall <= TARGETS["startup_s"],
+    }
+
+
+def run_benchmark(out: Path, size: int = 50_000, keep: bool = False) -> int:
+    """Build the pyramid, measure everything in one run, write ``out`` (JSON); 0 on success."""
+    from PySide6 import __version__ as pyside_version
+
+    from app.__main__ import make_application
+    from app.main_window import MainWindow  # noqa: F401  (import cost is part of the app's)
+    from app.panels.slide_info import rgb_to_qimage
+    from app.viewer.slide_view import SlideView
+    from engine.slide.cache import ByteBoundedCache, default_cache_bytes
+    from engine.slide.pyramid import build_pyramid_tiff
+    from engine.slide.source import open_slide
+
+    tmp = Path(tempfile.mkdtemp(prefix="cocopath-bench-"))
+    try:
+        print(f"building a {size:,} × {size:,} pyramid of real H&E patches in {tmp} …", flush=True)
+        t0 = time.perf_counter()
+        path = build_pyramid_tiff(tmp / "bench.tif", size, size)
+        build_s = time.perf_counter() - t0
+        app = make_application()
+        rss = _PeakRss()
+        rss_base = rss.now()
+        budget = default_cache_bytes()
+        cache: ByteBoundedCache = ByteBoundedCache(budget)
+        view = SlideView(cache)
+        view.resize(VIEW_W, VIEW_H)
+        view.show()
+        app.processEvents()  # type: ignore[attr-defined]
+        source = open_slide(path)
+        info = source.info
+        view.set_source(source, rgb_to_qimage(source.thumbnail(1024)))
+        _wait_complete(app, view)
+        seq = scripted_sequence(view.geometry_, view.viewport)
+
+        # cold: empty caches and a fresh slide handle (OpenSlide's own cache empty too)
+        cache.clear()
+        view.set_source(open_slide(path), view.thumbnail)
+        _wait_complete(app, view)
+        cache.clear()
+        print(f"cold pass: {len(seq)} viewport changes …", flush=True)
+        cold, missing = _run_sequence(app, view, seq)
+        print("warm pass …", flush=True)
+        warm, _ = _run_sequence(app, view, seq)
+
+        # the same tiles each cold step lacked, read with raw openslide one by one
+        keys = [k for step in missing for k in sorted(step, key=lambda r: (r.level, r.y, r.x))]
+        raw_ms = _raw_read_ms(path, keys)
+        raw_steps, i = [], 0
+        for step in missing:
+            raw_steps.append(sum(raw_ms[i:i + len(step)]))
+            i += len(step)
+        cold_ratio = [c / r for c, r in zip(cold, raw_steps) if r > 0]
+
+        # tile path: app vs raw on the same tiles, alternating, fresh handles, best of two
+        sample_keys = keys[: min(len(keys), 400)]
+        app_runs = [sum(_app_read_ms(path, sample_keys)) for _ in range(2)]
+        raw_runs = [sum(_raw_read_ms(path, sample_keys)) for _ in range(2)]
+        tile_ratio = min(app_runs) / min(raw_runs)
+
+        # frames while panning over cached tiles
+        print("frame times …", flush=True)
+        from app.state.viewport import Viewport
+
+        start = Viewport(info.dimensions[0] * 0.4, info.dimensions[1] * 0.45, 1.5, VIEW_W, VIEW_H)
+        smooth = _frame_times(app, view, start, 90, 12, fast=False)
+        drag = _frame_times(app, view, start, 90, 12, fast=True)
+        start1 = replace(start, downsample=1.0)
+        smooth1 = _frame_times(app, view, start1, 90, 12, fast=False)
+        empty = _empty_paint_ms(app)
+        peak = rss.stop()
+        cache_used = cache.current_bytes
+        view.loader.shutdown()
+        view.close()
+
+        print("start-up (subprocess) …", flush=True)
+        startup = _startup(path)
+        mb = 2**20
+        result = {
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version(), "pyside6": pyside_version,
+                        "qpa": os.environ.get("QT_QPA_PLATFORM", "default"),
+                        "loader_threads": len(view.loader._threads)},
+            "slide": {"width": info.dimensions[0], "height": info.dimensions[1],
+                      "levels": info.level_count, "tile": 512, "mpp": info.mpp[0] if info.mpp else None,
+                      "file_mb": round(path.stat().st_size / mb, 1), "build_s": round(build_s, 1)},
+            "viewport_to_final": {
+                "viewport": [VIEW_W, VIEW_H], "steps": len(seq),
+                "cold": _summary(cold), "warm": _summary(warm),
+                "tiles_read_cold": len(keys),
+                "baseline_raw_openslide_sequential_same_tiles": _summary(raw_steps),
+                "cold_over_raw_sequential": {"p50": round(_pct(cold_ratio, 50), 2),
+                                             "p95": round(_pct(cold_ratio, 95), 2)},
+                "target_cold_p95_ms": TARGETS["cold_p95_ms"],
+                "meets_target": _pct(cold, 95) <= TARGETS["cold_p95_ms"],
+            },
+            "frame_pan_cached": {
+                "smooth_1_5x_scaled": _summary(smooth), "drag_mode_1_5x_scaled": _summary(drag),
+                "smooth_1to1": _summary(smooth1), "baseline_empty_paint": _summary(empty),
+                "p95_over_empty_paint": round(_pct(smooth, 95) / max(_pct(empty, 95), 1e-6), 1),
+                "target_p95_ms": TARGETS["frame_p95_ms"],
+                "meets_target": max(_pct(smooth, 95), _pct(smooth1, 95)) <= TARGETS["frame_p95_ms"],
+            },
+            "tile_path_vs_raw_read_region": {
+                "tiles": len(sample_keys),
+                "app_ms_per_tile": round(min(app_runs) / len(sample_keys), 3),
+                "raw_ms_per_tile": round(min(raw_runs) / len(sample_keys), 3),
+                "ratio": round(tile_ratio, 3), "target_ratio": TARGETS["tile_path_ratio"],
+                "meets_target": tile_ratio <= TARGETS["tile_path_ratio"],
+            },
+            "memory": {
+                "cache_budget_mb": round(budget / mb), "cache_used_mb": round(cache_used / mb, 1),
+                "rss_before_slide_mb": round(rss_base / mb), "peak_rss_mb": round(peak / mb),
+                "peak_over_budget_mb": round((peak - budget) / mb),
+                "target_peak_le_budget_plus_mb": TARGETS["memory_over_budget_mb"],
+                "meets_target": peak <= budget + TARGETS["memory_over_budget_mb"] * mb,
+            },
+            "startup": startup,
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        _print_summary(result, out)
+        return 0
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _print_summary(r: dict, out: Path) -> None:
+    v, f, t, m, s = (r["viewport_to_final"], r["frame_pan_cached"], r["tile_path_vs_raw_read_region"],
+                     r["memory"], r["startup"])
+    ok = {True: "ok", False: "MISSED"}
+    lines = [
+        f"slide {r['slide']['width']:,}² ({r['slide']['levels']} levels), {r['machine']['cpus']} CPUs",
+        f"viewport → final tiles, cold p50 {v['cold']['p50_ms']} ms, p95 {v['cold']['p95_ms']} ms "
+        f"(target ≤ {v['target_cold_p95_ms']:g}: {ok[v['meets_target']]}); "
+        f"{v['cold_over_raw_sequential']['p95']}× raw sequential openslide (p95)",
+        f"viewport → final tiles, warm p50 {v['warm']['p50_ms']} ms, p95 {v['warm']['p95_ms']} ms",
+        f"frame while panning cached: p95 {f['smooth_1_5x_scaled']['p95_ms']} ms scaled, "
+        f"{f['smooth_1to1']['p95_ms']} ms 1:1, {f['drag_mode_1_5x_scaled']['p95_ms']} ms drag mode "
+        f"(target ≤ 16: {ok[f['meets_target']]}); {f['p95_over_empty_paint']}× an empty paint",
+        f"tile path / raw read_region: {t['ratio']} (target ≤ 1.3: {ok[t['meets_target']]})",
+        f"peak RSS {m['peak_rss_mb']} MB vs cache budget {m['cache_budget_mb']} MB "
+        f"(target ≤ budget + 400: {ok[m['meets_target']]})",
+        f"start-up to first slide frame {s['process_to_first_frame_s']} s "
+        f"({s['ratio_vs_empty_qt_window']}× an empty Qt window; target ≤ 2: {ok[s['meets_target']]}); "
+        f"torch imported: {s['torch_imported']}",
+        f"written to {out}",
+    ]
+    print("\n".join(lines), flush=True)
