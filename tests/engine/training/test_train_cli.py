@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.cli import main
+from engine.shared_data import data_path
+from engine.training.bench import markdown, run_benchmark
+
+REGEX = r"^(.*?)-\d+-400-\d+$"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 real pairs from 4 cases (3 each), linked into a temporary images/ + masks/ folder."""
+    src = data_path("seg", "ebhi-adenocarcinoma")
+    root = tmp_path_factory.mktemp("ebhi-tiny")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    by_case: dict[str, list[Path]] = {}
+    for img in sorted((src / "images").glob("*.png")):
+        by_case.setdefault(re.match(REGEX, img.stem).group(1), []).append(img)  # type: ignore[union-attr]
+    cases = [c for c, imgs in by_case.items() if len(imgs) >= 3][:4]
+    for c in cases:
+        for img in by_case[c][:3]:
+            (root / "images" / img.name).symlink_to(img)
+            (root / "masks" / img.name).symlink_to(src / "masks" / img.name)
+    return root
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+TRAIN = ["--size", "32", "--crop", "32", "--steps", "2", "--batch-size", "2", "--threads", "2"]
+
+
+def test_train_distill_evaluate_round_trip(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    teacher = tmp_path / "t.safetensors"
+    code, out, err = _run(["train-teacher", "--data", str(tiny_data), "--group-regex", REGEX, "--out", str(teacher),
+                           "--model", "mobile-unet", *TRAIN, "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["status"] == "done" and teacher.is_file() and teacher.with_suffix(".json").is_file()
+    split_file = Path(res["split_file"])
+    split_before = split_file.read_text()
+    assert 0 <= res["val"]["miou"] <= 1
+
+    student = tmp_path / "s.safetensors"
+    code, out, err = _run(["distill", "--teacher", str(teacher), "--data", str(tiny_data), "--method", "coco",
+                           "--student", "mobile-unet-small", "--out", str(student), *TRAIN, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["method"] == "coco" and student.is_file()
+    assert split_file.read_text() == split_before  # the teacher's split is reused, never redrawn
+
+    code, out, err = _run(["evaluate", "--model", str(student), "--data", str(tiny_data), "--json"], capsys)
+    assert code == 0, err
+    ev = json.loads(out)
+    assert set(ev) >= {"miou", "dice", "pixel_accuracy", "per_class"}
+    assert set(ev["per_class"]) == {"background", "tumour"}
+    assert ev["images"] == len(json.loads(split_before)["test"])
+
+    code, out, _ = _run(["evaluate", "--model", str(student), "--data", str(tiny_data), "--split", "all"], capsys)
+    assert code == 0 and "mIoU" in out and "(12 images)" in out
+
+
+def test_user_errors_are_one_line(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "m.safetensors"
+    torch.save({"w": torch.zeros(1)}, bad)
+    code, _, err = _run(["evaluate", "--model", str(bad), "--data", str(tiny_data), "--split", "all"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "pickles" in err
+    code, _, err = _run(["train-teacher", "--data", str(tiny_data), "--group-regex", "^.*$",
+                         "--out", str(tmp_path / "t.safetensors")], capsys)
+    assert code == 1 and "first group is the case id" in err
+    code, _, err = _run(["train-teacher", "--data", str(tmp_path), "--group-regex", REGEX,
+                         "--out", str(tmp_path / "t.safetensors")], capsys)
+    assert code == 1 and "images/ and masks/" in err
+
+
+def test_unknown_method_is_a_clear_error(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    teacher = tmp_path / "t.safetensors"
+    assert main(["train-teacher", "--data", str(tiny_data), "--group-regex", REGEX, "--out", str(teacher),
+                 "--model", "mobile-unet-small", *TRAIN]) == 0
+    capsys.readouterr()
+    code, _, err = _run(["distill", "--teacher", str(teacher), "--data", str(tiny_data), "--method", "magic",
+                         "--out", str(tmp_path / "s.safetensors"), *TRAIN], capsys)
+    assert code == 1 and "valid:" in err and "coco-full" in err and err.count("\n") == 1
+
+
+def test_help_does_not_import_torch() -> None:
+    code = ("import sys; from engine.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[3])
+    assert out.stdout.strip() == "False"
+
+
+def test_bench_harness_on_tiny_settings(tiny_data: Path, tmp_path: Path) -> None:
+    report = run_benchmark(
+        quick=True, data_dir=str(tiny_data), methods=["student", "coco"], device="cpu", workdir=tmp_path,
+        overrides={"size": 32, "crop": 32, "teacher": "mobile-unet", "teacher_steps": 2, "student_steps": 2,
+                   "batch_size": 2, "student": "mobile-unet-small", "speed_size": 32,
+                   "speed_seconds": 0.2})
+    assert set(report["methods"]) == {"student", "coco"}
+    assert report["methods"]["student"]["gap_closed"] in (None, pytest.approx(0.0))
+    assert report["efficiency"]["params_ratio"] < 0.2
+    assert "modified" in report["protocol"]
+    table = markdown(report)
+    assert "| coco |" in table and "gap closed" in table
+    json.dumps(report)
