@@ -4,6 +4,7 @@ journalled step (undo removes the whole import), write a slide's annotations, an
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 IMPORT_FORMATS = ("geojson", "asap", "imagescope")
 EXPORT_FORMATS = ("geojson", "asap", "mask")
+_ROOT_TAG = re.compile(rb"<([A-Za-z_][A-Za-z0-9_.:-]*)")  # the first start tag: not <? or <!
 MASK_SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff"}
 
 
@@ -47,12 +49,15 @@ def guess_format(path: str | Path) -> str:
     if head[:1] in (b"{", b"["):
         return "geojson"
     if head[:1] == b"<":
-        root = parse_xml(data, path)
-        if root.tag == "ASAP_Annotations":
+        match = _ROOT_TAG.search(head)
+        tag = match.group(1).decode("ascii") if match else None
+        if tag is None:  # no start tag in the first 4 KiB: let the parser say what is wrong
+            tag = parse_xml(data, path).tag
+        if tag == "ASAP_Annotations":
             return "asap"
-        if root.tag == "Annotations":
+        if tag == "Annotations":
             return "imagescope"
-        raise AnnotationFormatError(f"{path}: XML with root <{root.tag[:40]}> is neither ASAP "
+        raise AnnotationFormatError(f"{path}: XML with root <{tag[:40]}> is neither ASAP "
                                     f"(<ASAP_Annotations>) nor ImageScope (<Annotations>)")
     raise AnnotationFormatError(f"{path}: not an annotation file CoCoPath reads (QuPath GeoJSON, "
                                 f"ASAP XML or ImageScope XML)")
