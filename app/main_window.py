@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QUrl, Signal
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QImage,
                            QKeySequence)
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QWidget)
@@ -70,8 +70,11 @@ class MainWindow(QMainWindow):
         for w in (self.pos_label, self.level_label, self.mag_label):
             self.statusBar().addPermanentWidget(w)
 
+        self._icon_names: dict[QAction, str] = {}
+        self._icons_installed = False
         self._build_actions()
         self._build_menus()
+        self.view.painted.connect(self._after_first_frame)
         self._restore_layout()
         self._update_actions()
 
@@ -86,7 +89,9 @@ class MainWindow(QMainWindow):
 
     def _action(self, text: str, slot: object, shortcut: object = None, icon_name: str | None = None,
                 tip: str = "") -> QAction:
-        act = QAction(icon(icon_name) if icon_name else QIcon(), text, self)
+        act = QAction(text, self)
+        if icon_name:
+            self._icon_names[act] = icon_name  # icons load after the first frame (qtawesome: ~0.5 s)
         if shortcut is not None:
             act.setShortcuts(shortcut if isinstance(shortcut, list) else [QKeySequence(shortcut)])
         act.setStatusTip(tip or text.replace("&", "").rstrip("…"))
@@ -120,7 +125,7 @@ class MainWindow(QMainWindow):
         mb = self.menuBar()
         m = mb.addMenu("&File")
         m.addAction(self.act_open)
-        self.recent_menu = m.addMenu(icon("fa5s.history"), "Open &recent")
+        self.recent_menu = m.addMenu("Open &recent")
         m.addAction(self.act_sample)
         m.addSeparator()
         m.addAction(self.act_close)
@@ -141,6 +146,24 @@ class MainWindow(QMainWindow):
         tb.addSeparator()
         tb.addActions(list(self.preset_actions.values()))
         self._rebuild_recent_menu()
+
+    def _after_first_frame(self, _record: object = None) -> None:
+        self.view.painted.disconnect(self._after_first_frame)
+        QTimer.singleShot(0, self.install_icons)
+
+    def install_icons(self) -> None:
+        """Give actions their qtawesome icons (deferred so the first slide frame comes sooner)."""
+        if self._icons_installed:
+            return
+        self._icons_installed = True
+        for act, name in self._icon_names.items():
+            act.setIcon(icon(name))
+        self.recent_menu.setIcon(icon("fa5s.history"))
+
+    def showEvent(self, event: object) -> None:  # noqa: N802
+        super().showEvent(event)  # type: ignore[arg-type]
+        if self.source is None:  # nothing to paint first: icons now
+            QTimer.singleShot(0, self.install_icons)
 
     def _restore_layout(self) -> None:
         geom = self.settings.value("window/geometry")
@@ -199,7 +222,7 @@ class MainWindow(QMainWindow):
     @staticmethod
     def _thumbnail(source: object) -> QImage | None:
         try:
-            return rgb_to_qimage(source.thumbnail(1024))  # type: ignore[attr-defined]
+            return rgb_to_qimage(source.thumbnail(512))  # type: ignore[attr-defined]
         except CocoPathError as exc:
             log.warning("no thumbnail: %s", exc)
             return None

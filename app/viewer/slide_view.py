@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen,
                            QResizeEvent, QWheelEvent)
 from PySide6.QtWidgets import QWidget
@@ -20,6 +20,7 @@ from app.state.tiles import TilePlan, plan_tiles
 from app.state.viewport import (SlideGeometry, Viewport, available_presets, fit_viewport,
                                 nice_scale_bar)
 from app.viewer.tile_loader import FINER, RING, TileLoader
+from app.viewer.tile_painter import ScaledTiles, draw_part
 from engine.slide.cache import ByteBoundedCache
 from engine.slide.request import RegionRequest, TileGrid
 
@@ -29,6 +30,8 @@ TILE_SIZE = 512
 BACKGROUND = QColor(62, 64, 70)
 GLASS = QColor(255, 255, 255)
 FALLBACK_LEVELS = 5  # how many coarser levels a missing tile may borrow from
+REPAINT_INTERVAL_MS = 50  # while tiles stream in, repaint at most this often (the last one at once)
+SETTLE_MS = 180  # after the last pan/zoom input, repaint with smooth scaling
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,13 @@ class SlideView(QWidget):
         self._cursor: tuple[float, float] | None = None
         self._drag_from: QPointF | None = None
         self.stale_dropped = 0
-        self.fast_panning = False  # while dragging: draw scaled tiles without smoothing
+        self.fast_paint = False  # during interaction: scaled tiles drawn without smoothing
+        self._pending: set[RegionRequest] = set()  # visible tiles of this request not yet in
+        self.scaled = ScaledTiles()
+        self._repaint_timer = QTimer(self, singleShot=True, interval=REPAINT_INTERVAL_MS)
+        self._repaint_timer.timeout.connect(self.update)
+        self._settle_timer = QTimer(self, singleShot=True, interval=SETTLE_MS)
+        self._settle_timer.timeout.connect(self._settle)
         self.last_error = ""
 
     # -- slide -------------------------------------------------------------------------------------
@@ -85,6 +94,7 @@ class SlideView(QWidget):
         """
         self.source = source
         self.thumbnail = thumbnail
+        self.scaled.clear()
         self.loader.set_source(source)
         if source is None:
             self.geometry_ = self.grid = self._viewport = self._plan = None
@@ -108,6 +118,10 @@ class SlideView(QWidget):
     def plan(self) -> TilePlan | None:
         return self._plan
 
+    def set_cursor_hint(self, pos: tuple[float, float] | None) -> None:
+        """Where the mouse is (screen px): the next finer level is prefetched around it."""
+        self._cursor = pos
+
     def is_complete(self) -> bool:
         """True once every visible tile of the current viewport was painted at its final level."""
         return self._viewport is not None and self._complete_id == self._request_id
@@ -126,7 +140,10 @@ class SlideView(QWidget):
         g = self.grid
         prefetch = [(g.request(t), RING) for t in self._plan.ring]
         prefetch += [(g.request(t), FINER) for t in self._plan.finer]
-        self.loader.request(self._request_id, [g.request(t) for t in self._plan.visible], prefetch)
+        visible = [g.request(t) for t in self._plan.visible]
+        self._pending = {k for k in visible if k not in self.cache}
+        self.scaled.keep_only(set(visible) | {k for k, _ in prefetch})
+        self.loader.request(self._request_id, visible, prefetch)
         self.update()
         self.viewport_changed.emit(vp)
 
@@ -182,7 +199,12 @@ class SlideView(QWidget):
         if request_id != self._request_id:
             self.stale_dropped += 1  # a stale request: never painted, not even a repaint
             return
-        self.update()
+        self._pending.discard(key)
+        if not self._pending:
+            self._repaint_timer.stop()
+            self.update()  # the last visible tile: paint the final frame now
+        elif not self._repaint_timer.isActive():
+            self._repaint_timer.start()  # batch arrivals: painting each one would starve the readers
 
     def _on_tile_failed(self, request_id: int, key: RegionRequest, message: str) -> None:
         if message != self.last_error:
@@ -206,7 +228,7 @@ class SlideView(QWidget):
             self._paint_placeholder(p)
             p.end()
             return
-        if not self.fast_panning:
+        if not self.fast_paint:
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
         p.fillRect(self._screen_rect(vp, 0, 0, geo.width, geo.height), GLASS)
         drawn: set[RegionRequest] = set()
@@ -214,16 +236,22 @@ class SlideView(QWidget):
         if plan.level < 0 and self.thumbnail is not None:
             p.drawImage(self._screen_rect(vp, 0, 0, geo.width, geo.height), self.thumbnail,
                         QRectF(self.thumbnail.rect()))
+        factor = geo.level_downsamples[plan.level] / vp.downsample * vp.dpr if plan.level >= 0 else 1.0
+        prescale = factor < 0.999  # downscaled tiles: blit pre-scaled copies (see tile_painter)
         for tile in plan.visible:
             key = g.request(tile)
-            rect = self._screen_rect(vp, *g.tile_rect_level0(tile))
+            rect0 = g.tile_rect_level0(tile)
             img = self.cache.get(key)
-            if img is not None:
-                p.drawImage(rect, img, QRectF(img.rect()))
-                drawn.add(key)
-            else:
+            if img is None:
                 missing += 1
-                self._paint_fallback(p, vp, g, tile.level, rect, g.tile_rect_level0(tile))
+                self._paint_fallback(p, vp, g, tile.level, rect0)
+                continue
+            scaled = self.scaled.get(key, img, vp, rect0, make=not self.fast_paint) if prescale else None
+            if scaled is not None:
+                p.drawImage(scaled[1], scaled[0])
+            else:
+                p.drawImage(self._screen_rect(vp, *rect0), img, QRectF(img.rect()))
+            drawn.add(key)
         self._paint_overlays(p, vp, geo)
         p.end()
         complete = missing == 0
@@ -234,24 +262,20 @@ class SlideView(QWidget):
             self.frame_complete.emit(self._request_id)
         self.painted.emit(record)
 
-    def _paint_fallback(self, p: QPainter, vp: Viewport, g: TileGrid, level: int, rect: QRectF,
+    def _paint_fallback(self, p: QPainter, vp: Viewport, g: TileGrid, level: int,
                         rect0: tuple[float, float, float, float]) -> None:
         """Fill a missing tile's place with the thumbnail and the best coarser cached tiles, scaled."""
-        p.save()
-        p.setClipRect(rect)
         geo = self.geometry_
         assert geo is not None
         if self.thumbnail is not None and not self.thumbnail.isNull():
-            p.drawImage(self._screen_rect(vp, 0, 0, geo.width, geo.height), self.thumbnail,
-                        QRectF(self.thumbnail.rect()))
+            draw_part(p, vp, self.thumbnail, (0.0, 0.0, float(geo.width), float(geo.height)), rect0)
         x, y, w, h = rect0
         top = min(len(geo.level_downsamples) - 1, level + FALLBACK_LEVELS)
         for lvl in range(top, level, -1):  # coarse first, finer ones painted over them
             for t in g.tiles_in(lvl, x, y, x + w, y + h):
                 img = self.cache.peek(g.request(t))
                 if img is not None:
-                    p.drawImage(self._screen_rect(vp, *g.tile_rect_level0(t)), img, QRectF(img.rect()))
-        p.restore()
+                    draw_part(p, vp, img, g.tile_rect_level0(t), rect0)
 
     def _paint_overlays(self, p: QPainter, vp: Viewport, geo: SlideGeometry) -> None:
         """The scale bar (bottom left), or a note where the slide has no pixel size."""
@@ -299,6 +323,8 @@ class SlideView(QWidget):
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
         steps = event.angleDelta().y() / 120.0
         if steps:
+            self._interacting()
+            self._settle_timer.start()
             pos = event.position()
             self.zoom_by(1.25 ** steps, (pos.x(), pos.y()))
         event.accept()
@@ -306,7 +332,7 @@ class SlideView(QWidget):
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         if event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
             self._drag_from = event.position()
-            self.fast_panning = True
+            self._interacting()
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
         event.accept()
 
@@ -316,6 +342,7 @@ class SlideView(QWidget):
         if self._drag_from is not None:
             d = pos - self._drag_from
             self._drag_from = pos
+            self._interacting()
             self.pan_by(d.x(), d.y())
         if self._viewport is not None:
             self.cursor_moved.emit(*self._viewport.to_slide(pos.x(), pos.y()))
@@ -323,9 +350,8 @@ class SlideView(QWidget):
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         if self._drag_from is not None:
             self._drag_from = None
-            self.fast_panning = False
             self.unsetCursor()
-            self.update()
+            self._settle_timer.start()
         event.accept()
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
@@ -335,6 +361,9 @@ class SlideView(QWidget):
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
         key = event.key()
         step_x, step_y = self.width() / 4, self.height() / 4
+        if event.isAutoRepeat():  # a held arrow key pans continuously: paint fast until released
+            self._interacting()
+            self._settle_timer.start()
         K = Qt.Key
         if key == K.Key_Left:
             self.pan_by(step_x, 0)
@@ -357,6 +386,16 @@ class SlideView(QWidget):
                 self.set_magnification(presets[i])
         else:
             super().keyPressEvent(event)
+
+    def _interacting(self) -> None:
+        """Continuous pan/zoom: paint without smoothing (a frame in a few ms) until input settles."""
+        self.fast_paint = True
+        self._settle_timer.stop()
+
+    def _settle(self) -> None:
+        if self._drag_from is None and self.fast_paint:
+            self.fast_paint = False
+            self.update()
 
     def leaveEvent(self, event: object) -> None:  # noqa: N802
         self._cursor = None

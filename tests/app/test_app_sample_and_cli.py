@@ -181,4 +181,4 @@ def test_cli_errors_are_one_line(tmp_path, small_svs, args) -> None:
 def test_start_up_does_not_import_torch(tmp_path, small_svs) -> None:
     r = run_cli(str(small_svs), "--first-frame-probe", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "torch=False" in r.stdout
+    assert "torch=False" in r.stdout and "ok=True" in r.stdout

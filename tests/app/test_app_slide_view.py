@@ -57,9 +57,27 @@ def block_mean(img: np.ndarray, k: int) -> np.ndarray:
     return img[:h, :w].reshape(h // k, k, w // k, k, 3).mean(axis=(1, 3))
 
 
-def test_every_preset_shows_the_region_at_that_magnification(qtbot, view, small_svs) -> None:
+def region_diff(view, source, level: int = 0) -> float:
+    """Mean |difference| (8-px blocks) between the view and the slide region it shows, read directly."""
     from PIL import Image
 
+    vp = view.viewport
+    W, H = source.info.dimensions
+    ds = source.info.level_downsamples[level]
+    rendered = grab_rgb(view)
+    (ax, ay), (bx, by) = vp.to_screen(0, 0), vp.to_screen(W, H)
+    c0x, c0y = max(0, int(np.ceil(ax)) + 1), max(0, int(np.ceil(ay)) + 1)
+    c1x, c1y = min(view.width(), int(bx) - 1), min(view.height() - BAR_MARGIN, int(by) - 1)
+    crop = rendered[c0y:c1y, c0x:c1x]
+    (x0, y0), (x1, y1) = vp.to_slide(c0x, c0y), vp.to_slide(c1x, c1y)
+    lx0, ly0, lx1, ly1 = (round(v / ds) for v in (x0, y0, x1, y1))
+    ref = expected_rgb(source, level, round(lx0 * ds), round(ly0 * ds), lx1 - lx0, ly1 - ly0)
+    ref_small = np.asarray(Image.fromarray(ref).resize((crop.shape[1], crop.shape[0]),
+                                                       Image.Resampling.BOX))
+    return float(np.abs(block_mean(crop, 8) - block_mean(ref_small, 8)).mean())
+
+
+def test_every_preset_shows_the_region_at_that_magnification(qtbot, view, small_svs) -> None:
     source = open_slide(small_svs)
     view.set_source(source)
     presets = view.presets()
@@ -68,22 +86,23 @@ def test_every_preset_shows_the_region_at_that_magnification(qtbot, view, small_
         view.center_on(1110, 1480)
         view.set_magnification(mag)
         wait_drawn(qtbot, view)
-        vp = view.viewport
-        assert vp.magnification(view.geometry_) == pytest.approx(mag)
-        rendered = grab_rgb(view)
-        # the same slide region, read from openslide and resized to the screen, should look the same
-        (ax, ay), (bx, by) = vp.to_screen(0, 0), vp.to_screen(2220, 2967)
-        c0x, c0y = max(0, int(np.ceil(ax)) + 1), max(0, int(np.ceil(ay)) + 1)
-        c1x, c1y = min(view.width(), int(bx) - 1), min(view.height() - BAR_MARGIN, int(by) - 1)
-        crop = rendered[c0y:c1y, c0x:c1x]
-        (x0, y0), (x1, y1) = vp.to_slide(c0x, c0y), vp.to_slide(c1x, c1y)
-        x0, y0, x1, y1 = round(x0), round(y0), round(x1), round(y1)
-        ref = expected_rgb(source, 0, x0, y0, x1 - x0, y1 - y0)
-        ref_small = np.asarray(Image.fromarray(ref).resize((crop.shape[1], crop.shape[0]),
-                                                           Image.Resampling.BOX))
-        k = 8
-        diff = np.abs(block_mean(crop, k) - block_mean(ref_small, k))
-        assert diff.mean() < 4, f"{mag}×: rendered region differs from the slide (mean {diff.mean():.1f})"
+        assert view.viewport.magnification(view.geometry_) == pytest.approx(mag)
+        diff = region_diff(view, source)
+        assert diff < 4, f"{mag}×: rendered region differs from the slide (mean {diff:.1f})"
+
+
+def test_panning_at_a_scaled_zoom_shows_the_right_place(qtbot, view, app_pyramid) -> None:
+    source = open_slide(app_pyramid)
+    view.set_source(source)
+    view.set_viewport(Viewport(2500, 1800, 1.5, view.width(), view.height()))  # level 0, scaled ×⅔
+    wait_drawn(qtbot, view)
+    assert view.plan.level == 0
+    assert region_diff(view, source) < 4
+    for key in (Qt.Key.Key_Right, Qt.Key.Key_Right, Qt.Key.Key_Down, Qt.Key.Key_Left):
+        qtbot.keyClick(view, key)
+        wait_drawn(qtbot, view)
+        assert region_diff(view, source) < 4
+    assert len(view.scaled) > 0  # the frames were blits of pre-scaled tiles
 
 
 def test_arrow_keys_and_drag_pan_to_the_right_place(qtbot, view, small_svs) -> None:
