@@ -30,7 +30,7 @@ TILE_SIZE = 512
 BACKGROUND = QColor(62, 64, 70)
 GLASS = QColor(255, 255, 255)
 FALLBACK_LEVELS = 5  # how many coarser levels a missing tile may borrow from
-REPAINT_INTERVAL_MS = 50  # while tiles stream in, repaint at most this often (the last one at once)
+REPAINT_INTERVAL_MS = 80  # while tiles stream in, repaint at most this often (the last one at once)
 SETTLE_MS = 180  # after the last pan/zoom input, repaint with smooth scaling
 
 

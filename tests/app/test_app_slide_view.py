@@ -140,6 +140,9 @@ def test_wheel_zooms_around_the_cursor(qtbot, view, small_svs) -> None:
     QApplication.sendEvent(view, ev)
     assert view.viewport.downsample == pytest.approx(2.0 / 1.25)
     assert view.viewport.to_slide(pos.x(), pos.y()) == pytest.approx(under)
+    assert view.fast_paint  # while the wheel turns, frames are painted fast …
+    qtbot.waitUntil(lambda: not view.fast_paint, timeout=3000)  # … then smoothly once it stops
+    wait_drawn(qtbot, view)
     qtbot.keyClick(view, Qt.Key.Key_Plus)
     assert view.viewport.downsample == pytest.approx(2.0 / 1.25 / 1.5)
     qtbot.keyClick(view, Qt.Key.Key_F)
