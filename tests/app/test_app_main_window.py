@@ -155,3 +155,29 @@ def test_sources_are_closed_when_replaced(qtbot, window, small_svs, no_mpp_svs) 
     assert window.open_path(no_mpp_svs)
     qtbot.waitUntil(lambda: first._closed, timeout=5000)
     wait_drawn(qtbot, window.view)
+
+
+def test_cursor_position_in_microns(qtbot, window, small_svs) -> None:
+    assert window.open_path(small_svs)
+    view = window.view
+    view.set_downsample(1.0)
+    seen = []
+    view.cursor_moved.connect(lambda x, y: seen.append((x, y)))
+    qtbot.mouseMove(view, QPoint(40, 60))
+    qtbot.waitUntil(lambda: bool(seen), timeout=2000)
+    x, y = seen[-1]
+    ex, ey = view.viewport.to_slide(40, 60)
+    assert abs(x - ex) < 16 and abs(y - ey) < 16  # where the pointer is (the platform may round)
+    assert window.pos_label.text() == f"x {x * 0.499:.1f} µm, y {y * 0.499:.1f} µm"
+
+
+def test_start_without_a_slide_offers_the_sample(qtbot, window, small_svs, monkeypatch) -> None:
+    from PySide6.QtWidgets import QMessageBox
+
+    monkeypatch.setenv("COCOPATH_SAMPLE", str(small_svs))
+    window.offer_sample_download()
+    box = window.error_box
+    assert box.isVisible() and "sample" in box.text().lower()
+    box.button(QMessageBox.StandardButton.Yes).click()
+    qtbot.waitUntil(lambda: window.source is not None, timeout=5000)
+    assert Path(window.source.info.path).name == small_svs.name
