@@ -23,10 +23,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="open SLIDE, wait until every visible tile is drawn, save the window, exit")
     p.add_argument("--center", metavar="X,Y", help="centre the view on level-0 pixel X,Y")
     p.add_argument("--magnification", type=float, metavar="M", help="show the slide at M× (e.g. 10)")
-    p.add_argument("--size", metavar="WxH", default=None, help="window size, e.g. 1600x1000")
+    p.add_argument("--size", metavar="WxH", default=None,
+                   help="window size, e.g. 1600x1000; with --bench-viewer: the pyramid's side (50000)")
     p.add_argument("--bench-viewer", metavar="OUT.json", help="run the viewer benchmark, write JSON")
-    p.add_argument("--bench-size", type=int, default=50_000, metavar="PX",
-                   help="side of the benchmark's synthetic pyramid (default 50000)")
+    p.add_argument("--bench-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     p.add_argument("--first-frame-probe", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -85,7 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench_viewer:
         from app.bench import run_benchmark
 
-        return run_benchmark(Path(args.bench_viewer), size=args.bench_size)
+        side = args.bench_size or 50_000
+        if args.size:
+            try:
+                side = int(args.size)
+            except ValueError:
+                print(f"cocopath: error: with --bench-viewer, --size is the pyramid's side in pixels "
+                      f"(e.g. 50000), got {args.size!r}", file=sys.stderr)
+                return 2
+        if side < 1024:
+            print("cocopath: error: the benchmark pyramid needs a side of at least 1024 px", file=sys.stderr)
+            return 2
+        return run_benchmark(Path(args.bench_viewer), size=side)
     size = _pair(args.size, "x", "--size", int) if args.size else None
     center = _pair(args.center, ",", "--center") if args.center else None
     headless = bool(args.screenshot or args.first_frame_probe)

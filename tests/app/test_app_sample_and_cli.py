@@ -182,3 +182,19 @@ def test_start_up_does_not_import_torch(tmp_path, small_svs) -> None:
     r = run_cli(str(small_svs), "--first-frame-probe", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "torch=False" in r.stdout and "ok=True" in r.stdout
+
+
+@pytest.mark.slow
+def test_viewer_benchmark_runs_and_writes_every_figure(tmp_path) -> None:
+    """A small run of ``cocopath --bench-viewer`` (figures are not asserted: timings vary)."""
+    import json
+
+    out = tmp_path / "viewer.json"
+    r = run_cli("--bench-viewer", str(out), "--size", "2048", tmp_path=tmp_path, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert set(data) >= {"machine", "slide", "viewport_to_final", "frame_pan_cached",
+                         "tile_path_vs_raw_read_region", "memory", "startup"}
+    assert data["slide"]["width"] == 2048
+    assert data["viewport_to_final"]["cold"]["n"] == data["viewport_to_final"]["steps"]
+    assert data["startup"]["torch_imported"] is False
