@@ -35,7 +35,7 @@ class Source(str, Enum):
 
 
 class Kind(str, Enum):
-    """A class region, or a correction ROI (the area a pathologist reviewed; see :mod:`rois`)."""
+    """A class region, or a correction ROI (an area a pathologist reviewed; see ``rois.py``)."""
 
     REGION = "region"
     ROI = "roi"

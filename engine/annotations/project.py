@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -95,13 +96,15 @@ _SLIDE_COLUMNS = "id, path, name, size, hash, width, height, mpp_x, mpp_y, added
 
 
 class Project:
-    """An open project. Methods are safe to call from one thread at a time; close() when done."""
+    """An open project; close() when done. Thread-safe: one connection, used under one lock, so a
+    viewport query from a loader thread never sees another thread's transaction half-way."""
 
     def __init__(self, folder: Path, conn: sqlite3.Connection, author: str) -> None:
         self.folder = folder
         self.db_path = db.database_file(folder)
         self.author = author
         self._conn = conn
+        self._lock = threading.RLock()
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -144,11 +147,12 @@ class Project:
         return cls(folder, conn, author or _default_author())
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None  # type: ignore[assignment]
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                finally:
+                    self._conn = None  # type: ignore[assignment]
 
     def __enter__(self) -> Project:
         return self
@@ -167,18 +171,25 @@ class Project:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: everything in the block is committed together, or nothing."""
-        conn = self.conn
-        with db.guarded(self.db_path):
+        with self._lock, db.guarded(self.db_path):
+            conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for several reads in a row, under the project's lock."""
+        with self._lock, db.guarded(self.db_path):
+            yield self.conn
+
     def query(self, sql: str, params: Sequence | dict = ()) -> list[tuple]:
-        with db.guarded(self.db_path):
+        with self._lock, db.guarded(self.db_path):
             return self.conn.execute(sql, params).fetchall()
 
     # -- slides ----------------------------------------------------------------------------------

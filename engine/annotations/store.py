@@ -296,9 +296,10 @@ class AnnotationStore:
         if status:
             sql += " AND status = ?"
             params += (status,)
-        rows = self.project.query(sql + " ORDER BY id", params)
-        conn = self.project.conn
-        return [Step(i, lb, au, at, st, tuple(self._changes(conn, i))) for i, lb, au, at, st in rows]
+        with self.project.reading() as conn:
+            rows = conn.execute(sql + " ORDER BY id", params).fetchall()
+            return [Step(i, lb, au, at, st, tuple(self._changes(conn, i)))
+                    for i, lb, au, at, st in rows]
 
     def history(self, limit: int | None = None) -> list[AuditEntry]:
         """The audit trail of this slide, newest first: who did, undid or redid what, and when."""

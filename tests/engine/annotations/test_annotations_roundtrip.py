@@ -17,6 +17,7 @@ from engine.annotations import (Annotation, AnnotationClass, AnnotationError, Ki
                                 SlideRecord, Source)
 from engine.annotations.formats import export_file, import_file
 from engine.annotations.mask import fill, pyramid_dimensions, rasterize
+from engine.annotations.rois import IGNORE, partial_label_mask, reviewed_area
 
 DONUT = box(100, 100, 400, 400).difference(box(200, 200, 300, 300))
 
@@ -183,3 +184,20 @@ def test_mask_refuses_bad_requests(project: Project, slide: SlideRecord, tmp_pat
         export_file(store, tmp_path / "m.png", "mask", downsample=0)
     with pytest.raises(AnnotationError, match="ending"):
         export_file(store, tmp_path / "m.txt")
+
+
+def test_partial_labels_follow_the_correction_rois() -> None:
+    classes = [AnnotationClass("tumour"), AnnotationClass("stroma")]
+    anns = [Annotation(box(0, 0, 100, 100), kind=Kind.ROI),
+            Annotation(box(50, 50, 150, 100), kind=Kind.ROI),  # overlapping ROIs: union
+            Annotation(box(10, 10, 30, 30), "tumour"),
+            Annotation(box(120, 60, 200, 80), "stroma"),  # half inside the second ROI
+            Annotation(box(150, 150, 170, 170), "tumour")]  # outside every ROI
+    m = partial_label_mask(anns, classes, 0, 0, 200, 200)
+    assert m[20, 20] == 1 and m[5, 5] == 0 and m[70, 140] == 2 and m[70, 120] == 2
+    assert m[70, 160] == IGNORE and m[160, 160] == IGNORE and m[120, 20] == IGNORE
+    assert (m == 0).sum() == 100 * 100 + 100 * 50 - 50 * 50 - 20 * 20 - 30 * 20
+    loose = partial_label_mask(anns, classes, 0, 0, 200, 200, label_outside_rois=True)
+    assert loose[160, 160] == 1 and loose[70, 160] == 2 and loose[120, 20] == IGNORE
+    assert reviewed_area(anns) == 100 * 100 + 100 * 50 - 50 * 50
+    assert (partial_label_mask(anns[2:], classes, 0, 0, 50, 50) == IGNORE).all()

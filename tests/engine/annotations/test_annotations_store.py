@@ -37,13 +37,14 @@ def test_annotation_geometry_is_made_valid_and_polygonal() -> None:
     ({"geometry": LineString([(0, 0), (5, 5)])}, "area"),
     ({"geometry": Polygon([(0, 0), (1, 1), (2, 2)])}, "area"),
     ({"geometry": box(0, 0, 1, 1), "uuid": "not-a-uuid"}, "UUID"),
-    ({"geometry": Polygon([(0, 0), (float("nan"), 1), (1, 0)])}, "finite"),
+    ({"geometry": lambda: Polygon([(0, 0), (float("nan"), 1), (1, 0)])}, "finite"),
     ({"geometry": box(0, 0, 1, 1), "kind": Kind.ROI, "class_name": "tumour"}, "ROI"),
     ({"geometry": box(0, 0, 1, 1), "class_name": "  "}, "class"),
     ({"geometry": box(0, 0, 1, 1), "created": float("inf")}, "time"),
     ({"geometry": "POLYGON"}, "shapely"),
 ])
 def test_invalid_annotations_are_refused(kwargs: dict, message: str) -> None:
+    kwargs = {k: v() if callable(v) else v for k, v in kwargs.items()}
     with pytest.raises(AnnotationError, match=message):
         Annotation(**kwargs)
 
