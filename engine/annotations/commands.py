@@ -2,6 +2,7 @@
 
     cocopath-engine project create DIR
     cocopath-engine project add-slide DIR SLIDE
+    cocopath-engine project relink DIR FOLDER…
     cocopath-engine annotations import DIR SLIDE FILE [--format geojson|asap|imagescope]
     cocopath-engine annotations export DIR SLIDE OUT [--format geojson|asap|mask] [--downsample N]
 
@@ -33,6 +34,12 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("slide", help="slide file, or a DICOM slide's folder")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_add_slide)
+
+    p = psub.add_parser("relink", help="find slides that moved (by content hash) under FOLDERs")
+    p.add_argument("dir", type=Path)
+    p.add_argument("folders", nargs="+", type=Path, help="folders to search, recursively")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_relink)
 
     ann = sub.add_parser("annotations", help="import and export annotations of a project's slide")
     asub = ann.add_subparsers(dest="annotations_command", metavar="ACTION")
@@ -100,6 +107,19 @@ def _add_slide(args: argparse.Namespace) -> int:
     mpp = f"{rec.mpp[0]:g} µm/px" if rec.mpp else "no mpp"
     return _emit(args, {"project": str(project.folder), "slide": data},
                  [f"slide {rec.id}: {rec.path} ({rec.width} × {rec.height} px, {mpp})"])
+
+
+def _relink(args: argparse.Namespace) -> int:
+    from engine.annotations.project import Project
+
+    with Project.open(args.dir) as project:
+        found = project.relink_missing(args.folders)
+        missing = project.missing_slides()
+    data = {"relinked": [{"id": s.id, "path": s.path} for s in found],
+            "still_missing": [{"id": s.id, "path": s.path} for s in missing]}
+    lines = [f"relinked slide {s.id}: {s.path}" for s in found]
+    lines += [f"still missing: slide {s.id} ({s.path})" for s in missing]
+    return _emit(args, data, lines or ["no slide is missing"])
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.annotations.errors import AnnotationError, AnnotationFormatError
-from engine.annotations.model import Annotation, ExportResult, Kind, ParsedAnnotations, new_uuid
+from engine.annotations.model import (Annotation, ExportResult, Kind, ParsedAnnotations, color_to_hex,
+                                      new_uuid)
 from engine.annotations.reading import parse_xml, read_bytes
 from engine.annotations.store import AnnotationStore
 
@@ -101,6 +102,11 @@ def import_file(store: AnnotationStore, path: str | Path, fmt: str | None = None
             warnings.append(f"{len(taken)} annotation(s) had ids already in the project and were "
                             f"imported with new ids")
         anns = [a if a.author else a.evolve(author=store.project.author) for a in anns]
+    for cls in parsed.classes:
+        mine = store.project.class_named(cls.name)
+        if mine is not None and mine.color != cls.color:
+            warnings.append(f"class {cls.name!r} keeps the project's colour "
+                            f"{color_to_hex(mine.color)}, not the file's {color_to_hex(cls.color)}")
     slide = store.slide
     if parsed.mpp and slide.mpp and abs(parsed.mpp - slide.mpp[0]) > 0.01 * slide.mpp[0]:
         warnings.append(f"the file says {parsed.mpp:g} µm/px, the slide {slide.mpp[0]:g} µm/px: "

@@ -130,3 +130,19 @@ def test_annotations_engine_imports_without_qt_or_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_relink_finds_moved_slides(tmp_path: Path, small_svs: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    folder, copy = tmp_path / "p", tmp_path / "old" / "s.svs"
+    copy.parent.mkdir()
+    copy.write_bytes(small_svs.read_bytes())
+    run_json(capsys, "project", "create", str(folder))
+    run_json(capsys, "project", "add-slide", str(folder), str(copy))
+    moved = tmp_path / "new" / "s-moved.svs"
+    moved.parent.mkdir()
+    copy.rename(moved)
+    data = run_json(capsys, "project", "relink", str(folder), str(tmp_path / "old"))
+    assert data == {"relinked": [], "still_missing": [{"id": 1, "path": str(copy)}]}
+    data = run_json(capsys, "project", "relink", str(folder), str(tmp_path))
+    assert data == {"relinked": [{"id": 1, "path": str(moved)}], "still_missing": []}

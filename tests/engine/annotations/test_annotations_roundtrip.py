@@ -201,3 +201,13 @@ def test_partial_labels_follow_the_correction_rois() -> None:
     assert loose[160, 160] == 1 and loose[70, 160] == 2 and loose[120, 20] == IGNORE
     assert reviewed_area(anns) == 100 * 100 + 100 * 50 - 50 * 50
     assert (partial_label_mask(anns[2:], classes, 0, 0, 50, 50) == IGNORE).all()
+
+
+def test_import_keeps_project_colours_and_says_so(project: Project, slide: SlideRecord,
+                                                  shared_data: Path) -> None:
+    project.set_class(AnnotationClass("metastasis", (1, 2, 3)))
+    src = shared_data / "annotations" / "asap" / "camelyon16_metastasis" / "tumor_085.xml"
+    result = import_file(project.store(slide), src)
+    assert any("keeps the project's colour #010203, not the file's #00aa00" in w
+               for w in result.warnings)
+    assert project.class_named("metastasis").color == (1, 2, 3)
