@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="window size, e.g. 1600x1000; with --bench-viewer: the pyramid's side (50000)")
     p.add_argument("--bench-viewer", metavar="OUT.json", help="run the viewer benchmark, write JSON")
     p.add_argument("--bench-size", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--bench-slide", default=None, help=argparse.SUPPRESS)  # reuse a built pyramid
     p.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     p.add_argument("--first-frame-probe", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if side < 1024:
             print("cocopath: error: the benchmark pyramid needs a side of at least 1024 px", file=sys.stderr)
             return 2
-        return run_benchmark(Path(args.bench_viewer), size=side)
+        return run_benchmark(Path(args.bench_viewer), size=side,
+                             slide=Path(args.bench_slide) if args.bench_slide else None)
     size = _pair(args.size, "x", "--size", int) if args.size else None
     center = _pair(args.center, ",", "--center") if args.center else None
     headless = bool(args.screenshot or args.first_frame_probe)

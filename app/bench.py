@@ -139,7 +139,7 @@ def _run_sequence(app: object, view: object, seq: list[object]) -> tuple[list[fl
         _wait_idle(view)
         paint_s.clear()
         t0 = time.perf_counter()
-        view.set_viewport(vp)  # type: ignore[attr-defined]
+        view.set_viewport(vp, force=True)  # type: ignore[attr-defined]
         plan, grid, cache = view.plan, view.grid, view.cache  # type: ignore[attr-defined]
         missing.append({grid.request(t) for t in plan.visible if grid.request(t) not in cache})
         if not _wait_complete(app, view):
@@ -277,7 +277,7 @@ def _startup(path: Path, runs: int = 3) -> dict[str, object]:
     }
 
 
-def run_benchmark(out: Path, size: int = 50_000, keep: bool = False) -> int:
+def run_benchmark(out: Path, size: int = 50_000, keep: bool = False, slide: Path | None = None) -> int:
     """Build the pyramid, measure everything in one run, write ``out`` (JSON); 0 on success."""
     from PySide6 import __version__ as pyside_version
 
@@ -291,9 +291,12 @@ def run_benchmark(out: Path, size: int = 50_000, keep: bool = False) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="cocopath-bench-"))
     try:
-        print(f"building a {size:,} × {size:,} pyramid of real H&E patches in {tmp} …", flush=True)
         t0 = time.perf_counter()
-        path = build_pyramid_tiff(tmp / "bench.tif", size, size)
+        if slide is None:
+            print(f"building a {size:,} × {size:,} pyramid of real H&E patches in {tmp} …", flush=True)
+            path = build_pyramid_tiff(tmp / "bench.tif", size, size)
+        else:  # development: reuse a pyramid built earlier
+            path = slide
         build_s = time.perf_counter() - t0
         app = make_application()
         load_avg = [round(x, 2) for x in os.getloadavg()]

@@ -126,13 +126,16 @@ class SlideView(QWidget):
         """True once every visible tile of the current viewport was painted at its final level."""
         return self._viewport is not None and self._complete_id == self._request_id
 
-    def set_viewport(self, viewport: Viewport) -> None:
-        """Move the view; starts a new request (older ones go stale) and schedules a repaint."""
+    def set_viewport(self, viewport: Viewport, force: bool = False) -> None:
+        """Move the view; starts a new request (older ones go stale) and schedules a repaint.
+
+        An unchanged viewport is ignored unless ``force`` (e.g. after the cache was emptied).
+        """
         if self.geometry_ is None or self.grid is None:
             return
         dpr = self.devicePixelRatioF()
         vp = viewport.resized(self.width(), self.height(), dpr).clamped(self.geometry_)
-        if vp == self._viewport:
+        if vp == self._viewport and not force:
             return
         self._viewport = vp
         self._request_id += 1
@@ -264,18 +267,30 @@ class SlideView(QWidget):
 
     def _paint_fallback(self, p: QPainter, vp: Viewport, g: TileGrid, level: int,
                         rect0: tuple[float, float, float, float]) -> None:
-        """Fill a missing tile's place with the thumbnail and the best coarser cached tiles, scaled."""
+        """Fill a missing tile's place with the best coarser cached tiles (or the thumbnail), scaled.
+
+        The finest coarser level that covers the place on its own is drawn alone; failing that, the
+        thumbnail and every partial level above it, coarse to fine.
+        """
         geo = self.geometry_
         assert geo is not None
-        if self.thumbnail is not None and not self.thumbnail.isNull():
-            draw_part(p, vp, self.thumbnail, (0.0, 0.0, float(geo.width), float(geo.height)), rect0)
         x, y, w, h = rect0
         top = min(len(geo.level_downsamples) - 1, level + FALLBACK_LEVELS)
-        for lvl in range(top, level, -1):  # coarse first, finer ones painted over them
-            for t in g.tiles_in(lvl, x, y, x + w, y + h):
-                img = self.cache.peek(g.request(t))
-                if img is not None:
-                    draw_part(p, vp, img, g.tile_rect_level0(t), rect0)
+        layers: list[list[tuple[QImage, tuple[float, float, float, float]]]] = []
+        for lvl in range(level + 1, top + 1):  # fine to coarse
+            tiles = list(g.tiles_in(lvl, x, y, x + w, y + h))
+            found = [(img, g.tile_rect_level0(t)) for t in tiles
+                     if (img := self.cache.peek(g.request(t))) is not None]
+            if found and len(found) == len(tiles):
+                for img, r0 in found:
+                    draw_part(p, vp, img, r0, rect0)
+                return
+            layers.append(found)
+        if self.thumbnail is not None and not self.thumbnail.isNull():
+            draw_part(p, vp, self.thumbnail, (0.0, 0.0, float(geo.width), float(geo.height)), rect0)
+        for found in reversed(layers):  # coarse first, finer ones painted over them
+            for img, r0 in found:
+                draw_part(p, vp, img, r0, rect0)
 
     def _paint_overlays(self, p: QPainter, vp: Viewport, geo: SlideGeometry) -> None:
         """The scale bar (bottom left), or a note where the slide has no pixel size."""
