@@ -3,14 +3,17 @@
 QuPath's shape: a FeatureCollection of Features with ``id`` (a UUID), a Polygon or MultiPolygon
 geometry, and properties ``objectType: "annotation"``, ``classification: {"name", "color": [r, g,
 b]}`` (QuPath throws when ``color`` is missing, so it is always written), optional ``name``,
-``isLocked`` and ``measurements``. What QuPath has no field for (kind, source, author, times) is kept
-under ``properties.cocopath``, which QuPath ignores, so our own files round-trip losslessly.
+``isLocked`` and ``measurements`` (written as an object, QuPath ≥ 0.4's form; arrays are read too).
+What QuPath has no field for (kind, source, author, times) goes into ``properties.metadata`` as
+``cocopath.*`` strings: QuPath keeps an annotation's metadata (primitive values) and writes it back,
+so these survive a trip through QuPath, and our own files round-trip losslessly.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from engine.annotations.reading import (Collector, Problem, decode_text, number,
 log = logging.getLogger(__name__)
 
 FORMAT = "GeoJSON"
+META = "cocopath."  # prefix of our keys in properties.metadata
 MAX_DEPTH = 8  # GeometryCollections nested deeper than this are refused
 _SKIPPED_TYPES = {"Point": "point", "MultiPoint": "points", "LineString": "line",
                   "MultiLineString": "lines"}
@@ -104,9 +108,9 @@ def _read_feature(col: Collector, feature: object, where: str) -> None:
     if isinstance(name, str):
         attrs["name"] = name
     attrs["locked"] = props.get("isLocked") is True
-    extra = props.get("cocopath")
-    if isinstance(extra, dict):
-        _cocopath_properties(extra, attrs)
+    metadata = props.get("metadata")
+    if isinstance(metadata, dict):
+        _read_metadata(metadata, attrs)
         if attrs.get("kind") == Kind.ROI:
             attrs.pop("class_name", None)
     col.add(shape, **attrs)
@@ -188,17 +192,24 @@ def _classification(c: object, where: str) -> AnnotationClass | None:
     return AnnotationClass(name, color)
 
 
-def _cocopath_properties(extra: dict, attrs: dict[str, object]) -> None:
-    if extra.get("kind") in ("region", "roi"):
-        attrs["kind"] = Kind(extra["kind"])
-    if extra.get("source") in ("pathologist", "model"):
-        attrs["source"] = Source(extra["source"])
-    if isinstance(extra.get("author"), str):
-        attrs["author"] = extra["author"]
+def _read_metadata(metadata: dict, attrs: dict[str, object]) -> None:
+    """Our fields from QuPath metadata (strings once QuPath has re-saved them; tolerate numbers)."""
+    get = {k.removeprefix(META): v for k, v in metadata.items()
+           if isinstance(k, str) and k.startswith(META)}
+    if get.get("kind") in ("region", "roi"):
+        attrs["kind"] = Kind(get["kind"])
+    if get.get("source") in ("pathologist", "model"):
+        attrs["source"] = Source(get["source"])
+    if isinstance(get.get("author"), str):
+        attrs["author"] = get["author"]
     for key in ("created", "modified"):
-        v = extra.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e12:
-            attrs[key] = float(v)
+        v = get.get(key)
+        try:
+            t = float(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None
+        except ValueError:
+            t = None
+        if t is not None and math.isfinite(t) and abs(t) < 1e12:
+            attrs[key] = t
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -217,8 +228,9 @@ def feature(ann: Annotation, classes: dict[str, AnnotationClass],
     if mpp:
         measurements["Area µm^2"] = ann.area * mpp[0] * mpp[1]
     props["measurements"] = measurements
-    props["cocopath"] = {"kind": ann.kind.value, "source": ann.source.value, "author": ann.author,
-                         "created": ann.created, "modified": ann.modified}
+    props["metadata"] = {f"{META}kind": ann.kind.value, f"{META}source": ann.source.value,
+                         f"{META}author": ann.author, f"{META}created": repr(ann.created),
+                         f"{META}modified": repr(ann.modified)}
     return {"type": "Feature", "id": ann.uuid, "geometry": mapping(ann.geometry), "properties": props}
 
 

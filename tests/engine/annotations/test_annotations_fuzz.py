@@ -171,9 +171,10 @@ properties = mostly(st.fixed_dictionaries({}, optional={
         {"name": st.one_of(st.text(max_size=5), json_values),
          "color": st.one_of(st.lists(st.integers(-5, 300), min_size=3, max_size=3), json_values)})),
     "name": json_values, "isLocked": json_values,
-    "cocopath": st.one_of(json_values, st.fixed_dictionaries(
-        {"kind": st.sampled_from(["roi", "region", 3]), "created": json_values,
-         "source": json_values}))}), json_values)
+    "metadata": st.one_of(json_values, st.fixed_dictionaries(
+        {"cocopath.kind": st.sampled_from(["roi", "region", 3]),
+         "cocopath.created": st.one_of(st.sampled_from(["1e999", "nan", "12", "x"]), json_values),
+         "cocopath.source": json_values}))}), json_values)
 feature = mostly(st.fixed_dictionaries(
     {"type": st.just("Feature"), "geometry": mostly(geometry, json_values)},
     optional={"id": st.one_of(st.uuids().map(str), json_values), "properties": properties}),

@@ -77,6 +77,8 @@ def test_geojson_is_what_qupath_expects(project: Project, slide: SlideRecord, tm
         assert shapely.geometry.shape(f["geometry"]).is_valid
     donut = next(f for f in doc["features"] if f["properties"].get("name") == "with a hole")
     assert len(donut["geometry"]["coordinates"]) == 2  # the hole is kept
+    meta = donut["properties"]["metadata"]  # QuPath keeps metadata with primitive values
+    assert meta["cocopath.author"] == "alice" and all(isinstance(v, str) for v in meta.values())
     m = donut["properties"]["measurements"]
     assert m["Area px^2"] == DONUT.area and m["Area µm^2"] == pytest.approx(DONUT.area * 0.499**2)
 
@@ -211,3 +213,38 @@ def test_import_keeps_project_colours_and_says_so(project: Project, slide: Slide
     assert any("keeps the project's colour #010203, not the file's #00aa00" in w
                for w in result.warnings)
     assert project.class_named("metastasis").color == (1, 2, 3)
+
+
+def test_qupath_variants_are_read(tmp_path: Path) -> None:
+    from engine.annotations.geojson_io import read_geojson
+
+    uid = "8d2c1c1e-63a7-4b36-9d0e-2b1d2d9a5f10"
+    features = [
+        {"type": "Feature", "id": uid, "geometry": {"type": "Polygon", "coordinates": [
+            [[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]], [[10, 10], [20, 10], [20, 20], [10, 10]]]},
+         "properties": {"objectType": "annotation", "isLocked": True, "name": "A",
+                        "classification": {"name": "Tumor", "colorRGB": -3670016},  # QuPath ≤ 0.3
+                        "measurements": [{"name": "Area", "value": 1.0}],
+                        "metadata": {"cocopath.kind": "region", "cocopath.created": "1700000000.5",
+                                     "cocopath.author": "alice"}}},
+        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [
+            [[[200, 200], [300, 200], [300, 300], [200, 200]]], [[[400, 400], [500, 400], [500, 500], [400, 400]]]]},
+         "properties": {"objectType": "detection", "classification": {"names": ["Tumor", "Positive"],
+                                                                       "color": [1, 2, 3]}}},
+        {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [5, 5]]},
+         "properties": {"objectType": "annotation"}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+            [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]},
+         "properties": {"metadata": {"cocopath.kind": "roi"}, "classification": {"name": "Region*"}}},
+    ]
+    path = tmp_path / "qupath.geojson"
+    path.write_text(json.dumps(features))  # a bare list of features, as QuPath's script export does
+    parsed = read_geojson(path)
+    a, b, roi = parsed.annotations
+    assert a.uuid == uid and a.locked and a.name == "A" and a.author == "alice"
+    assert a.created == 1700000000.5 and a.area == 100 * 100 - 50 and len(a.geometry.interiors) == 1
+    assert a.class_name == "Tumor" and parsed.classes[0].color == (200, 0, 0)
+    assert b.class_name == "Tumor: Positive" and isinstance(b.geometry, MultiPolygon)
+    assert roi.kind is Kind.ROI and roi.class_name is None
+    text = " | ".join(parsed.warnings)
+    assert "1 skipped: line (not a region)" in text and "1 QuPath detection object(s)" in text
