@@ -199,6 +199,8 @@ class Project:
         from engine.slide import open_slide
 
         path = Path(path).expanduser().resolve()
+        if path.is_file() and path.suffix.lower() == ".dcm":  # one file of a DICOM slide: its folder
+            path = path.parent
         with open_slide(path) as source:
             info = source.info
         size, digest = slide_fingerprint(path)
@@ -230,17 +232,16 @@ class Project:
                 return _slide_from_row(rows[0])
         text = str(ref)
         p = Path(text).expanduser()
-        candidates = [str(p.resolve())] if p.exists() else [text]
-        rows = self.query(f"SELECT {_SLIDE_COLUMNS} FROM slides WHERE path IN ({','.join('?' * len(candidates))})",
-                          candidates)
-        if not rows:
-            rows = self.query(f"SELECT {_SLIDE_COLUMNS} FROM slides WHERE name = ?", (p.name,))
+        cols = f"SELECT {_SLIDE_COLUMNS} FROM slides"
+        if p.exists():  # a file on disk: its path, else its content (a moved or copied slide)
+            rows = self.query(f"{cols} WHERE path = ?", (str(p.resolve()),)) or self.query(
+                f"{cols} WHERE hash = ?", (slide_fingerprint(p)[1],))
+        else:  # a stored path that no longer exists, or a file name
+            rows = self.query(f"{cols} WHERE path = ?", (text,)) or self.query(
+                f"{cols} WHERE name = ?", (p.name,))
             if len(rows) > 1:
                 raise ProjectError(f"{text}: several slides of the project have this name; give "
                                    f"the full path or the slide id")
-        if not rows and p.exists():
-            rows = self.query(f"SELECT {_SLIDE_COLUMNS} FROM slides WHERE hash = ?",
-                              (slide_fingerprint(p)[1],))
         if not rows:
             raise ProjectError(f"{text}: not a slide of the project {self.folder}; add it with "
                                f"`cocopath-engine project add-slide {self.folder} {text}`")

@@ -331,3 +331,18 @@ def test_locked_database_gives_a_clear_error(tmp_path: Path, small_svs: Path) ->
     with Project.open(tmp_path / "p") as project:
         project.store(1).add(Annotation(box(0, 0, 1, 1)))
         assert project.store(1).count() == 1
+
+
+def test_dicom_folders_and_lookups_by_content(project: Project, dicom_dir: Path, small_svs: Path,
+                                              tmp_path: Path) -> None:
+    rec = project.add_slide(dicom_dir)
+    assert rec.hash.startswith("sha256-dir:") and rec.mpp == (0.499, 0.499)
+    assert project.add_slide(next(dicom_dir.glob("*.dcm"))) == rec  # any .dcm: the same slide
+    svs = project.add_slide(small_svs)
+    twin = tmp_path / "same-content-elsewhere.svs"
+    twin.write_bytes(small_svs.read_bytes())
+    assert project.slide(twin).id == svs.id  # found by content, not by name
+    other = tmp_path / "cmu-1-small-region.svs"  # same name, other content
+    other.write_bytes(b"not that slide")
+    with pytest.raises(ProjectError, match="not a slide of the project"):
+        project.slide(other)
