@@ -153,10 +153,16 @@ def _run_sequence(app: object, view: object, seq: list[object]) -> tuple[list[fl
 
 
 def _wait_idle(view: object, timeout: float = 10.0) -> None:
-    """Let prefetch finish between steps so every step starts from the same quiet state."""
+    """Let prefetch (and idle-time tile scaling) finish, as when a user pauses between moves."""
+    from PySide6.QtCore import QCoreApplication
+
     deadline = time.perf_counter() + timeout
-    while view.loader.pending() and time.perf_counter() < deadline:  # type: ignore[attr-defined]
+    while time.perf_counter() < deadline:
+        QCoreApplication.processEvents()
+        if not view.loader.pending() and not view.prefetch_waiting:  # type: ignore[attr-defined]
+            break
         time.sleep(0.002)
+    QCoreApplication.processEvents()
 
 
 def _raw_read_ms(path: Path, keys: list) -> list[float]:
@@ -209,6 +215,7 @@ def _frame_times(app: object, view: object, start: object, steps: int, dx: float
         view.set_viewport(vp)  # type: ignore[attr-defined]
         view.repaint()  # type: ignore[attr-defined]
         out.append((time.perf_counter() - t0) * 1000)
+        app.processEvents()  # type: ignore[attr-defined]  # between input events timers run
         if not view.is_complete():  # type: ignore[attr-defined]
             log.warning("a frame of the cached pan was not complete")
     view.fast_paint = False  # type: ignore[attr-defined]

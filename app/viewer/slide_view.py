@@ -78,9 +78,12 @@ class SlideView(QWidget):
         self.stale_dropped = 0
         self.fast_paint = False  # during interaction: scaled tiles drawn without smoothing
         self._pending: set[RegionRequest] = set()  # visible tiles of this request not yet in
+        self._prefetch: list[tuple[RegionRequest, int]] = []
         self.scaled = ScaledTiles()
         self._repaint_timer = QTimer(self, singleShot=True, interval=REPAINT_INTERVAL_MS)
         self._repaint_timer.timeout.connect(self.update)
+        self._prescale_timer = QTimer(self, singleShot=True, interval=0)
+        self._prescale_timer.timeout.connect(self._prescale_some)
         self._settle_timer = QTimer(self, singleShot=True, interval=SETTLE_MS)
         self._settle_timer.timeout.connect(self._settle)
         self.last_error = ""
@@ -145,8 +148,9 @@ class SlideView(QWidget):
         prefetch += [(g.request(t), FINER) for t in self._plan.finer]
         visible = [g.request(t) for t in self._plan.visible]
         self._pending = {k for k in visible if k not in self.cache}
+        self._prefetch = prefetch  # handed to the loader once this frame is complete
         self.scaled.keep_only(set(visible) | {k for k, _ in prefetch})
-        self.loader.request(self._request_id, visible, prefetch)
+        self.loader.request(self._request_id, visible)
         self.update()
         self.viewport_changed.emit(vp)
 
@@ -249,11 +253,13 @@ class SlideView(QWidget):
                 missing += 1
                 self._paint_fallback(p, vp, g, tile.level, rect0)
                 continue
-            scaled = self.scaled.get(key, img, vp, rect0, make=not self.fast_paint) if prescale else None
+            scaled = self.scaled.get(key, img, vp, rect0, make=False) if prescale else None
             if scaled is not None:
                 p.drawImage(scaled[1], scaled[0])
             else:
                 p.drawImage(self._screen_rect(vp, *rect0), img, QRectF(img.rect()))
+                if prescale:
+                    self._prescale_timer.start()  # scale it when idle: the next pan frame blits it
             drawn.add(key)
         self._paint_overlays(p, vp, geo)
         p.end()
@@ -262,8 +268,38 @@ class SlideView(QWidget):
                              time.perf_counter() - t0)
         if complete and self._complete_id != self._request_id:
             self._complete_id = self._request_id
+            QTimer.singleShot(0, self._start_prefetch)  # after this frame reaches the screen
             self.frame_complete.emit(self._request_id)
         self.painted.emit(record)
+
+    @property
+    def prefetch_waiting(self) -> bool:
+        """Prefetch tiles planned for this viewport but not yet handed to the loader."""
+        return bool(self._prefetch)
+
+    def _start_prefetch(self) -> None:
+        if self._complete_id == self._request_id and self._prefetch:
+            self.loader.prefetch(self._request_id, self._prefetch)
+            self._prefetch = []
+
+    def _prescale_some(self, budget_s: float = 0.006) -> None:
+        """Scale visible cached tiles for the current zoom, a few milliseconds per event-loop turn."""
+        vp, g, geo, plan = self._viewport, self.grid, self.geometry_, self._plan
+        if vp is None or g is None or geo is None or plan is None or plan.level < 0:
+            return
+        if geo.level_downsamples[plan.level] / vp.downsample * vp.dpr >= 0.999:
+            return
+        t0 = time.perf_counter()
+        for tile in plan.visible:
+            key = g.request(tile)
+            img = self.cache.peek(key)
+            rect0 = g.tile_rect_level0(tile)
+            if img is None or self.scaled.get(key, img, vp, rect0, make=False) is not None:
+                continue
+            self.scaled.get(key, img, vp, rect0, make=True)
+            if time.perf_counter() - t0 > budget_s:
+                self._prescale_timer.start()
+                return
 
     def _paint_fallback(self, p: QPainter, vp: Viewport, g: TileGrid, level: int,
                         rect0: tuple[float, float, float, float]) -> None:

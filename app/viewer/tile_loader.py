@@ -7,7 +7,8 @@ decoded-tile cache (QImages, weighed in bytes) and announced with ``tile_ready(r
 the view ignores announcements whose id is not its current one, so stale work is never painted.
 
 Prefetch tiles (priority > 0) start only when no visible tile of the current request is queued or
-being read, so they never delay what is on screen.
+being read, so they never delay what is on screen; the view hands them over (:meth:`prefetch`) only
+once its frame is complete, so they do not compete with that frame's painting either.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class TileLoader(QObject):
         self._inflight: dict[RegionRequest, int] = {}
         self._inflight_visible = 0
         self._failed: set[RegionRequest] = set()
+        self._latest = -1
         self._readers: dict[int, int] = {}  # id(source) -> reads in progress
         self._retiring: list[object] = []
         self._cond = threading.Condition()
@@ -120,22 +122,33 @@ class TileLoader(QObject):
     def request(self, request_id: int, visible: Iterable[RegionRequest],
                 prefetch: Iterable[tuple[RegionRequest, int]] = ()) -> int:
         """Replace all queued work by the tiles of ``request_id``; returns how many were queued."""
-        queued = 0
         with self._cond:
             self._counts["cancelled"] += len(self._heap)
             self._heap.clear()
-            jobs = [(k, VISIBLE) for k in visible] + list(prefetch)
-            for key, prio in jobs:
-                if key in self._inflight:
-                    self._inflight[key] = request_id  # the newest request that wants it
-                    continue
-                if key in self._failed or key in self.cache:
-                    continue
-                heapq.heappush(self._heap, (prio, next(self._seq), TileJob(request_id, key, prio)))
-                queued += 1
-            self._counts["submitted"] += queued
-            if queued:
-                self._cond.notify_all()
+            self._latest = request_id
+            return self._enqueue(request_id, [(k, VISIBLE) for k in visible] + list(prefetch))
+
+    def prefetch(self, request_id: int, jobs: Iterable[tuple[RegionRequest, int]]) -> int:
+        """Add low-priority tiles for ``request_id``, unless a newer request came meanwhile."""
+        with self._cond:
+            if request_id != self._latest:
+                return 0
+            return self._enqueue(request_id, list(jobs))
+
+    def _enqueue(self, request_id: int, jobs: list[tuple[RegionRequest, int]]) -> int:
+        """Queue ``jobs`` (lock held); tiles cached, failed or already being read are skipped."""
+        queued = 0
+        for key, prio in jobs:
+            if key in self._inflight:
+                self._inflight[key] = request_id  # the newest request that wants it
+                continue
+            if key in self._failed or key in self.cache:
+                continue
+            heapq.heappush(self._heap, (prio, next(self._seq), TileJob(request_id, key, prio)))
+            queued += 1
+        self._counts["submitted"] += queued
+        if queued:
+            self._cond.notify_all()
         return queued
 
     def cancel_all(self) -> None:

@@ -68,8 +68,8 @@ class ScaledTiles:
             if not make or x1 <= x0 or y1 <= y0:
                 return None
             scaled = QImage(x1 - x0, y1 - y0, QImage.Format.Format_ARGB32_Premultiplied)
-            scaled.fill(0)
             sp = QPainter(scaled)  # bilinear, like drawing the tile directly, so no dearer per frame
+            sp.setCompositionMode(QPainter.CompositionMode.CompositionMode_Source)  # no fill needed
             sp.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
             sp.drawImage(QRectF(0, 0, x1 - x0, y1 - y0), img, QRectF(img.rect()))
             sp.end()
