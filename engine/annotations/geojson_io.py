@@ -3,7 +3,8 @@
 QuPath's shape: a FeatureCollection of Features with ``id`` (a UUID), a Polygon or MultiPolygon
 geometry, and properties ``objectType: "annotation"``, ``classification: {"name", "color": [r, g,
 b]}`` (QuPath throws when ``color`` is missing, so it is always written), optional ``name``,
-``isLocked`` and ``measurements`` (written as an object, QuPath ≥ 0.4's form; arrays are read too).
+``isLocked`` and ``measurements`` (written as an object, QuPath ≥ 0.4's form; never read back:
+areas are recomputed from the geometry).
 What QuPath has no field for (kind, source, author, times) goes into ``properties.metadata`` as
 ``cocopath.*`` strings: QuPath keeps an annotation's metadata (primitive values) and writes it back,
 so these survive a trip through QuPath, and our own files round-trip losslessly.
@@ -21,9 +22,9 @@ from shapely.geometry import MultiPolygon, Polygon, mapping
 
 from engine.annotations.model import (DEFAULT_COLOR, Annotation, AnnotationClass, Color, ExportResult,
                                       Kind, ParsedAnnotations, Source, parse_uuid)
-from engine.annotations.writing import atomic_write_bytes
 from engine.annotations.reading import (Collector, Problem, decode_text, number, polygon, read_bytes,
                                         ring)
+from engine.annotations.writing import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

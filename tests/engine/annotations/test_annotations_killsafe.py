@@ -1,8 +1,8 @@
 """Never lose a committed edit: a writer process is SIGKILLed at random moments, 100 times.
 
-The writer adds and modifies annotations and prints one line after each commit returns. After each
+The writer adds, modifies and deletes annotations and prints one line after each commit returns. After each
 kill the database must open (integrity checked) and hold every edit the writer reported: each added
-annotation exists, and each modified one is at the reported version or a later one (a commit may
+annotation exists unless reported deleted, each deleted one is gone, and each modified one is at the reported version or a later one (a commit may
 land between the last report and the kill; nothing reported may be missing).
 """
 
@@ -36,6 +36,11 @@ def _writer(folder: str, slide_id: int, fd: int, seed: int) -> None:  # runs in 
             store.add(a)
             uuids.append(a.uuid)
             out.write(f"add {a.uuid}\n")
+        elif rng.random() < 0.15:
+            uid = uuids.pop(rng.randrange(len(uuids)))
+            out.write(f"deleting {uid}\n")  # a kill may land after the commit, before the report
+            store.remove(uid)
+            out.write(f"del {uid}\n")
         else:
             uid = rng.choice(uuids)
             cur = store.get(uid)
@@ -55,6 +60,7 @@ def test_sigkilled_writer_never_loses_a_reported_edit(tmp_path: Path, small_svs:
     ctx = multiprocessing.get_context("fork")
     rng = random.Random(7)
     added: set[str] = set()
+    removed: set[str] = set()
     versions: dict[str, int] = {}
     reported_total = 0
     started = time.monotonic()
@@ -69,19 +75,26 @@ def test_sigkilled_writer_never_loses_a_reported_edit(tmp_path: Path, small_svs:
         assert child.exitcode == -signal.SIGKILL, f"kill {i}: the writer ended by itself"
         with os.fdopen(r, "rb") as pipe:
             text = pipe.read().decode()
+        deleting: set[str] = set()
         for line in text.split("\n")[:-1]:  # the last piece is "" or a line cut by the kill
             parts = line.split()
-            if parts[0] == "add":
+            if parts[0] == "deleting":
+                deleting.add(parts[1])
+            elif parts[0] == "add":
                 added.add(parts[1])
                 versions.setdefault(parts[1], 0)
+            elif parts[0] == "del":
+                removed.add(parts[1])
             else:
                 versions[parts[1]] = max(versions.get(parts[1], 0), int(parts[2]))
             reported_total += 1
         with Project.open(folder) as project:  # opens; quick_check passes
             stored = {a.uuid: a for a in project.store(slide.id).annotations()}
-        missing = added - stored.keys()
+        removed |= deleting - stored.keys()  # deleted, committed, killed before the report
+        missing = added - removed - stored.keys()
         assert not missing, f"kill {i}: reported additions lost: {sorted(missing)[:3]}"
-        stale = [u for u, v in versions.items() if int(stored[u].name[1:]) < v]
+        assert not removed & stored.keys(), f"kill {i}: reported deletions undone"
+        stale = [u for u, v in versions.items() if u not in removed and int(stored[u].name[1:]) < v]
         assert not stale, f"kill {i}: reported modifications lost for {stale[:3]}"
     assert reported_total > 2 * KILLS, "the writer hardly got to write; the test proves little"
     assert time.monotonic() - started < 90
