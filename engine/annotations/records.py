@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import shapely
 
 from engine.annotations.errors import ProjectCorruptError
-from engine.annotations.model import Annotation, Kind, Source
+from engine.annotations.model import Annotation
 
 #: Columns of ``annotations`` read back into an Annotation (class by name through a join).
 SELECT = ("SELECT a.id, a.uuid, a.kind, c.name, a.name, a.source, a.author, a.created, a.modified, "
@@ -24,11 +24,27 @@ def from_row(row: tuple) -> Annotation:
     _rowid, uid, kind, cls, name, source, author, created, modified, locked, wkb = row
     try:
         geometry = shapely.from_wkb(wkb)
+        return Annotation.from_store(geometry, cls, uid, kind, source, author, name, created,
+                                     modified, locked)
+    except (shapely.errors.GEOSException, ValueError, TypeError) as exc:
+        raise ProjectCorruptError(f"annotation {uid}: its stored record is damaged ({exc})") from None
+
+
+def from_rows(rows: list[tuple]) -> list[Annotation]:
+    """Many rows at once: WKB decoded in one vectorised call."""
+    try:
+        geoms = shapely.from_wkb([r[-1] for r in rows]) if rows else []
     except shapely.errors.GEOSException as exc:
-        raise ProjectCorruptError(f"annotation {uid}: its stored geometry is damaged ({exc})") from None
-    return Annotation(geometry=geometry, class_name=cls, uuid=uid, kind=Kind(kind),
-                      source=Source(source), author=author, name=name, created=created,
-                      modified=modified, locked=bool(locked))
+        raise ProjectCorruptError(f"a stored annotation geometry is damaged ({exc})") from None
+    out = []
+    for row, g in zip(rows, geoms):
+        _rowid, uid, kind, cls, name, source, author, created, modified, locked, _wkb = row
+        try:
+            out.append(Annotation.from_store(g, cls, uid, kind, source, author, name, created,
+                                             modified, locked))
+        except (ValueError, TypeError) as exc:
+            raise ProjectCorruptError(f"annotation {uid}: its stored record is damaged ({exc})") from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -47,10 +63,9 @@ class State:
 
     def annotation(self) -> Annotation:
         a = json.loads(self.attrs)
-        return Annotation(geometry=shapely.from_wkb(self.wkb), class_name=a["class"], uuid=a["uuid"],
-                          kind=Kind(a["kind"]), source=Source(a["source"]), author=a["author"],
-                          name=a["name"], created=a["created"], modified=a["modified"],
-                          locked=a["locked"])
+        return Annotation.from_store(shapely.from_wkb(self.wkb), a["class"], a["uuid"], a["kind"],
+                                     a["source"], a["author"], a["name"], a["created"],
+                                     a["modified"], a["locked"])
 
 
 def change_op(before: Annotation | None, after: Annotation | None) -> str:

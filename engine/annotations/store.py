@@ -79,7 +79,7 @@ class AnnotationStore:
 
     def _select(self, where: str = "", params: Sequence = ()) -> list[Annotation]:
         sql = f"{records.SELECT} WHERE a.slide_id = ? {where} ORDER BY a.id"
-        return [records.from_row(r) for r in self.project.query(sql, (self.slide.id, *params))]
+        return records.from_rows(self.project.query(sql, (self.slide.id, *params)))
 
     def find(self, uuid: str) -> Annotation | None:
         found = self._select("AND a.uuid = ?", (str(uuid).lower(),))

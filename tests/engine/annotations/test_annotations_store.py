@@ -346,3 +346,43 @@ def test_dicom_folders_and_lookups_by_content(project: Project, dicom_dir: Path,
     other.write_bytes(b"not that slide")
     with pytest.raises(ProjectError, match="not a slide of the project"):
         project.slide(other)
+
+
+def test_damaged_geometry_rows_are_named(project: Project, slide: SlideRecord) -> None:
+    store = project.store(slide)
+    store.add(Annotation(box(0, 0, 10, 10)))
+    with project.transaction() as c:
+        c.execute("UPDATE annotations SET geometry = x'0103'")
+    with pytest.raises(ProjectCorruptError, match="damaged"):
+        store.annotations()
+    with pytest.raises(ProjectCorruptError, match="damaged"):
+        store.query(0, 0, 5, 5)
+
+
+def test_reads_from_threads_never_see_half_an_edit(project: Project, slide: SlideRecord) -> None:
+    import threading
+
+    store = project.store(slide)
+    errors: list[BaseException] = []
+    seen: list[int] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                found = store.query(0, 0, 10_000, 10_000)
+                assert len(found) % 40 == 0  # edits add 40 at a time: never part of one
+                seen.append(len(found))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(15):
+        store.add([Annotation(box(i * 10, k * 10, i * 10 + 5, k * 10 + 5)) for k in range(40)])
+    done.set()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors[0]
+    assert store.count() == 600 and seen and max(seen) <= 600
