@@ -338,7 +338,8 @@ class Project:
                       (cls.name, *cls.color, cls.shortcut))
 
     def remove_class(self, name: str) -> None:
-        """Delete an unused class; a class that annotations (or their history) use stays."""
+        """Delete a class no annotation uses (should an undo bring back an annotation of it, the
+        class is recreated with the default colour)."""
         with self.transaction() as c:
             row = c.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
             if row is None:

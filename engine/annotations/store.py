@@ -193,7 +193,7 @@ class AnnotationStore:
                 (self.slide.id, label, author, now)).lastrowid)
             changes = []
             for before, after in pairs:
-                self._apply(c, before, after, adding_new=before is None)
+                self._apply(c, before, after)
                 op = records.change_op(before, after)
                 b, a = (State.of(x) if x else None for x in (before, after))
                 c.execute("INSERT INTO changes (step_id, op, uuid, before, before_geometry, after, "
@@ -206,14 +206,14 @@ class AnnotationStore:
         log.debug("step %d %r: %d change(s)", step_id, label, len(changes))
         return Step(step_id, label, author, now, "applied", tuple(changes))
 
-    def _apply(self, c: sqlite3.Connection, expected: Annotation | None, target: Annotation | None,
-               *, adding_new: bool = False) -> None:
+    def _apply(self, c: sqlite3.Connection, expected: Annotation | None,
+               target: Annotation | None) -> None:
         """Move one annotation from state ``expected`` (checked against the database) to ``target``."""
         uid = (expected or target).uuid  # type: ignore[union-attr]
         row = c.execute(f"{records.SELECT} WHERE a.uuid = ?", (uid,)).fetchone()
         if expected is None:
             if row is not None:
-                where = "this slide" if row[0] and self._owned(c, uid) else "another slide"
+                where = "this slide" if self._owned(c, uid) else "another slide"
                 raise AnnotationError(f"annotation {uid} already exists on {where}")
         else:
             if row is None or not self._owned(c, uid):
