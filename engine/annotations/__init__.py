@@ -1,10 +1,12 @@
-"""Annotations: the project store (SQLite, R*Tree, edit journal) and QuPath / ASAP / ImageScope files.
+"""Annotations: the project store (SQLite, R*Tree, edit journal) and QuPath, ASAP, ImageScope files.
 
 No Qt and no torch here: the viewer imports this at start-up.
 """
 
 from engine.annotations.errors import (AnnotationError, AnnotationFormatError, ProjectCorruptError,
                                        ProjectError, ProjectLockedError, ProjectMissingError)
+from engine.annotations.formats import (ClassSummary, ImportResult, export_file, guess_format,
+                                        import_file, read_annotations, summarize)
 from engine.annotations.model import (Annotation, AnnotationClass, ExportResult, Kind,
                                       ParsedAnnotations, Source, polygonal)
 from engine.annotations.project import Project, SlideRecord, slide_fingerprint
@@ -12,7 +14,8 @@ from engine.annotations.store import AnnotationStore, AuditEntry, Change, Step
 
 __all__ = [
     "Annotation", "AnnotationClass", "AnnotationError", "AnnotationFormatError", "AnnotationStore",
-    "AuditEntry", "Change", "ExportResult", "Kind", "ParsedAnnotations", "Project",
-    "ProjectCorruptError", "ProjectError", "ProjectLockedError", "ProjectMissingError",
-    "SlideRecord", "Source", "Step", "polygonal", "slide_fingerprint",
+    "AuditEntry", "Change", "ClassSummary", "ExportResult", "ImportResult", "Kind",
+    "ParsedAnnotations", "Project", "ProjectCorruptError", "ProjectError", "ProjectLockedError",
+    "ProjectMissingError", "SlideRecord", "Source", "Step", "export_file", "guess_format",
+    "import_file", "polygonal", "read_annotations", "slide_fingerprint", "summarize",
 ]

@@ -1,9 +1,11 @@
 """Never lose a committed edit: a writer process is SIGKILLed at random moments, 100 times.
 
-The writer adds, modifies and deletes annotations and prints one line after each commit returns. After each
-kill the database must open (integrity checked) and hold every edit the writer reported: each added
-annotation exists unless reported deleted, each deleted one is gone, and each modified one is at the reported version or a later one (a commit may
-land between the last report and the kill; nothing reported may be missing).
+The writer adds, modifies and deletes annotations and prints one line after each commit returns.
+After each kill the database must open (integrity checked) and hold every edit the writer reported:
+each added annotation exists unless reported deleted, each deleted one is gone, and each modified
+one is at the reported version or a later one (a commit may land between the last report and the
+kill; nothing reported may be missing). A deletion is announced before it starts, so one committed
+in that window is recognised rather than taken for a lost addition.
 """
 
 from __future__ import annotations
