@@ -315,3 +315,12 @@ class AnnotationStore:
                 "SELECT op, uuid FROM changes WHERE step_id = ? ORDER BY id", (step_id,)))
             out.append(AuditEntry(step_id, action, author, at, label, ops))
         return out
+
+    def annotation_history(self, uuid: str) -> list[AuditEntry]:
+        """The audit trail of one annotation, oldest first: each do, undo and redo that touched it."""
+        sql = ("SELECT au.step_id, au.action, au.author, au.at, s.label, ch.op FROM audit au "
+               "JOIN steps s ON s.id = au.step_id JOIN changes ch ON ch.step_id = s.id "
+               "WHERE ch.uuid = ? AND s.slide_id = ? ORDER BY au.id")
+        rows = self.project.query(sql, (str(uuid).lower(), self.slide.id))
+        return [AuditEntry(step, action, author, at, label, ((op, str(uuid).lower()),))
+                for step, action, author, at, label, op in rows]

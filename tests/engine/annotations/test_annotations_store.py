@@ -248,6 +248,11 @@ def test_undo_redo_is_unlimited_and_survives_reopen(tmp_path: Path, small_svs: P
         assert {(h.action, h.author) for h in history} >= {("do", "alice"), ("undo", "bob"),
                                                            ("redo", "carol")}
         assert history[-1].ops[0][0] == "add" and history[-1].at <= time.time()
+        first = history[-1].ops[0][1]
+        trail = store.annotation_history(first)
+        assert [(t.action, t.author, t.ops[0][0]) for t in trail][:2] == [("do", "alice", "add"),
+                                                                           ("do", "alice", "reclass")]
+        assert ("undo", "bob", "add") in [(t.action, t.author, t.ops[0][0]) for t in trail]
 
 
 def test_compound_edit_undoes_in_one_step(project: Project, slide: SlideRecord) -> None:
