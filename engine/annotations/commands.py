@@ -5,6 +5,7 @@
     cocopath-engine project relink DIR FOLDER…
     cocopath-engine annotations import DIR SLIDE FILE [--format geojson|asap|imagescope]
     cocopath-engine annotations export DIR SLIDE OUT [--format geojson|asap|mask] [--downsample N]
+    cocopath-engine bench annotations [--slide SLIDE] [--n N] [--out JSON]
 
 Each takes ``--json`` for a machine-readable summary (counts, areas per class in px² and, when the
 slide records its microns per pixel, µm²). Errors are one line on stderr and exit code 1.
@@ -64,6 +65,33 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                    help="label masks: level-0 pixels per mask pixel (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_export)
+
+
+    p = bench.add_parser("annotations", help="store latency: edits, viewport queries, undo (JSON)")
+    p.add_argument("--slide", help="slide to annotate (default: the shared CMU-1 small region)")
+    p.add_argument("--n", type=int, default=10_000, help="annotations on the slide (default 10000)")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from engine.annotations.bench import run_bench
+    from engine.errors import CocoPathError
+    from engine.shared_data import SharedDataMissing, data_path
+
+    if args.n < 1:
+        raise CocoPathError("--n must be at least 1")
+    try:
+        slide = args.slide or data_path("slides", "cmu-1-small-region.svs")
+    except SharedDataMissing as exc:
+        raise CocoPathError(f"{exc}; or give --slide") from None
+    result = run_bench(slide, n=args.n)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -146,3 +146,15 @@ def test_relink_finds_moved_slides(tmp_path: Path, small_svs: Path,
     assert data == {"relinked": [], "still_missing": [{"id": 1, "path": str(copy)}]}
     data = run_json(capsys, "project", "relink", str(folder), str(tmp_path))
     assert data == {"relinked": [{"id": 1, "path": str(moved)}], "still_missing": []}
+
+
+def test_bench_annotations_reports_latencies(tmp_path: Path, small_svs: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "annotations", "--slide", str(small_svs), "--n", "60", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == data
+    assert data["annotations"] == 60 and data["load_all"]["count"] == 60
+    for key in ("single_edit", "viewport_2000px", "viewport_10000px", "undo", "redo"):
+        assert 0 < data[key]["p50_ms"] <= data[key]["p95_ms"] <= data[key]["max_ms"]
+    assert "at least 1" in one_line_error(capsys, "bench", "annotations", "--n", "0")
