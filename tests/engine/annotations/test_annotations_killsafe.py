@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import select
 import signal
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ def _writer(folder: str, slide_id: int, fd: int, seed: int) -> None:  # runs in 
     project = Project.open(folder, author=f"writer-{seed}", quick_check=False)
     store = project.store(slide_id)
     uuids = [a.uuid for a in store.annotations()]
+    out.write("ready\n")
     while True:
         if not uuids or rng.random() < 0.5:
             x, y = rng.uniform(0, 2000), rng.uniform(0, 2000)
@@ -55,6 +57,18 @@ def _writer(folder: str, slide_id: int, fd: int, seed: int) -> None:  # runs in 
             out.write(f"mod {uid} {version}\n")
 
 
+def _until_ready(fd: int, i: int, timeout: float = 20.0) -> bytes:
+    """Read the writer's output until its "ready" line; what was read is returned."""
+    buf, deadline = b"", time.monotonic() + timeout
+    while b"ready\n" not in buf:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([fd], [], [], left)[0], f"kill {i}: writer never ready"
+        chunk = os.read(fd, 4096)
+        assert chunk, f"kill {i}: the writer died before it was ready"
+        buf += chunk
+    return buf
+
+
 def test_sigkilled_writer_never_loses_a_reported_edit(tmp_path: Path, small_svs: Path) -> None:
     folder = tmp_path / "p"
     with Project.create(folder) as project:
@@ -71,15 +85,18 @@ def test_sigkilled_writer_never_loses_a_reported_edit(tmp_path: Path, small_svs:
         child = ctx.Process(target=_writer, args=(str(folder), slide.id, w, i), daemon=True)
         child.start()
         os.close(w)
-        time.sleep(rng.uniform(0.0, 0.12))
+        head = _until_ready(r, i)  # kill while it writes, not while Python starts
+        time.sleep(rng.uniform(0.0, 0.08))
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
         assert child.exitcode == -signal.SIGKILL, f"kill {i}: the writer ended by itself"
         with os.fdopen(r, "rb") as pipe:
-            text = pipe.read().decode()
+            text = (head + pipe.read()).decode()
         deleting: set[str] = set()
         for line in text.split("\n")[:-1]:  # the last piece is "" or a line cut by the kill
             parts = line.split()
+            if parts[0] == "ready":
+                continue
             if parts[0] == "deleting":
                 deleting.add(parts[1])
             elif parts[0] == "add":
