@@ -198,3 +198,13 @@ def test_viewer_benchmark_runs_and_writes_every_figure(tmp_path) -> None:
     assert data["slide"]["width"] == 2048
     assert data["viewport_to_final"]["cold"]["n"] == data["viewport_to_final"]["steps"]
     assert data["startup"]["torch_imported"] is False
+
+
+def test_cli_screenshot_at_high_dpi(tmp_path, small_svs) -> None:
+    out = tmp_path / "hidpi.png"
+    r = run_cli(str(small_svs), "--screenshot", str(out), "--size", "900x600", "--magnification", "5",
+                tmp_path=tmp_path, env={"QT_SCALE_FACTOR": "2"})
+    assert r.returncode == 0, r.stderr
+    img = png_rgb(out)
+    assert img.shape[1] == 1800 and img.shape[0] >= 1200  # device pixels
+    assert img.std() > 20
