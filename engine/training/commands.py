@@ -20,8 +20,9 @@ DEFAULT_REGEX = r"^(.*?)-\d+-400-\d+$"
 def _common_data(p: argparse.ArgumentParser, regex_required: bool) -> None:
     p.add_argument("--data", action="append", required=True, metavar="DIR",
                    help="folder with images/ and masks/ (repeatable)")
-    p.add_argument("--group-regex", required=regex_required, default=None if regex_required else DEFAULT_REGEX,
-                   help="regex on file stems whose first group is the case id (split by case)")
+    p.add_argument("--group-regex", required=regex_required, default=None,
+                   help="regex on file stems whose first group is the case id (split by case; "
+                        "default: the one in the model's config)")
     p.add_argument("--split-file", default=None, help="split JSON (made if missing, reused if present)")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None, help="resize so the short side is SIZE (default native)")
@@ -69,7 +70,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.set_defaults(func=cmd_evaluate)
 
     b = bench.add_parser("distill", help="ablation of distillation methods on ebhi-adenocarcinoma")
-    b.add_argument("--quick", action="store_true", help="tiny images and few steps (minutes on 2 CPU cores)")
+    b.add_argument("--quick", action="store_true", help="same as --protocol quick: tiny images, few steps (minutes)")
+    b.add_argument("--protocol", choices=("quick", "cpu", "full"), default="full",
+                   help="quick (minutes), cpu (~6 h on 2 cores), full (3 seeds; GPU)")
     b.add_argument("--out", default=None, help="write the JSON here (a .md table is written beside it)")
     b.add_argument("--data", default=None, help="dataset folder (default: shared ebhi-adenocarcinoma)")
     b.add_argument("--methods", default=None, help="comma-separated subset of methods")
@@ -99,10 +102,12 @@ def _progress_printer(enabled: bool):  # noqa: ANN202
     return show
 
 
-def _spec(args: argparse.Namespace, split_file: str, size: int | None, crop: int | None):  # noqa: ANN202
+def _spec(args: argparse.Namespace, split_file: str, size: int | None, crop: int | None,
+          meta: dict[str, Any] | None = None):  # noqa: ANN202
     from engine.training.runs import DataSpec, check_regex
 
-    return DataSpec(tuple(str(Path(d)) for d in args.data), check_regex(args.group_regex), split_file,
+    regex = args.group_regex or (meta or {}).get("data", {}).get("group_regex") or DEFAULT_REGEX
+    return DataSpec(tuple(str(Path(d)) for d in args.data), check_regex(regex), split_file,
                     args.split_seed, size, crop, args.mask_mode, tuple(c.strip() for c in args.classes.split(",")))
 
 
@@ -156,7 +161,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if not split:
         raise CocoPathError("no split: pass --split-file (the teacher's config names none)")
     size = args.size if args.size is not None else tmeta.get("input", {}).get("short_side")
-    data = load_data(_spec(args, split, size, args.crop), seed=args.seed)
+    data = load_data(_spec(args, split, size, args.crop, tmeta), seed=args.seed)
     student, res, meta = distill_student(
         data, teacher, args.method, args.student, _config(args), out,
         paraphraser_steps=args.paraphraser_steps, progress=_progress_printer(sys.stderr.isatty()),
@@ -182,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         dataset = SegDataset(find_pairs(args.data), size, args.mask_mode)
     else:
-        dataset = load_data(_spec(args, split, size, None)).part(args.split)
+        dataset = load_data(_spec(args, split, size, None, meta)).part(args.split)
     classes = meta.get("classes") or [c.strip() for c in args.classes.split(",")]
     res = evaluate(model, dataset, classes, device=args.device)
     payload = {"model": str(args.model), "split": args.split, **res}
@@ -194,7 +199,7 @@ def cmd_bench_distill(args: argparse.Namespace) -> int:
     _setup(args)
     from engine.training.bench import run_benchmark, write_outputs
 
-    report = run_benchmark(quick=args.quick, data_dir=args.data, seeds=args.seeds, device=args.device,
+    report = run_benchmark(protocol="quick" if args.quick else args.protocol, data_dir=args.data, seeds=args.seeds, device=args.device,
                            methods=args.methods.split(",") if args.methods else None,
                            progress=_progress_printer(sys.stderr.isatty()))
     md = write_outputs(report, Path(args.out) if args.out else None)

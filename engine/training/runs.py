@@ -49,20 +49,14 @@ class Data:
     split: dict[str, Any]
 
     def part(self, name: str) -> SegDataset:
-        if name == "all":
-            ds = SegDataset([], augment_cfg=None)
-            for p in (self.train, self.val, self.test):
-                ds.pairs += p.pairs
-                ds.items += p.items
-            return ds
+        """The train (without augmentation), val or test images."""
         if name not in ("train", "val", "test"):
-            raise DatasetError(f"unknown split {name!r}; valid: train, val, test, all")
-        return {"train": self.evaluation_train(), "val": self.val, "test": self.test}[name]
-
-    def evaluation_train(self) -> SegDataset:
-        ds = SegDataset([], augment_cfg=None)
-        ds.pairs, ds.items = self.train.pairs, self.train.items
-        return ds
+            raise DatasetError(f"unknown split {name!r}; valid: train, val, test")
+        if name == "train":
+            ds = SegDataset([], augment_cfg=None)
+            ds.pairs, ds.items = self.train.pairs, self.train.items
+            return ds
+        return self.val if name == "val" else self.test
 
 
 def load_data(spec: DataSpec, seed: int = 0, augment: AugmentConfig | None = None) -> Data:
@@ -103,7 +97,9 @@ def _finish(
     meta = model_meta(model, data, role, {"training": extra, "metrics": metrics,
                                           "final_loss": summary.result.metrics.get("final_loss")})
     outputs: tuple[str, ...] = ()
-    if out is not None and summary.result.status == "done":
+    main_process = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+        torch.distributed.get_rank() == 0
+    if out is not None and summary.result.status == "done" and main_process:
         save_model(out, model, meta)
         outputs = (str(out), str(Path(out).with_suffix(".json")))
     res = Result(summary.result.status, {**summary.result.metrics,
@@ -160,25 +156,34 @@ def check_regex(regex: str) -> str:
     return regex
 
 
-def images_per_second(model: nn.Module, size: int, batch: int = 4, seconds: float = 3.0, threads: int | None = None) -> float:
-    """CPU inference throughput (images/s) at ``size``² with ``batch`` images per forward pass."""
+def images_per_second(
+    models: dict[str, nn.Module], size: int, batch: int = 4, rounds: int = 7, threads: int | None = None,
+) -> dict[str, float]:
+    """CPU inference throughput (images/s at ``size``², ``batch`` images per pass) of several models.
+
+    The models are timed in interleaved rounds and each one's median round is kept, so a change of
+    load on a shared machine affects all of them alike and their ratio stays meaningful.
+    """
+    import statistics
     import time
 
-    model = model.eval().cpu()
     x = torch.randn(batch, 3, size, size)
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    times: dict[str, list[float]] = {name: [] for name in models}
     try:
         with torch.no_grad():
-            model(x)  # warm-up
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds or n < 2:
-                model(x)
-                n += 1
-            return n * batch / (time.perf_counter() - t0)
+            for m in models.values():
+                m.eval().cpu()(x)  # warm-up
+            for _ in range(rounds):
+                for name, m in models.items():
+                    t0 = time.perf_counter()
+                    m(x)
+                    times[name].append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(old)
+    return {name: batch / statistics.median(ts) for name, ts in times.items()}
 
 
 __all__: Sequence[str] = ("DataSpec", "Data", "load_data", "train_teacher", "distill_student", "images_per_second")

@@ -197,8 +197,10 @@ def train(
                 raise FloatingPointError(f"loss became {logged['total']} at step {step}; lower the learning rate")
             history.append(logged)
             step += 1
-            if emit and (step % cfg.log_every == 0 or step == cfg.steps):
-                emit(Progress("train", step, cfg.steps, logged))
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                log.info("step %d/%d total %.4f", step, cfg.steps, logged["total"])
+                if emit:
+                    emit(Progress("train", step, cfg.steps, logged))
             if state_path is not None and cfg.state_every and step % cfg.state_every == 0 and rank == 0:
                 save_training_state(Path(state_path), objective, opt, {"step": step})
             if step >= cfg.steps:
@@ -206,8 +208,11 @@ def train(
         if status == "cancelled":
             break
         batches = []
-    if status == "cancelled" and state_path is not None and rank == 0:
-        save_training_state(Path(state_path), objective, opt, {"step": step})
+    if state_path is not None and rank == 0:
+        if status == "cancelled":
+            save_training_state(Path(state_path), objective, opt, {"step": step})
+        elif Path(state_path).is_file():
+            Path(state_path).unlink()  # finished: the checkpoint the caller writes supersedes it
     metrics = {"steps": float(step), **prep}
     if history:
         metrics["final_loss"] = history[-1]["total"]

@@ -102,7 +102,7 @@ def test_skd_pairwise_by_loop() -> None:
     us = F.normalize(s.detach().flatten(2)[0], dim=0)
     ut = F.normalize(t.flatten(2)[0], dim=0)
     manual = sum(float(ut[:, i] @ ut[:, j] - us[:, i] @ us[:, j]) ** 2 for i in range(4) for j in range(4)) / 16
-    assert float(out["loss_pairwise"]) == pytest.approx(manual, rel=1e-5)
+    assert out["loss_pairwise"].item() == pytest.approx(manual, rel=1e-5)
     _check_terms(out, [s])
 
 
@@ -112,7 +112,7 @@ def test_cwd() -> None:
     out = cwd_loss(s, t, tau=4.0)
     ps, pt = F.log_softmax(s.flatten(2) / 4, 2), F.softmax(t.flatten(2) / 4, 2)
     manual = (pt * (pt.log() - ps)).sum() * 16 / (2 * 2)
-    assert float(out["loss_cwd"]) == pytest.approx(float(manual), rel=1e-5)
+    assert out["loss_cwd"].item() == pytest.approx(manual.item(), rel=1e-5)
     _check_terms(out, [s], [t])
 
 

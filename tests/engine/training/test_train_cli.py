@@ -105,10 +105,10 @@ def test_help_does_not_import_torch() -> None:
 
 def test_bench_harness_on_tiny_settings(tiny_data: Path, tmp_path: Path) -> None:
     report = run_benchmark(
-        quick=True, data_dir=str(tiny_data), methods=["student", "coco"], device="cpu", workdir=tmp_path,
+        protocol="quick", data_dir=str(tiny_data), methods=["student", "coco"], device="cpu", workdir=tmp_path,
         overrides={"size": 32, "crop": 32, "teacher": "mobile-unet", "teacher_steps": 2, "student_steps": 2,
                    "batch_size": 2, "student": "mobile-unet-small", "speed_size": 32,
-                   "speed_seconds": 0.2})
+                   "speed_rounds": 1})
     assert set(report["methods"]) == {"student", "coco"}
     assert report["methods"]["student"]["gap_closed"] in (None, pytest.approx(0.0))
     assert report["efficiency"]["params_ratio"] < 0.2
