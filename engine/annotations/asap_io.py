@@ -6,7 +6,9 @@
           <Coordinates><Coordinate Order="0" X="11347" Y="29510.8" /> …</Coordinates>
         </Annotation>
       </Annotations>
-      <AnnotationGroups><Group Name="metastasis" PartOfGroup="None" Color="#64FE2E" /></AnnotationGroups>
+      <AnnotationGroups>
+        <Group Name="metastasis" PartOfGroup="None" Color="#64FE2E" />
+      </AnnotationGroups>
     </ASAP_Annotations>
 
 Groups are classes. Polygon, Rectangle and Spline annotations are regions (a Spline is read as the
@@ -128,7 +130,8 @@ def write_asap(path: str | Path, annotations: Sequence[Annotation],
     anns_el = ET.SubElement(root, "Annotations")
     holes = multi = 0
     for ann in annotations:
-        polys = list(ann.geometry.geoms) if isinstance(ann.geometry, MultiPolygon) else [ann.geometry]
+        g = ann.geometry
+        polys = list(g.geoms) if isinstance(g, MultiPolygon) else [g]
         multi += len(polys) > 1
         holes += sum(len(p.interiors) for p in polys)
         group = ROI_GROUP if ann.is_roi else (ann.class_name or "None")

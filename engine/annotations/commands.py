@@ -1,4 +1,4 @@
-"""``cocopath-engine project …`` and ``cocopath-engine annotations …``: projects from the command line.
+"""``cocopath-engine project …`` and ``annotations …``: projects from the command line.
 
     cocopath-engine project create DIR
     cocopath-engine project add-slide DIR SLIDE

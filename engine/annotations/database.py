@@ -1,4 +1,4 @@
-"""The project's SQLite database: schema, connection settings, and sqlite errors turned into sentences.
+"""The project's SQLite database: schema, connection settings, sqlite errors turned into sentences.
 
 One file, ``project.sqlite``, in WAL mode with ``synchronous=FULL`` (a commit is on disk before it
 returns, so a crash of the process or of the machine never loses an edit the app reported saved),

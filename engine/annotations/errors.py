@@ -1,4 +1,5 @@
-"""Errors a user meets with projects and annotation files; each message is one actionable sentence."""
+"""Errors a user meets with projects and annotation files; each message is one actionable sentence.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from engine.errors import CocoPathError
 
 
 class AnnotationError(CocoPathError):
-    """An annotation or an edit is not acceptable (empty geometry, locked annotation, unknown id)."""
+    """An annotation or an edit is not acceptable (empty geometry, locked annotation, unknown id).
+    """
 
 
 class AnnotationFormatError(AnnotationError):
-    """An annotation file is malformed or not in the format it claims; nothing of it was imported."""
+    """An annotation file is malformed or not in the format it claims; nothing of it was imported.
+    """
 
 
 class ProjectError(CocoPathError):

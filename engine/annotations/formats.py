@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.annotations.errors import AnnotationError, AnnotationFormatError
-from engine.annotations.model import (Annotation, ExportResult, Kind, ParsedAnnotations, color_to_hex,
-                                      new_uuid)
+from engine.annotations.model import (Annotation, ExportResult, Kind, ParsedAnnotations,
+                                      color_to_hex, new_uuid)
 from engine.annotations.reading import parse_xml, read_bytes
 from engine.annotations.store import AnnotationStore
 
@@ -32,7 +32,7 @@ class ClassSummary:
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What an import did: how many annotations, into which step, and what was left out or changed."""
+    """What an import did: how many annotations, in which step, what was left out or changed."""
 
     path: str
     format: str
@@ -114,8 +114,8 @@ def import_file(store: AnnotationStore, path: str | Path, fmt: str | None = None
     for a in anns:
         x0, y0, x1, y1 = a.geometry.bounds
         if x1 < 0 or y1 < 0 or x0 > slide.width or y0 > slide.height:
-            warnings.append(f"some annotations lie outside the slide's {slide.width}×{slide.height} "
-                            f"pixels: is it the right slide?")
+            warnings.append(f"some annotations lie outside the slide's "
+                            f"{slide.width}×{slide.height} pixels: is it the right slide?")
             break
     step = None
     if anns:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from shapely.geometry import MultiPolygon, Polygon, mapping
 
-from engine.annotations.model import (DEFAULT_COLOR, Annotation, AnnotationClass, Color, ExportResult,
-                                      Kind, ParsedAnnotations, Source, parse_uuid)
-from engine.annotations.reading import (Collector, Problem, decode_text, number, polygon, read_bytes,
-                                        ring)
+from engine.annotations.model import (DEFAULT_COLOR, Annotation, AnnotationClass, Color,
+                                      ExportResult, Kind, ParsedAnnotations, Source, parse_uuid)
+from engine.annotations.reading import (Collector, Problem, decode_text, number, polygon,
+                                        read_bytes, ring)
 from engine.annotations.writing import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,8 @@ def _geometry(col: Collector, g: object, where: str, depth: int) -> list[Polygon
         parts = g.get("geometries")
         if not isinstance(parts, list):
             raise Problem(f"{where}: GeometryCollection without a list of geometries")
-        return [s for i, p in enumerate(parts) for s in _geometry(col, p, f"{where}[{i}]", depth + 1)]
+        return [s for i, p in enumerate(parts)
+                for s in _geometry(col, p, f"{where}[{i}]", depth + 1)]
     coords = g.get("coordinates")
     if kind in _SKIPPED_TYPES:
         col.skipped[f"{_SKIPPED_TYPES[kind]} (not a region)"] += 1
@@ -143,7 +144,8 @@ def _geometry(col: Collector, g: object, where: str, depth: int) -> list[Polygon
         polys = [_polygon(c, f"{where} polygon {i}") for i, c in enumerate(coords)]
         good = [p for p in polys if p is not None]
         if len(good) < len(polys):
-            col.skipped["polygon part with fewer than three distinct points"] += len(polys) - len(good)
+            n_bad = len(polys) - len(good)
+            col.skipped["polygon part with fewer than three distinct points"] += n_bad
         return [MultiPolygon(good)] if good else []
     raise Problem(f"{where}: unknown geometry type {str(kind)[:40]!r}")
 
@@ -162,7 +164,8 @@ def _ring(r: object, where: str) -> list[tuple[float, float]] | None:
     for j, pos in enumerate(r):
         if not isinstance(pos, list) or len(pos) < 2:
             raise Problem(f"{where} position {j} is not [x, y] (or [x, y, z])")
-        pts.append((number(pos[0], f"{where} position {j}"), number(pos[1], f"{where} position {j}")))
+        w = f"{where} position {j}"
+        pts.append((number(pos[0], w), number(pos[1], w)))
     return ring(pts)
 
 
@@ -232,7 +235,8 @@ def feature(ann: Annotation, classes: dict[str, AnnotationClass],
     props["metadata"] = {f"{META}kind": ann.kind.value, f"{META}source": ann.source.value,
                          f"{META}author": ann.author, f"{META}created": repr(ann.created),
                          f"{META}modified": repr(ann.modified)}
-    return {"type": "Feature", "id": ann.uuid, "geometry": mapping(ann.geometry), "properties": props}
+    return {"type": "Feature", "id": ann.uuid, "geometry": mapping(ann.geometry),
+            "properties": props}
 
 
 def write_geojson(path: str | Path, annotations: Sequence[Annotation],

@@ -23,7 +23,8 @@ from pathlib import Path
 from shapely.geometry import Polygon
 
 from engine.annotations.model import AnnotationClass, Color, ParsedAnnotations, polygonal
-from engine.annotations.reading import Collector, Problem, number, parse_xml, polygon, read_bytes, ring
+from engine.annotations.reading import (Collector, Problem, number, parse_xml, polygon, read_bytes,
+                                        ring)
 
 FORMAT = "ImageScope XML"
 AREA_TYPES = {"0": "free-hand", "1": "rectangle", "2": "ellipse", "5": "polygon"}

@@ -7,8 +7,8 @@ in the order given (later ones win where they overlap). Each class gets the labe
 the project's class list (1, 2, …); 0 is background. Correction ROIs and unclassified regions are
 not part of a label mask (the result's warnings say how many were left out).
 
-The TIFF is tiled, deflate-compressed, one page per level (downsample ×2 each), with resolution tags,
-so OpenSlide reads it as a generic tiled TIFF; it is written tile by tile, so any size fits memory.
+The TIFF is tiled, deflate-compressed, one page per level (downsample ×2 each), with resolution
+tags, so OpenSlide reads it as a generic tiled TIFF; written tile by tile, any size fits memory.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def fill(geometry: Polygon | MultiPolygon, x0: float, y0: float, width: int, hei
 def label_table(classes: Sequence[AnnotationClass]) -> dict[str, int]:
     """Class name → label value (1-based position in the project's class list)."""
     if len(classes) > 255:
-        raise AnnotationError(f"a label mask holds at most 255 classes, the project has {len(classes)}")
+        raise AnnotationError(f"a label mask holds at most 255 classes, the project has "
+                              f"{len(classes)}")
     return {c.name: i + 1 for i, c in enumerate(classes)}
 
 
@@ -102,8 +103,9 @@ def _labelled(annotations: Sequence[Annotation], labels: dict[str, int]
     return items, warnings
 
 
-def rasterize(items: Sequence[tuple[Annotation, int]], x0: float, y0: float, width: int, height: int,
-              downsample: float = 1.0, tree: shapely.STRtree | None = None) -> np.ndarray:
+def rasterize(items: Sequence[tuple[Annotation, int]], x0: float, y0: float, width: int,
+              height: int, downsample: float = 1.0, tree: shapely.STRtree | None = None
+              ) -> np.ndarray:
     """A uint8 label image of the window (level-0 origin (x0, y0), size in mask pixels)."""
     out = np.zeros((height, width), dtype=np.uint8)
     if tree is not None:

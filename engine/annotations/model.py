@@ -2,7 +2,7 @@
 
 Geometry is shapely, in level-0 pixel coordinates of the slide (x right, y down). An
 :class:`Annotation` is always a valid, non-empty Polygon or MultiPolygon: ``__post_init__`` repairs
-invalid input with ``make_valid`` and keeps only its polygonal parts, and refuses what is left empty.
+invalid input with ``make_valid``, keeps only its polygonal parts, and refuses what is left empty.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Kind(str, Enum):
 
 
 def polygonal(geometry: BaseGeometry) -> Polygon | MultiPolygon:
-    """The polygonal part of ``geometry`` made valid: a Polygon, a MultiPolygon, or an empty Polygon.
+    """The polygonal part of ``geometry`` made valid: a Polygon, a MultiPolygon or an empty Polygon.
 
     Lines and points that ``make_valid`` may produce (a ring folded onto itself) are dropped.
     """
@@ -101,7 +101,8 @@ def color_to_hex(color: Color) -> str:
 
 def _check_color(color: object) -> Color:
     if (not isinstance(color, tuple) or len(color) != 3
-            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255
+                       for c in color)):
         raise AnnotationError(f"colour {color!r} is not three integers 0–255")
     return color
 
@@ -119,7 +120,8 @@ class AnnotationClass:
             raise AnnotationError("a class needs a non-empty name")
         _check_color(self.color)
         if self.shortcut is not None and (not isinstance(self.shortcut, str) or not self.shortcut):
-            raise AnnotationError(f"class {self.name!r}: shortcut must be a non-empty string or None")
+            raise AnnotationError(f"class {self.name!r}: shortcut must be a non-empty string "
+                                  f"or None")
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,8 @@ class Annotation:
         if not isinstance(geom, (Polygon, MultiPolygon)) or not geom.is_valid or geom.is_empty:
             geom = polygonal(geom)
         if geom.is_empty or geom.area <= 0:
-            raise AnnotationError("an annotation needs an area: its outline is empty or has no area")
+            raise AnnotationError("an annotation needs an area: its outline is empty or has no "
+                                  "area")
         object.__setattr__(self, "geometry", geom)
         canonical = parse_uuid(self.uuid)
         if canonical is None:

@@ -195,11 +195,11 @@ class Project:
     # -- slides ----------------------------------------------------------------------------------
 
     def add_slide(self, path: str | Path) -> SlideRecord:
-        """Add a slide (or return it if its content is already in the project, relinking its path)."""
+        """Add a slide (or return it if its content is in the project already, relinking it)."""
         from engine.slide import open_slide
 
         path = Path(path).expanduser().resolve()
-        if path.is_file() and path.suffix.lower() == ".dcm":  # one file of a DICOM slide: its folder
+        if path.is_file() and path.suffix.lower() == ".dcm":  # a file of a DICOM slide: the folder
             path = path.parent
         with open_slide(path) as source:
             info = source.info
@@ -213,14 +213,15 @@ class Project:
         w, h = info.dimensions
         mpp = info.mpp or (None, None)
         with self.transaction() as c:
-            c.execute("INSERT INTO slides (path, name, size, hash, width, height, mpp_x, mpp_y, added)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            c.execute("INSERT INTO slides (path, name, size, hash, width, height, mpp_x, mpp_y, "
+                      "added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (str(path), path.name, size, digest, w, h, mpp[0], mpp[1], time.time()))
         log.info("added slide %s (%d×%d)", path, w, h)
         return self.slide(str(path))
 
     def slides(self) -> list[SlideRecord]:
-        return [_slide_from_row(r) for r in self.query(f"SELECT {_SLIDE_COLUMNS} FROM slides ORDER BY id")]
+        rows = self.query(f"SELECT {_SLIDE_COLUMNS} FROM slides ORDER BY id")
+        return [_slide_from_row(r) for r in rows]
 
     def slide(self, ref: int | str | Path | SlideRecord) -> SlideRecord:
         """Find a slide by id, record, path, file name, or (for a moved file) its content hash."""
@@ -249,7 +250,8 @@ class Project:
 
     def _set_path(self, rec: SlideRecord, path: Path) -> SlideRecord:
         with self.transaction() as c:
-            c.execute("UPDATE slides SET path = ?, name = ? WHERE id = ?", (str(path), path.name, rec.id))
+            c.execute("UPDATE slides SET path = ?, name = ? WHERE id = ?",
+                      (str(path), path.name, rec.id))
         log.info("slide %d relinked: %s → %s", rec.id, rec.path, path)
         return self.slide(rec.id)
 
@@ -344,7 +346,8 @@ class Project:
             row = c.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise AnnotationError(f"no class named {name!r}")
-            n = c.execute("SELECT count(*) FROM annotations WHERE class_id = ?", (row[0],)).fetchone()[0]
+            n = c.execute("SELECT count(*) FROM annotations WHERE class_id = ?",
+                          (row[0],)).fetchone()[0]
             if n:
                 raise AnnotationError(f"class {name!r} is used by {n} annotation(s); reclass or "
                                       f"delete them first")

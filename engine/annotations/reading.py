@@ -1,4 +1,4 @@
-"""What every reader shares: reading the file, strict numbers, rings, and collecting what was skipped.
+"""What every reader shares: reading the file, strict numbers, rings, collecting what was skipped.
 
 Readers are strict about syntax (a coordinate that is not a number makes the whole file fail, with
 its position) and tolerant about content (an outline with no area, a point, a line: skipped and
@@ -46,8 +46,8 @@ def decode_text(data: bytes, path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise AnnotationFormatError(f"{path}: is not UTF-8 text (byte {exc.start}); is it really an "
-                                    f"annotation file?") from None
+        raise AnnotationFormatError(f"{path}: is not UTF-8 text (byte {exc.start}); is it really "
+                                    f"an annotation file?") from None
 
 
 def parse_xml(data: bytes, path: Path) -> ET.Element:
@@ -67,7 +67,7 @@ def parse_xml(data: bytes, path: Path) -> ET.Element:
 
 
 def number(value: object, where: str) -> float:
-    """A finite float from a JSON number or an XML attribute, else :class:`Problem` naming ``where``."""
+    """A finite float from a JSON number or an XML attribute, else a Problem naming ``where``."""
     if isinstance(value, bool):
         raise Problem(f"{where}: {value!r} is not a number")
     if isinstance(value, str):
@@ -156,7 +156,8 @@ class Collector:
         for template, n in sorted(self.noted.items()):
             warnings.append(template.format(n=n))
         if self.renamed:
-            warnings.append(f"{self.renamed} annotation(s) repeated an id of the file and got new ids")
+            warnings.append(f"{self.renamed} annotation(s) repeated an id of the file and got new "
+                            f"ids")
         used = {a.class_name for a in self.annotations}
         classes = tuple(c for name, c in self.classes.items() if name in used)
         for name in sorted(n for n in used if n is not None and n not in self.classes):

@@ -1,4 +1,4 @@
-"""How an :class:`Annotation` is stored: a row of ``annotations`` and, in the journal, JSON + WKB."""
+"""How an Annotation is stored: a row of ``annotations`` and, in the journal, JSON + WKB."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def from_row(row: tuple) -> Annotation:
         return Annotation.from_store(geometry, cls, uid, kind, source, author, name, created,
                                      modified, locked)
     except (shapely.errors.GEOSException, ValueError, TypeError) as exc:
-        raise ProjectCorruptError(f"annotation {uid}: its stored record is damaged ({exc})") from None
+        raise ProjectCorruptError(f"annotation {uid}: its stored record is damaged "
+                                  f"({exc})") from None
 
 
 def from_rows(rows: list[tuple]) -> list[Annotation]:
@@ -43,7 +44,8 @@ def from_rows(rows: list[tuple]) -> list[Annotation]:
             out.append(Annotation.from_store(g, cls, uid, kind, source, author, name, created,
                                              modified, locked))
         except (ValueError, TypeError) as exc:
-            raise ProjectCorruptError(f"annotation {uid}: its stored record is damaged ({exc})") from None
+            raise ProjectCorruptError(f"annotation {uid}: its stored record is damaged "
+                                      f"({exc})") from None
     return out
 
 
@@ -69,7 +71,7 @@ class State:
 
 
 def change_op(before: Annotation | None, after: Annotation | None) -> str:
-    """What a change does, for the audit trail: add, remove, geometry, reclass, lock, unlock, edit."""
+    """What a change does, for the audit: add, remove, geometry, reclass, lock, unlock, edit."""
     if before is None:
         return "add"
     if after is None:
@@ -85,7 +87,7 @@ def change_op(before: Annotation | None, after: Annotation | None) -> str:
 
 
 def class_id(conn: sqlite3.Connection, name: str | None) -> int | None:
-    """Id of class ``name``; a class missing since (deleted) is recreated with the default colour."""
+    """Id of class ``name``; a class deleted since is recreated with the default colour."""
     if name is None:
         return None
     row = conn.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
@@ -124,5 +126,5 @@ def update(conn: sqlite3.Connection, ann: Annotation) -> None:
         "created = ?, modified = ?, locked = ?, area = ?, geometry = ? WHERE id = ?",
         (ann.kind.value, class_id(conn, ann.class_name), ann.name, ann.source.value, ann.author,
          ann.created, ann.modified, int(ann.locked), g.area, to_wkb(ann), row[0]))
-    conn.execute("UPDATE annotation_index SET min_x = ?, max_x = ?, min_y = ?, max_y = ? WHERE id = ?",
-                 (min_x, max_x, min_y, max_y, row[0]))
+    conn.execute("UPDATE annotation_index SET min_x = ?, max_x = ?, min_y = ?, max_y = ? "
+                 "WHERE id = ?", (min_x, max_x, min_y, max_y, row[0]))

@@ -133,19 +133,21 @@ class AnnotationStore:
     def add(self, annotations: Annotation | Iterable[Annotation], label: str | None = None) -> Step:
         anns = [annotations] if isinstance(annotations, Annotation) else list(annotations)
         stamped = [a if a.author else a.evolve(author=self.project.author) for a in anns]
-        return self.edit([(None, a) for a in stamped],
-                         label or (f"add {len(anns)} annotations" if len(anns) != 1 else "add annotation"))
+        default = "add annotation" if len(anns) == 1 else f"add {len(anns)} annotations"
+        return self.edit([(None, a) for a in stamped], label or default)
 
     def remove(self, uuids: str | Iterable[str], label: str | None = None) -> Step:
         ids = [uuids] if isinstance(uuids, str) else list(uuids)
-        return self.edit([(self.get(u), None) for u in ids],
-                         label or ("delete annotation" if len(ids) == 1 else f"delete {len(ids)} annotations"))
+        default = "delete annotation" if len(ids) == 1 else f"delete {len(ids)} annotations"
+        return self.edit([(self.get(u), None) for u in ids], label or default)
 
     def modify(self, annotation: Annotation, label: str = "edit annotation") -> Step:
-        """Replace the stored annotation of the same uuid by ``annotation`` (modified time set now)."""
-        return self.edit([(self.get(annotation.uuid), annotation.evolve(modified=time.time()))], label)
+        """Replace the stored annotation of the same uuid by ``annotation`` (modified: now)."""
+        current = self.get(annotation.uuid)
+        return self.edit([(current, annotation.evolve(modified=time.time()))], label)
 
-    def set_geometry(self, uuid: str, geometry: BaseGeometry, label: str = "change outline") -> Step:
+    def set_geometry(self, uuid: str, geometry: BaseGeometry,
+                     label: str = "change outline") -> Step:
         return self.modify(self.get(uuid).evolve(geometry=geometry), label)
 
     def reclass(self, uuids: str | Iterable[str], class_name: str | None,
@@ -186,10 +188,11 @@ class AnnotationStore:
         with self.project.transaction() as c:
             for cls in classes:
                 self.project.ensure_class(cls, conn=c)
-            c.execute("UPDATE steps SET status = 'discarded' WHERE slide_id = ? AND status = 'undone'",
-                      (self.slide.id,))
+            c.execute("UPDATE steps SET status = 'discarded' WHERE slide_id = ? "
+                      "AND status = 'undone'", (self.slide.id,))
             step_id = int(c.execute(
-                "INSERT INTO steps (slide_id, label, author, at, status) VALUES (?, ?, ?, ?, 'applied')",
+                "INSERT INTO steps (slide_id, label, author, at, status) "
+                "VALUES (?, ?, ?, ?, 'applied')",
                 (self.slide.id, label, author, now)).lastrowid)
             changes = []
             for before, after in pairs:
@@ -200,7 +203,8 @@ class AnnotationStore:
                           "after_geometry) VALUES (?, ?, ?, ?, ?, ?, ?)",
                           (step_id, op, (before or after).uuid,  # type: ignore[union-attr]
                            b and b.attrs, b and b.wkb, a and a.attrs, a and a.wkb))
-                changes.append(Change(op, (before or after).uuid, before, after))  # type: ignore[union-attr]
+                uid = (before or after).uuid  # type: ignore[union-attr]
+                changes.append(Change(op, uid, before, after))
             c.execute("INSERT INTO audit (step_id, action, author, at) VALUES (?, 'do', ?, ?)",
                       (step_id, author, now))
         log.debug("step %d %r: %d change(s)", step_id, label, len(changes))
@@ -208,7 +212,8 @@ class AnnotationStore:
 
     def _apply(self, c: sqlite3.Connection, expected: Annotation | None,
                target: Annotation | None) -> None:
-        """Move one annotation from state ``expected`` (checked against the database) to ``target``."""
+        """Move one annotation from state ``expected`` (checked against the database) to
+        ``target``."""
         uid = (expected or target).uuid  # type: ignore[union-attr]
         row = c.execute(f"{records.SELECT} WHERE a.uuid = ?", (uid,)).fetchone()
         if expected is None:
@@ -267,7 +272,8 @@ class AnnotationStore:
         with self.project.transaction() as c:
             status, order = ("applied", "DESC") if undo else ("undone", "ASC")
             row = c.execute(f"SELECT id, label, author, at FROM steps WHERE slide_id = ? AND "
-                            f"status = ? ORDER BY id {order} LIMIT 1", (self.slide.id, status)).fetchone()
+                            f"status = ? ORDER BY id {order} LIMIT 1",
+                            (self.slide.id, status)).fetchone()
             if row is None:
                 return None
             step_id = int(row[0])
@@ -279,12 +285,13 @@ class AnnotationStore:
                       ("undone" if undo else "applied", step_id))
             c.execute("INSERT INTO audit (step_id, action, author, at) VALUES (?, ?, ?, ?)",
                       (step_id, "undo" if undo else "redo", author, now))
-        return Step(step_id, row[1], row[2], row[3], "undone" if undo else "applied", tuple(changes))
+        status = "undone" if undo else "applied"
+        return Step(step_id, row[1], row[2], row[3], status, tuple(changes))
 
     @staticmethod
     def _changes(c: sqlite3.Connection, step_id: int) -> list[Change]:
-        rows = c.execute("SELECT op, uuid, before, before_geometry, after, after_geometry FROM changes "
-                         "WHERE step_id = ? ORDER BY id", (step_id,)).fetchall()
+        rows = c.execute("SELECT op, uuid, before, before_geometry, after, after_geometry "
+                         "FROM changes WHERE step_id = ? ORDER BY id", (step_id,)).fetchall()
         return [Change(op, uid, State(b, bg).annotation() if b is not None else None,
                        State(a, ag).annotation() if a is not None else None)
                 for op, uid, b, bg, a, ag in rows]
@@ -317,7 +324,7 @@ class AnnotationStore:
         return out
 
     def annotation_history(self, uuid: str) -> list[AuditEntry]:
-        """The audit trail of one annotation, oldest first: each do, undo and redo that touched it."""
+        """The audit trail of one annotation, oldest first: each do, undo and redo touching it."""
         sql = ("SELECT au.step_id, au.action, au.author, au.at, s.label, ch.op FROM audit au "
                "JOIN steps s ON s.id = au.step_id JOIN changes ch ON ch.step_id = s.id "
                "WHERE ch.uuid = ? AND s.slide_id = ? ORDER BY au.id")
