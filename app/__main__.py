@@ -165,6 +165,9 @@ def _screenshot(window: object, out: Path, timeout: float) -> int:
     if not wait_until_drawn(window, timeout):
         print(f"cocopath: error: the slide was not fully drawn within {timeout:g} s", file=sys.stderr)
         return 1
+    if window.last_error:  # type: ignore[attr-defined]  # parts of the slide could not be read
+        print(f"cocopath: error: {window.last_error}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
     image = window.grab()  # type: ignore[attr-defined]
     out.parent.mkdir(parents=True, exist_ok=True)
     if not image.save(str(out)):

@@ -63,6 +63,8 @@ class MainWindow(QMainWindow):
         self.overview.navigate.connect(self.view.center_on)
         self.view.viewport_changed.connect(self._on_viewport)
         self.view.cursor_moved.connect(self._on_cursor)
+        self.view.tile_error.connect(self._on_tile_error)
+        self._tile_error_shown = False
 
         self.mag_label = QLabel("—")
         self.level_label = QLabel("")
@@ -149,7 +151,7 @@ class MainWindow(QMainWindow):
 
     def _after_first_frame(self, _record: object = None) -> None:
         self.view.painted.disconnect(self._after_first_frame)
-        QTimer.singleShot(0, self.install_icons)
+        QTimer.singleShot(0, self, self.install_icons)
 
     def install_icons(self) -> None:
         """Give actions their qtawesome icons (deferred so the first slide frame comes sooner)."""
@@ -163,7 +165,7 @@ class MainWindow(QMainWindow):
     def showEvent(self, event: object) -> None:  # noqa: N802
         super().showEvent(event)  # type: ignore[arg-type]
         if self.source is None:  # nothing to paint first: icons now
-            QTimer.singleShot(0, self.install_icons)
+            QTimer.singleShot(0, self, self.install_icons)
 
     def _restore_layout(self) -> None:
         geom = self.settings.value("window/geometry")
@@ -204,6 +206,7 @@ class MainWindow(QMainWindow):
             self.show_error(f"{path}: could not be opened ({type(exc).__name__}: {exc}).")
             return False
         self.source = source
+        self._tile_error_shown = False
         self.view.set_source(source, thumb)  # the view's loader closes the previous slide when idle
         info = source.info
         self.overview.set_slide(thumb, info.dimensions)
@@ -269,6 +272,13 @@ class MainWindow(QMainWindow):
         self.error_box = box
 
     # -- errors --------------------------------------------------------------------------------------
+
+    def _on_tile_error(self, message: str) -> None:
+        """Parts of the slide cannot be read: say so once per slide (stand-ins stay on screen)."""
+        self.statusBar().showMessage(message, 10000)
+        if not self._tile_error_shown:
+            self._tile_error_shown = True
+            self.show_error(message)
 
     def _remember_error(self, message: str) -> None:
         self.last_error = message

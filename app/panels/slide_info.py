@@ -109,6 +109,11 @@ class SlideInfoPanel(QWidget):
                 img = rgb_to_qimage(source.associated_image(name))  # type: ignore[attr-defined]
             except CocoPathError as exc:
                 log.warning("%s", exc)
+                self.images_layout.addWidget(QLabel(f"<b>{name}</b>: cannot be read"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - e.g. OpenSlide's error state after a bad tile
+                log.warning("%s: the %s image cannot be read (%s)", info.path, name, exc)
+                self.images_layout.addWidget(QLabel(f"<b>{name}</b>: cannot be read"))
                 continue
             title = QLabel(f"<b>{name}</b> ({img.width()} × {img.height()})")
             pic = QLabel()

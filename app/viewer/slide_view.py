@@ -44,6 +44,7 @@ class PaintRecord:
     missing: int
     complete: bool
     seconds: float
+    failed: int = 0  # tiles that cannot be read (stand-ins drawn; they do not hold up "complete")
 
 
 class SlideView(QWidget):
@@ -53,6 +54,7 @@ class SlideView(QWidget):
     cursor_moved = Signal(float, float)  # slide coordinates (level-0 px)
     frame_complete = Signal(int)  # request id whose visible tiles are all drawn at their final level
     painted = Signal(object)  # PaintRecord
+    tile_error = Signal(str)  # a tile cannot be read: the engine's one-sentence message
 
     def __init__(self, cache: ByteBoundedCache, parent: QWidget | None = None,
                  workers: int | None = None) -> None:
@@ -79,6 +81,7 @@ class SlideView(QWidget):
         self.fast_paint = False  # during interaction: scaled tiles drawn without smoothing
         self._pending: set[RegionRequest] = set()  # visible tiles of this request not yet in
         self._prefetch: list[tuple[RegionRequest, int]] = []
+        self._failed: set[RegionRequest] = set()
         self.scaled = ScaledTiles()
         self._repaint_timer = QTimer(self, singleShot=True, interval=REPAINT_INTERVAL_MS)
         self._repaint_timer.timeout.connect(self.update)
@@ -98,6 +101,7 @@ class SlideView(QWidget):
         self.source = source
         self.thumbnail = thumbnail
         self.scaled.clear()
+        self._failed.clear()
         self.loader.set_source(source)
         if source is None:
             self.geometry_ = self.grid = self._viewport = self._plan = None
@@ -214,10 +218,15 @@ class SlideView(QWidget):
             self._repaint_timer.start()  # batch arrivals: painting each one would starve the readers
 
     def _on_tile_failed(self, request_id: int, key: RegionRequest, message: str) -> None:
+        if key.slide != (self.source.info.path if self.source is not None else None):  # type: ignore[attr-defined]
+            return  # a slide that was closed meanwhile
+        self._failed.add(key)
         if message != self.last_error:
             log.warning("%s", message)
-        self.last_error = message
+            self.last_error = message
+            self.tile_error.emit(message)
         if request_id == self._request_id:
+            self._pending.discard(key)
             self.update()
 
     # -- painting ----------------------------------------------------------------------------------
@@ -239,7 +248,7 @@ class SlideView(QWidget):
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
         p.fillRect(self._screen_rect(vp, 0, 0, geo.width, geo.height), GLASS)
         drawn: set[RegionRequest] = set()
-        missing = 0
+        missing = failed = 0
         if plan.level < 0 and self.thumbnail is not None:
             p.drawImage(self._screen_rect(vp, 0, 0, geo.width, geo.height), self.thumbnail,
                         QRectF(self.thumbnail.rect()))
@@ -250,7 +259,10 @@ class SlideView(QWidget):
             rect0 = g.tile_rect_level0(tile)
             img = self.cache.get(key)
             if img is None:
-                missing += 1
+                if key in self._failed:
+                    failed += 1
+                else:
+                    missing += 1
                 self._paint_fallback(p, vp, g, tile.level, rect0)
                 continue
             scaled = self.scaled.get(key, img, vp, rect0, make=False) if prescale else None
@@ -265,10 +277,10 @@ class SlideView(QWidget):
         p.end()
         complete = missing == 0
         record = PaintRecord(self._request_id, plan.level, frozenset(drawn), missing, complete,
-                             time.perf_counter() - t0)
+                             time.perf_counter() - t0, failed)
         if complete and self._complete_id != self._request_id:
             self._complete_id = self._request_id
-            QTimer.singleShot(0, self._start_prefetch)  # after this frame reaches the screen
+            QTimer.singleShot(0, self, self._start_prefetch)  # after this frame reaches the screen
             self.frame_complete.emit(self._request_id)
         self.painted.emit(record)
 

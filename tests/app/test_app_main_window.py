@@ -181,3 +181,21 @@ def test_start_without_a_slide_offers_the_sample(qtbot, window, small_svs, monke
     box.button(QMessageBox.StandardButton.Yes).click()
     qtbot.waitUntil(lambda: window.source is not None, timeout=5000)
     assert Path(window.source.info.path).name == small_svs.name
+
+
+def test_unreadable_tiles_give_one_message_and_stand_ins(qtbot, window, small_svs, tmp_path) -> None:
+    data = bytearray(Path(small_svs).read_bytes())
+    data[700_000:800_000] = b"\xff" * 100_000  # tile data destroyed, the file still opens
+    bad = tmp_path / "damaged.svs"
+    bad.write_bytes(bytes(data))
+    assert window.open_path(bad)
+    view = window.view
+    view.set_downsample(1.0)
+    records = []
+    view.painted.connect(records.append)
+    wait_drawn(qtbot, view)  # complete despite the failures: nothing is left waiting
+    qtbot.waitUntil(lambda: window.error_box is not None and window.error_box.isVisible(), timeout=5000)
+    assert "damaged.svs" in window.error_box.text() and "\n" not in window.error_box.text()
+    assert any(r.failed for r in records)
+    shot = grab_rgb(view)
+    assert (np.abs(shot.astype(int) - (62, 64, 70)).sum(axis=2) < 6).mean() < 0.5  # stand-ins, not void

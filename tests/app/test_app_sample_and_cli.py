@@ -164,11 +164,17 @@ def test_cli_opens_the_sample_when_no_slide_is_given(tmp_path, small_svs) -> Non
     assert png_rgb(out).std() > 20
 
 
-@pytest.mark.parametrize("args", [["broken"], ["missing.svs"], ["--center", "nonsense"]])
+@pytest.mark.parametrize("args", [["broken"], ["damaged", "--magnification", "20"], ["missing.svs"],
+                                  ["--center", "nonsense"]])
 def test_cli_errors_are_one_line(tmp_path, small_svs, args) -> None:
     broken = tmp_path / "broken.svs"
     broken.write_bytes(Path(small_svs).read_bytes()[:200_000])
-    argv = [str(broken) if a == "broken" else str(tmp_path / a) if a.endswith(".svs") else a for a in args]
+    data = bytearray(Path(small_svs).read_bytes())
+    data[700_000:800_000] = b"\xff" * 100_000  # opens, but tiles cannot be decoded
+    damaged = tmp_path / "damaged.svs"
+    damaged.write_bytes(bytes(data))
+    names = {"broken": str(broken), "damaged": str(damaged)}
+    argv = [names.get(a) or (str(tmp_path / a) if a.endswith(".svs") else a) for a in args]
     if argv[0].startswith("--"):
         argv = [str(small_svs), *argv]
     r = run_cli(*argv, "--screenshot", str(tmp_path / "x.png"), tmp_path=tmp_path)
