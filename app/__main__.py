@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     app = make_application()
     from app.main_window import MainWindow
 
-    window = MainWindow(interactive_errors=not headless)
+    window = MainWindow(interactive_errors=not headless, remember=not headless)
     if size:
         window.resize(*size)
     slide = args.slide

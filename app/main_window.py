@@ -38,16 +38,18 @@ def icon(name: str) -> QIcon:
 
 
 class MainWindow(QMainWindow):
-    """CoCoPath's window. ``interactive_errors=False`` logs errors instead of showing message boxes."""
+    """CoCoPath's window. ``interactive_errors=False`` logs errors instead of showing message boxes;
+    ``remember=False`` keeps the recent-files list and the saved layout untouched."""
 
     slide_opened = Signal(str)
 
     def __init__(self, settings: QSettings | None = None, cache: ByteBoundedCache | None = None,
-                 interactive_errors: bool = True) -> None:
+                 interactive_errors: bool = True, remember: bool = True) -> None:
         super().__init__()
         self.setWindowTitle("CoCoPath")
         self.settings = settings or QSettings("CoCoPath", "CoCoPath")
         self.interactive_errors = interactive_errors
+        self.remember = remember  # False (screenshots, benchmarks): leave recent files and layout alone
         self.error_box: QMessageBox | None = None
         self.last_error = ""
         self.source: object | None = None
@@ -77,7 +79,10 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_menus()
         self.view.painted.connect(self._after_first_frame)
-        self._restore_layout()
+        if remember:
+            self._restore_layout()
+        else:
+            self.resize(1400, 900)
         self._update_actions()
 
     # -- construction --------------------------------------------------------------------------------
@@ -217,7 +222,8 @@ class MainWindow(QMainWindow):
         if info.mpp is None:
             self.statusBar().showMessage("This slide has no pixel size: positions are in pixels and "
                                          "the scale bar is hidden.", 8000)
-        self.add_recent(info.path)
+        if self.remember:
+            self.add_recent(info.path)
         self._update_actions()
         self.slide_opened.emit(info.path)
         return True
@@ -369,9 +375,10 @@ class MainWindow(QMainWindow):
             self.open_path(urls[0].toLocalFile())
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
-        self.settings.setValue("window/geometry", self.saveGeometry())
-        self.settings.setValue("window/state", self.saveState())
-        self.settings.sync()
+        if self.remember:
+            self.settings.setValue("window/geometry", self.saveGeometry())
+            self.settings.setValue("window/state", self.saveState())
+            self.settings.sync()
         if self.downloader is not None:
             self.downloader.shutdown()  # type: ignore[attr-defined]
         self.view.loader.shutdown()  # closes the slide once no reader uses it
