@@ -79,6 +79,7 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_menus()
         self.view.painted.connect(self._after_first_frame)
+        self.resizeDocks([self.overview_dock], [320], Qt.Orientation.Horizontal)
         if remember:
             self._restore_layout()
         else:
@@ -340,8 +341,12 @@ class MainWindow(QMainWindow):
         self.mag_label.setText(format_magnification(mag, vp.downsample))
         plan = self.view.plan
         level = plan.level if plan is not None else vp.level(geo)
-        self.level_label.setText("thumbnail" if level < 0
-                                 else f"level {level} (÷{geo.level_downsamples[level]:.3g})")
+        if level >= 0:
+            text = f"level {level} (÷{geo.level_downsamples[level]:.3g})"
+        else:  # zoomed out past the pyramid: the area-averaged overview image is drawn
+            thumb = self.view.thumbnail
+            text = f"overview image (÷{geo.width / thumb.width():.3g})" if thumb else "overview image"
+        self.level_label.setText(text)
 
     def _on_cursor(self, x: float, y: float) -> None:
         geo = self.view.geometry_

@@ -44,8 +44,13 @@ class SlideInfoPanel(QWidget):
         self.filter.textChanged.connect(self._apply_filter)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["Property", "Value"])
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setColumnWidth(0, 170)
+        self.table.setWordWrap(False)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)  # full values in the tooltips
+        self.table.verticalHeader().setDefaultSectionSize(22)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         pl.addWidget(self.filter)
@@ -100,8 +105,11 @@ class SlideInfoPanel(QWidget):
         items = sorted(info.properties.items())
         self.table.setRowCount(len(items))
         for i, (k, v) in enumerate(items):
-            self.table.setItem(i, 0, QTableWidgetItem(k))
-            self.table.setItem(i, 1, QTableWidgetItem(v))
+            key_item, value_item = QTableWidgetItem(k), QTableWidgetItem(v)
+            key_item.setToolTip(k)
+            value_item.setToolTip(v if len(v) < 2000 else v[:2000] + "…")
+            self.table.setItem(i, 0, key_item)
+            self.table.setItem(i, 1, value_item)
         self._apply_filter(self.filter.text())
         self._clear_images()
         for name in info.associated_images:
