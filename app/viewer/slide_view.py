@@ -1,8 +1,16 @@
 """The slide view: paints a slide's tiles with QPainter, pans and zooms, never shows a blank.
 
 Painting uses only what is cached: for each visible tile of the chosen level the decoded QImage if
-it is in, otherwise the best coarser cached tiles (and, under them, the slide's thumbnail) scaled into
-its place. Tile arrivals of the current request trigger a repaint; those of stale requests do not.
+it is in, otherwise the best coarser cached tiles (or the slide's thumbnail) scaled into its place.
+
+* Every viewport change is a new request id; tile arrivals of older requests are dropped, never
+  painted. Arrivals of the current one are batched into a repaint every ``REPAINT_INTERVAL_MS``,
+  and the last visible tile repaints at once (painting per tile would starve the readers).
+* Prefetch (the ring around the view, the next finer level under the cursor) is handed to the
+  loader only after the frame is complete, so it never competes with what is on screen.
+* Downscaled tiles are scaled once per zoom in idle time (:class:`ScaledTiles`), so frames while
+  panning are plain blits; during continuous input (drag, wheel, held keys) scaled drawing skips
+  smoothing until the input settles.
 """
 
 from __future__ import annotations
