@@ -58,8 +58,9 @@ NOTES = {
 }
 
 
-def _mean_sd(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+def _mean_sd(xs: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single run: no spread to report)."""
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
 
 def run_benchmark(
@@ -176,6 +177,10 @@ def run_benchmark(
     }
 
 
+def _pm(mean: float, sd: float | None) -> str:
+    return f"{mean:.4f} ± {sd:.4f}" if sd is not None else f"{mean:.4f} (1 seed)"
+
+
 def markdown(report: dict[str, Any]) -> str:
     t = report["teacher"]
     lines = [f"## Distillation ablation — protocol `{report['protocol']}`", "", report["protocol_note"], "",
@@ -185,8 +190,8 @@ def markdown(report: dict[str, Any]) -> str:
     for name, r in report["methods"].items():
         share = f"{100 * r['share_of_teacher_miou']:.1f} %" if r["share_of_teacher_miou"] is not None else "–"
         gap = f"{100 * r['gap_closed']:.0f} %" if r["gap_closed"] is not None else "–"
-        lines.append(f"| {name} | {r['test_miou_mean']:.4f} ± {r['test_miou_sd']:.4f} | "
-                     f"{r['test_dice_mean']:.4f} ± {r['test_dice_sd']:.4f} | {share} | {gap} |")
+        lines.append(f"| {name} | {_pm(r['test_miou_mean'], r['test_miou_sd'])} | "
+                     f"{_pm(r['test_dice_mean'], r['test_dice_sd'])} | {share} | {gap} |")
     e = report["efficiency"]
     lines += ["", "| network | params | GFLOPs (MACs) at 256² | CPU images/s at "
               f"{e['speed_size']}² ({e['threads']} threads) |", "|---|---|---|---|"]

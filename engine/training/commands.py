@@ -1,13 +1,17 @@
 """CLI commands: ``train-teacher``, ``distill``, ``evaluate`` and ``bench distill``.
 
 torch is imported inside the handlers only, so ``cocopath-engine --help`` and the slide commands
-stay fast. User errors raise :class:`~engine.errors.CocoPathError` (one line on stderr, exit 1).
+stay fast. User errors raise :class:`~engine.errors.CocoPathError` (one line on stderr, exit 1);
+a cancelled run exits 3. Data-parallel training runs the same commands under torchrun, e.g.
+``torchrun --standalone --nproc_per_node 2 -m engine.cli train-teacher …`` (``--batch-size`` is the
+global batch; gloo on CPU, NCCL on CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -112,11 +116,14 @@ def _spec(args: argparse.Namespace, split_file: str, size: int | None, crop: int
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], line: str) -> int:
+    code = 0 if payload.get("status", "done") == "done" else 3
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+        return code
     if args.json:
         print(json.dumps(payload, indent=1, default=str))
     else:
         print(line)
-    return 0 if payload.get("status", "done") == "done" else 3
+    return code
 
 
 def _out_path(out: str) -> Path:

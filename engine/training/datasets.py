@@ -107,7 +107,7 @@ def load_or_make_split(
         return split
     split = split_by_case(stems, group_regex, fractions, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # torchrun ranks write the same split
     tmp.write_text(json.dumps(split, indent=1))
     os.replace(tmp, path)
     return split

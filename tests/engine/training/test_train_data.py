@@ -91,3 +91,20 @@ def test_dataset_resizes_and_normalises() -> None:
     x, y = ds[0]
     assert x.shape == (3, 32, 32) and y.shape == (32, 32) and y.dtype.is_floating_point is False
     assert -3 < float(x.mean()) < 3
+
+
+def test_label_index_masks_and_duplicate_names_across_folders(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder / "images").mkdir(parents=True)
+        (tmp_path / folder / "masks").mkdir()
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / folder / "images" / "x.png")
+        Image.fromarray(np.array([[0, 1, 2, 2]] * 4, np.uint8)).save(tmp_path / folder / "masks" / "x.png")
+    (pair,) = find_pairs([tmp_path / "a"])
+    _, idx = load_pair(pair, mask_mode="index")
+    assert idx[0].tolist() == [0, 1, 2, 2]
+    _, binary = load_pair(pair)
+    assert binary.max() == 0  # grey levels 1 and 2 are below the 127 threshold
+    with pytest.raises(DatasetError, match="same name"):
+        find_pairs([tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(DatasetError, match="mask mode"):
+        load_pair(pair, mask_mode="rgb")
