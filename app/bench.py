@@ -29,6 +29,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 VIEW_W, VIEW_H = 1920, 1080
+COLD_PASSES = 3  # cold passes pooled: a shared machine's noise then moves p95 less
 SMALL_BUDGET = 256 * 2**20  # the memory check also runs with a cache that must evict
 TARGETS = {"cold_p95_ms": 100.0, "frame_p95_ms": 16.0, "tile_path_ratio": 1.3,
            "memory_over_budget_mb": 400.0, "startup_s": 2.0}
@@ -230,29 +231,38 @@ def run_benchmark(out: Path, size: int = 50_000, keep: bool = False, slide: Path
         app.processEvents()  # type: ignore[attr-defined]
         source = open_slide(path)
         info = source.info
-        view.set_source(source, rgb_to_qimage(source.thumbnail(1024)))
+        view.set_source(source, rgb_to_qimage(source.thumbnail(512)))  # as the app does
         _wait_complete(app, view)
         seq = scripted_sequence(view.geometry_, view.viewport)
 
-        # cold: empty caches and a fresh slide handle (OpenSlide's own cache empty too)
-        cache.clear()
-        view.set_source(open_slide(path), view.thumbnail)
-        _wait_complete(app, view)
-        cache.clear()
+        # cold: empty caches and a fresh slide handle (OpenSlide's own cache empty too), three times
         view.set_cursor_hint((VIEW_W / 2, VIEW_H / 2))  # the mouse rests over the view, as when wheeling
-        print(f"cold pass: {len(seq)} viewport changes …", flush=True)
-        cold, missing, cold_paint = _run_sequence(app, view, seq)
+        cold: list[float] = []
+        cold_paint: list[float] = []
+        raw_steps: list[float] = []
+        per_pass_p95: list[float] = []
+        keys: list = []
+        for n in range(COLD_PASSES):
+            view.set_source(open_slide(path), view.thumbnail)
+            _wait_complete(app, view)
+            _wait_idle(view)
+            cache.clear()
+            print(f"cold pass {n + 1}/{COLD_PASSES}: {len(seq)} viewport changes …", flush=True)
+            times, missing, painting = _run_sequence(app, view, seq)
+            cold += times
+            cold_paint += painting
+            per_pass_p95.append(round(_pct(times, 95), 1))
+            # the same tiles each step lacked, read with raw openslide one by one (fresh handle)
+            pass_keys = [k for step in missing for k in sorted(step, key=lambda r: (r.level, r.y, r.x))]
+            raw_ms = _raw_read_ms(path, pass_keys)
+            i = 0
+            for step in missing:
+                raw_steps.append(sum(raw_ms[i:i + len(step)]))
+                i += len(step)
+            keys = keys or pass_keys
+        cold_ratio = [c / r for c, r in zip(cold, raw_steps) if r > 0]
         print("warm pass …", flush=True)
         warm, _, _ = _run_sequence(app, view, seq)
-
-        # the same tiles each cold step lacked, read with raw openslide one by one
-        keys = [k for step in missing for k in sorted(step, key=lambda r: (r.level, r.y, r.x))]
-        raw_ms = _raw_read_ms(path, keys)
-        raw_steps, i = [], 0
-        for step in missing:
-            raw_steps.append(sum(raw_ms[i:i + len(step)]))
-            i += len(step)
-        cold_ratio = [c / r for c, r in zip(cold, raw_steps) if r > 0]
 
         # tile path: app vs raw on the same tiles, alternating, fresh handles, best of two
         sample_keys = keys[: min(len(keys), 400)]
@@ -296,11 +306,13 @@ def run_benchmark(out: Path, size: int = 50_000, keep: bool = False, slide: Path
                          "cursor resting at the view centre) to finish, as when a user pauses; cold = "
                          "empty app cache and a fresh OpenSlide handle at the start of the pass",
                 "cold": _summary(cold), "warm": _summary(warm),
-                "tiles_read_cold": len(keys),
+                "tiles_read_per_cold_pass": len(keys),
                 "gui_paint_ms_per_cold_step": _summary(cold_paint),
                 "baseline_raw_openslide_sequential_same_tiles": _summary(raw_steps),
-                "cold_over_raw_sequential": {"p50": round(_pct(cold_ratio, 50), 2),
-                                             "p95": round(_pct(cold_ratio, 95), 2)},
+                "cold_passes": COLD_PASSES, "cold_p95_ms_per_pass": per_pass_p95,
+                "cold_p95_over_raw_sequential_p95": round(_pct(cold, 95) / max(_pct(raw_steps, 95), 1e-6), 2),
+                "cold_over_raw_sequential_per_step": {"p50": round(_pct(cold_ratio, 50), 2),
+                                                      "p95": round(_pct(cold_ratio, 95), 2)},
                 "target_cold_p95_ms": TARGETS["cold_p95_ms"],
                 "meets_target": _pct(cold, 95) <= TARGETS["cold_p95_ms"],
             },
@@ -350,7 +362,8 @@ def _print_summary(r: dict, out: Path) -> None:
         f"slide {r['slide']['width']:,}² ({r['slide']['levels']} levels), {r['machine']['cpus']} CPUs",
         f"viewport → final tiles, cold p50 {v['cold']['p50_ms']} ms, p95 {v['cold']['p95_ms']} ms "
         f"(target ≤ {v['target_cold_p95_ms']:g}: {ok[v['meets_target']]}); "
-        f"{v['cold_over_raw_sequential']['p95']}× raw sequential openslide (p95)",
+        f"{v['cold_p95_over_raw_sequential_p95']}× the p95 of reading the same tiles with raw "
+        f"openslide, one by one",
         f"viewport → final tiles, warm p50 {v['warm']['p50_ms']} ms, p95 {v['warm']['p95_ms']} ms",
         f"frame while panning cached: p95 {f['smooth_1_5x_scaled']['p95_ms']} ms scaled, "
         f"{f['smooth_1to1']['p95_ms']} ms 1:1, {f['drag_mode_1_5x_scaled']['p95_ms']} ms drag mode "
