@@ -5,8 +5,9 @@ Measured here (PySide6-Essentials 6.12.0, CPython 3.11): every call of a void C+
 ``Signal.emit()`` drops one to ``True``, without having taken it. ``None`` starts with a few thousand
 references, so a viewer that paints a few hundred calls per frame aborts within seconds with
 "Fatal Python error: none_dealloc". From Python 3.12 these objects are immortal (PEP 683) and the
-bug is harmless. PySide6 6.11.3 does not have it (measured the same way). On older Pythons we give ``None``, ``True`` and ``False`` a reserve of 2**40
-references, which no session can exhaust; they are never freed anyway, so nothing else changes.
+bug is harmless; PySide6 6.11.3 does not have it (measured the same way). On older Pythons we give
+``None``, ``True`` and ``False`` a reserve of 2**40 references, which no session can exhaust; they
+are never freed anyway, so nothing else changes.
 """
 
 from __future__ import annotations
