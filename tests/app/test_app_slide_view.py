@@ -157,12 +157,13 @@ def test_stale_requests_are_never_painted(qtbot, view, app_pyramid, cache) -> No
     cache.clear()
     records = []
     view.painted.connect(records.append)
-    view.loader.load_delay_s = 0.15  # every read takes at least 150 ms: the requests below go stale
+    view.loader.load_delay_s = 0.5  # every read takes at least 500 ms: the requests below go stale
     first_id = view.request_id + 1
     for i in range(6):  # six far-apart places at 1:1, quicker than any tile can load
         view.set_viewport(Viewport(800 + i * 800, 1000 + (i % 2) * 2000, 1.0, view.width(), view.height()))
-        qtbot.wait(20)
+        qtbot.wait(10)
     last_id = view.request_id
+    view.loader.load_delay_s = 0.0  # reads that start from now on (the last request's) are quick
     assert last_id - first_id == 5
     wait_drawn(qtbot, view, timeout=20000)
     final_keys = {view.grid.request(t) for t in view.plan.visible}
