@@ -165,15 +165,15 @@ def test_cli_opens_the_sample_when_no_slide_is_given(tmp_path, small_svs) -> Non
 
 
 @pytest.mark.parametrize("args", [["broken"], ["damaged", "--magnification", "20"], ["missing.svs"],
-                                  ["--center", "nonsense"]])
-def test_cli_errors_are_one_line(tmp_path, small_svs, args) -> None:
+                                  ["--center", "nonsense"], ["no_mpp", "--magnification", "10"]])
+def test_cli_errors_are_one_line(tmp_path, small_svs, no_mpp_svs, args) -> None:
     broken = tmp_path / "broken.svs"
     broken.write_bytes(Path(small_svs).read_bytes()[:200_000])
     data = bytearray(Path(small_svs).read_bytes())
     data[700_000:800_000] = b"\xff" * 100_000  # opens, but tiles cannot be decoded
     damaged = tmp_path / "damaged.svs"
     damaged.write_bytes(bytes(data))
-    names = {"broken": str(broken), "damaged": str(damaged)}
+    names = {"broken": str(broken), "damaged": str(damaged), "no_mpp": str(no_mpp_svs)}
     argv = [names.get(a) or (str(tmp_path / a) if a.endswith(".svs") else a) for a in args]
     if argv[0].startswith("--"):
         argv = [str(small_svs), *argv]
