@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.slide.commands",
     "engine.training.commands",
     "engine.annotations.commands",
+    "engine.inference.commands",
 )
 
 

@@ -1,0 +1,303 @@
+"""The prediction cache: one slide's probability map for one model version, as tiles on disk.
+
+Layout of a cache folder (one per slide and model)::
+
+    cache.json        format, slide, model card and version, grid, level sizes, channels
+    tissue.npy        bool (rows, cols): which level-0 tiles hold tissue (the others never run)
+    L0/c_r.z ...      level-0 tiles: zlib'd uint8 (tile, tile, channels), one per foreground class
+    L1/ …             each level halves the one below (2×2 mean, rounded), up to one tile
+
+Level 0 is the prediction grid (``grid.downsample`` slide pixels per pixel); level k is 2^k coarser.
+A level-0 tile file exists once that tile is final; every write updates its ancestors at once, so
+any level can be read while the map fills in. Files are replaced atomically (temp + rename); a
+damaged file reads as missing. The whole map is never in memory. No torch here: the viewer reads
+caches through :meth:`PredictionCache.read_region`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import CocoPathError
+from engine.inference.geometry import PredictionGrid
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cocopath-prediction/1"
+
+
+class CacheError(CocoPathError):
+    """A prediction cache cannot be read (missing, damaged, or from another format)."""
+
+
+def slide_key(path: str | Path) -> str:
+    """A folder name for a slide: its stem and a digest of its path, size and modification time."""
+    p = Path(path).resolve()
+    st = p.stat()
+    digest = hashlib.sha1(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:10]
+    return f"{p.stem}-{digest}"
+
+
+def level_sizes(size: tuple[int, int], tile: int) -> list[tuple[int, int]]:
+    """(width, height) of each cache level, halving until a level fits in one tile."""
+    dims = [size]
+    while max(dims[-1]) > tile:
+        w, h = dims[-1]
+        dims.append((math.ceil(w / 2), math.ceil(h / 2)))
+    return dims
+
+
+def halve(a: np.ndarray) -> np.ndarray:
+    """2×2 mean of a (2h, 2w, c) uint8 array, rounded half up."""
+    h, w, c = a.shape
+    s = a.reshape(h // 2, 2, w // 2, 2, c).astype(np.uint16).sum(axis=(1, 3))
+    return ((s + 2) >> 2).astype(np.uint8)
+
+
+class PredictionCache:
+    """A tiled multi-level probability map on disk. Thread-safe (one lock around tile files)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        meta_file = self.root / "cache.json"
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_file.read_text())
+        except FileNotFoundError:
+            raise CacheError(f"{self.root}: no prediction cache here") from None
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"{self.root}: damaged prediction cache ({exc})") from None
+        if self.meta.get("format") != FORMAT:
+            raise CacheError(f"{self.root}: not a {FORMAT} cache")
+        g = self.meta["grid"]
+        self.grid = PredictionGrid(**{**g, "slide_size": tuple(g["slide_size"])})
+        self.tile = self.grid.tile
+        self.channels = int(self.meta["channels"])
+        self.levels = [tuple(d) for d in self.meta["levels"]]
+        self.version = str(self.meta["version"])
+        self.tissue = np.load(self.root / "tissue.npy")
+        self._lock = threading.RLock()
+        self._lru: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._lru_max = 64
+        self._done = {(int(c), int(r)) for c, r in
+                      (f.stem.split("_") for f in (self.root / "L0").glob("*.z"))}
+
+    # -- opening --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: str | Path, grid: PredictionGrid, version: str, channels: int,
+             tissue: np.ndarray, model: dict[str, Any] | None = None) -> "PredictionCache":
+        """Open the cache at ``root`` for writing; one of another version or grid is emptied first."""
+        root = Path(root)
+        want = {"format": FORMAT, "version": version, "grid": asdict(grid), "channels": channels,
+                "levels": [list(d) for d in level_sizes(grid.size, grid.tile)]}
+        if grid.tile % 2:
+            raise CacheError(f"cache tiles must have an even size, not {grid.tile}")
+        cols, rows = grid.shape
+        if tissue.shape != (rows, cols):
+            raise ValueError(f"tissue tiles {tissue.shape} do not match the grid {(rows, cols)}")
+        try:
+            have = json.loads((root / "cache.json").read_text())
+        except (OSError, ValueError):
+            have = None
+        same = have is not None and all(have.get(k) == json.loads(json.dumps(v))
+                                        for k, v in want.items())
+        if not same:
+            if have is not None:
+                log.info("%s: model version or grid changed: prediction cache emptied", root)
+            if root.exists():
+                shutil.rmtree(root)
+            root.mkdir(parents=True)
+            np.save(root / "tissue.npy", tissue.astype(bool))
+            _atomic(root / "cache.json",
+                    json.dumps({**want, "model": model or {}}, indent=1).encode())
+        cache = cls(root)
+        if same and not np.array_equal(cache.tissue, tissue.astype(bool)):
+            np.save(root / "tissue.npy", tissue.astype(bool))  # tissue detection changed: keep tiles
+            cache.tissue = tissue.astype(bool)
+        if same:
+            cache.repair_pyramid()
+        return cache
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def level_count(self) -> int:
+        return len(self.levels)
+
+    def level_downsample(self, level: int) -> float:
+        """Slide level-0 pixels per pixel of cache level ``level``."""
+        return self.grid.downsample * 2**level
+
+    def done_tiles(self) -> set[tuple[int, int]]:
+        """(col, row) of the level-0 tiles that are final."""
+        with self._lock:
+            return set(self._done)
+
+    def is_done(self, col: int, row: int) -> bool:
+        with self._lock:
+            return (col, row) in self._done
+
+    @property
+    def tissue_tiles(self) -> int:
+        return int(self.tissue.sum())
+
+    @property
+    def complete(self) -> bool:
+        with self._lock:
+            return all((int(c), int(r)) in self._done for r, c in zip(*np.nonzero(self.tissue)))
+
+    # -- tiles ----------------------------------------------------------------------------------
+
+    def _path(self, level: int, col: int, row: int) -> Path:
+        return self.root / f"L{level}" / f"{col}_{row}.z"
+
+    def read_tile(self, level: int, col: int, row: int) -> np.ndarray | None:
+        """One tile as (tile, tile, channels) uint8, or None when it was never written."""
+        key = (level, col, row)
+        with self._lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                return self._lru[key]
+            p = self._path(level, col, row)
+            try:
+                data = zlib.decompress(p.read_bytes())
+                arr = np.frombuffer(data, np.uint8).reshape(self.tile, self.tile, self.channels)
+            except FileNotFoundError:
+                return None
+            except (OSError, zlib.error, ValueError):
+                log.warning("%s: damaged tile, read as missing", p)
+                return None
+            self._remember(key, arr)
+            return arr
+
+    def _remember(self, key: tuple[int, int, int], arr: np.ndarray) -> None:
+        self._lru[key] = arr
+        self._lru.move_to_end(key)
+        while len(self._lru) > self._lru_max:
+            self._lru.popitem(last=False)
+
+    def _store(self, level: int, col: int, row: int, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, dtype=np.uint8)
+        arr.setflags(write=False)
+        p = self._path(level, col, row)
+        p.parent.mkdir(exist_ok=True)
+        _atomic(p, zlib.compress(arr.tobytes(), 1))
+        self._remember((level, col, row), arr)
+
+    def write_tile(self, col: int, row: int, probs: np.ndarray) -> None:
+        """Store a final level-0 tile ((tile, tile, channels) uint8) and update every level above."""
+        t = self.tile
+        if probs.shape != (t, t, self.channels) or probs.dtype != np.uint8:
+            raise ValueError(f"tile must be uint8 {(t, t, self.channels)}, got {probs.dtype} {probs.shape}")
+        arr = self._crop_edge(0, col, row, probs)
+        with self._lock:
+            self._store(0, col, row, arr)
+            self._done.add((col, row))
+            for level in range(1, self.level_count):
+                col, row, arr = self._update_parent(level, col, row, arr)
+
+    def _crop_edge(self, level: int, col: int, row: int, arr: np.ndarray) -> np.ndarray:
+        """Zero the part of a tile beyond its level's edge (so coarser levels never see it)."""
+        w, h = self.levels[level]
+        t = self.tile
+        vw, vh = w - col * t, h - row * t
+        if vw >= t and vh >= t:
+            return arr
+        arr = arr.copy()
+        arr[max(vh, 0):] = 0
+        arr[:, max(vw, 0):] = 0
+        return arr
+
+    def _update_parent(self, level: int, col: int, row: int, child: np.ndarray
+                       ) -> tuple[int, int, np.ndarray]:
+        pc, pr = col // 2, row // 2
+        half = self.tile // 2
+        parent = self.read_tile(level, pc, pr)
+        parent = np.zeros((self.tile, self.tile, self.channels), np.uint8) if parent is None \
+            else parent.copy()
+        oy, ox = (row % 2) * half, (col % 2) * half
+        parent[oy:oy + half, ox:ox + half] = halve(child)
+        parent = self._crop_edge(level, pc, pr, parent)
+        self._store(level, pc, pr, parent)
+        return pc, pr, parent
+
+    def repair_pyramid(self) -> int:
+        """Rebuild parents older than a child (a run stopped between the two writes); returns count."""
+        fixed = 0
+        with self._lock:
+            for level in range(1, self.level_count):
+                stale: set[tuple[int, int]] = set()
+                for f in (self.root / f"L{level - 1}").glob("*.z"):
+                    c, r = map(int, f.stem.split("_"))
+                    parent = self._path(level, c // 2, r // 2)
+                    if not parent.exists() or parent.stat().st_mtime_ns < f.stat().st_mtime_ns:
+                        stale.add((c // 2, r // 2))
+                for pc, pr in stale:
+                    out = np.zeros((self.tile, self.tile, self.channels), np.uint8)
+                    half = self.tile // 2
+                    for dr in (0, 1):
+                        for dc in (0, 1):
+                            child = self.read_tile(level - 1, 2 * pc + dc, 2 * pr + dr)
+                            if child is not None:
+                                out[dr * half:(dr + 1) * half, dc * half:(dc + 1) * half] = halve(child)
+                    self._store(level, pc, pr, self._crop_edge(level, pc, pr, out))
+                    fixed += 1
+        if fixed:
+            log.info("%s: %d pyramid tile(s) rebuilt", self.root, fixed)
+        return fixed
+
+    # -- regions ----------------------------------------------------------------------------------
+
+    def read_region(self, level: int, x: float, y: float, w: int, h: int) -> np.ndarray:
+        """Probabilities (h, w, channels) uint8 of cache level ``level`` at slide level-0 (x, y).
+
+        Like ``RegionRequest``: (x, y) is the top-left corner in slide level-0 pixels, (w, h) the
+        size in pixels of the cache level. Tiles not predicted yet (or background) read as 0.
+        """
+        if not 0 <= level < self.level_count:
+            raise CacheError(f"{self.root}: has no level {level} (levels 0–{self.level_count - 1})")
+        ds = self.level_downsample(level)
+        px, py = int(round(x / ds)), int(round(y / ds))
+        out = np.zeros((h, w, self.channels), np.uint8)
+        t = self.tile
+        lw, lh = self.levels[level]
+        for r in range(max(0, py // t), min(math.ceil(lh / t), -(-(py + h) // t))):
+            for c in range(max(0, px // t), min(math.ceil(lw / t), -(-(px + w) // t))):
+                tile = self.read_tile(level, c, r)
+                if tile is None:
+                    continue
+                x0, y0 = max(px, c * t), max(py, r * t)
+                x1, y1 = min(px + w, (c + 1) * t), min(py + h, (r + 1) * t)
+                out[y0 - py:y1 - py, x0 - px:x1 - px] = tile[y0 - r * t:y1 - r * t, x0 - c * t:x1 - c * t]
+        return out
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest cache level not coarser than ``downsample`` (slide level-0 pixels per pixel)."""
+        best = 0
+        for k in range(self.level_count):
+            if self.level_downsample(k) <= downsample * 1.0001:
+                best = k
+        return best
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,119 @@
+"""``cocopath-engine infer`` and ``cocopath-engine bench infer``.
+
+``infer SLIDE… --model M.safetensors --out DIR [--json] [--level L]`` writes per slide a pyramidal
+mask TIFF, QuPath GeoJSON and a summary JSON; a second run resumes (finished slides are skipped,
+a stopped one continues from its cache). Under ``torchrun`` each rank takes every WORLD_SIZE-th
+slide (by RANK), so ranks never share a slide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from engine.errors import CocoPathError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="predict tumour on whole slides: mask TIFF, GeoJSON, summary")
+    p.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
+    p.add_argument("--model", required=True, type=Path, help="a .safetensors checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    p.add_argument("--level", type=int, default=None,
+                   help="slide level to run at (when the slide or the model has no µm/px)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "channels_last", "onnx"))
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--simplify-um", type=float, default=1.0, help="polygon simplification (µm)")
+    p.add_argument("--min-area-um2", type=float, default=200.0, help="smallest island kept (µm²)")
+    p.set_defaults(func=_infer)
+
+    b = bench.add_parser("infer", help="whole-slide inference speed (JSON)")
+    b.add_argument("--quick", action="store_true", help="small sizes: minutes on 2 CPU cores")
+    b.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    b.set_defaults(func=_bench)
+
+
+def shard(items: list[Path]) -> list[Path]:
+    """This rank's share of ``items`` under torchrun (RANK / WORLD_SIZE), all of them otherwise."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise CocoPathError("RANK and WORLD_SIZE must be integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise CocoPathError(f"RANK {rank} is not within WORLD_SIZE {world}")
+    return items[rank::world]
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from engine.inference.job import InferOptions, infer_slide, outputs_for
+    from engine.inference.spec import load_spec
+
+    for s in args.slides:
+        if not s.exists():
+            raise CocoPathError(f"{s}: no such slide")
+    stems = [outputs_for(args.out, s)["summary"].name for s in args.slides]
+    if len(set(stems)) != len(stems):
+        raise CocoPathError("two slides share a file name: their outputs would collide; run them "
+                            "into different --out folders")
+    if args.batch_size < 1:
+        raise CocoPathError("--batch-size must be at least 1")
+    spec = load_spec(args.model)
+    from engine.inference.runner import make_runner
+    from engine.training.checkpoints import load_model
+
+    model, _ = load_model(args.model)
+    runner = make_runner(model, spec, spec.tile, backend=args.backend, device=args.device,
+                         batch_size=args.batch_size)
+    opts = InferOptions(level=args.level, batch_size=args.batch_size, simplify_um=args.simplify_um,
+                        min_area_um2=args.min_area_um2)
+    summaries = []
+    for slide in shard(list(args.slides)):
+        summary = infer_slide(slide, spec, runner, args.out, opts)
+        summaries.append(summary)
+        if not args.json:
+            _print_summary(summary)
+    if args.json:
+        json.dump(summaries, sys.stdout, indent=1, ensure_ascii=False)
+        print()
+    return 0 if all(s.get("status") == "done" for s in summaries) else 1
+
+
+def _print_summary(s: dict) -> None:
+    name = Path(s["slide"]).name
+    if s.get("skipped"):
+        print(f"{name}: already done with {s['model']['version']}")
+        return
+    if s.get("status") != "done":
+        print(f"{name}: {s.get('status')} after {s['tiles']['done']}/{s['tiles']['tissue']} tiles")
+        return
+    m = s["measurements"]
+    unit = "mm²" if m["tissue_area_mm2"] is not None else "px²"
+    tissue = m["tissue_area_mm2"] if m["tissue_area_mm2"] is not None else m["tissue_area_px"]
+    parts = [f"tissue {tissue:.3g} {unit}"]
+    for cls, v in m["classes"].items():
+        area = v["area_mm2"] if v["area_mm2"] is not None else v["area_px"]
+        frac = v["fraction_of_tissue"] or 0.0
+        parts.append(f"{cls} {area:.3g} {unit} ({100 * frac:.1f}% of tissue)")
+    print(f"{name}: {', '.join(parts)}; {s['time_s']:.1f} s; {s['outputs']['mask']}")
+    if s["resolution"]["note"]:
+        print(f"  note: {s['resolution']['note']}")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from engine.inference.bench import run_benchmark
+
+    report = run_benchmark(quick=args.quick)
+    text = json.dumps(report, indent=1, ensure_ascii=False)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0

@@ -1,0 +1,113 @@
+"""One slide, start to finish: tissue, grid, cache, inference, then mask TIFF, GeoJSON and summary.
+
+:func:`infer_slide` is what the CLI runs per slide (and what the app can run as a job). Outputs in
+``out_dir``: ``<stem>.mask.tif``, ``<stem>.geojson``, ``<stem>.json`` (the summary, written last),
+and the prediction cache under ``cache/``. A slide whose summary names the same model version and
+whose outputs are all there is skipped; otherwise the cache resumes where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.inference.cache import PredictionCache, slide_key
+from engine.inference.export import prediction_polygons, write_mask_tiff, write_prediction_geojson
+from engine.inference.geometry import make_grid
+from engine.inference.pipeline import ProgressFn, SlideInference, tissue_tiles
+from engine.inference.spec import ModelSpec
+from engine.inference.vectorize import measure
+from engine.jobs import CancelToken
+from engine.slide import open_slide
+from engine.slide.tissue import detect_tissue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """How to run: slide level when µm/px is missing, tile margin, batching, vectorising."""
+
+    level: int | None = None
+    margin: int = 32
+    batch_size: int = 4
+    readers: int = 2
+    simplify_um: float = 1.0
+    min_area_um2: float = 200.0
+
+
+def outputs_for(out_dir: Path, slide: Path) -> dict[str, Path]:
+    stem = slide.name.split(".")[0] if slide.is_file() else slide.name
+    return {"mask": out_dir / f"{stem}.mask.tif", "geojson": out_dir / f"{stem}.geojson",
+            "summary": out_dir / f"{stem}.json"}
+
+
+def finished(out_dir: Path, slide: Path, version: str) -> dict[str, Any] | None:
+    """The summary of an earlier complete run of this model version on ``slide``, else None."""
+    paths = outputs_for(out_dir, slide)
+    try:
+        summary = json.loads(paths["summary"].read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("model", {}).get("version") != version or summary.get("status") != "done":
+        return None
+    return summary if all(p.exists() for p in paths.values()) else None
+
+
+def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: str | Path,
+                options: InferOptions = InferOptions(), cancel: CancelToken | None = None,
+                progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Run ``runner`` (see ``make_runner``) over one slide and write its outputs; returns the summary."""
+    t0 = time.perf_counter()
+    slide_path, out_dir = Path(slide_path), Path(out_dir)
+    done = finished(out_dir, slide_path, spec.version)
+    if done is not None:
+        log.info("%s: already done with %s, skipped", slide_path, spec.version)
+        return {**done, "skipped": True}
+    paths = outputs_for(out_dir, slide_path)
+    with open_slide(slide_path) as slide:
+        info = slide.info
+        grid = make_grid(info, spec.mpp, level=options.level, tile=spec.tile, margin=options.margin)
+        tissue = detect_tissue(slide)
+        cache = PredictionCache.open(out_dir / "cache" / slide_key(info.path), grid, spec.version,
+                                     len(spec.foreground), tissue_tiles(grid, tissue), spec.card())
+        job = SlideInference(slide, grid, cache, runner, batch_size=options.batch_size,
+                             readers=options.readers)
+        result = job.run(cancel, progress)
+    summary: dict[str, Any] = {
+        "slide": info.path, "status": result.status, "model": spec.card(),
+        "backend": getattr(runner, "name", type(runner).__name__),
+        "resolution": {"slide_mpp": list(info.mpp) if info.mpp else None,
+                       "prediction_downsample": grid.downsample, "read_level": grid.read_level,
+                       "prediction_mpp": info.mpp[0] * grid.downsample if info.mpp else None,
+                       "note": grid.note},
+        "tiles": {"done": int(result.metrics["tiles_done"]), "tissue": cache.tissue_tiles,
+                  "all": int(cache.tissue.size)},
+        "cache": str(cache.root), "host": platform.node(),
+    }
+    if result.status != "done":
+        summary["time_s"] = time.perf_counter() - t0
+        return summary
+    um = info.mpp[0] if info.mpp else None
+    tol = options.simplify_um / um if um else options.simplify_um  # no µm/px: taken as pixels
+    min_area = options.min_area_um2 / (info.mpp[0] * info.mpp[1]) if info.mpp else options.min_area_um2
+    write_mask_tiff(cache, paths["mask"], info.mpp)
+    level, polys = prediction_polygons(cache, tol, min_area)
+    n = write_prediction_geojson(paths["geojson"], polys, spec, info.mpp)
+    summary.update({
+        "measurements": measure(cache, tissue, spec.foreground, info.mpp).as_dict(),
+        "units": "µm" if info.mpp else "slide level-0 pixels (the slide has no µm/px)",
+        "polygons": {"count": n, "cache_level": level, "simplify": tol, "min_area": min_area,
+                     "per_class": {name: len(p) for name, p in zip(spec.foreground, polys)}},
+        "outputs": {k: str(v) for k, v in paths.items()},
+        "time_s": time.perf_counter() - t0,
+    })
+    from engine.annotations.writing import atomic_write_bytes
+
+    atomic_write_bytes(paths["summary"], json.dumps(summary, indent=1, ensure_ascii=False).encode())
+    return summary
