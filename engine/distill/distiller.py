@@ -120,7 +120,10 @@ class Distiller(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                terms = self(torch.zeros(2, 3, size, size), torch.zeros(2, size, size, dtype=torch.long))
+                dev = self.student.head.weight.device
+                self.to(dev)
+                terms = self(torch.zeros(2, 3, size, size, device=dev),
+                             torch.zeros(2, size, size, dtype=torch.long, device=dev))
         finally:
             self.train(was)
         log.debug("%s wiring checked: %s", self.config.method, ", ".join(terms))

@@ -95,7 +95,7 @@ class SegmentationModel(nn.Module):
             was_training = self.training
             self.eval()
             with torch.no_grad(), FeatureRecorder(self, self.feature_layers) as rec:
-                self(torch.zeros(1, 3, self.stride, self.stride))
+                self(torch.zeros(1, 3, self.stride, self.stride, device=self.head.weight.device))
                 for n, t in rec.outputs().items():
                     cache[n] = t.shape[1]
             self.train(was_training)
