@@ -224,7 +224,7 @@ class Distiller(nn.Module):
         params = [p for c in paras.values() for p in c.parameters()]
         opt = torch.optim.Adam(params, lr=self.config.paraphraser_lr)
         inputs = {n: next(s.input for s in self.config.connectors if s.name == n) for n in paras}
-        first = last = float("nan")
+        losses: list[float] = []
         it = iter(images)
         for step in range(steps):
             if cancel is not None and cancel.cancelled:
@@ -238,13 +238,15 @@ class Distiller(nn.Module):
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             opt.step()
-            last = float(loss.detach())  # type: ignore[union-attr]
-            first = last if step == 0 else first
+            losses.append(float(loss.detach()))  # type: ignore[union-attr]
             if progress is not None:
-                progress(Progress("paraphraser", step + 1, steps, {"loss_paraphrase": last}))
+                progress(Progress("paraphraser", step + 1, steps, {"loss_paraphrase": losses[-1]}))
         for c in paras.values():
             c.eval()
             for p in c.parameters():
                 p.requires_grad_(False)
-        log.info("paraphraser reconstruction %.4f → %.4f over %d steps", first, last, steps)
+        k = max(1, len(losses) // 5)  # batches differ: compare the means of the first and last fifth
+        first = sum(losses[:k]) / k if losses else float("nan")
+        last = sum(losses[-k:]) / k if losses else float("nan")
+        log.info("paraphraser reconstruction %.4f → %.4f (means of first/last %d of %d steps)", first, last, k, steps)
         return {"paraphraser_first": first, "paraphraser_last": last}

@@ -130,7 +130,7 @@ def test_factor_transfer_loss_and_paraphraser_reconstruction_improves() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert para.encode(feature).shape == (4, 4, 8, 8)
     assert Translator(6, 4)(torch.randn(2, 6, 8, 8)).shape == (2, 4, 8, 8)
