@@ -156,7 +156,7 @@ def _raw_read_ms(path: Path, keys: list) -> list[float]:
 def _app_read_ms(path: Path, keys: list) -> list[float]:
     """Milliseconds per tile for the app's tile path (engine read + QImage), fresh handle, one thread."""
     from app.viewer.tile_loader import read_tile
-    from engine.slide.source import open_slide
+    from engine.api import open_slide
 
     source = open_slide(path)
     out = []
@@ -206,9 +206,9 @@ def run_benchmark(out: Path, size: int = 50_000, keep: bool = False, slide: Path
     from app.main_window import MainWindow  # noqa: F401  (import cost is part of the app's)
     from app.panels.slide_info import rgb_to_qimage
     from app.viewer.slide_view import SlideView
-    from engine.slide.cache import ByteBoundedCache, default_cache_bytes
-    from engine.slide.pyramid import build_pyramid_tiff
-    from engine.slide.source import open_slide
+    from engine.api import ByteBoundedCache, default_cache_bytes
+    from engine.api import build_pyramid_tiff
+    from engine.api import open_slide
 
     tmp = Path(tempfile.mkdtemp(prefix="cocopath-bench-"))
     try:

@@ -112,8 +112,8 @@ def memory_storm(app: object, path: Path, budget: int, jumps: int = 60) -> dict[
     from app.panels.slide_info import rgb_to_qimage
     from app.state.viewport import Viewport
     from app.viewer.slide_view import SlideView
-    from engine.slide.cache import ByteBoundedCache
-    from engine.slide.source import open_slide
+    from engine.api import ByteBoundedCache
+    from engine.api import open_slide
 
     from app.bench import _wait_complete, _wait_idle
 

@@ -15,9 +15,9 @@ from app.state.viewport import (MAGNIFICATION_PRESETS, Viewport, format_magnific
                                 format_position)
 from app.viewer.overview import OverviewWidget
 from app.viewer.slide_view import SlideView
-from engine.errors import CocoPathError, SlideError
-from engine.slide.cache import ByteBoundedCache
-from engine.slide.source import open_slide
+from engine.api import CocoPathError, SlideError
+from engine.api import ByteBoundedCache
+from engine.api import open_slide
 
 log = logging.getLogger(__name__)
 

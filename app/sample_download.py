@@ -13,7 +13,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QThread, Signal
 from PySide6.QtWidgets import QMessageBox, QProgressDialog, QWidget
 
-from engine.errors import CocoPathError
+from engine.api import CocoPathError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class SampleDownloadWorker(QThread):
         self._cancel.set()
 
     def run(self) -> None:
-        from engine.slide import sample
+        from engine.api import sample
 
         kwargs = {"url": self.url} if self.url else {}
         try:
@@ -118,6 +118,6 @@ class SampleDownloader(QObject):
 
 def sample_path_or_none() -> Path | None:
     """A sample slide already on this machine ($COCOPATH_SAMPLE or the verified cached download)."""
-    from engine.slide import sample
+    from engine.api import sample
 
     return sample.local_sample()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from engine.errors import CocoPathError, SlideError
 from engine.slide import sample
 from engine.slide.cache import ByteBoundedCache, default_cache_bytes
+from engine.slide.pyramid import build_pyramid_tiff
 from engine.slide.request import RegionRequest, TileGrid, TileId, best_level_for_downsample
 from engine.slide.sample import SampleDownloadError, download_sample, local_sample
 from engine.slide.source import OpenSlideSource, SlideInfo, SlideSource, open_slide
@@ -27,6 +28,7 @@ __all__ = [
     "TileId",
     "TissueMask",
     "best_level_for_downsample",
+    "build_pyramid_tiff",
     "default_cache_bytes",
     "detect_tissue",
     "download_sample",

@@ -11,7 +11,7 @@ from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (QFormLayout, QHeaderView, QLabel, QLineEdit, QScrollArea,
                                QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 
-from engine.errors import CocoPathError
+from engine.api import CocoPathError
 
 log = logging.getLogger(__name__)
 

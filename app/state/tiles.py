@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.state.viewport import SlideGeometry, Viewport
-from engine.slide.request import TileGrid, TileId
+from engine.api import TileGrid, TileId
 
 
 @dataclass(frozen=True)

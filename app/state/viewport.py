@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from engine.slide.request import best_level_for_downsample
+from engine.api import best_level_for_downsample
 
 #: The magnifications a pathologist expects on a microscope's nosepiece.
 MAGNIFICATION_PRESETS: tuple[float, ...] = (1.0, 2.5, 5.0, 10.0, 20.0, 40.0)

@@ -29,8 +29,8 @@ from app.state.viewport import (SlideGeometry, Viewport, available_presets, fit_
                                 nice_scale_bar)
 from app.viewer.tile_loader import FINER, RING, TileLoader
 from app.viewer.tile_painter import ScaledTiles, draw_part
-from engine.slide.cache import ByteBoundedCache
-from engine.slide.request import RegionRequest, TileGrid
+from engine.api import ByteBoundedCache
+from engine.api import RegionRequest, TileGrid
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
-from engine.errors import CocoPathError
-from engine.slide.cache import ByteBoundedCache
-from engine.slide.request import RegionRequest
+from engine.api import CocoPathError
+from engine.api import ByteBoundedCache
+from engine.api import RegionRequest
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from PySide6.QtCore import QPointF, QRectF
 from PySide6.QtGui import QImage, QPainter
 
 from app.state.viewport import Viewport
-from engine.slide.request import RegionRequest
+from engine.api import RegionRequest
 
 Rect0 = tuple[float, float, float, float]  # x, y, w, h in level-0 pixels
 

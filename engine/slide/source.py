@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -143,7 +145,8 @@ class OpenSlideSource:
         except OSError as exc:
             raise SlideError(f"{file}: cannot be read ({exc.strerror or exc})") from None
         self._closed = False
-        self._lock = threading.Lock()
+        self._readers = 0  # reads in flight: close() waits for them (OpenSlide aborts otherwise)
+        self._idle = threading.Condition()
         props = dict(self._slide.properties)
         mpp_x = _parse_float(props.get(openslide.PROPERTY_NAME_MPP_X))
         mpp_y = _parse_float(props.get(openslide.PROPERTY_NAME_MPP_Y))
@@ -172,11 +175,28 @@ class OpenSlideSource:
 
     def read_argb(self, request: RegionRequest) -> np.ndarray:
         """Pixels of ``request`` as a (h, w) uint32 array of premultiplied ARGB (OpenSlide's form)."""
-        if self._closed:
-            raise SlideError(f"{self.info.path}: the slide was closed")
         if request.level >= self.info.level_count:
             raise SlideError(f"{self.info.path}: has no level {request.level} "
                              f"(levels 0–{self.info.level_count - 1})")
+        with self._reading():
+            return self._read_argb_open(request)
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Count one read in flight, so that ``close`` waits for it."""
+        with self._idle:
+            if self._closed:
+                raise SlideError(f"{self.info.path}: the slide was closed")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._idle.notify_all()
+
+    def _read_argb_open(self, request: RegionRequest) -> np.ndarray:
         buf = np.empty((request.height, request.width), dtype=np.uint32)
         lowlevel = self._openslide.lowlevel
         try:
@@ -209,7 +229,13 @@ class OpenSlideSource:
         if name not in self.info.associated_images:
             raise SlideError(f"{self.info.path}: has no associated image {name!r} "
                              f"(it has: {', '.join(self.info.associated_images) or 'none'})")
-        rgba = np.asarray(self._slide.associated_images[name].convert("RGBA"))
+        with self._reading():
+            try:
+                image = self._slide.associated_images[name].convert("RGBA")
+            except self._openslide.OpenSlideError as exc:
+                raise SlideError(f"{self.info.path}: the {name} image cannot be read; the slide is "
+                                 f"corrupt or truncated ({exc})") from None
+        rgba = np.asarray(image)
         a = rgba[..., 3:4].astype(np.uint16)
         return ((rgba[..., :3] * a + 255 * (255 - a)) // 255).astype(np.uint8)
 
@@ -229,10 +255,14 @@ class OpenSlideSource:
         return rgb
 
     def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._slide.close()
+        """Close the slide once reads in flight are done; later reads raise :class:`SlideError`."""
+        with self._idle:
+            if self._closed:
+                return
+            self._closed = True
+            while self._readers:
+                self._idle.wait()
+            self._slide.close()
 
     def __enter__(self) -> "OpenSlideSource":
         return self

@@ -150,3 +150,38 @@ def _write(path: Path, data: bytes) -> Path:
 def _mkdir(path: Path) -> Path:
     path.mkdir()
     return path
+
+
+def test_close_waits_for_reads_in_flight(small_svs: Path) -> None:
+    import threading
+
+    s = open_slide(small_svs)
+    req = RegionRequest(s.info.path, 0, 0, 0, 2220, 2967)  # a slow, whole-slide read
+    results: list[object] = []
+
+    def reader() -> None:
+        for _ in range(5):
+            try:
+                results.append(s.read_argb(req).shape)
+            except SlideError as exc:
+                results.append(str(exc))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    s.close()  # must not pull the handle from under the readers (OpenSlide would abort)
+    for t in threads:
+        t.join()
+    assert len(results) == 15
+    assert all(r == (2967, 2220) or "closed" in str(r) for r in results)
+
+
+def test_associated_image_of_a_broken_slide_is_a_slide_error(tmp_path: Path, small_svs: Path) -> None:
+    data = bytearray(small_svs.read_bytes())
+    data[300_000:900_000] = bytes(600_000)
+    bad = _write(tmp_path / "zeroed.svs", bytes(data))
+    with open_slide(bad) as s:
+        with pytest.raises(SlideError):
+            s.read_argb(RegionRequest(s.info.path, 0, 0, 0, 2220, 2967))
+        with pytest.raises(SlideError, match="label image cannot be read"):
+            s.associated_image("label")
