@@ -141,7 +141,7 @@ def test_segmentation_loss() -> None:
     target = torch.randint(0, 2, (2, 8, 8))
     out = segmentation_loss(logits, target)
     assert set(out) == {"loss_ce", "loss_dice"}
-    assert float(out["loss_ce"]) == pytest.approx(float(F.cross_entropy(logits, target)), rel=1e-6)
+    assert out["loss_ce"].item() == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-6)
     _check_terms(out, [logits])
     perfect = F.one_hot(target, 2).permute(0, 3, 1, 2).float() * 50
     assert float(segmentation_loss(perfect, target)["loss_dice"]) < 1e-3
@@ -164,13 +164,13 @@ def test_wgan_gp_penalty_on_a_linear_critic() -> None:
     critic = LinearCritic(w)
     real, fake = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
     gp = gradient_penalty(critic, real, fake)
-    assert float(gp) == pytest.approx((8 ** 0.5 - 1) ** 2, rel=1e-6)
+    assert gp.item() == pytest.approx((8 ** 0.5 - 1) ** 2, rel=1e-6)
     unit = LinearCritic(torch.full((1, 2, 4, 4), 1 / (32 ** 0.5)))
-    assert float(gradient_penalty(unit, real, fake)) == pytest.approx(0.0, abs=1e-10)
+    assert gradient_penalty(unit, real, fake).item() == pytest.approx(0.0, abs=1e-10)
     s_logits, t_logits = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
     out = critic_loss(critic, s_logits, t_logits, gp_weight=10.0)
-    expected = float(critic(torch.tanh(s_logits)).mean() - critic(torch.tanh(t_logits)).mean()) + 10 * float(gp)
-    assert float(out["loss_critic"]) == pytest.approx(expected, rel=1e-5)
+    expected = (critic(torch.tanh(s_logits)).mean() - critic(torch.tanh(t_logits)).mean()).item() + 10 * gp.item()
+    assert out["loss_critic"].item() == pytest.approx(expected, rel=1e-5)
     out["loss_critic"].backward()
     assert critic.w.grad is not None
 
