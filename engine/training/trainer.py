@@ -160,6 +160,11 @@ def train(
         start = int(load_training_state(Path(state_path), objective, opt)["step"])
         log.info("resuming at step %d from %s", start, state_path)
     module: nn.Module = objective
+    if world > 1 and cuda:
+        # One set of BatchNorm statistics across processes (the CPU/gloo path cannot: torch's
+        # SyncBatchNorm is GPU-only, so CPU data parallelism keeps per-process BN statistics).
+        objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+        module = objective
     if world > 1:
         ignored = objective.ddp_ignored_names()
         if ignored:
