@@ -10,6 +10,7 @@ from PySide6.QtGui import (QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QI
                            QKeySequence)
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QWidget)
 
+from app.annotation_actions import AnnotationActions
 from app.panels.slide_info import SlideInfoPanel, rgb_to_qimage
 from app.state.viewport import (MAGNIFICATION_PRESETS, Viewport, format_magnification,
                                 format_position)
@@ -78,6 +79,7 @@ class MainWindow(QMainWindow):
         self._icons_installed = False
         self._build_actions()
         self._build_menus()
+        self.annotations = AnnotationActions(self)  # projects, tools, classes, undo, import/export
         self.view.painted.connect(self._after_first_frame)
         self.resizeDocks([self.overview_dock], [320], Qt.Orientation.Horizontal)
         if remember:
@@ -122,7 +124,7 @@ class MainWindow(QMainWindow):
         self.preset_actions: dict[float, QAction] = {}
         for i, mag in enumerate(MAGNIFICATION_PRESETS):
             act = self._action(f"{mag:g}×", lambda _=False, m=mag: self.view.set_magnification(m),
-                               QKeySequence(str(i + 1)), tip=f"Show the slide at {mag:g}× magnification")
+                               QKeySequence(f"Alt+{i + 1}"), tip=f"Show the slide at {mag:g}× magnification")
             self.preset_actions[mag] = act
         self.act_controls = self._action("&Controls", self.show_controls, S.HelpContents, "fa5s.keyboard")
         self.act_about = self._action("&About CoCoPath", self.show_about, None, "fa5s.info-circle")
@@ -131,7 +133,7 @@ class MainWindow(QMainWindow):
 
     def _build_menus(self) -> None:
         mb = self.menuBar()
-        m = mb.addMenu("&File")
+        m = self.file_menu = mb.addMenu("&File")
         m.addAction(self.act_open)
         self.recent_menu = m.addMenu("Open &recent")
         m.addAction(self.act_sample)
@@ -139,7 +141,7 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_close)
         m.addSeparator()
         m.addAction(self.act_quit)
-        v = mb.addMenu("&View")
+        v = self.view_menu = mb.addMenu("&View")
         v.addActions([self.act_zoom_in, self.act_zoom_out, self.act_fit])
         mags = v.addMenu("&Magnification")
         mags.addActions(list(self.preset_actions.values()))
@@ -238,6 +240,7 @@ class MainWindow(QMainWindow):
             return None
 
     def close_slide(self) -> None:
+        self.annotations.detach_slide()
         self.source = None
         self.view.set_source(None)
         self.overview.set_slide(None, None)
@@ -387,5 +390,6 @@ class MainWindow(QMainWindow):
         if self.downloader is not None:
             self.downloader.shutdown()  # type: ignore[attr-defined]
         self.view.loader.shutdown()  # closes the slide once no reader uses it
+        self.annotations.close()
         self.source = None
         super().closeEvent(event)

@@ -15,7 +15,27 @@ from engine.slide.sample import SampleDownloadError, download_sample, local_samp
 from engine.slide.source import OpenSlideSource, SlideInfo, SlideSource, open_slide
 from engine.slide.tissue import TissueMask, detect_tissue
 
+#: Annotation names, imported on first use (shapely and the store cost the viewer's start-up nothing
+#: until a slide is opened).
+_ANNOTATIONS = (
+    "Annotation", "AnnotationClass", "AnnotationError", "AnnotationFormatError", "AnnotationStore",
+    "Change", "ImportResult", "Kind", "Project", "ProjectError", "ProjectLockedError", "ProjectMissingError", "SlideRecord",
+    "Source", "Step", "export_file", "guess_format", "import_file", "polygonal",
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _ANNOTATIONS:
+        import engine.annotations as annotations
+
+        value = getattr(annotations, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    *_ANNOTATIONS,
     "ByteBoundedCache",
     "CocoPathError",
     "OpenSlideSource",

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import QWidget
 from app.state.tiles import TilePlan, plan_tiles
 from app.state.viewport import (SlideGeometry, Viewport, available_presets, fit_viewport,
                                 nice_scale_bar)
+from app.viewer.annotator import Annotator
 from app.viewer.tile_loader import FINER, RING, TileLoader
 from app.viewer.tile_painter import ScaledTiles, draw_part
 from engine.api import ByteBoundedCache
@@ -98,6 +99,8 @@ class SlideView(QWidget):
         self._settle_timer = QTimer(self, singleShot=True, interval=SETTLE_MS)
         self._settle_timer.timeout.connect(self._settle)
         self.last_error = ""
+        self.annotator = Annotator(self, self)  # the annotation layer and the current tool
+        self._tool_down = False
 
     # -- slide -------------------------------------------------------------------------------------
 
@@ -281,6 +284,7 @@ class SlideView(QWidget):
                 if prescale:
                     self._prescale_timer.start()  # scale it when idle: the next pan frame blits it
             drawn.add(key)
+        self.annotator.paint(p, vp)
         self._paint_overlays(p, vp, geo)
         p.end()
         complete = missing == 0
@@ -400,7 +404,17 @@ class SlideView(QWidget):
             self.zoom_by(1.25 ** steps, (pos.x(), pos.y()))
         event.accept()
 
+    def _slide_pos(self, event: QMouseEvent) -> tuple[float, float] | None:
+        pos = event.position()
+        return self._viewport.to_slide(pos.x(), pos.y()) if self._viewport is not None else None
+
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        at = self._slide_pos(event)
+        if event.button() == Qt.MouseButton.LeftButton and at is not None \
+                and self.annotator.press(*at, event.modifiers()):
+            self._tool_down = True  # the current tool took the press: no panning
+            event.accept()
+            return
         if event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
             self._drag_from = event.position()
             self._interacting()
@@ -410,6 +424,10 @@ class SlideView(QWidget):
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         pos = event.position()
         self._cursor = (pos.x(), pos.y())
+        at = self._slide_pos(event)
+        if at is not None and self.annotator.move(*at, event.modifiers(), self._tool_down):
+            self.cursor_moved.emit(*at)
+            return
         if self._drag_from is not None:
             d = pos - self._drag_from
             self._drag_from = pos
@@ -419,17 +437,31 @@ class SlideView(QWidget):
             self.cursor_moved.emit(*self._viewport.to_slide(pos.x(), pos.y()))
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        at = self._slide_pos(event)
+        if self._tool_down and event.button() == Qt.MouseButton.LeftButton:
+            self._tool_down = False
+            if at is not None:
+                self.annotator.release(*at, event.modifiers())
+            event.accept()
+            return
         if self._drag_from is not None:
             self._drag_from = None
-            self.unsetCursor()
+            tool = self.annotator.tool
+            self.setCursor(tool.cursor) if tool is not None else self.unsetCursor()
             self._settle_timer.start()
         event.accept()
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         pos = event.position()
+        at = self._slide_pos(event)
+        if at is not None and event.button() == Qt.MouseButton.LeftButton \
+                and self.annotator.double_click(*at):
+            return
         self.zoom_by(2.0, (pos.x(), pos.y()))
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        if self.annotator.key(event):
+            return
         key = event.key()
         step_x, step_y = self.width() / 4, self.height() / 4
         if event.isAutoRepeat():  # a held arrow key pans continuously: paint fast until released
@@ -450,7 +482,7 @@ class SlideView(QWidget):
             self.zoom_by(1 / 1.5)
         elif key in (K.Key_F, K.Key_0):
             self.zoom_to_fit()
-        elif K.Key_1 <= key <= K.Key_6:
+        elif K.Key_1 <= key <= K.Key_6 and event.modifiers() & Qt.KeyboardModifier.AltModifier:
             presets = self.presets()
             i = key - K.Key_1
             if i < len(presets):

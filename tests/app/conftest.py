@@ -80,3 +80,51 @@ def grab_rgb(widget) -> np.ndarray:
 def wait_drawn(qtbot, view, timeout: int = 15000) -> None:
     """Wait until the view drew every visible tile of its current viewport at the final level."""
     qtbot.waitUntil(view.is_complete, timeout=timeout)
+
+
+# -- annotation tools ----------------------------------------------------------------------------
+
+ORIGIN = (800.0, 900.0)  # the slide pixel at the view's top-left corner in ``annotating``
+
+
+@pytest.fixture
+def annotating(qtbot, window, small_svs):
+    """The window with CMU-1-Small-Region open at level 0, 1:1, slide pixel ORIGIN at the view's
+    top-left (give or take half a pixel), so one screen pixel is one slide pixel (0.499 µm)."""
+    from app.state.viewport import Viewport
+
+    assert window.open_path(small_svs)
+    view = window.view
+    w, h = view.width(), view.height()
+    view.set_viewport(Viewport(ORIGIN[0] + w / 2, ORIGIN[1] + h / 2, 1.0, w, h))
+    wait_drawn(qtbot, view)
+    assert view.annotator.store is not None
+    return window
+
+
+def screen(view, x: float, y: float):
+    """The view's screen point (QPoint) of slide pixel (x, y)."""
+    from PySide6.QtCore import QPoint
+
+    sx, sy = view.viewport.to_screen(x, y)
+    return QPoint(round(sx), round(sy))
+
+
+def drag(view, points, modifiers=None) -> None:
+    """Press at the first slide point, move through the others, release at the last."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    mods = modifiers or Qt.KeyboardModifier.NoModifier
+    QTest.mousePress(view, Qt.MouseButton.LeftButton, mods, screen(view, *points[0]))
+    for pt in points[1:]:
+        QTest.mouseMove(view, screen(view, *pt))
+    QTest.mouseRelease(view, Qt.MouseButton.LeftButton, mods, screen(view, *points[-1]))
+
+
+def click(view, x: float, y: float, modifiers=None) -> None:
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    QTest.mouseClick(view, Qt.MouseButton.LeftButton, modifiers or Qt.KeyboardModifier.NoModifier,
+                     screen(view, x, y))
