@@ -94,6 +94,13 @@ class PredictionCache:
         self._done = {(int(c), int(r)) for c, r in
                       (f.stem.split("_") for f in (self.root / "L0").glob("*.z"))}
 
+    def refresh(self) -> None:
+        """Forget remembered tiles and re-list the final ones (another process is writing)."""
+        with self._lock:
+            self._lru.clear()
+            self._done = {(int(c), int(r)) for c, r in
+                          (f.stem.split("_") for f in (self.root / "L0").glob("*.z"))}
+
     # -- opening --------------------------------------------------------------------------------
 
     @classmethod

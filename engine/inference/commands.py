@@ -71,7 +71,7 @@ def _infer(args: argparse.Namespace) -> int:
 
     model, _ = load_model(args.model)
     runner = make_runner(model, spec, spec.tile, backend=args.backend, device=args.device,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, cache_dir=args.out / "cache" / "backends")
     opts = InferOptions(level=args.level, batch_size=args.batch_size, simplify_um=args.simplify_um,
                         min_area_um2=args.min_area_um2)
     summaries = []

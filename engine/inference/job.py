@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.annotations.writing import atomic_write_bytes
 from engine.inference.cache import PredictionCache, slide_key
 from engine.inference.export import prediction_polygons, write_mask_tiff, write_prediction_geojson
 from engine.inference.geometry import make_grid
@@ -107,7 +108,5 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
         "outputs": {k: str(v) for k, v in paths.items()},
         "time_s": time.perf_counter() - t0,
     })
-    from engine.annotations.writing import atomic_write_bytes
-
     atomic_write_bytes(paths["summary"], json.dumps(summary, indent=1, ensure_ascii=False).encode())
     return summary

@@ -16,6 +16,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -94,26 +95,42 @@ class TorchRunner:
 class OnnxRunner:
     """The same graph exported to ONNX and run by ONNX Runtime on the CPU."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, window: int) -> None:
+    def __init__(self, model: nn.Module, spec: ModelSpec, window: int,
+                 cache_dir: Path | None = None) -> None:
         import onnxruntime as ort
 
-        head = ProbabilityHead(model, spec).eval()
-        buf = io.BytesIO()
-        x = torch.zeros(1, window, window, 3, dtype=torch.uint8)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(head, (x,), buf, dynamo=False, input_names=["rgb"],
-                              output_names=["probs"], opset_version=17,
-                              dynamic_axes={"rgb": {0: "batch"}, "probs": {0: "batch"}})
+        file = cache_dir / f"{spec.version}-{window}.onnx" if cache_dir else None
+        if file is not None and file.is_file():
+            graph = file.read_bytes()  # exported before for this model version and input size
+        else:
+            graph = export_onnx(model, spec, window)
+            if file is not None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(graph)
+                os.replace(tmp, file)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = cpu_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         self.name = "onnxruntime"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"rgb": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+
+
+def export_onnx(model: nn.Module, spec: ModelSpec, window: int) -> bytes:
+    """The probability head of ``model`` as an ONNX graph (uint8 NHWC in, any batch size)."""
+    head = ProbabilityHead(model, spec).eval()
+    buf = io.BytesIO()
+    x = torch.zeros(1, window, window, 3, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(head, (x,), buf, dynamo=False, input_names=["rgb"],
+                          output_names=["probs"], opset_version=17,
+                          dynamic_axes={"rgb": {0: "batch"}, "probs": {0: "batch"}})
+    return buf.getvalue()
 
 
 def time_runner(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, repeats: int = 3
@@ -130,8 +147,12 @@ def time_runner(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, repe
 
 
 def make_runner(model: nn.Module, spec: ModelSpec, window: int, *, backend: str = "auto",
-                device: str = "auto", batch_size: int = 4) -> Runner:
-    """The back-end to run ``model`` with; ``auto`` measures on the CPU and keeps the fastest."""
+                device: str = "auto", batch_size: int = 4, cache_dir: Path | None = None) -> Runner:
+    """The back-end to run ``model`` with; ``auto`` measures on the CPU and keeps the fastest.
+
+    With ``cache_dir``, the exported ONNX graph and the measured choice are kept there per model
+    version, input size, batch size and thread count, so the next start skips both.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown back-end {backend!r}; valid: {', '.join(BACKENDS)}")
     if device == "auto":
@@ -146,18 +167,34 @@ def make_runner(model: nn.Module, spec: ModelSpec, window: int, *, backend: str 
     if backend == "channels_last":
         return TorchRunner(model, spec, channels_last=True)
     if backend == "onnx":
-        return OnnxRunner(model, spec, window)
-    return _fastest(model, spec, window, batch_size)
+        return OnnxRunner(model, spec, window, cache_dir)
+    choice = cache_dir / f"{spec.version}-{window}-b{batch_size}-t{cpu_threads()}.choice" \
+        if cache_dir else None
+    if choice is not None and choice.is_file():
+        name = choice.read_text().strip()
+        try:
+            if name in ("torch-eager", "torch-channels_last"):
+                return TorchRunner(model, spec, channels_last=name == "torch-channels_last")
+            if name == "onnxruntime":
+                return OnnxRunner(model, spec, window, cache_dir)
+        except Exception as exc:  # the remembered back-end is gone: measure again
+            log.warning("remembered back-end %s unusable (%s)", name, exc)
+    best = _fastest(model, spec, window, batch_size, cache_dir)
+    if choice is not None:
+        choice.parent.mkdir(parents=True, exist_ok=True)
+        choice.write_text(best.name)
+    return best
 
 
-def _fastest(model: nn.Module, spec: ModelSpec, window: int, batch_size: int) -> Runner:
+def _fastest(model: nn.Module, spec: ModelSpec, window: int, batch_size: int,
+             cache_dir: Path | None = None) -> Runner:
     rng = np.random.default_rng(0)
     probe = rng.integers(0, 256, (batch_size, window, window, 3), dtype=np.uint8)
     eager = TorchRunner(model, spec)
     ref = eager(probe)
     candidates: list[Runner] = [eager, TorchRunner(model, spec, channels_last=True)]
     try:
-        candidates.append(OnnxRunner(model, spec, window))
+        candidates.append(OnnxRunner(model, spec, window, cache_dir))
     except Exception as exc:  # no onnxruntime, or an operator it cannot export: torch it is
         log.warning("ONNX Runtime unavailable (%s): torch is used", exc)
     usable = []
