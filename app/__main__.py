@@ -1,4 +1,5 @@
-"""``cocopath [SLIDE]``: the GUI. Also ``--screenshot OUT.png`` and ``--bench-viewer OUT.json``.
+"""``cocopath [SLIDE]``: the GUI. Also ``--screenshot OUT.png``, ``--bench-viewer OUT.json`` and
+``--bench-annotations OUT.json``.
 
 Start-up stays light: Qt and the slide engine only (torch is never imported here).
 """
@@ -26,6 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", metavar="WxH", default=None,
                    help="window size, e.g. 1600x1000; with --bench-viewer: the pyramid's side (50000)")
     p.add_argument("--bench-viewer", metavar="OUT.json", help="run the viewer benchmark, write JSON")
+    p.add_argument("--bench-annotations", metavar="OUT.json",
+                   help="run the annotation-layer benchmark (10 000 annotations), write JSON")
     p.add_argument("--bench-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--bench-slide", default=None, help=argparse.SUPPRESS)  # reuse a built pyramid
     p.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
@@ -83,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     _ensure_platform()
+    if args.bench_annotations:
+        from app.bench_annotations import run_annotation_benchmark
+
+        return run_annotation_benchmark(Path(args.bench_annotations),
+                                        side=args.bench_size or 30_000)
     if args.bench_viewer:
         from app.bench import run_benchmark
 

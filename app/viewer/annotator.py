@@ -42,7 +42,8 @@ class Annotator(QObject):
         super().__init__(parent)
         self.view = view
         self.document = AnnotationDocument(self)
-        self.overlay = AnnotationOverlay()
+        self.overlay = AnnotationOverlay(self)
+        self.overlay.updated.connect(self.update)
         self.classes: list[AnnotationClass] = []
         self.current_class: str | None = None
         self.selection: list[str] = []
@@ -180,6 +181,9 @@ class Annotator(QObject):
             if live != self.selection:
                 self.set_selection(live)
         self.update()
+
+    def shutdown(self) -> None:
+        self.overlay.shutdown()
 
     def update(self) -> None:
         self.view.update()  # type: ignore[attr-defined]

@@ -1,207 +1,281 @@
 """The annotation layer of the slide view: class-coloured fills at an opacity, with outlines.
 
-What is drawn comes from viewport queries (the store's R*Tree) over the visible area plus a margin,
-so small pans draw from memory and only leaving the queried window queries again. Each annotation's
-QPainterPath is cached per level of detail (keyed by its id and modification time): at low zoom
-outlines are simplified to about half a screen pixel and shapes smaller than two screen pixels are
-drawn as dots. Edits update the cache from the journal step's changes, without a query.
+The layer is an image of a *window*: the visible area plus half a view on every side, at the view's
+zoom. A single worker thread queries the store's R*Tree for the window and paints it (paths cached
+per annotation and level of detail; simplified to about half a pixel at low zoom, specks as dots);
+the GUI thread only blits the image, so a pan frame costs the same with 10 or 10 000 annotations.
+Requests carry an id and the data version: results of older requests are dropped, never shown.
+
+An edit does not wait for the worker: the changed area of the image is cleared and repainted on the
+GUI thread from a small viewport query (a handful of annotations), so a brush stroke shows at once.
+While a new window renders (after a zoom or a long pan), the previous image is drawn, scaled.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
-import numpy as np
-import shapely
-from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QColor, QPainter, QPainterPath, QPen, QPolygonF, QTransform
+from PySide6.QtCore import QObject, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, QTransform
 
 from app.state.viewport import Viewport
-from engine.api import Annotation, AnnotationStore, Kind, Step
+from app.viewer.overlay_render import PathCache, Style, draw_annotations
+from engine.api import Annotation, AnnotationStore, CocoPathError, Step
 
 log = logging.getLogger(__name__)
 
-MARGIN = 0.5  # the queried window reaches this fraction of the view beyond each edge
-ROI_COLOR = QColor(255, 200, 0)
+MARGIN = 0.5  # the window reaches this fraction of the view beyond each edge
 SELECTED_COLOR = QColor(0, 200, 255)
-UNCLASSIFIED = (200, 200, 200)
+PATCH_LIMIT = 0.25  # an edit touching more of the window than this re-renders it in the worker
+
+Window = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
 class OverlayStats:
-    """What the last paint drew."""
+    """What the last rendered window held."""
 
-    queried: int
     drawn: int
     dots: int
+    seconds: float
 
 
-def _ring(coords: np.ndarray) -> QPolygonF:
-    return QPolygonF([QPointF(x, y) for x, y in coords])
+@dataclass(frozen=True)
+class RenderRequest:
+    id: int
+    version: int
+    window: Window  # level-0 pixels
+    downsample: float
+    dpr: float
+    style: Style
+
+    @property
+    def scale(self) -> float:
+        """Device pixels of the image per level-0 pixel."""
+        return self.dpr / self.downsample
 
 
-def geometry_path(geom: object) -> QPainterPath:
-    """A QPainterPath (odd-even fill, so holes stay empty) of a Polygon or MultiPolygon."""
-    path = QPainterPath()
-    polys = geom.geoms if hasattr(geom, "geoms") else [geom]  # type: ignore[attr-defined]
-    for poly in polys:
-        path.addPolygon(_ring(np.asarray(poly.exterior.coords)))
-        for ring in poly.interiors:
-            path.addPolygon(_ring(np.asarray(ring.coords)))
-    path.setFillRule(Qt.FillRule.OddEvenFill)
-    return path
+@dataclass(frozen=True)
+class RenderResult:
+    request: RenderRequest
+    image: QImage
+    annotations: tuple[Annotation, ...]
+    stats: OverlayStats
 
 
-class AnnotationOverlay:
-    """Draws a store's annotations over the slide; owned by the slide view."""
+def _covers(window: Window, rect: Window) -> bool:
+    return rect[0] >= window[0] and rect[1] >= window[1] and rect[2] <= window[2] \
+        and rect[3] <= window[3]
 
-    def __init__(self) -> None:
+
+class AnnotationOverlay(QObject):
+    """Draws a store's annotations over the slide; owned by the slide view's annotator."""
+
+    updated = Signal()  # a newly rendered window is in: repaint
+    _rendered = Signal(object)  # RenderResult, from the worker thread (queued to the GUI thread)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
         self.store: AnnotationStore | None = None
         self.colors: dict[str, tuple[int, int, int]] = {}
-        self.opacity = 0.35
+        self._opacity = 0.35
         self.visible = True
         self.selected: set[str] = set()
-        self._window: tuple[float, float, float, float] | None = None
+        self.version = 0
+        self.stats = OverlayStats(0, 0, 0.0)
+        self.stale_dropped = 0
+        self._latest = 0
+        self._pending: RenderRequest | None = None
+        self._image: QImage | None = None
+        self._shown: RenderRequest | None = None  # the request the image answers (patched since)
         self._anns: dict[str, Annotation] = {}
-        self._bounds = np.zeros((0, 4))
-        self._order: list[str] = []
-        self._paths: dict[tuple[str, float, int], QPainterPath] = {}
-        self.stats = OverlayStats(0, 0, 0)
+        self._gui_paths = PathCache(5_000)
+        self._worker_paths = PathCache()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="overlay")
+        self._rendered.connect(self._on_rendered)
 
-    # -- data --------------------------------------------------------------------------------------
+    # -- data and style ------------------------------------------------------------------------------
+
+    @property
+    def opacity(self) -> float:
+        return self._opacity
+
+    @opacity.setter
+    def opacity(self, value: float) -> None:
+        self._opacity = min(max(float(value), 0.0), 1.0)
+        self.invalidate()
+
+    def style(self) -> Style:
+        return Style(tuple(sorted(self.colors.items())), self._opacity)
 
     def set_store(self, store: AnnotationStore | None) -> None:
         self.store = store
-        self._paths.clear()
+        self._image = self._shown = self._pending = None
+        self._anns = {}
+        self._latest += 1  # whatever is in flight is stale now
         self.invalidate()
 
     def set_colors(self, colors: dict[str, tuple[int, int, int]]) -> None:
-        self.colors = dict(colors)
+        if colors != self.colors:
+            self.colors = dict(colors)
+            self.invalidate()
 
     def invalidate(self) -> None:
-        """Query again at the next paint (after an import, an undo across many annotations …)."""
-        self._window = None
-
-    def apply_step(self, step: Step | None) -> None:
-        """Bring the in-memory window up to date with a committed, undone or redone step."""
-        if step is None or self._window is None:
-            self.invalidate()
-            return
-        x0, y0, x1, y1 = self._window
-        for ch in step.changes:
-            self._anns.pop(ch.uuid, None)
-            now = self.store.find(ch.uuid) if self.store is not None else None
-            if now is not None:
-                bx0, by0, bx1, by1 = now.geometry.bounds
-                if bx1 >= x0 and bx0 <= x1 and by1 >= y0 and by0 <= y1:
-                    self._anns[now.uuid] = now
-        self._reindex()
-
-    def _query(self, vp: Viewport) -> None:
-        assert self.store is not None
-        x0, y0, x1, y1 = vp.visible_rect()
-        mx, my = (x1 - x0) * MARGIN, (y1 - y0) * MARGIN
-        window = (x0 - mx, y0 - my, x1 + mx, y1 + my)
-        found = self.store.query(*window, kind=None, exact=False)
-        self._anns = {a.uuid: a for a in found}
-        self._window = window
-        self._reindex()
-
-    def _reindex(self) -> None:
-        self._order = list(self._anns)
-        geoms = [self._anns[u].geometry for u in self._order]
-        self._bounds = shapely.bounds(np.array(geoms, dtype=object)) if geoms else np.zeros((0, 4))
-        live = set(self._order)
-        if len(self._paths) > 4 * max(len(live), 1000):
-            self._paths = {k: v for k, v in self._paths.items() if k[0] in live}
-
-    def _covers(self, vp: Viewport) -> bool:
-        if self._window is None:
-            return False
-        x0, y0, x1, y1 = vp.visible_rect()
-        wx0, wy0, wx1, wy1 = self._window
-        # re-query when the view left the window, or zoomed out past it
-        return x0 >= wx0 and y0 >= wy0 and x1 <= wx1 and y1 <= wy1 \
-            and (x1 - x0) * (1 + 2 * MARGIN) >= (wx1 - wx0) * 0.5
+        """Render the window again (the image is kept on screen until the new one is in)."""
+        self.version += 1
 
     def annotations_in_window(self) -> list[Annotation]:
-        return [self._anns[u] for u in self._order]
+        return list(self._anns.values())
 
-    # -- painting ----------------------------------------------------------------------------------
+    def is_current(self, vp: Viewport) -> bool:
+        """True when what is drawn for ``vp`` is final (nothing older, nothing still rendering)."""
+        if not self.visible or self.store is None:
+            return True
+        s = self._shown
+        return s is not None and s.version == self.version and s.downsample == vp.downsample \
+            and s.dpr == vp.dpr and _covers(s.window, vp.visible_rect())
 
-    def _path(self, ann: Annotation, lod: int) -> QPainterPath:
-        key = (ann.uuid, ann.modified, lod)
-        path = self._paths.get(key)
-        if path is None:
-            geom = ann.geometry
-            if lod > 0:
-                simple = shapely.simplify(geom, tolerance=0.5 * 2 ** (lod - 1), preserve_topology=True)
-                if not simple.is_empty:
-                    geom = simple
-            path = geometry_path(geom)
-            self._paths[key] = path
-        return path
+    def shutdown(self) -> None:
+        self._latest += 1
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- rendering (worker thread) -------------------------------------------------------------------
+
+    def _request(self, vp: Viewport) -> None:
+        p = self._pending
+        if p is not None and p.version == self.version and p.downsample == vp.downsample \
+                and p.dpr == vp.dpr and _covers(p.window, vp.visible_rect()):
+            return  # the right window is on its way
+        x0, y0, x1, y1 = vp.visible_rect()
+        mx, my = (x1 - x0) * MARGIN, (y1 - y0) * MARGIN
+        self._latest += 1
+        req = RenderRequest(self._latest, self.version, (x0 - mx, y0 - my, x1 + mx, y1 + my),
+                            vp.downsample, vp.dpr, self.style())
+        self._pending = req
+        self._executor.submit(self._render, req, self.store)
+
+    def _render(self, req: RenderRequest, store: AnnotationStore) -> None:
+        if req.id != self._latest:
+            return  # a newer request came while this one waited
+        t0 = time.perf_counter()
+        try:
+            anns = store.query(*req.window, kind=None, exact=False)
+            x0, y0, x1, y1 = req.window
+            s = req.scale
+            image = QImage(max(1, math.ceil((x1 - x0) * s)), max(1, math.ceil((y1 - y0) * s)),
+                           QImage.Format.Format_ARGB32_Premultiplied)
+            image.fill(Qt.GlobalColor.transparent)
+            p = QPainter(image)
+            p.setTransform(QTransform(s, 0, 0, s, -x0 * s, -y0 * s))
+            drawn, dots = draw_annotations(p, anns, 1 / s, req.style, self._worker_paths)
+            p.end()
+        except CocoPathError as exc:  # the project was closed meanwhile
+            log.debug("overlay render dropped: %s", exc)
+            return
+        except Exception:  # noqa: BLE001 - a worker must never die silently
+            log.exception("overlay render failed")
+            return
+        stats = OverlayStats(drawn, dots, time.perf_counter() - t0)
+        self._rendered.emit(RenderResult(req, image, tuple(anns), stats))
+
+    def _on_rendered(self, res: RenderResult) -> None:
+        if res.request.id != self._latest:
+            self.stale_dropped += 1
+            return
+        self._pending = None
+        if res.request.version == self.version:
+            self._image, self._shown = res.image, res.request
+            self._anns = {a.uuid: a for a in res.annotations}
+            self.stats = res.stats
+        self.updated.emit()  # a stale version: the next paint asks again
+
+    # -- edits (GUI thread) --------------------------------------------------------------------------
+
+    def apply_step(self, step: Step | None) -> None:
+        """Show a committed, undone or redone step: patch the image where it changed."""
+        shown, image = self._shown, self._image
+        if step is None or shown is None or image is None or self.store is None \
+                or shown.version != self.version or len(step.changes) > 200:
+            self.invalidate()
+            return
+        boxes = [a.geometry.bounds for ch in step.changes for a in (ch.before, ch.after) if a]
+        if not boxes:
+            return
+        pad = 3 / shown.scale  # outlines reach past the shape
+        rect = (min(b[0] for b in boxes) - pad, min(b[1] for b in boxes) - pad,
+                max(b[2] for b in boxes) + pad, max(b[3] for b in boxes) + pad)
+        wx0, wy0, wx1, wy1 = shown.window
+        ix0, iy0 = max(rect[0], wx0), max(rect[1], wy0)
+        ix1, iy1 = min(rect[2], wx1), min(rect[3], wy1)
+        self.version += 1
+        if ix0 < ix1 and iy0 < iy1:
+            if (ix1 - ix0) * (iy1 - iy0) > PATCH_LIMIT * (wx1 - wx0) * (wy1 - wy0):
+                return  # a big change: the worker renders the window again
+            self._patch(image, shown, (ix0, iy0, ix1, iy1))
+        for ch in step.changes:
+            self._anns.pop(ch.uuid, None)
+            if ch.after is not None and _intersects(ch.after.geometry.bounds, shown.window):
+                self._anns[ch.uuid] = ch.after
+        self._shown = replace(shown, version=self.version)
+
+    def _patch(self, image: QImage, shown: RenderRequest, rect: Window) -> None:
+        assert self.store is not None
+        anns = self.store.query(*rect, kind=None, exact=False)
+        s = shown.scale
+        wx0, wy0 = shown.window[:2]
+        p = QPainter(image)
+        p.setTransform(QTransform(s, 0, 0, s, -wx0 * s, -wy0 * s))
+        clip = QRectF(rect[0], rect[1], rect[2] - rect[0], rect[3] - rect[1])
+        p.setClipRect(clip)
+        p.setCompositionMode(QPainter.CompositionMode.CompositionMode_Clear)
+        p.fillRect(clip, Qt.GlobalColor.transparent)
+        p.setCompositionMode(QPainter.CompositionMode.CompositionMode_SourceOver)
+        draw_annotations(p, anns, 1 / s, shown.style, self._gui_paths)
+        p.end()
+
+    # -- painting (GUI thread) -----------------------------------------------------------------------
 
     def paint(self, p: QPainter, vp: Viewport) -> None:
         if not self.visible or self.store is None:
             return
-        if not self._covers(vp):
-            self._query(vp)
-        if not self._order:
-            self.stats = OverlayStats(0, 0, 0)
+        if not self.is_current(vp):
+            self._request(vp)
+        image, shown = self._image, self._shown
+        if image is None or shown is None:
             return
+        wx0, wy0, wx1, wy1 = shown.window
+        sx, sy = vp.to_screen(wx0, wy0)
+        target = QRectF(sx, sy, (wx1 - wx0) / vp.downsample, (wy1 - wy0) / vp.downsample)
+        visible = target.intersected(QRectF(0, 0, vp.width, vp.height))
+        if visible.isEmpty():
+            return
+        k = image.width() / target.width()  # image pixels per screen pixel
+        source = QRectF((visible.x() - target.x()) * k, (visible.y() - target.y()) * k,
+                        visible.width() * k, visible.height() * k)
+        p.drawImage(visible, image, source)
+        if self.selected:
+            self._paint_selection(p, vp)
+
+    def _paint_selection(self, p: QPainter, vp: Viewport) -> None:
         ds = vp.downsample
-        x0, y0, x1, y1 = vp.visible_rect()
-        b = self._bounds
-        in_view = np.nonzero((b[:, 2] >= x0) & (b[:, 0] <= x1) & (b[:, 3] >= y0) & (b[:, 1] <= y1))[0]
-        size = np.maximum(b[in_view, 2] - b[in_view, 0], b[in_view, 3] - b[in_view, 1])
-        tiny = size < 2 * ds
-        lod = max(0, int(math.floor(math.log2(ds))) + 1) if ds >= 1 else 0  # tolerance ≈ ds / 2
         ox, oy = vp.origin
         p.save()
         p.setTransform(QTransform(1 / ds, 0, 0, 1 / ds, -ox / ds, -oy / ds), True)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing, ds < 2)
-        alpha = int(round(255 * self.opacity))
-        pens: dict[tuple[int, int, int], QPen] = {}
-        dots = 0
-        selected: list[QPainterPath] = []
-        rois: list[QPainterPath] = []
-        for i, small in zip(in_view, tiny):
-            ann = self._anns[self._order[i]]
-            if ann.kind is Kind.ROI:
-                rois.append(self._path(ann, lod))
-                continue
-            rgb = self.colors.get(ann.class_name or "", UNCLASSIFIED)
-            fill = QColor(*rgb, alpha)
-            if small:
-                bx0, by0, bx1, by1 = b[i]
-                p.fillRect(QRectF(bx0, by0, max(bx1 - bx0, ds), max(by1 - by0, ds)), QColor(*rgb))
-                dots += 1
-                continue
-            pen = pens.get(rgb)
-            if pen is None:
-                pen = pens[rgb] = QPen(QColor(*rgb), 1.5)
-                pen.setCosmetic(True)
-            path = self._path(ann, lod)
-            p.setPen(pen)
-            p.setBrush(fill)
-            p.drawPath(path)
-            if ann.uuid in self.selected:
-                selected.append(path)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        pen = QPen(SELECTED_COLOR, 3.0)
+        pen.setCosmetic(True)
+        p.setPen(pen)
         p.setBrush(Qt.BrushStyle.NoBrush)
-        if rois:
-            pen = QPen(ROI_COLOR, 2.0, Qt.PenStyle.DashLine)
-            pen.setCosmetic(True)
-            p.setPen(pen)
-            for path in rois:
-                p.drawPath(path)
-        if selected:
-            pen = QPen(SELECTED_COLOR, 3.0)
-            pen.setCosmetic(True)
-            p.setPen(pen)
-            for path in selected:
-                p.drawPath(path)
+        for uuid in self.selected:
+            ann = self._anns.get(uuid) or (self.store.find(uuid) if self.store else None)
+            if ann is not None:
+                p.drawPath(self._gui_paths.get(ann, 0))
         p.restore()
-        self.stats = OverlayStats(len(self._order), int(len(in_view)), dots)
+
+
+def _intersects(b: Window, w: Window) -> bool:
+    return b[2] >= w[0] and b[0] <= w[2] and b[3] >= w[1] and b[1] <= w[3]

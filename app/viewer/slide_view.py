@@ -141,8 +141,9 @@ class SlideView(QWidget):
         self._cursor = pos
 
     def is_complete(self) -> bool:
-        """True once every visible tile of the current viewport was painted at its final level."""
-        return self._viewport is not None and self._complete_id == self._request_id
+        """True once every visible tile is painted at its final level and the annotation layer too."""
+        return self._viewport is not None and self._complete_id == self._request_id \
+            and self.annotator.overlay.is_current(self._viewport)
 
     def set_viewport(self, viewport: Viewport, force: bool = False) -> None:
         """Move the view; starts a new request (older ones go stale) and schedules a repaint.
@@ -505,3 +506,4 @@ class SlideView(QWidget):
 
     def closeEvent(self, event: object) -> None:  # noqa: N802
         self.loader.shutdown()
+        self.annotator.shutdown()

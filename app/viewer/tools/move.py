@@ -7,7 +7,7 @@ from PySide6.QtGui import QColor, QPainter, QTransform
 
 from app.state import editing
 from app.state.viewport import Viewport
-from app.viewer.overlay import geometry_path
+from app.viewer.overlay_render import geometry_path
 from app.viewer.tools.base import Tool, outline_pen
 from engine.api import Annotation, Kind
 
