@@ -8,8 +8,10 @@ Layout of a cache folder (one per slide and model)::
     L1/ …             each level halves the one below (2×2 mean, rounded), up to one tile
 
 Level 0 is the prediction grid (``grid.downsample`` slide pixels per pixel); level k is 2^k coarser.
-A level-0 tile file exists once that tile is final; every write updates its ancestors at once, so
-any level can be read while the map fills in. Files are replaced atomically (temp + rename); a
+A level-0 tile file exists once that tile is final; its ancestors are rebuilt from their children
+at once or, for a writer that batches them, at its next :meth:`PredictionCache.flush` (the
+inference writer flushes twice a second and at the end), so any level can be read while the map
+fills in. A parent older than a child (a run stopped in between) is rebuilt when the cache opens. Files are replaced atomically (temp + rename); a
 damaged file reads as missing. The whole map is never in memory. No torch here: the viewer reads
 caches through :meth:`PredictionCache.read_region`.
 """
@@ -62,9 +64,13 @@ def level_sizes(size: tuple[int, int], tile: int) -> list[tuple[int, int]]:
 
 def halve(a: np.ndarray) -> np.ndarray:
     """2×2 mean of a (2h, 2w, c) uint8 array, rounded half up."""
-    h, w, c = a.shape
-    s = a.reshape(h // 2, 2, w // 2, 2, c).astype(np.uint16).sum(axis=(1, 3))
-    return ((s + 2) >> 2).astype(np.uint8)
+    s = a[0::2, 0::2].astype(np.uint16)
+    s += a[1::2, 0::2]
+    s += a[0::2, 1::2]
+    s += a[1::2, 1::2]
+    s += 2
+    s >>= 2
+    return s.astype(np.uint8)
 
 
 class PredictionCache:
@@ -91,6 +97,7 @@ class PredictionCache:
         self._lock = threading.RLock()
         self._lru: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._lru_max = 64
+        self._dirty: set[tuple[int, int, int]] = set()  # (level, col, row) parents to rebuild
         self._done = {(int(c), int(r)) for c, r in
                       (f.stem.split("_") for f in (self.root / "L0").glob("*.z"))}
 
@@ -204,8 +211,9 @@ class PredictionCache:
         _atomic(p, zlib.compress(arr.tobytes(), 1))
         self._remember((level, col, row), arr)
 
-    def write_tile(self, col: int, row: int, probs: np.ndarray) -> None:
-        """Store a final level-0 tile ((tile, tile, channels) uint8) and update every level above."""
+    def write_tile(self, col: int, row: int, probs: np.ndarray, flush: bool = True) -> None:
+        """Store a final level-0 tile ((tile, tile, channels) uint8); the levels above are rebuilt
+        now, or at the next :meth:`flush` when ``flush`` is False (a writer that batches them)."""
         t = self.tile
         if probs.shape != (t, t, self.channels) or probs.dtype != np.uint8:
             raise ValueError(f"tile must be uint8 {(t, t, self.channels)}, got {probs.dtype} {probs.shape}")
@@ -213,8 +221,35 @@ class PredictionCache:
         with self._lock:
             self._store(0, col, row, arr)
             self._done.add((col, row))
+            if self.level_count > 1:
+                self._dirty.add((1, col // 2, row // 2))
+            if flush:
+                self.flush()
+
+    def flush(self) -> int:
+        """Rebuild every parent tile whose children changed, level by level; returns how many."""
+        n = 0
+        with self._lock:
             for level in range(1, self.level_count):
-                col, row, arr = self._update_parent(level, col, row, arr)
+                todo = sorted((c, r) for lv, c, r in self._dirty if lv == level)
+                self._dirty -= {(level, c, r) for c, r in todo}
+                for pc, pr in todo:
+                    self._rebuild(level, pc, pr)
+                    if level + 1 < self.level_count:
+                        self._dirty.add((level + 1, pc // 2, pr // 2))
+                n += len(todo)
+        return n
+
+    def _rebuild(self, level: int, pc: int, pr: int) -> None:
+        """Parent tile (pc, pr) of ``level`` from its four children (missing ones read as 0)."""
+        out = np.zeros((self.tile, self.tile, self.channels), np.uint8)
+        half = self.tile // 2
+        for dr in (0, 1):
+            for dc in (0, 1):
+                child = self.read_tile(level - 1, 2 * pc + dc, 2 * pr + dr)
+                if child is not None:
+                    out[dr * half:(dr + 1) * half, dc * half:(dc + 1) * half] = halve(child)
+        self._store(level, pc, pr, self._crop_edge(level, pc, pr, out))
 
     def _crop_edge(self, level: int, col: int, row: int, arr: np.ndarray) -> np.ndarray:
         """Zero the part of a tile beyond its level's edge (so coarser levels never see it)."""
@@ -228,19 +263,6 @@ class PredictionCache:
         arr[:, max(vw, 0):] = 0
         return arr
 
-    def _update_parent(self, level: int, col: int, row: int, child: np.ndarray
-                       ) -> tuple[int, int, np.ndarray]:
-        pc, pr = col // 2, row // 2
-        half = self.tile // 2
-        parent = self.read_tile(level, pc, pr)
-        parent = np.zeros((self.tile, self.tile, self.channels), np.uint8) if parent is None \
-            else parent.copy()
-        oy, ox = (row % 2) * half, (col % 2) * half
-        parent[oy:oy + half, ox:ox + half] = halve(child)
-        parent = self._crop_edge(level, pc, pr, parent)
-        self._store(level, pc, pr, parent)
-        return pc, pr, parent
-
     def repair_pyramid(self) -> int:
         """Rebuild parents older than a child (a run stopped between the two writes); returns count."""
         fixed = 0
@@ -253,15 +275,8 @@ class PredictionCache:
                     if not parent.exists() or parent.stat().st_mtime_ns < f.stat().st_mtime_ns:
                         stale.add((c // 2, r // 2))
                 for pc, pr in stale:
-                    out = np.zeros((self.tile, self.tile, self.channels), np.uint8)
-                    half = self.tile // 2
-                    for dr in (0, 1):
-                        for dc in (0, 1):
-                            child = self.read_tile(level - 1, 2 * pc + dc, 2 * pr + dr)
-                            if child is not None:
-                                out[dr * half:(dr + 1) * half, dc * half:(dc + 1) * half] = halve(child)
-                    self._store(level, pc, pr, self._crop_edge(level, pc, pr, out))
-                    fixed += 1
+                    self._rebuild(level, pc, pr)
+                fixed += len(stale)
         if fixed:
             log.info("%s: %d pyramid tile(s) rebuilt", self.root, fixed)
         return fixed

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[Progress], None]
 TileFn = Callable[[int, int], None]
 _STOP = object()
+FLUSH_S = 0.5  # how often the writer rebuilds the coarser levels of the cache
 
 
 def tissue_tiles(grid: PredictionGrid, tissue: TissueMask | None) -> np.ndarray:
@@ -106,13 +107,17 @@ class SlideInference:
 
         def writer() -> None:
             nonlocal done
+            flushed = time.perf_counter()
             while (item := results.get()) is not _STOP:
                 if errors:
                     continue
                 try:
+                    if time.perf_counter() - flushed > FLUSH_S:  # coarser levels catch up
+                        self.cache.flush()
+                        flushed = time.perf_counter()
                     for (c, r), probs in zip(item.ids, item.probs):
                         for tc, tr, tile in blender.add(c, r, probs):
-                            self.cache.write_tile(tc, tr, tile)
+                            self.cache.write_tile(tc, tr, tile, flush=False)
                             done += 1
                             written[0] += 1
                             if on_tile:
@@ -157,6 +162,7 @@ class SlideInference:
                         f.cancel()
                 results.put(_STOP)
                 wt.join()
+                self.cache.flush()
         if errors:
             raise errors[0]
         self.stats = RunStats(windows, written[0], time.perf_counter() - t0, fwd, wait)
