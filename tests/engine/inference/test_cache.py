@@ -85,3 +85,13 @@ def test_reader_api_imports_without_torch():
             "from engine.inference import PredictionCache, load_spec;"
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_batched_writes_reach_the_coarser_levels_at_flush(tmp_path):
+    cache = PredictionCache.open(tmp_path / "c", GRID, "v1", 1, tissue_all())
+    a = random_tile(3)
+    cache.write_tile(0, 0, a, flush=False)
+    assert cache.read_tile(1, 0, 0) is None  # not yet
+    assert cache.flush() == cache.level_count - 1  # one parent per level above
+    np.testing.assert_array_equal(cache.read_region(1, 0, 0, 32, 32), halve(a))
+    assert PredictionCache(tmp_path / "c").read_tile(cache.level_count - 1, 0, 0) is not None
