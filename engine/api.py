@@ -15,12 +15,13 @@ from engine.slide.sample import SampleDownloadError, download_sample, local_samp
 from engine.slide.source import OpenSlideSource, SlideInfo, SlideSource, open_slide
 from engine.slide.tissue import TissueMask, detect_tissue
 
-#: Annotation names, imported on first use (shapely and the store cost the viewer's start-up nothing
-#: until a slide is opened).
+#: Annotation names (projects, store, formats), resolved on first use by the module ``__getattr__``
+#: below, so importing the facade alone does not load shapely and the store.
 _ANNOTATIONS = (
     "Annotation", "AnnotationClass", "AnnotationError", "AnnotationFormatError", "AnnotationStore",
-    "Change", "ImportResult", "Kind", "Project", "ProjectError", "ProjectLockedError", "ProjectMissingError", "SlideRecord",
-    "Source", "Step", "export_file", "guess_format", "import_file", "polygonal",
+    "Change", "ImportResult", "Kind", "Project", "ProjectError", "ProjectLockedError",
+    "ProjectMissingError", "SlideRecord", "Source", "Step", "export_file", "guess_format",
+    "import_file", "polygonal",
 )
 
 

@@ -191,7 +191,8 @@ class Annotator(QObject):
     # -- the view's hooks ----------------------------------------------------------------------------
 
     def paint(self, p: QPainter, vp: Viewport) -> None:
-        self.overlay.paint(p, vp)
+        geo = self.view.geometry_  # type: ignore[attr-defined]
+        self.overlay.paint(p, vp, (geo.width, geo.height) if geo is not None else None)
         if self.tool is not None:
             self.tool.paint(p, vp)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -95,7 +97,8 @@ class AnnotationOverlay(QObject):
         self._anns: dict[str, Annotation] = {}
         self._gui_paths = PathCache(5_000)
         self._worker_paths = PathCache()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="overlay")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="overlay",
+                                            initializer=_lower_priority)
         self._rendered.connect(self._on_rendered)
 
     # -- data and style ------------------------------------------------------------------------------
@@ -239,7 +242,8 @@ class AnnotationOverlay(QObject):
 
     # -- painting (GUI thread) -----------------------------------------------------------------------
 
-    def paint(self, p: QPainter, vp: Viewport) -> None:
+    def paint(self, p: QPainter, vp: Viewport, slide_size: tuple[int, int] | None = None) -> None:
+        """Blit the layer; only over the slide (``slide_size``, level-0 px), where outlines live."""
         if not self.visible or self.store is None:
             return
         if not self.is_current(vp):
@@ -251,6 +255,9 @@ class AnnotationOverlay(QObject):
         sx, sy = vp.to_screen(wx0, wy0)
         target = QRectF(sx, sy, (wx1 - wx0) / vp.downsample, (wy1 - wy0) / vp.downsample)
         visible = target.intersected(QRectF(0, 0, vp.width, vp.height))
+        if slide_size is not None:
+            (ax, ay), (bx, by) = vp.to_screen(0, 0), vp.to_screen(*slide_size)
+            visible = visible.intersected(QRectF(ax, ay, bx - ax, by - ay).adjusted(-2, -2, 2, 2))
         if visible.isEmpty():
             return
         k = image.width() / target.width()  # image pixels per screen pixel
@@ -275,6 +282,14 @@ class AnnotationOverlay(QObject):
             if ann is not None:
                 p.drawPath(self._gui_paths.get(ann, 0))
         p.restore()
+
+
+def _lower_priority() -> None:
+    """The worker yields the CPU to the GUI thread when both want it (Linux: a per-thread nice)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority will do
+        pass
 
 
 def _intersects(b: Window, w: Window) -> bool:

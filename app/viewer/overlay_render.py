@@ -40,7 +40,7 @@ def level_of_detail(downsample: float) -> int:
 
 
 def _ring(coords: np.ndarray) -> QPolygonF:
-    return QPolygonF([QPointF(x, y) for x, y in coords])
+    return QPolygonF(list(map(QPointF, coords[:, 0].tolist(), coords[:, 1].tolist())))
 
 
 def geometry_path(geom: object) -> QPainterPath:

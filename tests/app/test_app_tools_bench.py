@@ -1,0 +1,23 @@
+"""The annotation benchmark runs end to end on a small slide and reports every figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def test_annotation_benchmark_smoke(qtbot, tmp_path: Path) -> None:
+    from app.bench_annotations import run_annotation_benchmark
+
+    out = tmp_path / "bench.json"
+    assert run_annotation_benchmark(out, side=4000, n=300) == 0
+    data = json.loads(out.read_text())
+    assert data["annotations"]["count"] == 300
+    assert set(data["pan"]) == {"10x", "2.5x", "fit"}
+    for zoom in data["pan"].values():
+        assert zoom["pan_frame"]["n"] > 0 and zoom["pan_frame"]["p95_ms"] > 0
+        assert zoom["annotations_in_rendered_window"] > 0
+    assert data["pan"]["fit"]["annotations_in_rendered_window"] == 300
+    assert data["brush_stroke_frame"]["n"] == 12 * 41
+    assert data["brush_stroke_commit"]["n"] == 12
+    assert 0 < data["annotations"]["after_brush_strokes"] <= 300 + 12
