@@ -11,9 +11,10 @@ Level 0 is the prediction grid (``grid.downsample`` slide pixels per pixel); lev
 A level-0 tile file exists once that tile is final; its ancestors are rebuilt from their children
 at once or, for a writer that batches them, at its next :meth:`PredictionCache.flush` (the
 inference writer flushes twice a second and at the end), so any level can be read while the map
-fills in. A parent older than a child (a run stopped in between) is rebuilt when the cache opens. Files are replaced atomically (temp + rename); a
-damaged file reads as missing. The whole map is never in memory. No torch here: the viewer reads
-caches through :meth:`PredictionCache.read_region`.
+fills in. A parent older than a child (a run stopped in between) is rebuilt when the cache opens.
+Files are replaced atomically (temp + rename); a damaged file reads as missing. The whole map is
+never in memory. No torch here: the viewer reads caches through
+:meth:`PredictionCache.read_region` and :meth:`PredictionCache.done_tiles`.
 """
 
 from __future__ import annotations
