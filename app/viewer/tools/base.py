@@ -63,9 +63,14 @@ class ClickTool(Tool):
     """A tool that acts on the annotation under a click (delete, reclass, merge, select)."""
 
     def press(self, x: float, y: float, mods: Qt.KeyboardModifier) -> bool:
-        ann = self.host.annotation_at(x, y)
-        self.clicked(ann, x, y, mods)
+        self.act_on(self.host.annotation_at(x, y), x, y, mods)
         return True
+
+    def act_on(self, ann: object, x: float, y: float, mods: Qt.KeyboardModifier) -> None:
+        if ann is not None and ann.locked:  # type: ignore[attr-defined]
+            self.host.message.emit("This annotation is locked; unlock it first.")
+            return
+        self.clicked(ann, x, y, mods)
 
     def clicked(self, ann: object, x: float, y: float, mods: Qt.KeyboardModifier) -> None:
         raise NotImplementedError

@@ -18,7 +18,7 @@ class DeleteTool(ClickTool):
 
     def press(self, x: float, y: float, mods: Qt.KeyboardModifier) -> bool:
         ann = self.host.annotation_at(x, y, Kind.REGION) or self.host.annotation_at(x, y, Kind.ROI)
-        self.clicked(ann, x, y, mods)
+        self.act_on(ann, x, y, mods)
         return True
 
     def clicked(self, ann: Annotation | None, x: float, y: float,

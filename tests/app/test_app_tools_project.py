@@ -1,0 +1,76 @@
+"""Projects in the GUI: the default project, switching projects, and refusals a user can meet."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import click, drag
+from engine.api import Project
+
+
+def test_a_slide_opened_without_a_project_goes_to_the_default_project(annotating) -> None:
+    project = annotating.annotations.project
+    assert project.folder == Path(os.environ["COCOPATH_DATA_DIR"]).resolve() / "Default project"
+    assert [c.name for c in project.classes()][:2] == ["Tumour", "Stroma"]
+    assert "Default project" in annotating.annotations.project_label.text()
+    view = annotating.view
+    view.annotator.set_tool("rectangle")
+    drag(view, [(1000, 1000), (1100, 1100)])
+    # committed at once: another connection sees it while the window is still open
+    with Project.open(project.folder) as other:
+        assert other.store(other.slides()[0]).count() == 1
+
+
+def test_new_and_open_project_move_the_open_slide_along(annotating, tmp_path: Path) -> None:
+    actions = annotating.annotations
+    view, an = annotating.view, annotating.view.annotator
+    an.set_tool("rectangle")
+    drag(view, [(1000, 1000), (1100, 1100)])
+    default = actions.project.folder
+    assert actions.new_project(tmp_path / "case-17")
+    assert actions.project.folder == (tmp_path / "case-17").resolve()
+    assert an.store is not None and an.store.count() == 0  # the slide, in the new project
+    assert an.document.undo_stack.count() == 0
+    drag(view, [(1200, 1000), (1300, 1150)])
+    drag(view, [(1400, 1000), (1500, 1150)])
+    assert actions.open_project(default)
+    assert an.store.count() == 1 and an.document.undo_stack.count() == 1
+    assert not actions.new_project(default)  # a folder that holds a project is not overwritten
+    assert "already holds a CoCoPath project" in annotating.last_error
+    assert actions.project.folder == default
+
+
+def test_opening_a_folder_that_is_no_project_says_so(annotating, tmp_path: Path) -> None:
+    before = annotating.annotations.project
+    assert not annotating.annotations.open_project(tmp_path)
+    assert "not a CoCoPath project" in annotating.last_error
+    assert annotating.annotations.project is before
+
+
+def test_a_locked_annotation_refuses_edits_with_a_message(annotating) -> None:
+    view, an = annotating.view, annotating.view.annotator
+    an.set_tool("rectangle")
+    drag(view, [(1000, 1000), (1100, 1100)])
+    [ann] = an.store.annotations()
+    an.store.set_locked(ann.uuid)
+    an.document.rebuild()  # the lock was set behind the GUI's back (another tool, say)
+    an.set_tool("eraser")
+    drag(view, [(990, 1050), (1110, 1050)])  # an eraser skips locked outlines: nothing to do
+    an.set_tool("delete")
+    click(view, 1050, 1050)
+    assert an.store.count() == 1
+    assert "locked" in annotating.statusBar().currentMessage()
+    an.set_tool("select")
+    click(view, 1050, 1050)
+    an.delete_selection()
+    assert an.store.get(ann.uuid).locked and an.store.count() == 1
+
+
+def test_drawing_needs_a_class_and_a_slide(qtbot, window) -> None:
+    an = window.view.annotator
+    an.set_tool("rectangle")
+    assert an.store is None
+    window.annotations.import_annotations("/nonexistent.geojson")
+    assert "Open a slide first" in window.last_error
+    assert not window.annotations.act_import.isEnabled()
