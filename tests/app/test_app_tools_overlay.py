@@ -155,3 +155,26 @@ def test_rois_and_regions_export_to_geojson(qtbot, annotating, tmp_path: Path) -
     features = json.loads(out.read_text())["features"]
     assert len(features) == 2
     assert an.store.count(kind=Kind.ROI) == 1
+
+
+@pytest.mark.parametrize("move", ["pan", "zoom", "far"])
+def test_the_layer_follows_pans_and_zooms(qtbot, annotating, move: str) -> None:
+    view, an = annotating.view, annotating.view.annotator
+    an.set_tool("rectangle")
+    drag(view, [(1000, 1000), (1200, 1200)])
+    an.set_tool(None)
+    if move == "pan":
+        view.pan_by(-130, 70)
+    elif move == "zoom":
+        view.zoom_by(0.5, (100, 100))
+    else:  # beyond the rendered window: a new window is rendered
+        view.center_on(1900, 2600)
+        view.center_on(1100, 1100)
+    before, after = shown(qtbot, annotating, False), shown(qtbot, annotating, True)
+    vp = view.viewport
+    (sx0, sy0), (sx1, sy1) = vp.to_screen(1000, 1000), vp.to_screen(1200, 1200)
+    inside = (slice(round(sy0) + 4, round(sy1) - 4), slice(round(sx0) + 4, round(sx1) - 4))
+    a = round(255 * an.overlay.opacity) / 255
+    assert np.abs(after[inside] - (before[inside] * (1 - a) + TUMOUR * a)).max() <= 3
+    ring = after[round(sy1) + 4:round(sy1) + 30, round(sx0):round(sx1)]
+    assert np.abs(ring - before[round(sy1) + 4:round(sy1) + 30, round(sx0):round(sx1)]).max() <= 1
