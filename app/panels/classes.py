@@ -64,6 +64,9 @@ class ClassPalette(QWidget):
             self.list.addItem(item)
         self._current_changed(self.annotator.current_class or "")
         self.add_button.setEnabled(self.annotator.store is not None)
+        geo = self.annotator.view.geometry_  # type: ignore[attr-defined]
+        # without a pixel size the brush is measured in level-0 pixels
+        self.brush.setSuffix(" px" if geo is not None and not geo.mpp else " µm")
 
     def _clicked(self, item: QListWidgetItem) -> None:
         self.annotator.choose_class(item.data(Qt.ItemDataRole.UserRole))

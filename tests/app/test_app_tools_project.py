@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from conftest import click, drag
 from engine.api import Project
 
@@ -67,7 +69,16 @@ def test_a_locked_annotation_refuses_edits_with_a_message(annotating) -> None:
     assert an.store.get(ann.uuid).locked and an.store.count() == 1
 
 
-def test_drawing_needs_a_class_and_a_slide(qtbot, window) -> None:
+def test_brush_size_is_in_pixels_on_a_slide_without_a_pixel_size(annotating, no_mpp_svs) -> None:
+    palette, an = annotating.annotations.palette, annotating.view.annotator
+    assert palette.brush.suffix() == " µm"
+    an.set_brush_um(30.0)
+    assert an.brush_radius_px() == pytest.approx(30 / (2 * 0.499), rel=0.01)
+    assert annotating.open_path(no_mpp_svs)
+    assert palette.brush.suffix() == " px" and an.brush_radius_px() == 15.0
+
+
+def test_drawing_needs_a_slide(qtbot, window) -> None:
     an = window.view.annotator
     an.set_tool("rectangle")
     assert an.store is None
