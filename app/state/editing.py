@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import time
+
 import shapely
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
@@ -72,7 +74,7 @@ def add_shape(shape: BaseGeometry, class_name: str | None, touching: Sequence[An
     union = _clean(shapely.union_all([geom, *(a.geometry for a in same)]))
     if union is None:  # cannot happen for a union of shapes with area; be safe anyway
         return None
-    pairs: list[Pair] = [(target, target.evolve(geometry=union))]
+    pairs: list[Pair] = [(target, target.evolve(modified=time.time(), geometry=union))]
     pairs += [(a, None) for a in others]
     return Edit(label, tuple(pairs))
 
@@ -85,7 +87,8 @@ def subtract_shape(shape: BaseGeometry, touching: Sequence[Annotation], class_na
     pairs: list[Pair] = []
     for a in _editable(touching, geom, Kind.REGION, class_name, any_class):
         rest = _clean(a.geometry.difference(geom))
-        pairs.append((a, None) if rest is None else (a, a.evolve(geometry=rest)))
+        now = time.time()
+        pairs.append((a, None) if rest is None else (a, a.evolve(modified=now, geometry=rest)))
     pairs = [(b, a) for b, a in pairs if a is None or not a.geometry.equals(b.geometry)]
     return Edit(label, tuple(pairs)) if pairs else None
 
@@ -97,7 +100,7 @@ def clip_edit(edit: Edit, limit: BaseGeometry) -> Edit | None:
     for before, after in edit.pairs:
         if after is not None and not limit.contains(after.geometry):
             rest = _clean(after.geometry.intersection(limit))
-            after = after.evolve(geometry=rest) if rest is not None else None
+            after = after.evolve(modified=time.time(), geometry=rest) if rest is not None else None
         if before is not None or after is not None:
             pairs.append((before, after))
     return Edit(edit.label, tuple(pairs)) if pairs else None
@@ -107,7 +110,7 @@ def translate(ann: Annotation, dx: float, dy: float) -> Edit | None:
     if ann.locked or (dx == 0 and dy == 0):
         return None
     moved = shapely.transform(ann.geometry, lambda c: c + (dx, dy))
-    return Edit("move annotation", ((ann, ann.evolve(geometry=moved)),))
+    return Edit("move annotation", ((ann, ann.evolve(modified=time.time(), geometry=moved)),))
 
 
 def merge(anns: Sequence[Annotation]) -> Edit | None:
@@ -119,7 +122,7 @@ def merge(anns: Sequence[Annotation]) -> Edit | None:
     if union is None:
         return None
     first = anns[0]
-    pairs: list[Pair] = [(first, first.evolve(geometry=union))]
+    pairs: list[Pair] = [(first, first.evolve(modified=time.time(), geometry=union))]
     pairs += [(a, None) for a in anns[1:]]
     return Edit(f"merge {len(anns)} annotations", tuple(pairs))
 
@@ -133,7 +136,8 @@ def delete(anns: Sequence[Annotation]) -> Edit | None:
 
 
 def reclass(anns: Sequence[Annotation], class_name: str) -> Edit | None:
-    pairs = tuple((a, a.evolve(class_name=class_name)) for a in anns
+    now = time.time()
+    pairs = tuple((a, a.evolve(class_name=class_name, modified=now)) for a in anns
                   if not a.locked and a.kind is Kind.REGION and a.class_name != class_name)
     return Edit(f"set class {class_name}", pairs) if pairs else None
 
@@ -180,7 +184,7 @@ def fill_at(x: float, y: float, nearby: Sequence[Annotation], class_name: str | 
         _, a, hole = best
         filled = _clean(a.geometry.union(hole))
         if filled is not None:
-            return Edit("fill hole", ((a, a.evolve(geometry=filled)),))
+            return Edit("fill hole", ((a, a.evolve(modified=time.time(), geometry=filled)),))
     if any(a.geometry.covers(pt) for a in regions):
         return None  # already annotated here
     roi = next((a for a in reversed(nearby) if a.kind is Kind.ROI and a.geometry.covers(pt)), None)

@@ -205,7 +205,7 @@ class AnnotationOverlay(QObject):
                 or shown.version != self.version or len(step.changes) > 200:
             self.invalidate()
             return
-        boxes = [a.geometry.bounds for ch in step.changes for a in (ch.before, ch.after) if a]
+        boxes = [_changed_box(ch.before, ch.after) for ch in step.changes]
         if not boxes:
             return
         pad = 3 / shown.scale  # outlines reach past the shape
@@ -282,6 +282,17 @@ class AnnotationOverlay(QObject):
             if ann is not None:
                 p.drawPath(self._gui_paths.get(ann, 0))
         p.restore()
+
+
+def _changed_box(before: Annotation | None, after: Annotation | None) -> Window:
+    """Where a change shows: for a new outline of an annotation, only where the old and new
+    differ (a brush stroke along a big tumour outline repaints the stroke, not the tumour)."""
+    if before is not None and after is not None and before.class_name == after.class_name \
+            and before.kind == after.kind and not before.geometry.equals(after.geometry):
+        diff = before.geometry.symmetric_difference(after.geometry)
+        if not diff.is_empty:
+            return diff.bounds
+    return (before or after).geometry.bounds  # type: ignore[union-attr]
 
 
 def _lower_priority() -> None:

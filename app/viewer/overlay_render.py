@@ -56,14 +56,15 @@ def geometry_path(geom: object) -> QPainterPath:
 
 
 class PathCache:
-    """QPainterPaths by (annotation id, modification time, level of detail); one per thread."""
+    """QPainterPaths by annotation id, modification time, area and level of detail (the area
+    guards against an edit that kept the time stamp); one cache per thread."""
 
     def __init__(self, limit: int = 60_000) -> None:
         self.limit = limit
-        self._paths: dict[tuple[str, float, int], QPainterPath] = {}
+        self._paths: dict[tuple[str, float, float, int], QPainterPath] = {}
 
     def get(self, ann: Annotation, lod: int) -> QPainterPath:
-        key = (ann.uuid, ann.modified, lod)
+        key = (ann.uuid, ann.modified, ann.geometry.area, lod)
         path = self._paths.get(key)
         if path is None:
             geom = ann.geometry

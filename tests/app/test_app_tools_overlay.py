@@ -178,3 +178,22 @@ def test_the_layer_follows_pans_and_zooms(qtbot, annotating, move: str) -> None:
     assert np.abs(after[inside] - (before[inside] * (1 - a) + TUMOUR * a)).max() <= 3
     ring = after[round(sy1) + 4:round(sy1) + 30, round(sx0):round(sx1)]
     assert np.abs(ring - before[round(sy1) + 4:round(sy1) + 30, round(sx0):round(sx1)]).max() <= 1
+
+
+def test_a_stroke_on_a_big_outline_shows_at_once(qtbot, annotating) -> None:
+    view, an = annotating.view, annotating.view.annotator
+    an.set_tool("rectangle")
+    x0, y0, x1, y1 = view.viewport.visible_rect()
+    drag(view, [(x0 + 20, y0 + 20), (x1 - 20, y1 - 20)])  # an outline filling the view
+    an.set_tool(None)
+    shown(qtbot, annotating, True)
+    rendered = an.overlay._shown.id
+    an.set_tool("brush")
+    an.set_brush_um(20.0)
+    drag(view, [(x1 - 60, y0 + 200), (x1 + 40, y0 + 200)])  # out across the right edge
+    assert an.overlay.is_current(view.viewport)  # patched in place: no new render needed
+    assert an.overlay._shown.id == rendered
+    before, after = shown(qtbot, annotating, False), shown(qtbot, annotating, True)
+    sx, sy = (round(v) for v in view.viewport.to_screen(x1 - 5, y0 + 200))  # the new bulge
+    a = round(255 * an.overlay.opacity) / 255
+    assert np.abs(after[sy, sx] - (before[sy, sx] * (1 - a) + TUMOUR * a)).max() <= 3
