@@ -219,10 +219,12 @@ class AnnotationOverlay(QObject):
             if (ix1 - ix0) * (iy1 - iy0) > PATCH_LIMIT * (wx1 - wx0) * (wy1 - wy0):
                 return  # a big change: the worker renders the window again
             self._patch(image, shown, (ix0, iy0, ix1, iy1))
+        undone = step.status == "undone"  # an undo leaves each annotation as it was before
         for ch in step.changes:
             self._anns.pop(ch.uuid, None)
-            if ch.after is not None and _intersects(ch.after.geometry.bounds, shown.window):
-                self._anns[ch.uuid] = ch.after
+            now = ch.before if undone else ch.after
+            if now is not None and _intersects(now.geometry.bounds, shown.window):
+                self._anns[ch.uuid] = now
         self._shown = replace(shown, version=self.version)
 
     def _patch(self, image: QImage, shown: RenderRequest, rect: Window) -> None:

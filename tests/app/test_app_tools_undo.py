@@ -32,6 +32,8 @@ def test_ctrl_z_undoes_and_ctrl_shift_z_redoes(qtbot, annotating) -> None:
     assert annotating.annotations.act_undo.text() == "&Undo move annotation"
     QTest.keyClick(view, Qt.Key.Key_Z, CTRL)
     assert [a.geometry.bounds[0] for a in an.store.annotations()] == pytest.approx([1000, 1200], abs=1)
+    assert sorted(a.geometry.bounds for a in an.overlay.annotations_in_window()) == \
+        sorted(a.geometry.bounds for a in an.store.annotations())
     QTest.keyClick(view, Qt.Key.Key_Z, CTRL)
     assert an.store.count() == 1
     QTest.keyClick(view, Qt.Key.Key_Z, CTRL | SHIFT)
