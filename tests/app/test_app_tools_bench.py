@@ -20,4 +20,5 @@ def test_annotation_benchmark_smoke(qtbot, tmp_path: Path) -> None:
     assert data["pan"]["fit"]["annotations_in_rendered_window"] == 300
     assert data["brush_stroke_frame"]["n"] == 12 * 41
     assert data["brush_stroke_commit"]["n"] == 12
-    assert 0 < data["annotations"]["after_brush_strokes"] <= 300 + 12
+    assert data["brush_long_stroke_frame"]["n"] == 2 * 401
+    assert 0 < data["annotations"]["after_brush_strokes"] <= 300 + 14

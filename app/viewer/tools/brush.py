@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 
-from PySide6.QtCore import QPointF, Qt
-from PySide6.QtGui import QColor, QPainter, QPainterPath, QPen
+from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPolygonF
 
 from app.state import editing
 from app.state.viewport import Viewport
@@ -15,6 +15,7 @@ from app.viewer.tools.base import Tool, outline_pen
 from engine.api import Kind
 
 SUBTRACT = Qt.KeyboardModifier.AltModifier | Qt.KeyboardModifier.ControlModifier
+PREVIEW_ALPHA = 0.43  # the stroke in progress, over the slide
 
 
 class BrushTool(Tool):
@@ -30,6 +31,10 @@ class BrushTool(Tool):
         self.points: list[tuple[float, float]] = []
         self.subtract = False
         self.hover: tuple[float, float] | None = None
+        self._buffer: QImage | None = None  # the stroke so far, opaque, in screen pixels
+        self._buffer_vp: Viewport | None = None
+        self._drawn = 0
+        self._dirty = QRectF()
 
     def press(self, x: float, y: float, mods: Qt.KeyboardModifier) -> bool:
         self.subtract = self.erases or bool(mods & SUBTRACT)
@@ -37,6 +42,7 @@ class BrushTool(Tool):
             self.host.message.emit("Choose a class first (the class palette, or keys 1–9).")
             return True
         self.points = [(x, y)]
+        self._buffer = None
         self.hover = (x, y)
         self.host.update()
         return True
@@ -56,7 +62,7 @@ class BrushTool(Tool):
         if (x, y) != self.points[-1]:
             self.points.append((x, y))
         shape = editing.stroke_shape(self.points, self.host.brush_radius_px())
-        self.points = []
+        self.points, self._buffer = [], None
         touching = self.host.touching(shape, Kind.REGION)
         if self.subtract:
             edit = editing.subtract_shape(shape, touching, self.host.current_class,
@@ -69,7 +75,7 @@ class BrushTool(Tool):
         return True
 
     def cancel(self) -> None:
-        self.points = []
+        self.points, self._buffer = [], None
         self.host.update()
 
     def _color(self) -> QColor:
@@ -83,21 +89,7 @@ class BrushTool(Tool):
         p.save()
         p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         if self.points:
-            color = self._color()
-            color.setAlpha(110)
-            path = QPainterPath(QPointF(*vp.to_screen(*self.points[0])))
-            for pt in self.points[1:]:
-                path.lineTo(QPointF(*vp.to_screen(*pt)))
-            pen = QPen(color, 2 * r, Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap,
-                       Qt.PenJoinStyle.RoundJoin)
-            p.setPen(pen)
-            p.setBrush(Qt.BrushStyle.NoBrush)
-            if len(self.points) == 1:
-                p.setPen(Qt.PenStyle.NoPen)
-                p.setBrush(color)
-                p.drawEllipse(path.currentPosition(), r, r)
-            else:
-                p.drawPath(path)
+            self._paint_stroke(p, vp, r)
         if self.hover is not None:
             c = QPointF(*vp.to_screen(*self.hover))
             p.setBrush(Qt.BrushStyle.NoBrush)
@@ -106,3 +98,36 @@ class BrushTool(Tool):
             p.setPen(outline_pen(QColor(255, 255, 255) if not self.erases else QColor(255, 120, 120)))
             p.drawEllipse(c, r, r)
         p.restore()
+
+    def _paint_stroke(self, p: QPainter, vp: Viewport, r: float) -> None:
+        """The stroke so far, translucent. Each frame adds only the new segments to an opaque
+        buffer (so a long stroke costs no more per frame than a short one) and blits the part the
+        stroke covers at the preview's opacity."""
+        if self._buffer is None or self._buffer_vp != vp:
+            self._buffer = QImage(max(1, round(vp.width * vp.dpr)), max(1, round(vp.height * vp.dpr)),
+                                  QImage.Format.Format_ARGB32_Premultiplied)
+            self._buffer.setDevicePixelRatio(vp.dpr)
+            self._buffer.fill(Qt.GlobalColor.transparent)
+            self._buffer_vp, self._drawn, self._dirty = vp, 0, QRectF()
+        pts = [QPointF(*vp.to_screen(x, y)) for x, y in self.points[max(self._drawn - 1, 0):]]
+        if pts:
+            bp = QPainter(self._buffer)
+            bp.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+            bp.setPen(QPen(self._color(), 2 * r, Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap,
+                           Qt.PenJoinStyle.RoundJoin))
+            if len(pts) == 1:
+                bp.drawPoint(pts[0])
+            else:
+                bp.drawPolyline(QPolygonF(pts))
+            bp.end()
+            for pt in pts:
+                self._dirty = self._dirty.united(QRectF(pt.x() - r - 2, pt.y() - r - 2,
+                                                        2 * r + 4, 2 * r + 4))
+            self._drawn = len(self.points)
+        area = self._dirty.intersected(QRectF(0, 0, vp.width, vp.height))
+        if not area.isEmpty():
+            p.setOpacity(PREVIEW_ALPHA)
+            d = vp.dpr
+            p.drawImage(area, self._buffer, QRectF(area.x() * d, area.y() * d,
+                                                    area.width() * d, area.height() * d))
+            p.setOpacity(1.0)
