@@ -66,10 +66,9 @@ class Annotator(QObject):
     def set_store(self, store: AnnotationStore | None) -> None:
         if self.tool is not None:
             self.tool.cancel()
-        self.selection = []
         self.overlay.set_store(store)
-        self.document.set_store(store)
-        self.reload_classes()
+        self.set_selection([])
+        self.document.set_store(store)  # its change signal reloads the classes
 
     def reload_classes(self) -> None:
         store = self.store
