@@ -1,4 +1,4 @@
-"""The main window: the slide view in the middle, overview, slide info and class docks, menus, status bar.
+"""The main window: the slide view in the middle, overview, slide info and class docks, menus, status bar."""
 
 from __future__ import annotations
 

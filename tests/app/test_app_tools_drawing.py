@@ -55,6 +55,20 @@ def test_brush_stroke_is_a_buffered_line_of_the_brush_size(annotating) -> None:
     assert ann.area == pytest.approx(300 * 2 * r + math.pi * r * r, rel=0.02)
 
 
+def test_escape_drops_a_brush_stroke_in_progress(annotating) -> None:
+    view = annotating.view
+    use(annotating, "brush", "Tumour")
+    QTest.mousePress(view, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     screen(view, 1000, 1000))
+    QTest.mouseMove(view, screen(view, 1100, 1000))
+    QTest.keyClick(view, Qt.Key.Key_Escape)
+    QTest.mouseRelease(view, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                       screen(view, 1200, 1000))
+    assert regions(annotating) == []
+    drag(view, [(1000, 1000), (1100, 1000)])
+    assert len(regions(annotating)) == 1
+
+
 def test_brush_unions_into_the_annotation_under_it_and_alt_subtracts(annotating) -> None:
     view = annotating.view
     use(annotating, "rectangle", "Tumour")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPolygonF
+from PySide6.QtGui import QColor, QImage, QKeyEvent, QPainter, QPen, QPolygonF
 
 from app.state import editing
 from app.state.viewport import Viewport
@@ -73,6 +73,12 @@ class BrushTool(Tool):
         self.host.apply(edit, quiet=True)
         self.host.update()
         return True
+
+    def key(self, event: QKeyEvent) -> bool:
+        if event.key() == Qt.Key.Key_Escape and self.points:
+            self.cancel()  # the stroke in progress is dropped; nothing was saved yet
+            return True
+        return False
 
     def cancel(self) -> None:
         self.points, self._buffer = [], None
