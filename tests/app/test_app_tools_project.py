@@ -85,3 +85,31 @@ def test_drawing_needs_a_slide(qtbot, window) -> None:
     window.annotations.import_annotations("/nonexistent.geojson")
     assert "Open a slide first" in window.last_error
     assert not window.annotations.act_import.isEnabled()
+
+
+def test_the_file_menu_actions_run_through_their_dialogs(annotating, monkeypatch,
+                                                         tmp_path: Path) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    from engine.shared_data import data_path
+
+    actions = annotating.annotations
+    menu = [a.text() for a in annotating.file_menu.actions()]
+    for text in ("&New project…", "Open pro&ject…", "&Import annotations…",
+                 "&Export annotations…"):
+        assert text in menu
+    xml = data_path("annotations", "aperio", "TCGA-AR-A1AK-01Z-00-DX1.xml")
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(xml), ""))
+    actions.act_import.trigger()
+    assert annotating.view.annotator.store.count() == 433
+    out = tmp_path / "exported"  # no ending: the chosen filter's is added
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        lambda *a, **k: (str(out), "ASAP XML (*.xml)"))
+    actions.act_export.trigger()
+    parts = sum(len(getattr(a.geometry, "geoms", [a.geometry]))
+                for a in annotating.view.annotator.store.annotations())
+    assert (tmp_path / "exported.xml").read_text().count("<Annotation ") == parts  # ASAP: polygons
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path / "p2"))
+    actions.act_new_project.trigger()
+    assert actions.project.folder == (tmp_path / "p2").resolve()
+    assert annotating.view.annotator.store.count() == 0
