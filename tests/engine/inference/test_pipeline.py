@@ -101,7 +101,9 @@ def test_visible_tiles_come_first_and_a_new_viewport_reprioritises(pattern_slide
     windows = set().union(*(needs(t) for t in visible))
     free = {t for t in order if t not in visible and needs(t) <= windows}  # done at no extra cost
     assert visible <= set(order[:len(visible) + len(free)])
-    slack = 6  # windows already read ahead and planned when the viewport moved
+    # windows already committed when the viewport moved (one batch running, two queued for the
+    # writer, up to 8 planned for the last tile taken) may each finish one more tile first
+    slack = 1 + 2 + 8
     idx = [order.index(t) for t in corner]
     assert max(idx) < 4 + len(corner) + slack < len(order) // 2
 
