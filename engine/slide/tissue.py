@@ -69,8 +69,11 @@ def detect_tissue_rgb(rgb: np.ndarray, *, min_saturation: int = 20, min_area_px:
     mask = (grey < t) | (sat > min_saturation)
     mask &= grey > 8  # pure black: scanner padding, not tissue
     if closing:
-        mask = ndimage.binary_closing(mask, structure=np.ones((3, 3)), iterations=closing,
-                                      border_value=0)
+        # pad with the edge's own values so that closing does not erode tissue at the slide's border
+        pad = closing + 1
+        padded = np.pad(mask, pad, mode="edge")
+        padded = ndimage.binary_closing(padded, structure=np.ones((3, 3)), iterations=closing)
+        mask = padded[pad:-pad, pad:-pad]
     mask = ndimage.binary_fill_holes(mask)
     mask = ndimage.binary_opening(mask, structure=np.ones((3, 3)))
     labels, n = ndimage.label(mask)

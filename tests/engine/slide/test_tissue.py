@@ -54,3 +54,11 @@ def test_otsu_splits_two_populations() -> None:
     values = np.concatenate([np.full(500, 60), np.full(500, 200)]).astype(np.uint8)
     assert 60 <= otsu_threshold(values) < 200
     assert TissueMask(np.zeros((2, 2), bool), 4.0).covers(0, 0, 8, 8) is False
+
+
+def test_tissue_touching_the_border_is_kept() -> None:
+    img = np.full((60, 60, 3), 240, np.uint8)
+    img[:, :25] = (170, 80, 150)  # tissue running off the left and top/bottom edges
+    mask = detect_tissue_rgb(img)
+    assert mask[:, :25].all()
+    assert not mask[:, 30:].any()
