@@ -45,11 +45,18 @@ def _pair(text: str, sep: str, what: str, kind: type = float) -> tuple:
         raise SystemExit(f"cocopath: error: {what} must look like A{sep}B, got {text!r}") from None
 
 
-def _ensure_platform() -> None:
-    """Headless machines (no X, no Wayland) render offscreen rather than abort."""
+def _ensure_platform(interactive: bool) -> bool:
+    """On a machine with no screen (no X, no Wayland), screenshots and benchmarks render offscreen;
+    an interactive session cannot, so it says so instead of running an invisible window."""
     if sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM") \
             and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        if interactive:
+            print("cocopath: no display to open a window on (neither DISPLAY nor WAYLAND_DISPLAY "
+                  "is set); run it in a desktop session, under xvfb-run, or with --screenshot "
+                  "OUT.png", file=sys.stderr)
+            return False
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    return True
 
 
 def make_application() -> object:
@@ -85,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    _ensure_platform()
+    headless = bool(args.screenshot or args.bench_viewer or args.bench_annotations
+                    or args.first_frame_probe)
+    if not _ensure_platform(interactive=not headless):
+        return 1
     if args.bench_annotations:
         from app.bench_annotations import run_annotation_benchmark
 
