@@ -11,6 +11,7 @@ from PySide6.QtGui import (QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QI
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QWidget)
 
 from app.annotation_actions import AnnotationActions
+from app.prediction_actions import PredictionActions
 from app.panels.slide_info import SlideInfoPanel, rgb_to_qimage
 from app.state.viewport import (MAGNIFICATION_PRESETS, Viewport, format_magnification,
                                 format_position)
@@ -80,6 +81,7 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_menus()
         self.annotations = AnnotationActions(self)  # projects, tools, classes, undo, import/export
+        self.predictions = PredictionActions(self)  # model and summary docks, the overlay (H)
         self.view.painted.connect(self._after_first_frame)
         self.resizeDocks([self.overview_dock], [320], Qt.Orientation.Horizontal)
         if remember:
@@ -391,5 +393,6 @@ class MainWindow(QMainWindow):
             self.downloader.shutdown()  # type: ignore[attr-defined]
         self.view.loader.shutdown()  # closes the slide once no reader uses it
         self.annotations.close()
+        self.predictions.close()
         self.source = None
         super().closeEvent(event)

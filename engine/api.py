@@ -25,6 +25,22 @@ _ANNOTATIONS = (
 )
 
 
+#: Inference names and the module each comes from, imported on first use: the prediction cache,
+#: model cards and measurements need no torch; ``load_model`` and ``make_runner`` do (they load only
+#: when a model is run, never at the viewer's start-up).
+_INFERENCE = {
+    "CacheError": "engine.inference.cache", "PredictionCache": "engine.inference.cache",
+    "slide_key": "engine.inference.cache", "ModelError": "engine.inference.spec",
+    "ModelSpec": "engine.inference.spec", "load_spec": "engine.inference.spec",
+    "PredictionGrid": "engine.inference.geometry", "make_grid": "engine.inference.geometry",
+    "Measurements": "engine.inference.vectorize", "labels_from_probs": "engine.inference.vectorize",
+    "measure": "engine.inference.vectorize", "SlideInference": "engine.inference.pipeline",
+    "tissue_tiles": "engine.inference.pipeline", "make_runner": "engine.inference.runner",
+    "load_model": "engine.training.checkpoints", "CancelToken": "engine.jobs",
+    "Progress": "engine.jobs", "Result": "engine.jobs",
+}
+
+
 def __getattr__(name: str) -> object:
     if name in _ANNOTATIONS:
         import engine.annotations as annotations
@@ -32,11 +48,18 @@ def __getattr__(name: str) -> object:
         value = getattr(annotations, name)
         globals()[name] = value
         return value
+    if name in _INFERENCE:
+        import importlib
+
+        value = getattr(importlib.import_module(_INFERENCE[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     *_ANNOTATIONS,
+    *_INFERENCE,
     "ByteBoundedCache",
     "CocoPathError",
     "OpenSlideSource",

@@ -28,6 +28,7 @@ from app.state.tiles import TilePlan, plan_tiles
 from app.state.viewport import (SlideGeometry, Viewport, available_presets, fit_viewport,
                                 nice_scale_bar)
 from app.viewer.annotator import Annotator
+from app.viewer.prediction_overlay import PredictionOverlay
 from app.viewer.tile_loader import FINER, RING, TileLoader
 from app.viewer.tile_painter import ScaledTiles, draw_part
 from engine.api import ByteBoundedCache
@@ -100,6 +101,8 @@ class SlideView(QWidget):
         self._settle_timer.timeout.connect(self._settle)
         self.last_error = ""
         self.annotator = Annotator(self, self)  # the annotation layer and the current tool
+        self.predictions = PredictionOverlay(self)  # the model's prediction layer, under annotations
+        self.predictions.updated.connect(self.update)
         self._tool_down = False
 
     # -- slide -------------------------------------------------------------------------------------
@@ -143,7 +146,8 @@ class SlideView(QWidget):
     def is_complete(self) -> bool:
         """True once every visible tile is painted at its final level and the annotation layer too."""
         return self._viewport is not None and self._complete_id == self._request_id \
-            and self.annotator.overlay.is_current(self._viewport)
+            and self.annotator.overlay.is_current(self._viewport) \
+            and self.predictions.is_current(self._viewport)
 
     def set_viewport(self, viewport: Viewport, force: bool = False) -> None:
         """Move the view; starts a new request (older ones go stale) and schedules a repaint.
@@ -285,6 +289,7 @@ class SlideView(QWidget):
                 if prescale:
                     self._prescale_timer.start()  # scale it when idle: the next pan frame blits it
             drawn.add(key)
+        self.predictions.paint(p, vp)
         self.annotator.paint(p, vp)
         self._paint_overlays(p, vp, geo)
         p.end()
@@ -507,3 +512,4 @@ class SlideView(QWidget):
     def closeEvent(self, event: object) -> None:  # noqa: N802
         self.loader.shutdown()
         self.annotator.shutdown()
+        self.predictions.shutdown()

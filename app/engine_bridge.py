@@ -1,0 +1,82 @@
+"""The one place where engine events become Qt signals (queued to the GUI thread).
+
+:class:`InferenceBridge` runs an :class:`~app.state.inference_run.InferenceRun` in a worker thread
+(a plain Python thread: the network's forward passes release the GIL, and the writer's numpy work
+is short, so the GUI thread keeps painting; the tile readers and the network run in the engine's
+own threads). Its callbacks fire in worker threads; they only emit signals of this QObject, which
+lives in the GUI thread, so Qt queues them: slots always run in the GUI thread. One run at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from PySide6.QtCore import QObject, Signal
+
+from app.state.inference_run import InferenceRun, Rect, RunFinished, RunStarted
+from engine.api import CocoPathError, ModelSpec, Progress
+
+log = logging.getLogger(__name__)
+
+
+class InferenceBridge(QObject):
+    """Starts, re-prioritises and cancels inference; reports it through queued signals."""
+
+    started = Signal(object)  # RunStarted
+    progress = Signal(object)  # Progress (tiles done / tiles of tissue)
+    tile_done = Signal(int, int)  # (col, row) of a final level-0 cache tile
+    finished = Signal(object)  # RunFinished
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._run: InferenceRun | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, slide_path: str, spec: ModelSpec, viewport: Rect | None = None) -> bool:
+        """Run ``spec`` on the slide in a worker thread; False when a run is still going."""
+        if self.running:
+            return False
+        run = InferenceRun(slide_path, spec, viewport)
+        self._run = run
+        self._thread = threading.Thread(target=self._work, args=(run,), name="infer-job",
+                                        daemon=True)
+        self._thread.start()
+        return True
+
+    def set_viewport(self, rect: Rect) -> None:
+        run = self._run
+        if run is not None and self.running:
+            run.set_viewport(rect)
+
+    def cancel(self) -> None:
+        if self._run is not None:
+            self._run.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker ends (closing the window); True when it did."""
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    def _work(self, run: InferenceRun) -> None:
+        try:
+            end = run.run(self._started, self.progress.emit, self.tile_done.emit)
+        except CocoPathError as exc:
+            end = RunFinished("failed", None, str(exc))
+        except Exception as exc:  # noqa: BLE001 - shown as one sentence, logged in full
+            log.exception("inference failed")
+            end = RunFinished("failed", None, f"inference failed ({type(exc).__name__}: {exc})")
+        self.finished.emit(end)
+
+    def _started(self, info: RunStarted) -> None:
+        self.started.emit(info)
+
+
+__all__ = ["InferenceBridge", "Progress", "RunFinished", "RunStarted"]

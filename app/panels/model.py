@@ -1,0 +1,135 @@
+"""The model dock: the active model's card, choose a model, run / cancel, progress, device, display.
+
+A thin widget: it shows what :mod:`app.prediction_actions` tells it and emits what the user asks.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QPixmap
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
+                               QPushButton, QSlider, QVBoxLayout, QWidget)
+
+from app.state.predictions import PredictionStyle
+from engine.api import ModelSpec
+
+NO_MODEL = ("No model loaded. CoCoPath does not ship a trained model yet: choose a model file "
+            "(.safetensors) trained with CoCoPath.")
+
+
+class ModelPanel(QWidget):
+    choose_requested = Signal()
+    run_requested = Signal()
+    cancel_requested = Signal()
+    style_changed = Signal(object)  # PredictionStyle
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.spec: ModelSpec | None = None
+        self.status = QLabel(NO_MODEL)
+        self.status.setWordWrap(True)
+        self.fields: dict[str, QLabel] = {}
+        form = QFormLayout()
+        for key, title in (("name", "Name"), ("version", "Version"), ("classes", "Classes"),
+                           ("mpp", "Resolution"), ("tile", "Input"), ("device", "Device")):
+            label = QLabel("—")
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            label.setWordWrap(True)
+            self.fields[key] = label
+            form.addRow(title, label)
+        self.choose_button = QPushButton("Choose model…")
+        self.run_button = QPushButton("Run on this slide")
+        self.cancel_button = QPushButton("Cancel")
+        self.choose_button.clicked.connect(self.choose_requested)
+        self.run_button.clicked.connect(self.run_requested)
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        buttons = QHBoxLayout()
+        for b in (self.choose_button, self.run_button, self.cancel_button):
+            buttons.addWidget(b)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m tiles of tissue")
+        self.progress_label = QLabel("")
+        self.mode = QComboBox()
+        self.mode.addItem("Mask", "mask")
+        self.mode.addItem("Heatmap", "heatmap")
+        self.outline = QCheckBox("Outlines only")
+        self.opacity = QSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(50)
+        self.opacity.setToolTip("Overlay opacity (H hides or shows the overlay)")
+        display = QFormLayout()
+        display.addRow("Show as", self.mode)
+        display.addRow("", self.outline)
+        display.addRow("Opacity", self.opacity)
+        self.legend = QVBoxLayout()
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.status)
+        lay.addLayout(form)
+        lay.addLayout(buttons)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.progress_label)
+        lay.addLayout(display)
+        lay.addLayout(self.legend)
+        lay.addStretch(1)
+        self.mode.currentIndexChanged.connect(self._emit_style)
+        self.outline.toggled.connect(self._emit_style)
+        self.opacity.valueChanged.connect(self._emit_style)
+        self.set_spec(None)
+        self.set_running(False)
+
+    def set_spec(self, spec: ModelSpec | None) -> None:
+        self.spec = spec
+        if spec is None:
+            self.status.setText(NO_MODEL)
+            for key in ("name", "version", "classes", "mpp", "tile"):
+                self.fields[key].setText("—")
+        else:
+            self.status.setText(f"Active model: {spec.name}")
+            self.fields["name"].setText(spec.name)
+            self.fields["version"].setText(spec.version)
+            self.fields["classes"].setText(", ".join(spec.classes))
+            self.fields["mpp"].setText(f"{spec.mpp:g} µm/px" if spec.mpp else
+                                       "not on the card (runs at the slide's full resolution)")
+            self.fields["tile"].setText(f"{spec.tile} × {spec.tile} px")
+        self._rebuild_legend()
+        self.set_running(False)
+        self._emit_style()
+
+    def set_running(self, running: bool, can_run: bool = True) -> None:
+        self.run_button.setEnabled(not running and self.spec is not None and can_run)
+        self.cancel_button.setEnabled(running)
+        self.choose_button.setEnabled(not running)
+
+    def set_progress(self, done: int, total: int, message: str = "") -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(min(done, max(total, 1)))
+        self.progress_label.setText(message)
+
+    def style(self) -> PredictionStyle:
+        colors = tuple(self.spec.color(i) for i in range(len(self.spec.foreground))) \
+            if self.spec else ((220, 30, 30),)
+        return PredictionStyle(colors, self.opacity.value() / 100.0, str(self.mode.currentData()),
+                               self.outline.isChecked())
+
+    def _emit_style(self) -> None:
+        self.style_changed.emit(self.style())
+
+    def _rebuild_legend(self) -> None:
+        while self.legend.count():
+            item = self.legend.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        if self.spec is None:
+            return
+        for i, name in enumerate(self.spec.foreground):
+            swatch = QPixmap(14, 14)
+            swatch.fill(QColor(*self.spec.color(i)))
+            row = QLabel(f"{name}")
+            icon = QLabel()
+            icon.setPixmap(swatch)
+            box = QWidget()
+            h = QHBoxLayout(box)
+            h.setContentsMargins(0, 0, 0, 0)
+            h.addWidget(icon)
+            h.addWidget(row, 1)
+            self.legend.addWidget(box)

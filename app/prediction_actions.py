@@ -1,0 +1,233 @@
+"""The main window's prediction features: the model dock, the summary dock, the overlay's key (H).
+
+Keeps the active model (its card, read without torch; remembered in the settings), starts and
+cancels runs on the open slide through :class:`~app.engine_bridge.InferenceBridge`, hands the run's
+viewport to it as the user pans (visible region first), refreshes the overlay as tiles complete
+(at most four times a second) and shows the measurements when a run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject, QTimer
+from PySide6.QtWidgets import QFileDialog
+
+from app.engine_bridge import InferenceBridge
+from app.panels.model import ModelPanel
+from app.panels.summary import SummaryPanel
+from app.state.inference_run import RunFinished, RunStarted, open_existing
+from app.state.predictions import PredictionStyle, summary_csv
+from app.state.viewport import Viewport
+from engine.api import CocoPathError, ModelSpec, PredictionCache, Progress, load_spec
+
+if TYPE_CHECKING:
+    from app.main_window import MainWindow
+
+log = logging.getLogger(__name__)
+
+MODEL_FILTER = "CoCoPath models (*.safetensors);;All files (*)"
+REFRESH_MS = 250  # the overlay re-reads the cache at most this often while tiles come in
+
+
+class PredictionActions(QObject):
+    """Builds the prediction docks and actions into ``window``."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window)
+        self.window = window
+        self.overlay = window.view.predictions
+        self.spec: ModelSpec | None = None
+        self.bridge = InferenceBridge(self)
+        self.last_finished: RunFinished | None = None
+        self.panel = ModelPanel()
+        self.model_dock = window._dock("Model", "model", self.panel)
+        self.summary = SummaryPanel()
+        self.summary_dock = window._dock("Prediction summary", "prediction-summary", self.summary)
+        window.tabifyDockWidget(window.info_dock, self.model_dock)
+        window.tabifyDockWidget(window.info_dock, self.summary_dock)
+        self.act_toggle = window._action("Show &predictions", self.set_overlay_visible, "H",
+                                         tip="Show or hide the model's prediction overlay")
+        self.act_toggle.setCheckable(True)
+        self.act_toggle.setChecked(True)
+        window.view_menu.addSeparator()
+        window.view_menu.addAction(self.act_toggle)
+        window.view_menu.addAction(self.model_dock.toggleViewAction())
+        window.view_menu.addAction(self.summary_dock.toggleViewAction())
+        self._refresh = QTimer(self)
+        self._refresh.setSingleShot(True)
+        self._refresh.setInterval(REFRESH_MS)
+        self._refresh.timeout.connect(self._reload_overlay)
+        self.panel.choose_requested.connect(self.choose_dialog)
+        self.panel.run_requested.connect(self.run)
+        self.panel.cancel_requested.connect(self.cancel)
+        self.panel.style_changed.connect(self._set_style)
+        self.summary.export_requested.connect(self.export_dialog)
+        self.bridge.started.connect(self._on_started)
+        self.bridge.progress.connect(self._on_progress)
+        self.bridge.tile_done.connect(self._on_tile)
+        self.bridge.finished.connect(self._on_finished)
+        window.slide_opened.connect(self._on_slide)
+        window.view.viewport_changed.connect(self._on_viewport)
+        remembered = window.settings.value("model/path", "")
+        if remembered and Path(str(remembered)).is_file():
+            self.load_model(str(remembered), quiet=True)
+        self._update_enabled()
+
+    # -- model -----------------------------------------------------------------------------------
+
+    def choose_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self.window, "Choose a model", "", MODEL_FILTER)
+        if path:
+            self.load_model(path)
+
+    def load_model(self, path: str, quiet: bool = False) -> bool:
+        """Make the checkpoint at ``path`` the active model (its card only: no torch yet)."""
+        if Path(path).suffix.lower() != ".safetensors":
+            self._error(f"{Path(path).name}: not a model file. CoCoPath models are .safetensors "
+                        f"checkpoints (pickled .pt/.pth files are refused for safety).", quiet)
+            return False
+        try:
+            spec = load_spec(path)
+        except CocoPathError as exc:
+            self._error(str(exc), quiet)
+            return False
+        except Exception as exc:  # noqa: BLE001 - the GUI never shows a traceback
+            log.exception("reading %s failed", path)
+            self._error(f"{path}: not a usable model ({type(exc).__name__}: {exc}).", quiet)
+            return False
+        self.cancel()
+        self.spec = spec
+        self.panel.set_spec(spec)
+        self.window.settings.setValue("model/path", str(path))
+        self._show_existing()
+        self._update_enabled()
+        return True
+
+    def _error(self, message: str, quiet: bool) -> None:
+        if quiet:
+            log.warning("%s", message)
+        else:
+            self.window.show_error(message)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Run the active model on the open slide (visible region first); False if it cannot."""
+        source = self.window.source
+        if self.spec is None or source is None or self.bridge.running:
+            return False
+        vp = self.window.view.viewport
+        started = self.bridge.start(source.info.path, self.spec,  # type: ignore[attr-defined]
+                                    _rect(vp) if vp is not None else None)
+        if started:
+            self.last_finished = None
+            self.panel.set_running(True)
+            self.panel.set_progress(0, 0, "Loading the model and finding tissue…")
+        return started
+
+    def cancel(self) -> None:
+        if self.bridge.running:
+            self.bridge.cancel()
+            self.panel.progress_label.setText("Cancelling…")
+
+    def _on_started(self, info: RunStarted) -> None:
+        self.panel.fields["device"].setText(f"{info.device}, {info.backend}")
+        self.panel.set_progress(info.tiles_done, info.tiles_total, info.note)
+        try:
+            self.overlay.set_cache(PredictionCache(info.cache_root))
+        except CocoPathError as exc:
+            log.warning("prediction cache not shown: %s", exc)
+
+    def _on_progress(self, p: Progress) -> None:
+        self.panel.set_progress(p.step, p.total, f"{p.step} of {p.total} tiles of tissue")
+
+    def _on_tile(self, _col: int, _row: int) -> None:
+        if not self._refresh.isActive():
+            self._refresh.start()
+
+    def _reload_overlay(self) -> None:
+        cache = self.overlay.cache
+        if cache is not None:
+            cache.refresh()  # the run writes through its own handle: forget remembered tiles
+            self.overlay.invalidate()
+
+    def _on_finished(self, end: RunFinished) -> None:
+        self.last_finished = end
+        self._refresh.stop()
+        self._reload_overlay()
+        self.panel.set_running(False, self.window.source is not None)
+        words = {"done": "Finished", "cancelled": "Cancelled", "failed": "Failed"}
+        self.panel.progress_label.setText(words.get(end.status, end.status) + (
+            f": {end.message}" if end.message else ""))
+        if end.summary is not None:
+            self.summary.set_summary(end.summary)
+        if end.status == "failed":
+            self.window.show_error(end.message)
+        else:
+            self.window.statusBar().showMessage(f"Prediction {end.status}", 5000)
+
+    # -- slide, viewport, display ----------------------------------------------------------------
+
+    def _on_slide(self, _path: str) -> None:
+        self.cancel()
+        self.summary.set_summary(None)
+        self._show_existing()
+        self._update_enabled()
+
+    def _show_existing(self) -> None:
+        """Show an earlier run's predictions of the active model on the open slide, if any."""
+        source = self.window.source
+        cache = open_existing(source.info.path, self.spec) \
+            if source is not None and self.spec is not None else None  # type: ignore[attr-defined]
+        self.overlay.set_cache(cache)
+
+    def _on_viewport(self, vp: Viewport) -> None:
+        self.bridge.set_viewport(_rect(vp))
+
+    def _set_style(self, style: PredictionStyle) -> None:
+        self.overlay.set_style(style)
+
+    def set_overlay_visible(self, visible: bool) -> None:
+        self.overlay.set_visible(bool(visible))
+        self.act_toggle.setChecked(bool(visible))
+
+    def _update_enabled(self) -> None:
+        self.panel.set_running(self.bridge.running, self.window.source is not None)
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def export_dialog(self) -> None:
+        s = self.summary.summary
+        if s is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self.window, "Export the summary",
+                                              f"{Path(s.slide).stem}-prediction.csv",
+                                              "CSV (*.csv)")
+        if path:
+            self.export_csv(path)
+
+    def export_csv(self, path: str | Path) -> bool:
+        s = self.summary.summary
+        if s is None:
+            return False
+        try:
+            Path(path).write_text(summary_csv(s), encoding="utf-8")
+        except OSError as exc:
+            self.window.show_error(f"{path}: could not be written ({exc.strerror or exc}).")
+            return False
+        self.window.statusBar().showMessage(f"Summary exported to {path}", 5000)
+        return True
+
+    def close(self) -> None:
+        """The window closes: stop a run and wait for it (its threads hold the slide)."""
+        self.bridge.cancel()
+        self.bridge.wait(30)
+
+
+def _rect(vp: Viewport) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = vp.visible_rect()
+    return (x0, y0, x1 - x0, y1 - y0)
+
