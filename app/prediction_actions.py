@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QTimer
-from PySide6.QtWidgets import QFileDialog
+from PySide6.QtWidgets import QFileDialog, QScrollArea, QWidget
 
 from app.engine_bridge import InferenceBridge
 from app.panels.model import ModelPanel
@@ -43,7 +43,7 @@ class PredictionActions(QObject):
         self.bridge = InferenceBridge(self)
         self.last_finished: RunFinished | None = None
         self.panel = ModelPanel()
-        self.model_dock = window._dock("Model", "model", self.panel)
+        self.model_dock = window._dock("Model", "model", _scrolled(self.panel))
         self.summary = SummaryPanel()
         self.summary_dock = window._dock("Prediction summary", "prediction-summary", self.summary)
         window.tabifyDockWidget(window.info_dock, self.model_dock)
@@ -225,6 +225,15 @@ class PredictionActions(QObject):
         """The window closes: stop a run and wait for it (its threads hold the slide)."""
         self.bridge.cancel()
         self.bridge.wait(30)
+
+
+def _scrolled(widget: QWidget) -> QScrollArea:
+    """The widget in a scroll area: a tall panel does not set the window's minimum height."""
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QScrollArea.Shape.NoFrame)
+    return area
 
 
 def _rect(vp: Viewport) -> tuple[float, float, float, float]:
