@@ -44,10 +44,10 @@ class ModelPanel(QWidget):
         self.run_button.clicked.connect(self.run_requested)
         self.cancel_button.clicked.connect(self.cancel_requested)
         buttons = QHBoxLayout()
-        for b in (self.choose_button, self.run_button, self.cancel_button):
+        for b in (self.run_button, self.cancel_button):
             buttons.addWidget(b)
         self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m tiles of tissue")
+        self.progress.setFormat("%v / %m tiles")
         self.progress_label = QLabel("")
         self.mode = QComboBox()
         self.mode.addItem("Mask", "mask")
@@ -64,6 +64,7 @@ class ModelPanel(QWidget):
         self.legend = QVBoxLayout()
         lay = QVBoxLayout(self)
         lay.addWidget(self.status)
+        lay.addWidget(self.choose_button)
         lay.addLayout(form)
         lay.addLayout(buttons)
         lay.addWidget(self.progress)

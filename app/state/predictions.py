@@ -35,14 +35,22 @@ class PredictionStyle:
             raise ValueError(f"unknown overlay mode {self.mode!r}; valid: {', '.join(MODES)}")
 
 
+def _near(mask: np.ndarray, labels: np.ndarray, same: bool) -> np.ndarray:
+    """Pixels with a 4-neighbour in ``mask`` whose label is (``same``) or is not the pixel's own."""
+    out = np.zeros(labels.shape, bool)
+    for a, b in (((slice(1, None),), (slice(None, -1),)), ((slice(None, -1),), (slice(1, None),)),
+                 ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                 ((slice(None), slice(None, -1)), (slice(None), slice(1, None)))):
+        eq = labels[a] == labels[b]
+        out[a] |= mask[b] & (eq if same else ~eq)
+    return out
+
+
 def _edges(labels: np.ndarray) -> np.ndarray:
-    """Pixels whose label differs from a 4-neighbour's (the inner side of each outline)."""
-    edge = np.zeros(labels.shape, bool)
-    edge[1:] |= labels[1:] != labels[:-1]
-    edge[:-1] |= labels[:-1] != labels[1:]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    return edge & (labels > 0)
+    """A two-pixel band on the inner side of each class's outline."""
+    fg = labels > 0
+    first = _near(np.ones(labels.shape, bool), labels, same=False) & fg
+    return first | (_near(first, labels, same=True) & fg)
 
 
 def colorize(probs: np.ndarray, style: PredictionStyle) -> np.ndarray:
