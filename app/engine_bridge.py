@@ -1,15 +1,16 @@
 """The one place where engine events become Qt signals (queued to the GUI thread).
 
 :class:`InferenceBridge` runs an :class:`~app.state.inference_run.InferenceRun` in a worker thread
-(a plain Python thread: the network's forward passes release the GIL, and the writer's numpy work
-is short, so the GUI thread keeps painting; the tile readers and the network run in the engine's
-own threads). Its callbacks fire in worker threads; they only emit signals of this QObject, which
+(a plain Python thread at a lower CPU priority: the network's forward passes release the GIL and
+the writer's numpy work is short, so the GUI thread keeps painting; the tile readers and the network
+run in the engine's own threads, which inherit the priority). Its callbacks fire in worker threads; they only emit signals of this QObject, which
 lives in the GUI thread, so Qt queues them: slots always run in the GUI thread. One run at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from PySide6.QtCore import QObject, Signal
@@ -66,6 +67,7 @@ class InferenceBridge(QObject):
         return True
 
     def _work(self, run: InferenceRun) -> None:
+        _lower_priority()  # before the engine starts its threads: they inherit it (Linux)
         try:
             end = run.run(self._started, self.progress.emit, self.tile_done.emit)
         except CocoPathError as exc:
@@ -77,6 +79,15 @@ class InferenceBridge(QObject):
 
     def _started(self, info: RunStarted) -> None:
         self.started.emit(info)
+
+
+def _lower_priority(nice: int = 10) -> None:
+    """The run (and the reader, writer and ONNX Runtime threads it starts) yields the CPU to the GUI
+    thread when both want it: on two cores, pan frames kept within budget while a model runs."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority will do
+        pass
 
 
 __all__ = ["InferenceBridge", "Progress", "RunFinished", "RunStarted"]

@@ -82,7 +82,7 @@ class ModelPanel(QWidget):
         self.spec = spec
         if spec is None:
             self.status.setText(NO_MODEL)
-            for key in ("name", "version", "classes", "mpp", "tile"):
+            for key in ("name", "version", "classes", "mpp", "tile", "device"):
                 self.fields[key].setText("—")
         else:
             self.status.setText(f"Active model: {spec.name}")
@@ -92,6 +92,7 @@ class ModelPanel(QWidget):
             self.fields["mpp"].setText(f"{spec.mpp:g} µm/px" if spec.mpp else
                                        "not on the card (runs at the slide's full resolution)")
             self.fields["tile"].setText(f"{spec.tile} × {spec.tile} px")
+            self.fields["device"].setText("GPU when there is one, else CPU: chosen when it runs")
         self._rebuild_legend()
         self.set_running(False)
         self._emit_style()

@@ -190,8 +190,11 @@ def test_cancel_stops_a_run_and_a_rerun_reuses_the_cache(qtbot, window, small_sv
     assert cache is not None and 0 < len(cache.done_tiles()) < cache.tissue_tiles
     assert not pa.panel.cancel_button.isEnabled() and pa.panel.run_button.isEnabled()
     assert end.summary is not None and not end.summary.complete
+    starts: list = []
+    pa.bridge.started.connect(starts.append)
     with qtbot.waitSignal(pa.bridge.finished, timeout=60000):
         assert pa.run()
+    assert starts[0].tiles_done == len(cache.done_tiles())  # the second run went on from there
     assert pa.last_finished.status == "done"  # type: ignore[union-attr]
     assert view.predictions.cache.complete  # type: ignore[union-attr]
 
