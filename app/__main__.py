@@ -1,5 +1,5 @@
-"""``cocopath [SLIDE]``: the GUI. Also ``--screenshot OUT.png``, ``--bench-viewer OUT.json`` and
-``--bench-annotations OUT.json``.
+"""``cocopath [SLIDE]``: the GUI. Also ``--screenshot OUT.png``, ``--bench-viewer OUT.json``,
+``--bench-annotations OUT.json`` and ``--bench-predictions OUT.json``.
 
 Start-up stays light: Qt and the slide engine only (torch is never imported here).
 """
@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bench-viewer", metavar="OUT.json", help="run the viewer benchmark, write JSON")
     p.add_argument("--bench-annotations", metavar="OUT.json",
                    help="run the annotation-layer benchmark (10 000 annotations), write JSON")
+    p.add_argument("--bench-predictions", metavar="OUT.json",
+                   help="run the prediction-overlay benchmark (a model run while panning), write JSON")
+    p.add_argument("--bench-model", metavar="M.safetensors", default=None,
+                   help="with --bench-predictions: the model to run (default: an untrained student)")
     p.add_argument("--bench-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--bench-slide", default=None, help=argparse.SUPPRESS)  # reuse a built pyramid
     p.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
@@ -93,9 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     headless = bool(args.screenshot or args.bench_viewer or args.bench_annotations
-                    or args.first_frame_probe)
+                    or args.bench_predictions or args.first_frame_probe)
     if not _ensure_platform(interactive=not headless):
         return 1
+    if args.bench_predictions:
+        from app.bench_predictions import run_prediction_benchmark
+
+        return run_prediction_benchmark(Path(args.bench_predictions), side=args.bench_size or 12_000,
+                                        model=Path(args.bench_model) if args.bench_model else None)
     if args.bench_annotations:
         from app.bench_annotations import run_annotation_benchmark
 

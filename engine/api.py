@@ -36,7 +36,8 @@ _INFERENCE = {
     "Measurements": "engine.inference.vectorize", "labels_from_probs": "engine.inference.vectorize",
     "measure": "engine.inference.vectorize", "SlideInference": "engine.inference.pipeline",
     "tissue_tiles": "engine.inference.pipeline", "make_runner": "engine.inference.runner",
-    "load_model": "engine.training.checkpoints", "CancelToken": "engine.jobs",
+    "load_model": "engine.training.checkpoints", "save_model": "engine.training.checkpoints",
+    "create_model": "engine.models", "CancelToken": "engine.jobs",
     "Progress": "engine.jobs", "Result": "engine.jobs",
 }
 
