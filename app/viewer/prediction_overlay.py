@@ -3,7 +3,8 @@
 Like the annotation layer, it is an image of a *window* (the visible area plus half a view on every
 side) at the view's zoom. One low-priority worker thread reads the window from the prediction cache
 (the coarsest cache level that is still as fine as the screen), colours it
-(:func:`app.state.predictions.colorize`) and scales it to screen pixels; the GUI thread only blits
+(:func:`app.state.predictions.colorize`) and scales it to screen pixels (numpy, which lets go of the
+GIL: the GUI thread is not held up); the GUI thread only blits
 it, so panning costs one blit. New tiles (the run fills the cache) bump :attr:`version`; the next
 paint asks for the window again and keeps drawing the older image until the new one is in.
 Results of older requests are dropped.
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PySide6.QtCore import QObject, QRectF, Qt, Signal
+from PySide6.QtCore import QObject, QRectF, Signal
 from PySide6.QtGui import QImage, QPainter
 
 from app.state.predictions import PredictionStyle, colorize
@@ -45,7 +46,8 @@ class PredictionRequest:
 @dataclass(frozen=True)
 class PredictionImage:
     request: PredictionRequest
-    image: QImage
+    image: QImage  # a view of ``pixels`` (no copy): keep both together
+    pixels: np.ndarray
     seconds: float
 
 
@@ -66,6 +68,7 @@ class PredictionOverlay(QObject):
         self._pending: PredictionRequest | None = None
         self._shown: PredictionRequest | None = None
         self._image: QImage | None = None
+        self._pixels: np.ndarray | None = None  # the image's memory
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="prediction-overlay",
                                             initializer=_lower_priority)
         self._rendered.connect(self._on_rendered)
@@ -127,23 +130,25 @@ class PredictionOverlay(QObject):
             x0, y0, x1, y1 = req.window
             lds = cache.level_downsample(req.level)
             w, h = round((x1 - x0) / lds), round((y1 - y0) / lds)
-            rgba = np.ascontiguousarray(colorize(cache.read_region(req.level, x0, y0, w, h), req.style))
-            img = QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888_Premultiplied).copy()
+            rgba = colorize(cache.read_region(req.level, x0, y0, w, h), req.style)
             scale = req.dpr / req.downsample  # device pixels per level-0 pixel
-            size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
-            if size != (w, h):  # nearest: class borders stay crisp, pixels keep their exact colour
-                img = img.scaled(*size, Qt.AspectRatioMode.IgnoreAspectRatio,
-                                 Qt.TransformationMode.FastTransformation)
+            sw, sh = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
+            # nearest-neighbour to screen pixels in numpy (QImage.scaled would hold the GIL and
+            # stall the GUI thread): class borders stay crisp, pixels keep their exact colour
+            px = np.ascontiguousarray(rgba).view(np.uint32)[..., 0]
+            px = np.take(np.take(px, np.arange(sh) * h // sh, axis=0), np.arange(sw) * w // sw, axis=1)
+            buf = np.ascontiguousarray(px)
+            img = QImage(buf.data, sw, sh, 4 * sw, QImage.Format.Format_RGBA8888_Premultiplied)
         except Exception:  # noqa: BLE001 - a worker must never die silently
             log.exception("prediction overlay render failed")
             return
-        self._rendered.emit(PredictionImage(req, img, time.perf_counter() - t0))
+        self._rendered.emit(PredictionImage(req, img, buf, time.perf_counter() - t0))
 
     def _on_rendered(self, res: PredictionImage) -> None:
         if res.request.id != self._latest:
             return  # stale: a newer window is on its way
         self._pending = None
-        self._image, self._shown = res.image, res.request
+        self._image, self._pixels, self._shown = res.image, res.pixels, res.request
         self.render_seconds = res.seconds
         self.updated.emit()
 
