@@ -38,11 +38,13 @@ class InferenceBridge(QObject):
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, slide_path: str, spec: ModelSpec, viewport: Rect | None = None) -> bool:
-        """Run ``spec`` on the slide in a worker thread; False when a run is still going."""
+    def start(self, slide_path: str, spec: ModelSpec, viewport: Rect | None = None,
+              measure_only: bool = False) -> bool:
+        """Run ``spec`` on the slide in a worker thread (or only measure an earlier run's cache);
+        False when a run is still going."""
         if self.running:
             return False
-        run = InferenceRun(slide_path, spec, viewport)
+        run = InferenceRun(slide_path, spec, viewport, measure_only=measure_only)
         self._run = run
         self._thread = threading.Thread(target=self._work, args=(run,), name="infer-job",
                                         daemon=True)

@@ -159,14 +159,15 @@ class PredictionActions(QObject):
         self._refresh.stop()
         self._reload_overlay()
         self.panel.set_running(False, self.window.source is not None)
-        words = {"done": "Finished", "cancelled": "Cancelled", "failed": "Failed"}
+        words = {"done": "Finished", "cancelled": "Cancelled", "failed": "Failed",
+                 "measured": "Predictions of an earlier run"}
         self.panel.progress_label.setText(words.get(end.status, end.status) + (
             f": {end.message}" if end.message else ""))
         if end.summary is not None:
             self.summary.set_summary(end.summary)
         if end.status == "failed":
             self.window.show_error(end.message)
-        else:
+        elif end.status != "measured":
             self.window.statusBar().showMessage(f"Prediction {end.status}", 5000)
 
     # -- slide, viewport, display ----------------------------------------------------------------
@@ -183,6 +184,13 @@ class PredictionActions(QObject):
         cache = open_existing(source.info.path, self.spec) \
             if source is not None and self.spec is not None else None  # type: ignore[attr-defined]
         self.overlay.set_cache(cache)
+        if cache is None or source is None or self.spec is None:
+            return
+        path = source.info.path  # type: ignore[attr-defined]
+        if self.bridge.start(path, self.spec, measure_only=True):  # the summary, no network
+            self.panel.set_running(True)
+            self.panel.set_progress(len(cache.done_tiles()), cache.tissue_tiles,
+                                    "Measuring an earlier run's predictions…")
 
     def _on_viewport(self, vp: Viewport) -> None:
         self.bridge.set_viewport(_rect(vp))

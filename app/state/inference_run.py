@@ -40,7 +40,8 @@ class RunStarted:
 
 @dataclass(frozen=True)
 class RunFinished:
-    """How the run ended: ``status`` done / cancelled / failed, the summary when measured."""
+    """How the run ended: ``status`` done / cancelled / failed, or measured (an earlier run's cache,
+    no network run); the summary when measured."""
 
     status: str
     summary: Summary | None
@@ -58,8 +59,9 @@ class InferenceRun:
     """Fill the prediction cache of ``spec`` on ``slide_path``; ``run`` blocks (call it in a thread)."""
 
     def __init__(self, slide_path: str, spec: ModelSpec, viewport: Rect | None = None,
-                 batch_size: int = 4) -> None:
+                 batch_size: int = 4, measure_only: bool = False) -> None:
         self.slide_path, self.spec, self.batch_size = slide_path, spec, batch_size
+        self.measure_only = measure_only  # an earlier run's cache: measure it, run no network
         self.cancel_token = CancelToken()
         self._lock = threading.Lock()
         self._viewport = viewport
@@ -87,6 +89,8 @@ class InferenceRun:
                                          tissue_tiles(grid, tissue), spec.card())
             if self.cancel_token.cancelled:
                 return RunFinished("cancelled", None)
+            if self.measure_only:
+                return RunFinished("measured", self._summary(cache, tissue, info))
             from engine.api import load_model, make_runner  # torch: only once a model is run
 
             model, _ = load_model(spec.checkpoint)
@@ -101,10 +105,14 @@ class InferenceRun:
                                device_label(runner), len(cache.done_tiles()), cache.tissue_tiles,
                                grid.note))
             result = job.run(self.cancel_token, progress, tile)
-            summary = summarize(measure(cache, tissue, spec.foreground, info.mpp),
-                                Path(info.path).name, f"{spec.name} {spec.version}", cache.complete)
+            summary = self._summary(cache, tissue, info)
         log.info("%s on %s: %s", spec.version, self.slide_path, result.status)
         return RunFinished(result.status, summary)
+
+    def _summary(self, cache: PredictionCache, tissue: Any, info: Any) -> Summary:
+        spec = self.spec
+        return summarize(measure(cache, tissue, spec.foreground, info.mpp), Path(info.path).name,
+                         f"{spec.name} {spec.version}", cache.complete)
 
 
 def open_existing(slide_path: str, spec: ModelSpec) -> PredictionCache | None:

@@ -175,14 +175,15 @@ def test_cancel_stops_a_run_and_a_rerun_reuses_the_cache(qtbot, window, small_sv
     view.set_viewport(Viewport(300, 300, 1.0, view.width(), view.height()))
     assert pa.load_model(str(model_file))
     seen: list[int] = []
-    def stop_early(p) -> None:
+    def stop_early(p) -> None:  # in the engine's writer thread (direct): no race with the run
         seen.append(p.step)
         if p.step >= 2:
-            pa.cancel()
+            pa.bridge.cancel()
 
-    pa.bridge.progress.connect(stop_early)
+    pa.bridge.progress.connect(stop_early, Qt.ConnectionType.DirectConnection)
     with qtbot.waitSignal(pa.bridge.finished, timeout=60000):
         assert pa.run()
+        assert pa.panel.cancel_button.isEnabled() and not pa.panel.run_button.isEnabled()
     pa.bridge.progress.disconnect(stop_early)
     end = pa.last_finished
     assert end is not None and end.status == "cancelled"
@@ -225,3 +226,30 @@ def test_viewer_start_up_still_skips_torch_with_the_prediction_docks() -> None:
             "print('torch' in sys.modules, hasattr(w, 'predictions'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.split()[-2:] == ["False", "True"], r.stderr
+
+
+def test_cancel_button_stops_a_run_that_just_started(qtbot, window, small_svs, model_file):
+    assert window.open_path(small_svs)
+    pa = window.predictions
+    assert pa.load_model(str(model_file))
+    with qtbot.waitSignal(pa.bridge.finished, timeout=60000):
+        QTest.mouseClick(pa.panel.run_button, Qt.MouseButton.LeftButton)
+        QTest.mouseClick(pa.panel.cancel_button, Qt.MouseButton.LeftButton)
+    assert pa.last_finished is not None and pa.last_finished.status == "cancelled"
+    assert pa.panel.progress_label.text().startswith("Cancelled")
+    cache = window.view.predictions.cache
+    assert cache is None or not cache.complete
+
+
+def test_reopening_the_slide_shows_the_earlier_run_and_its_summary(qtbot, predicted, small_svs):
+    window = predicted
+    pa = window.predictions
+    first = pa.summary.summary
+    window.close_slide()
+    with qtbot.waitSignal(pa.bridge.finished, timeout=60000):
+        assert window.open_path(small_svs)  # no run: the cache on disk is shown and measured
+    assert pa.last_finished is not None and pa.last_finished.status == "measured"
+    assert pa.summary.summary == first
+    cache = window.view.predictions.cache
+    assert cache is not None and cache.complete
+    assert pa.panel.run_button.isEnabled() and not pa.panel.cancel_button.isEnabled()
