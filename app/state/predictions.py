@@ -54,7 +54,19 @@ def _edges(labels: np.ndarray) -> np.ndarray:
 
 
 def colorize(probs: np.ndarray, style: PredictionStyle) -> np.ndarray:
-    """(h, w, C-1) uint8 probabilities → (h, w, 4) uint8 premultiplied RGBA (transparent background)."""
+    """(h, w, C-1) uint8 probabilities → (h, w, 4) uint8 premultiplied RGBA (transparent background).
+
+    With one foreground class and filled shapes, each pixel depends on its probability alone: a
+    256-entry table (built by the general path, so the two agree exactly) does it in one lookup.
+    """
+    if probs.shape[-1] == 1 and not (style.mode == "mask" and style.outline):
+        table = _colorize(np.arange(256, dtype=np.uint8).reshape(1, 256, 1), style)
+        lut = np.ascontiguousarray(table[0]).view(np.uint32)[:, 0]
+        return lut[probs[..., 0]][..., None].view(np.uint8)
+    return _colorize(probs, style)
+
+
+def _colorize(probs: np.ndarray, style: PredictionStyle) -> np.ndarray:
     h, w = probs.shape[:2]
     lut = np.zeros((len(style.colors) + 1, 3), np.float32)
     lut[1:] = np.asarray(style.colors, np.float32)
