@@ -69,7 +69,8 @@ class InferenceBridge(QObject):
         return True
 
     def _work(self, run: InferenceRun) -> None:
-        _lower_priority()  # before the engine starts its threads: they inherit it (Linux)
+        _lower_priority()  # before the engine starts its threads: they inherit both (Linux)
+        _spare_a_core()
         try:
             end = run.run(self._started, self.progress.emit, self.tile_done.emit)
         except CocoPathError as exc:
@@ -81,6 +82,17 @@ class InferenceBridge(QObject):
 
     def _started(self, info: RunStarted) -> None:
         self.started.emit(info)
+
+
+def _spare_a_core() -> None:
+    """Keep the run (and the threads it starts, which inherit this) off one core, so the GUI thread
+    always has a core of its own; the engine sizes its thread pools from this affinity."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) > 1:
+            os.sched_setaffinity(threading.get_native_id(), cores[1:])
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        pass
 
 
 def _lower_priority(nice: int = 10) -> None:

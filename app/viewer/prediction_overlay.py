@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -135,10 +136,13 @@ class PredictionOverlay(QObject):
             sw, sh = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
             # nearest-neighbour to screen pixels in numpy (QImage.scaled would hold the GIL and
             # stall the GUI thread): class borders stay crisp, pixels keep their exact colour
-            px = np.ascontiguousarray(rgba).view(np.uint32)[..., 0]
+            # stored as Qt's ARGB32_Premultiplied (B, G, R, A bytes on little-endian machines):
+            # the format QPainter blends without converting the image at every frame
+            order = [2, 1, 0, 3] if sys.byteorder == "little" else [3, 0, 1, 2]
+            px = np.ascontiguousarray(rgba[..., order]).view(np.uint32)[..., 0]
             px = np.take(np.take(px, np.arange(sh) * h // sh, axis=0), np.arange(sw) * w // sw, axis=1)
             buf = np.ascontiguousarray(px)
-            img = QImage(buf.data, sw, sh, 4 * sw, QImage.Format.Format_RGBA8888_Premultiplied)
+            img = QImage(buf.data, sw, sh, 4 * sw, QImage.Format.Format_ARGB32_Premultiplied)
         except Exception:  # noqa: BLE001 - a worker must never die silently
             log.exception("prediction overlay render failed")
             return
