@@ -244,6 +244,7 @@ class MainWindow(QMainWindow):
     def close_slide(self) -> None:
         self.annotations.detach_slide()
         self.source = None
+        self.predictions.slide_closed()
         self.view.set_source(None)
         self.overview.set_slide(None, None)
         self.info_panel.clear()

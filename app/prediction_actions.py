@@ -42,6 +42,7 @@ class PredictionActions(QObject):
         self.spec: ModelSpec | None = None
         self.bridge = InferenceBridge(self)
         self.last_finished: RunFinished | None = None
+        self._run_slide: str | None = None  # the slide the current (or last) run is on
         self.panel = ModelPanel()
         self.model_dock = window._dock("Model", "model", _scrolled(self.panel))
         self.summary = SummaryPanel()
@@ -120,9 +121,10 @@ class PredictionActions(QObject):
         if self.spec is None or source is None or self.bridge.running:
             return False
         vp = self.window.view.viewport
-        started = self.bridge.start(source.info.path, self.spec,  # type: ignore[attr-defined]
-                                    _rect(vp) if vp is not None else None)
+        path = source.info.path  # type: ignore[attr-defined]
+        started = self.bridge.start(path, self.spec, _rect(vp) if vp is not None else None)
         if started:
+            self._run_slide = path
             self.last_finished = None
             self.panel.set_running(True)
             self.panel.set_progress(0, 0, "Loading the model and finding tissue…")
@@ -133,7 +135,14 @@ class PredictionActions(QObject):
             self.bridge.cancel()
             self.panel.progress_label.setText("Cancelling…")
 
+    def _shows_run(self) -> bool:
+        """Whether the open slide is the one the run is on (the user may have switched meanwhile)."""
+        source = self.window.source
+        return source is not None and source.info.path == self._run_slide  # type: ignore[attr-defined]
+
     def _on_started(self, info: RunStarted) -> None:
+        if not self._shows_run():
+            return
         self.panel.fields["device"].setText(f"{info.device}, {info.backend}")
         self.panel.set_progress(info.tiles_done, info.tiles_total, info.note)
         try:
@@ -142,10 +151,12 @@ class PredictionActions(QObject):
             log.warning("prediction cache not shown: %s", exc)
 
     def _on_progress(self, p: Progress) -> None:
+        if not self._shows_run():
+            return
         self.panel.set_progress(p.step, p.total, f"{p.step} of {p.total} tiles of tissue")
 
     def _on_tile(self, _col: int, _row: int) -> None:
-        if not self._refresh.isActive():
+        if self._shows_run() and not self._refresh.isActive():
             self._refresh.start()
 
     def _reload_overlay(self) -> None:
@@ -157,8 +168,11 @@ class PredictionActions(QObject):
     def _on_finished(self, end: RunFinished) -> None:
         self.last_finished = end
         self._refresh.stop()
-        self._reload_overlay()
         self.panel.set_running(False, self.window.source is not None)
+        if not self._shows_run():  # a run on a slide since closed: its results are not shown
+            self.panel.progress_label.setText("")
+            return
+        self._reload_overlay()
         words = {"done": "Finished", "cancelled": "Cancelled", "failed": "Failed",
                  "measured": "Predictions of an earlier run"}
         self.panel.progress_label.setText(words.get(end.status, end.status) + (
@@ -178,6 +192,14 @@ class PredictionActions(QObject):
         self._show_existing()
         self._update_enabled()
 
+    def slide_closed(self) -> None:
+        """The window closed its slide: stop a run on it, clear the overlay and the summary."""
+        self.cancel()
+        self.overlay.set_cache(None)
+        self.summary.set_summary(None)
+        self.panel.set_progress(0, 0, "")
+        self._update_enabled()
+
     def _show_existing(self) -> None:
         """Show an earlier run's predictions of the active model on the open slide, if any."""
         source = self.window.source
@@ -188,6 +210,7 @@ class PredictionActions(QObject):
             return
         path = source.info.path  # type: ignore[attr-defined]
         if self.bridge.start(path, self.spec, measure_only=True):  # the summary, no network
+            self._run_slide = path
             self.panel.set_running(True)
             self.panel.set_progress(len(cache.done_tiles()), cache.tissue_tiles,
                                     "Measuring an earlier run's predictions…")

@@ -253,3 +253,17 @@ def test_reopening_the_slide_shows_the_earlier_run_and_its_summary(qtbot, predic
     cache = window.view.predictions.cache
     assert cache is not None and cache.complete
     assert pa.panel.run_button.isEnabled() and not pa.panel.cancel_button.isEnabled()
+
+
+def test_switching_slides_cancels_the_run_and_keeps_its_results_off_the_new_slide(
+        qtbot, window, small_svs, no_mpp_svs, model_file):
+    assert window.open_path(small_svs)
+    pa = window.predictions
+    assert pa.load_model(str(model_file))
+    with qtbot.waitSignal(pa.bridge.finished, timeout=60000):
+        assert pa.run()
+        assert window.open_path(no_mpp_svs)
+    assert pa.last_finished is not None and pa.last_finished.status in ("cancelled", "done")
+    assert window.view.predictions.cache is None and pa.summary.summary is None
+    window.close_slide()
+    assert not pa.panel.run_button.isEnabled()
