@@ -1,10 +1,11 @@
 """The one place where engine events become Qt signals (queued to the GUI thread).
 
 :class:`InferenceBridge` runs an :class:`~app.state.inference_run.InferenceRun` in a worker thread
-(a plain Python thread at a lower CPU priority: the network's forward passes release the GIL and
-the writer's numpy work is short, so the GUI thread keeps painting; the tile readers and the network
-run in the engine's own threads, which inherit the priority). Its callbacks fire in worker threads; they only emit signals of this QObject, which
-lives in the GUI thread, so Qt queues them: slots always run in the GUI thread. One run at a time.
+(a plain Python thread, at a lower CPU priority and kept off one core; the threads the engine
+starts, tile readers, writer and the network's, inherit both, so the GUI thread always has a core
+and the forward passes release the GIL: measured with ``cocopath --bench-predictions``). Its
+callbacks fire in worker threads; they only emit signals of this QObject, which lives in the GUI
+thread, so Qt queues them: slots always run in the GUI thread. One run at a time.
 """
 
 from __future__ import annotations
