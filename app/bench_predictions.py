@@ -60,62 +60,78 @@ def _visible_done(window: object) -> bool:
 
 
 def run_prediction_benchmark(out: Path, side: int = 12_000, model: Path | None = None) -> int:
+    """Build the pyramid, measure, write ``out`` (JSON); 0 on success. Prediction caches go to a
+    temporary user data folder, removed at the end."""
     from app.__main__ import make_application
+
+    app = make_application()
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    before = os.environ.get("COCOPATH_DATA_DIR")
+    try:
+        with tempfile.TemporaryDirectory(prefix="cocopath-bench-pred-") as tmp:
+            os.environ["COCOPATH_DATA_DIR"] = str(Path(tmp) / "data")
+            figures = _measure(app, Path(tmp), side, model)
+    finally:
+        if before is None:
+            os.environ.pop("COCOPATH_DATA_DIR", None)
+        else:
+            os.environ["COCOPATH_DATA_DIR"] = before
+    result = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": load_avg,
+                          "platform": platform.platform(), "python": platform.python_version(),
+                          "qpa": os.environ.get("QT_QPA_PLATFORM", "default")},
+              **figures}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2), flush=True)
+    return 0
+
+
+def _measure(app: object, tmp: Path, side: int, model: Path | None) -> dict[str, object]:
+    from app.main_window import MainWindow
     from app.state.viewport import Viewport
     from engine.api import build_pyramid_tiff
 
-    app = make_application()
-    from app.main_window import MainWindow
-
-    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    with tempfile.TemporaryDirectory(prefix="cocopath-bench-pred-") as tmp:
-        os.environ["COCOPATH_DATA_DIR"] = str(Path(tmp) / "data")  # caches go away with the run
-        slide = build_pyramid_tiff(Path(tmp) / "slide.tif", side, side, seed=5)
-        checkpoint = model or _untrained_student(Path(tmp))
-        window = MainWindow(interactive_errors=False, remember=False)
-        window.show()
-        window.resize(VIEW_W + 420, VIEW_H + 160)
-        app.processEvents()  # type: ignore[attr-defined]
-        view, pa = window.view, window.predictions
-        view.resize(VIEW_W, VIEW_H)
-        assert window.open_path(slide), window.last_error
-        assert pa.load_model(str(checkpoint)), window.last_error
-        base = view.geometry_.base_magnification or 40.0
-        start = Viewport(side / 2, side / 2, base / 10, view.width(), view.height())
-        view.set_viewport(start)
-        _wait_complete(app, view)
-        _wait_idle(view)
-        no_prediction = _frame_times(app, view, start, 30, 40, fast=True)
-        view.set_viewport(start)
-        _wait_complete(app, view)
-        t0 = time.perf_counter()
-        assert pa.run()
-        visible_s = None
-        while pa.bridge.running and time.perf_counter() - t0 < 600:
-            _pump(app, 0.05)
-            if visible_s is None and _visible_done(window):
-                visible_s = time.perf_counter() - t0
-            if visible_s is not None:
-                break
-        during = _frame_times(app, view, start, 30, 40, fast=True) if pa.bridge.running else []
-        while pa.bridge.running and time.perf_counter() - t0 < 1800:
-            _pump(app, 0.1)
-        whole_s = time.perf_counter() - t0
-        _pump(app, 0.5)
-        end = pa.last_finished
-        device = pa.panel.fields["device"].text()
-        overlay_on = _frame_times(app, view, start, 30, 40, fast=True)
-        render_ms = view.predictions.render_seconds * 1000
-        pa.set_overlay_visible(False)
-        overlay_off = _frame_times(app, view, start, 30, 40, fast=True)
-        cache = view.predictions.cache
-        tiles = cache.tissue_tiles if cache is not None else 0
-        window.close()
-    pans = [s["p95_ms"] for s in (_summary(overlay_on), _summary(during) if during else None) if s]
-    result = {
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_avg,
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "qpa": os.environ.get("QT_QPA_PLATFORM", "default")},
+    slide = build_pyramid_tiff(tmp / "slide.tif", side, side, seed=5)
+    checkpoint = model or _untrained_student(tmp)
+    window = MainWindow(interactive_errors=False, remember=False)
+    window.show()
+    window.resize(VIEW_W + 420, VIEW_H + 160)
+    app.processEvents()  # type: ignore[attr-defined]
+    view, pa = window.view, window.predictions
+    view.resize(VIEW_W, VIEW_H)
+    assert window.open_path(slide), window.last_error
+    assert pa.load_model(str(checkpoint)), window.last_error
+    base = view.geometry_.base_magnification or 40.0
+    start = Viewport(side / 2, side / 2, base / 10, view.width(), view.height())
+    view.set_viewport(start)
+    _wait_complete(app, view)
+    _wait_idle(view)
+    no_prediction = _frame_times(app, view, start, 30, 40, fast=True)
+    view.set_viewport(start)
+    _wait_complete(app, view)
+    t0 = time.perf_counter()
+    assert pa.run()
+    visible_s = None
+    while pa.bridge.running and visible_s is None and time.perf_counter() - t0 < 600:
+        _pump(app, 0.05)
+        if _visible_done(window):
+            visible_s = time.perf_counter() - t0
+    during = _frame_times(app, view, start, 30, 40, fast=True) if pa.bridge.running else []
+    while pa.bridge.running and time.perf_counter() - t0 < 1800:
+        _pump(app, 0.1)
+    whole_s = time.perf_counter() - t0
+    _pump(app, 0.5)
+    end = pa.last_finished
+    device = pa.panel.fields["device"].text()
+    overlay_on = _frame_times(app, view, start, 30, 40, fast=True)
+    render_ms = view.predictions.render_seconds * 1000
+    pa.set_overlay_visible(False)
+    overlay_off = _frame_times(app, view, start, 30, 40, fast=True)
+    cache = view.predictions.cache
+    tiles = cache.tissue_tiles if cache is not None else 0
+    window.close()
+    pans = [_summary(overlay_on)["p95_ms"]] + ([_summary(during)["p95_ms"]] if during else [])
+    return {
         "slide": {"side": side, "mpp": 0.25},
         "model": {"checkpoint": str(model) if model else "untrained mobile-unet-small (timings only)",
                   "device_and_backend": device, "status": end.status if end else None,
@@ -131,7 +147,3 @@ def run_prediction_benchmark(out: Path, side: int = 12_000, model: Path | None =
         "target_frame_p95_ms": FRAME_BUDGET_MS,
         "meets_target": max(pans) <= FRAME_BUDGET_MS,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2), flush=True)
-    return 0

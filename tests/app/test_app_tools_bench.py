@@ -22,3 +22,20 @@ def test_annotation_benchmark_smoke(qtbot, tmp_path: Path) -> None:
     assert data["brush_stroke_commit"]["n"] == 12
     assert data["brush_long_stroke_frame"]["n"] == 2 * 401
     assert 0 < data["annotations"]["after_brush_strokes"] <= 300 + 14
+
+
+def test_prediction_benchmark_smoke(qtbot, tmp_path: Path) -> None:
+    import os
+
+    from app.bench_predictions import run_prediction_benchmark
+
+    data_dir = os.environ["COCOPATH_DATA_DIR"]
+    out = tmp_path / "bench-pred.json"
+    assert run_prediction_benchmark(out, side=4000) == 0
+    assert os.environ["COCOPATH_DATA_DIR"] == data_dir  # its caches went to a folder of its own
+    data = json.loads(out.read_text())
+    assert data["model"]["status"] == "done" and data["model"]["tissue_tiles"] > 0
+    assert data["visible_field_complete_s"] is not None
+    assert 0 < data["visible_field_complete_s"] <= data["whole_slide_s"]
+    for key in ("pan_frame_no_prediction", "pan_frame_overlay_on", "pan_frame_overlay_off"):
+        assert data[key]["n"] == 30 and data[key]["p95_ms"] > 0
