@@ -30,6 +30,24 @@ from engine.api import Annotation, AnnotationStore, CocoPathError, Step
 
 log = logging.getLogger(__name__)
 
+
+def blit_window(p: QPainter, image: QImage, window: tuple[float, float, float, float], vp: Viewport,
+                clip: QRectF | None = None) -> None:
+    """Draw ``image``, rendered for the level-0 ``window`` (x0, y0, x1, y1), where it lies on screen
+    (only its visible part, within ``clip`` if given): one scaled blit, no per-pixel work."""
+    wx0, wy0, wx1, wy1 = window
+    sx, sy = vp.to_screen(wx0, wy0)
+    target = QRectF(sx, sy, (wx1 - wx0) / vp.downsample, (wy1 - wy0) / vp.downsample)
+    visible = target.intersected(QRectF(0, 0, vp.width, vp.height))
+    if clip is not None:
+        visible = visible.intersected(clip)
+    if visible.isEmpty():
+        return
+    k = image.width() / target.width()  # image pixels per screen pixel
+    source = QRectF((visible.x() - target.x()) * k, (visible.y() - target.y()) * k,
+                    visible.width() * k, visible.height() * k)
+    p.drawImage(visible, image, source)
+
 MARGIN = 0.5  # the window reaches this fraction of the view beyond each edge
 SELECTED_COLOR = QColor(0, 200, 255)
 PATCH_LIMIT = 0.25  # an edit touching more of the window than this re-renders it in the worker
@@ -253,19 +271,11 @@ class AnnotationOverlay(QObject):
         image, shown = self._image, self._shown
         if image is None or shown is None:
             return
-        wx0, wy0, wx1, wy1 = shown.window
-        sx, sy = vp.to_screen(wx0, wy0)
-        target = QRectF(sx, sy, (wx1 - wx0) / vp.downsample, (wy1 - wy0) / vp.downsample)
-        visible = target.intersected(QRectF(0, 0, vp.width, vp.height))
+        clip = None
         if slide_size is not None:
             (ax, ay), (bx, by) = vp.to_screen(0, 0), vp.to_screen(*slide_size)
-            visible = visible.intersected(QRectF(ax, ay, bx - ax, by - ay).adjusted(-2, -2, 2, 2))
-        if visible.isEmpty():
-            return
-        k = image.width() / target.width()  # image pixels per screen pixel
-        source = QRectF((visible.x() - target.x()) * k, (visible.y() - target.y()) * k,
-                        visible.width() * k, visible.height() * k)
-        p.drawImage(visible, image, source)
+            clip = QRectF(ax, ay, bx - ax, by - ay).adjusted(-2, -2, 2, 2)
+        blit_window(p, image, shown.window, vp, clip)
         if self.selected:
             self._paint_selection(p, vp)
 

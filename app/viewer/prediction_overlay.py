@@ -20,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PySide6.QtCore import QObject, QRectF, Signal
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage, QPainter
 
 from app.state.predictions import PredictionStyle, colorize
 from app.state.viewport import Viewport
-from app.viewer.overlay import MARGIN, _lower_priority
+from app.viewer.overlay import MARGIN, _lower_priority, blit_window
 from engine.api import PredictionCache
 
 log = logging.getLogger(__name__)
@@ -167,16 +167,7 @@ class PredictionOverlay(QObject):
         image, shown = self._image, self._shown
         if image is None or shown is None:
             return
-        wx0, wy0, wx1, wy1 = shown.window
-        sx, sy = vp.to_screen(wx0, wy0)
-        target = QRectF(sx, sy, (wx1 - wx0) / vp.downsample, (wy1 - wy0) / vp.downsample)
-        visible = target.intersected(QRectF(0, 0, vp.width, vp.height))
-        if visible.isEmpty():
-            return
-        k = image.width() / target.width()  # image pixels per screen pixel
-        source = QRectF((visible.x() - target.x()) * k, (visible.y() - target.y()) * k,
-                        visible.width() * k, visible.height() * k)
-        p.drawImage(visible, image, source)
+        blit_window(p, image, shown.window, vp)
 
     def shutdown(self) -> None:
         self._latest += 1  # whatever is queued is dropped
