@@ -83,7 +83,7 @@ def wait_until_drawn(window: object, timeout: float) -> bool:
     last = None
     while time.monotonic() < deadline:
         QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
-        state = (view.request_id, view.is_complete() and not view.fast_paint)
+        state = (view.request_id, view.is_settled())
         stable = stable + 1 if state == last and state[1] else 0
         last = state
         if stable >= 3:

@@ -149,6 +149,11 @@ class SlideView(QWidget):
             and self.annotator.overlay.is_current(self._viewport) \
             and self.predictions.is_current(self._viewport)
 
+    def is_settled(self) -> bool:
+        """Complete, and no idle work left that would still change the picture (smooth repaint
+        after an interaction, tiles pre-scaled for this zoom)."""
+        return self.is_complete() and not self.fast_paint and not self._prescale_timer.isActive()
+
     def set_viewport(self, viewport: Viewport, force: bool = False) -> None:
         """Move the view; starts a new request (older ones go stale) and schedules a repaint.
 

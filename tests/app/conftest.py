@@ -78,8 +78,9 @@ def grab_rgb(widget) -> np.ndarray:
 
 
 def wait_drawn(qtbot, view, timeout: int = 15000) -> None:
-    """Wait until the view drew every visible tile of its current viewport at the final level."""
-    qtbot.waitUntil(view.is_complete, timeout=timeout)
+    """Wait until the view drew every visible tile of its current viewport at the final level and
+    nothing pending (pre-scaling, the smooth repaint after an interaction) will change the picture."""
+    qtbot.waitUntil(view.is_settled, timeout=timeout)
 
 
 # -- annotation tools ----------------------------------------------------------------------------
