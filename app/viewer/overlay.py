@@ -87,7 +87,8 @@ class RenderResult:
     stats: OverlayStats
 
 
-def _covers(window: Window, rect: Window) -> bool:
+def covers(window: Window, rect: Window) -> bool:
+    """Whether ``window`` (x0, y0, x1, y1) contains ``rect``."""
     return rect[0] >= window[0] and rect[1] >= window[1] and rect[2] <= window[2] \
         and rect[3] <= window[3]
 
@@ -158,7 +159,7 @@ class AnnotationOverlay(QObject):
             return True
         s = self._shown
         return s is not None and s.version == self.version and s.downsample == vp.downsample \
-            and s.dpr == vp.dpr and _covers(s.window, vp.visible_rect())
+            and s.dpr == vp.dpr and covers(s.window, vp.visible_rect())
 
     def shutdown(self) -> None:
         self._latest += 1
@@ -169,7 +170,7 @@ class AnnotationOverlay(QObject):
     def _request(self, vp: Viewport) -> None:
         p = self._pending
         if p is not None and p.version == self.version and p.downsample == vp.downsample \
-                and p.dpr == vp.dpr and _covers(p.window, vp.visible_rect()):
+                and p.dpr == vp.dpr and covers(p.window, vp.visible_rect()):
             return  # the right window is on its way
         x0, y0, x1, y1 = vp.visible_rect()
         mx, my = (x1 - x0) * MARGIN, (y1 - y0) * MARGIN

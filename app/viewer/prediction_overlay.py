@@ -25,7 +25,7 @@ from PySide6.QtGui import QImage, QPainter
 
 from app.state.predictions import PredictionStyle, colorize
 from app.state.viewport import Viewport
-from app.viewer.overlay import MARGIN, _lower_priority, blit_window
+from app.viewer.overlay import MARGIN, _lower_priority, blit_window, covers
 from engine.api import PredictionCache
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class PredictionOverlay(QObject):
             return True
         s = self._shown
         return s is not None and s.version == self.version and s.downsample == vp.downsample \
-            and s.dpr == vp.dpr and _covers(s.window, vp.visible_rect())
+            and s.dpr == vp.dpr and covers(s.window, vp.visible_rect())
 
     # -- rendering -------------------------------------------------------------------------------
 
@@ -109,7 +109,7 @@ class PredictionOverlay(QObject):
         assert cache is not None
         p = self._pending
         if p is not None and p.version == self.version and p.downsample == vp.downsample \
-                and p.dpr == vp.dpr and _covers(p.window, vp.visible_rect()):
+                and p.dpr == vp.dpr and covers(p.window, vp.visible_rect()):
             return  # the right window is on its way
         x0, y0, x1, y1 = vp.visible_rect()
         mx, my = (x1 - x0) * MARGIN, (y1 - y0) * MARGIN
@@ -173,7 +173,3 @@ class PredictionOverlay(QObject):
         self._latest += 1  # whatever is queued is dropped
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-
-def _covers(window: Window, rect: Window) -> bool:
-    return rect[0] >= window[0] and rect[1] >= window[1] and rect[2] <= window[2] \
-        and rect[3] <= window[3]
