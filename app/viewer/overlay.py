@@ -20,6 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from PySide6.QtCore import QObject, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QTransform
@@ -87,10 +88,24 @@ class RenderResult:
     stats: OverlayStats
 
 
-def covers(window: Window, rect: Window) -> bool:
-    """Whether ``window`` (x0, y0, x1, y1) contains ``rect``."""
-    return rect[0] >= window[0] and rect[1] >= window[1] and rect[2] <= window[2] \
-        and rect[3] <= window[3]
+class WindowRequest(Protocol):
+    """What a layer asked its worker to render (both overlay layers' requests have these fields)."""
+
+    version: int
+    window: Window
+    downsample: float
+    dpr: float
+
+
+def answers(request: WindowRequest | None, version: int, vp: Viewport) -> bool:
+    """Whether a layer image rendered (or being rendered) for ``request`` is right for ``vp``: the
+    layer's current data ``version``, the same zoom and pixel ratio, and a window covering the view.
+    """
+    if request is None or request.version != version or request.downsample != vp.downsample \
+            or request.dpr != vp.dpr:
+        return False
+    (x0, y0, x1, y1), (wx0, wy0, wx1, wy1) = vp.visible_rect(), request.window
+    return x0 >= wx0 and y0 >= wy0 and x1 <= wx1 and y1 <= wy1
 
 
 class AnnotationOverlay(QObject):
@@ -157,9 +172,7 @@ class AnnotationOverlay(QObject):
         """True when what is drawn for ``vp`` is final (nothing older, nothing still rendering)."""
         if not self.visible or self.store is None:
             return True
-        s = self._shown
-        return s is not None and s.version == self.version and s.downsample == vp.downsample \
-            and s.dpr == vp.dpr and covers(s.window, vp.visible_rect())
+        return answers(self._shown, self.version, vp)
 
     def shutdown(self) -> None:
         self._latest += 1
@@ -169,8 +182,7 @@ class AnnotationOverlay(QObject):
 
     def _request(self, vp: Viewport) -> None:
         p = self._pending
-        if p is not None and p.version == self.version and p.downsample == vp.downsample \
-                and p.dpr == vp.dpr and covers(p.window, vp.visible_rect()):
+        if answers(p, self.version, vp):
             return  # the right window is on its way
         x0, y0, x1, y1 = vp.visible_rect()
         mx, my = (x1 - x0) * MARGIN, (y1 - y0) * MARGIN

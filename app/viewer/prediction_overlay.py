@@ -25,7 +25,7 @@ from PySide6.QtGui import QImage, QPainter
 
 from app.state.predictions import PredictionStyle, colorize
 from app.state.viewport import Viewport
-from app.viewer.overlay import MARGIN, _lower_priority, blit_window, covers
+from app.viewer.overlay import MARGIN, _lower_priority, answers, blit_window
 from engine.api import PredictionCache
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,7 @@ class PredictionOverlay(QObject):
         """Whether the image shown answers the current data, style and viewport (or none is due)."""
         if not self.visible or self.cache is None:
             return True
-        s = self._shown
-        return s is not None and s.version == self.version and s.downsample == vp.downsample \
-            and s.dpr == vp.dpr and covers(s.window, vp.visible_rect())
+        return answers(self._shown, self.version, vp)
 
     # -- rendering -------------------------------------------------------------------------------
 
@@ -108,8 +106,7 @@ class PredictionOverlay(QObject):
         cache = self.cache
         assert cache is not None
         p = self._pending
-        if p is not None and p.version == self.version and p.downsample == vp.downsample \
-                and p.dpr == vp.dpr and covers(p.window, vp.visible_rect()):
+        if answers(p, self.version, vp):
             return  # the right window is on its way
         x0, y0, x1, y1 = vp.visible_rect()
         mx, my = (x1 - x0) * MARGIN, (y1 - y0) * MARGIN
