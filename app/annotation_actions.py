@@ -9,6 +9,7 @@ Every edit is committed the moment it is made; there is nothing to save.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -180,17 +181,15 @@ class AnnotationActions(QObject):
         self._update()
 
     def new_project(self, folder: str | Path) -> bool:
-        try:
-            project = session.create_project(folder)
-        except CocoPathError as exc:
-            self.window.show_error(str(exc))
-            return False
-        self.use_project(project)
-        return True
+        return self._switch_project(session.create_project, folder)
 
     def open_project(self, folder: str | Path) -> bool:
+        return self._switch_project(Project.open, folder)
+
+    def _switch_project(self, make: Callable[[str | Path], Project], folder: str | Path) -> bool:
+        """Use the project ``make(folder)`` gives; its error (one sentence) in a message box."""
         try:
-            project = Project.open(folder)
+            project = make(folder)
         except CocoPathError as exc:
             self.window.show_error(str(exc))
             return False
