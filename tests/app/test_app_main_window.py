@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 
-from conftest import grab_rgb, wait_drawn
+from qt_probe import grab_rgb, wait_drawn
 from engine.slide import RegionRequest
 
 

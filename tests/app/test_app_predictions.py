@@ -26,7 +26,7 @@ from engine.models.registry import register_model
 from engine.slide import open_slide
 from engine.slide.tissue import detect_tissue
 from engine.training.checkpoints import save_model
-from conftest import grab_rgb, wait_drawn
+from qt_probe import grab_rgb, wait_drawn
 
 TUMOUR = (220, 30, 30)  # the first foreground colour of the engine's palette
 

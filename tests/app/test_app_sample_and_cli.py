@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import wait_drawn
+from qt_probe import wait_drawn
 
 ROOT = Path(__file__).resolve().parents[2]
 

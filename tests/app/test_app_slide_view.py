@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.state.viewport import Viewport
 from engine.slide import RegionRequest, open_slide
-from conftest import grab_rgb, wait_drawn
+from qt_probe import grab_rgb, wait_drawn
 
 BAR_MARGIN = 70  # the scale bar / no-scale note sits in the bottom 70 px
 

@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
 from shapely.geometry import Point
-from conftest import click, drag, screen
+from qt_probe import click, drag, screen
 from engine.api import Kind
 
 MPP = 0.499

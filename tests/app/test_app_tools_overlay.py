@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.state.viewport import Viewport
-from conftest import drag, grab_rgb, wait_drawn
+from qt_probe import drag, grab_rgb, wait_drawn
 from engine.api import Kind
 from engine.shared_data import data_path
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import click, drag
+from qt_probe import click, drag
 from engine.api import Project
 
 

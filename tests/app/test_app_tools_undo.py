@@ -6,7 +6,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
-from conftest import click, drag, wait_drawn
+from qt_probe import click, drag, wait_drawn
 from engine.api import Project
 
 CTRL = Qt.KeyboardModifier.ControlModifier
