@@ -12,6 +12,9 @@ Protocols (``PROTOCOLS``), one command each:
 - ``cpu`` — ``cocopath-engine bench distill --protocol cpu --out resources/benchmarks/distill-cpu.json``:
   native 224², ResNet-50 teacher for 3000 steps (~2 h on 2 cores), each student method 1000 steps
   (≤ 30 min), 1 seed: the documented CPU protocol that fits a long working session (~6 h in all).
+- ``session`` — ``cocopath-engine bench distill --protocol session --workdir W --out …``: what fits one
+  ~2 h working session on 2 cores: ResNet-50 teacher 1200 steps on 128² crops, 400 steps per student
+  method, 1 seed; the checkpoints stay in ``W`` and a killed run resumes there.
 - ``full`` — ``cocopath-engine bench distill --protocol full --out resources/benchmarks/distill-full.json``:
   native 224², 8000 teacher steps, 4000 per student, 3 seeds; meant for a GPU (AMP, channels_last).
 """
@@ -45,6 +48,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "cpu": {"size": None, "crop": 224, "teacher": "unet-resnet50", "teacher_steps": 3000,
             "student": "mobile-unet", "student_steps": 1000, "batch_size": 8, "lr": 1e-3, "seeds": 1,
             "paraphraser_steps": 200, "speed_size": 224, "speed_rounds": 15},
+    "session": {"size": None, "crop": 128, "teacher": "unet-resnet50", "teacher_steps": 1200,
+                "student": "mobile-unet", "student_steps": 400, "batch_size": 8, "lr": 1e-3, "seeds": 1,
+                "paraphraser_steps": 100, "speed_size": 224, "speed_rounds": 15},
     "full": {"size": None, "crop": 224, "teacher": "unet-resnet50", "teacher_steps": 8000,
              "student": "mobile-unet", "student_steps": 4000, "batch_size": 8, "lr": 1e-3, "seeds": 3,
              "paraphraser_steps": 500, "speed_size": 224, "speed_rounds": 15},
@@ -54,8 +60,32 @@ NOTES = {
               "seed, on CPU. It exercises the whole harness in minutes on 2 CPU cores; the networks are far from "
               "trained, differences between methods are within noise and say nothing about the paper's claims."),
     "cpu": "CPU protocol: native 224x224 tiles, shortened schedule (see settings), one seed.",
+    "session": ("SESSION protocol (CPU, one working session of ~2 h on 2 cores): native-resolution tiles, trained on "
+                "random 128x128 crops and evaluated on the whole 224x224 test tiles; ResNet-50 U-Net teacher 1200 "
+                "steps, every student method 400 steps, one seed. Far shorter than the paper's schedule: the "
+                "networks are not converged, so the ranking of close methods is within noise."),
     "full": "FULL protocol: native 224x224 tiles, schedule and seeds as in 'settings' (run on a GPU).",
 }
+
+
+def _read_run(path: Path, proto: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished run's record, if ``path`` holds one made with the same protocol settings."""
+    import json
+
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get("run") if saved.get("settings") == proto else None
+
+
+def _write_run(path: Path, proto: dict[str, Any], run: dict[str, Any]) -> None:
+    import json
+
+    from engine.training.checkpoints import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({"settings": proto, "run": run}, indent=1).encode())
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float | None]:
@@ -70,7 +100,9 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run the ablation and return the report (JSON-ready); ``overrides`` replace protocol settings.
 
-    Checkpoints and the split go to ``workdir`` (a temporary folder, removed afterwards, by default).
+    Checkpoints, the split and each finished run go to ``workdir`` (a temporary folder, removed
+    afterwards, by default). A kept ``workdir`` makes the run resumable: a teacher or a method/seed
+    already finished there with the same settings is read back instead of trained again.
     """
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="cocopath-distill-bench-") as tmp:
@@ -96,27 +128,42 @@ def run_benchmark(
     data = load_data(spec, seed=0)
     cfg_t = TrainConfig(steps=proto["teacher_steps"], batch_size=proto["batch_size"], lr=proto["lr"], seed=0,
                         device=device)
-    t0 = time.perf_counter()
-    teacher, res_t, _ = train_teacher(data, proto["teacher"], cfg_t, work / "teacher.safetensors", progress=progress)
-    teacher_time = time.perf_counter() - t0
-    teacher_test = evaluate(teacher, data.test, list(spec.classes))
+    teacher_run = _read_run(work / "teacher-run.json", proto)
+    if teacher_run is not None and (work / "teacher.safetensors").exists():
+        from engine.training.checkpoints import load_model
+
+        teacher, _ = load_model(work / "teacher.safetensors")
+        log.info("teacher read back from %s", work / "teacher.safetensors")
+    else:
+        t0 = time.perf_counter()
+        teacher, res_t, _ = train_teacher(data, proto["teacher"], cfg_t, work / "teacher.safetensors",
+                                          progress=progress)
+        teacher_test = evaluate(teacher, data.test, list(spec.classes))
+        teacher_run = {"test_miou": teacher_test["miou"], "test_dice": teacher_test["dice"],
+                       "val_miou": res_t.metrics.get("val_miou"), "train_seconds": time.perf_counter() - t0}
+        _write_run(work / "teacher-run.json", proto, teacher_run)
     teacher.cpu()
     runs: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         for seed in range(proto["seeds"]):
-            cfg_s = TrainConfig(steps=proto["student_steps"], batch_size=proto["batch_size"], lr=proto["lr"],
-                                seed=seed, device=device)
-            t0 = time.perf_counter()
-            student, res, meta = distill_student(data, teacher, method, proto["student"], cfg_s,
-                                                 paraphraser_steps=proto["paraphraser_steps"], progress=progress)
-            test = evaluate(student, data.test, list(spec.classes))
-            runs.setdefault(method, []).append({
-                "seed": seed, "test_miou": test["miou"], "test_dice": test["dice"],
-                "val_miou": meta["metrics"]["val"]["miou"], "final_loss": res.metrics.get("final_loss"),
-                "seconds": time.perf_counter() - t0})
-            log.info("%s seed %d: test mIoU %.4f", method, seed, test["miou"])
-            teacher.cpu()
-    t_miou = teacher_test["miou"]
+            run_file = work / "runs" / f"{method}-s{seed}.json"
+            run = _read_run(run_file, proto)
+            if run is None:
+                cfg_s = TrainConfig(steps=proto["student_steps"], batch_size=proto["batch_size"], lr=proto["lr"],
+                                    seed=seed, device=device)
+                t0 = time.perf_counter()
+                student, res, meta = distill_student(
+                    data, teacher, method, proto["student"], cfg_s, work / f"student-{method}-s{seed}.safetensors",
+                    paraphraser_steps=proto["paraphraser_steps"], progress=progress)
+                test = evaluate(student, data.test, list(spec.classes))
+                run = {"seed": seed, "test_miou": test["miou"], "test_dice": test["dice"],
+                       "val_miou": meta["metrics"]["val"]["miou"], "final_loss": res.metrics.get("final_loss"),
+                       "seconds": time.perf_counter() - t0}
+                _write_run(run_file, proto, run)
+                teacher.cpu()
+            runs.setdefault(method, []).append(run)
+            log.info("%s seed %d: test mIoU %.4f", method, seed, run["test_miou"])
+    t_miou = teacher_run["test_miou"]
     base = _mean_sd([r["test_miou"] for r in runs["student"]])[0] if "student" in runs else None
     table: dict[str, Any] = {}
     for method, rs in runs.items():
@@ -161,8 +208,7 @@ def run_benchmark(
                  "test_cases": len(data.split["test_cases"])},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "device": device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")},
-        "teacher": {"model": proto["teacher"], "test_miou": t_miou, "test_dice": teacher_test["dice"],
-                    "val_miou": res_t.metrics.get("val_miou"), "train_seconds": teacher_time},
+        "teacher": {"model": proto["teacher"], **teacher_run},
         "methods": table,
         "efficiency": eff,
         "targets": {

@@ -75,8 +75,10 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
 
     b = bench.add_parser("distill", help="ablation of distillation methods on ebhi-adenocarcinoma")
     b.add_argument("--quick", action="store_true", help="same as --protocol quick: tiny images, few steps (minutes)")
-    b.add_argument("--protocol", choices=("quick", "cpu", "full"), default="full",
-                   help="quick (minutes), cpu (~6 h on 2 cores), full (3 seeds; GPU)")
+    b.add_argument("--protocol", choices=("quick", "session", "cpu", "full"), default="full",
+                   help="quick (minutes), session (~2 h on 2 cores), cpu (~6 h on 2 cores), full (3 seeds; GPU)")
+    b.add_argument("--workdir", default=None,
+                   help="keep checkpoints and finished runs here; a rerun with the same settings resumes")
     b.add_argument("--out", default=None, help="write the JSON here (a .md table is written beside it)")
     b.add_argument("--data", default=None, help="dataset folder (default: shared ebhi-adenocarcinoma)")
     b.add_argument("--methods", default=None, help="comma-separated subset of methods")
@@ -95,12 +97,16 @@ def _setup(args: argparse.Namespace) -> None:
 
 
 def _progress_printer(enabled: bool):  # noqa: ANN202
+    """Progress on stderr: one updating line on a terminal, a line every 5 % into a log file."""
     if not enabled:
         return None
+    tty = sys.stderr.isatty()
 
     def show(p: Any) -> None:
+        if not tty and p.step != p.total and p.step % max(1, p.total // 20):
+            return
         vals = " ".join(f"{k}={v:.4f}" for k, v in p.metrics.items() if k.startswith("loss") or k == "total")
-        end = "\n" if p.step == p.total else "\r"
+        end = "\n" if p.step == p.total or not tty else "\r"
         print(f"{p.stage} {p.step}/{p.total} {vals}", end=end, file=sys.stderr, flush=True)
 
     return show
@@ -208,7 +214,7 @@ def cmd_bench_distill(args: argparse.Namespace) -> int:
 
     report = run_benchmark(protocol="quick" if args.quick else args.protocol, data_dir=args.data, seeds=args.seeds, device=args.device,
                            methods=args.methods.split(",") if args.methods else None,
-                           progress=_progress_printer(sys.stderr.isatty()))
+                           progress=_progress_printer(True), workdir=Path(args.workdir) if args.workdir else None)
     md = write_outputs(report, Path(args.out) if args.out else None)
     print(json.dumps(report, indent=1) if not args.out else md)
     return 0
