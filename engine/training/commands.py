@@ -79,6 +79,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                    help="quick (minutes), session (~2 h on 2 cores), cpu (~6 h on 2 cores), full (3 seeds; GPU)")
     b.add_argument("--workdir", default=None,
                    help="keep checkpoints and finished runs here; a rerun with the same settings resumes")
+    b.add_argument("--ship", default=None, metavar="DIR",
+                   help="then write the best student (by validation mIoU) and its model card into DIR "
+                        "(needs --workdir), e.g. resources/models")
     b.add_argument("--out", default=None, help="write the JSON here (a .md table is written beside it)")
     b.add_argument("--data", default=None, help="dataset folder (default: shared ebhi-adenocarcinoma)")
     b.add_argument("--methods", default=None, help="comma-separated subset of methods")
@@ -212,9 +215,16 @@ def cmd_bench_distill(args: argparse.Namespace) -> int:
     _setup(args)
     from engine.training.bench import run_benchmark, write_outputs
 
+    if args.ship and not args.workdir:
+        raise CocoPathError("--ship needs --workdir: the student to ship is read from there")
     report = run_benchmark(protocol="quick" if args.quick else args.protocol, data_dir=args.data, seeds=args.seeds, device=args.device,
                            methods=args.methods.split(",") if args.methods else None,
                            progress=_progress_printer(True), workdir=Path(args.workdir) if args.workdir else None)
     md = write_outputs(report, Path(args.out) if args.out else None)
+    if args.ship:
+        from engine.training.ship import ship_student
+
+        shipped = ship_student(report, Path(args.workdir), Path(args.ship))
+        print(f"shipped {shipped['student']} (method {shipped['method']})", file=sys.stderr)
     print(json.dumps(report, indent=1) if not args.out else md)
     return 0

@@ -103,12 +103,13 @@ def test_help_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
+TINY = {"size": 32, "crop": 32, "teacher": "mobile-unet", "teacher_steps": 2, "student_steps": 2,
+        "batch_size": 2, "student": "mobile-unet-small", "speed_size": 32, "speed_rounds": 1}
+
+
 def test_bench_harness_on_tiny_settings(tiny_data: Path, tmp_path: Path) -> None:
-    report = run_benchmark(
-        protocol="quick", data_dir=str(tiny_data), methods=["student", "coco"], device="cpu", workdir=tmp_path,
-        overrides={"size": 32, "crop": 32, "teacher": "mobile-unet", "teacher_steps": 2, "student_steps": 2,
-                   "batch_size": 2, "student": "mobile-unet-small", "speed_size": 32,
-                   "speed_rounds": 1})
+    report = run_benchmark(protocol="quick", data_dir=str(tiny_data), methods=["student", "coco"], device="cpu",
+                           workdir=tmp_path, overrides=TINY)
     assert set(report["methods"]) == {"student", "coco"}
     assert report["methods"]["student"]["gap_closed"] in (None, pytest.approx(0.0))
     assert report["efficiency"]["params_ratio"] < 0.2
@@ -116,3 +117,36 @@ def test_bench_harness_on_tiny_settings(tiny_data: Path, tmp_path: Path) -> None
     table = markdown(report)
     assert "| coco |" in table and "gap closed" in table
     json.dumps(report)
+
+
+def test_bench_resumes_from_its_workdir_and_ships_the_best_student(tiny_data: Path, tmp_path: Path) -> None:
+    from engine.inference.spec import load_spec
+    from engine.training.checkpoints import load_model
+    from engine.training.ship import STUDENT_NAME, best_method, ship_student
+
+    first = run_benchmark(protocol="quick", data_dir=str(tiny_data), methods=["student", "kd"], device="cpu",
+                          workdir=tmp_path, overrides=TINY)
+    ckpt = tmp_path / "student-kd-s0.safetensors"
+    stamp = ckpt.stat().st_mtime_ns
+    again = run_benchmark(protocol="quick", data_dir=str(tiny_data), methods=["student", "kd"], device="cpu",
+                          workdir=tmp_path, overrides=TINY)
+    assert ckpt.stat().st_mtime_ns == stamp  # read back, not trained again
+    assert again["methods"]["kd"]["runs"] == first["methods"]["kd"]["runs"]
+    assert again["teacher"] == first["teacher"]
+    changed = run_benchmark(protocol="quick", data_dir=str(tiny_data), methods=["kd"], device="cpu",
+                            workdir=tmp_path, overrides={**TINY, "student_steps": 3})
+    assert ckpt.stat().st_mtime_ns != stamp  # other settings: trained again
+    assert changed["settings"]["student_steps"] == 3
+
+    method, seed = best_method(first)
+    vals = {m: first["methods"][m]["runs"][0]["val_miou"] for m in ("student", "kd")}
+    assert vals[method] == max(vals.values())
+    dest = tmp_path / "models"
+    shipped = ship_student(first, tmp_path, dest)
+    spec = load_spec(dest / f"{STUDENT_NAME}.safetensors")
+    assert spec.mpp is not None and spec.mpp > 0 and spec.classes == ("background", "tumour")
+    model, meta = load_model(dest / f"{STUDENT_NAME}.safetensors")
+    assert meta["model"]["name"] == "mobile-unet-small" and meta["benchmark"]["method"] == method
+    assert "teacher" in shipped  # a Mobile U-Net teacher is far under the size limit
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert method in card and "CC BY 4.0" in card and "by case" in card
