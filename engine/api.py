@@ -35,10 +35,26 @@ _INFERENCE = {
     "PredictionGrid": "engine.inference.geometry", "make_grid": "engine.inference.geometry",
     "Measurements": "engine.inference.vectorize", "labels_from_probs": "engine.inference.vectorize",
     "measure": "engine.inference.vectorize", "SlideInference": "engine.inference.pipeline",
+    "PredictedComponent": "engine.inference.regions", "RegionPrediction": "engine.inference.regions",
+    "pending_tiles": "engine.inference.regions", "prediction_component_at": "engine.inference.regions",
+    "prediction_in_region": "engine.inference.regions", "vector_tolerances": "engine.inference.regions",
+    "PALETTE": "engine.inference.spec",
     "tissue_tiles": "engine.inference.pipeline", "make_runner": "engine.inference.runner",
     "load_model": "engine.training.checkpoints", "save_model": "engine.training.checkpoints",
     "create_model": "engine.models", "CancelToken": "engine.jobs",
     "Progress": "engine.jobs", "Result": "engine.jobs",
+}
+
+
+#: Fine-tuning names (issue 6): the project's model registry, a round's settings and result, the
+#: command line of the round's subprocess and its events, and "Review next" ranking; imported on
+#: first use (a round needs torch only in its own process).
+_FINETUNE = {
+    "ModelRegistry": "engine.finetune.registry", "ModelVersion": "engine.finetune.registry",
+    "default_model_path": "engine.finetune.registry", "RoundSettings": "engine.finetune.round",
+    "RoundResult": "engine.finetune.round", "FinetuneEvent": "engine.finetune.job",
+    "finetune_argv": "engine.finetune.job", "parse_event": "engine.finetune.job",
+    "ReviewRegion": "engine.finetune.review", "rank_regions": "engine.finetune.review",
 }
 
 
@@ -49,10 +65,10 @@ def __getattr__(name: str) -> object:
         value = getattr(annotations, name)
         globals()[name] = value
         return value
-    if name in _INFERENCE:
+    if name in _INFERENCE or name in _FINETUNE:
         import importlib
 
-        value = getattr(importlib.import_module(_INFERENCE[name]), name)
+        value = getattr(importlib.import_module(_INFERENCE.get(name) or _FINETUNE[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -61,6 +77,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     *_ANNOTATIONS,
     *_INFERENCE,
+    *_FINETUNE,
     "ByteBoundedCache",
     "CocoPathError",
     "OpenSlideSource",

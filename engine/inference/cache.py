@@ -152,6 +152,15 @@ class PredictionCache:
     def level_count(self) -> int:
         return len(self.levels)
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Names of the foreground classes (one per channel), from the model card it was written
+        with; "class 1", "class 2", … when the card does not list them."""
+        classes = (self.meta.get("model") or {}).get("classes") or []
+        if len(classes) == self.channels + 1:
+            return tuple(str(c) for c in classes[1:])
+        return tuple(f"class {i}" for i in range(1, self.channels + 1))
+
     def level_downsample(self, level: int) -> float:
         """Slide level-0 pixels per pixel of cache level ``level``."""
         return self.grid.downsample * 2**level

@@ -21,6 +21,7 @@ from engine.inference.cache import PredictionCache, slide_key
 from engine.inference.export import prediction_polygons, write_mask_tiff, write_prediction_geojson
 from engine.inference.geometry import make_grid
 from engine.inference.pipeline import ProgressFn, SlideInference, tissue_tiles
+from engine.inference.regions import MIN_AREA_UM2, SIMPLIFY_UM, vector_tolerances
 from engine.inference.spec import ModelSpec
 from engine.inference.vectorize import measure
 from engine.jobs import CancelToken
@@ -38,8 +39,8 @@ class InferOptions:
     margin: int = 32
     batch_size: int = 4
     readers: int = 2
-    simplify_um: float = 1.0
-    min_area_um2: float = 200.0
+    simplify_um: float = SIMPLIFY_UM
+    min_area_um2: float = MIN_AREA_UM2
 
 
 def outputs_for(out_dir: Path, slide: Path) -> dict[str, Path]:
@@ -94,9 +95,7 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
     if result.status != "done":
         summary["time_s"] = time.perf_counter() - t0
         return summary
-    um = info.mpp[0] if info.mpp else None
-    tol = options.simplify_um / um if um else options.simplify_um  # no µm/px: taken as pixels
-    min_area = options.min_area_um2 / (info.mpp[0] * info.mpp[1]) if info.mpp else options.min_area_um2
+    tol, min_area = vector_tolerances(info.mpp, options.simplify_um, options.min_area_um2)
     write_mask_tiff(cache, paths["mask"], info.mpp)
     level, polys = prediction_polygons(cache, tol, min_area)
     n = write_prediction_geojson(paths["geojson"], polys, spec, info.mpp)
