@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QM
 
 from app.annotation_actions import AnnotationActions
 from app.prediction_actions import PredictionActions
+from app.training_actions import TrainingActions
 from app.panels.slide_info import SlideInfoPanel, rgb_to_qimage
 from app.state.viewport import (MAGNIFICATION_PRESETS, Viewport, format_magnification,
                                 format_position)
@@ -82,6 +83,7 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self.annotations = AnnotationActions(self)  # projects, tools, classes, undo, import/export
         self.predictions = PredictionActions(self)  # model and summary docks, the overlay (H)
+        self.training = TrainingActions(self)  # training, models and review-next docks
         self.view.painted.connect(self._after_first_frame)
         self.resizeDocks([self.overview_dock], [320], Qt.Orientation.Horizontal)
         if remember:
@@ -393,6 +395,7 @@ class MainWindow(QMainWindow):
         if self.downloader is not None:
             self.downloader.shutdown()  # type: ignore[attr-defined]
         self.view.loader.shutdown()  # closes the slide once no reader uses it
+        self.training.close()  # a running round is stopped (the registry stays as it was)
         self.annotations.close()
         self.predictions.close()
         self.source = None

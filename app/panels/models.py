@@ -1,0 +1,157 @@
+"""The models dock: the project's model registry — every version with its parent, date, held-out
+mIoU and note, the active one marked — and Activate, Rollback, Export…, Import…, the model card.
+
+A thin widget: :mod:`app.training_actions` owns the registry and tells this panel what to show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from app.state.training import ModelRow
+
+COLUMNS = ("", "Version", "Parent", "Created", "Held-out mIoU", "Note")
+ACTIVE_MARK = "●"
+NO_REGISTRY = ("No model versions in this project yet. Import a model (.safetensors), or "
+               "fine-tune: the first round registers the model it starts from.")
+
+
+class ModelsPanel(QWidget):
+    activate_requested = Signal(str)  # a version
+    rollback_requested = Signal()
+    export_requested = Signal(str)
+    import_requested = Signal()
+    selected = Signal(str)  # the version whose card to show
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.rows: list[ModelRow] = []
+        self._can_edit = True
+        self.note = QLabel(NO_REGISTRY)
+        self.note.setWordWrap(True)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.itemSelectionChanged.connect(self._selection)
+        self.table.cellDoubleClicked.connect(lambda r, _c: self._activate_row(r))
+        self.activate_button = QPushButton("Activate")
+        self.activate_button.setToolTip("Make the selected version the active model "
+                                        "(the slide is re-predicted with it)")
+        self.rollback_button = QPushButton("Rollback")
+        self.rollback_button.setToolTip("Go back to the active version's parent")
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Save the selected version as a .safetensors file")
+        self.import_button = QPushButton("Import…")
+        self.import_button.setToolTip("Add a .safetensors model to this project's versions")
+        self.activate_button.clicked.connect(lambda: self._activate_row(self.table.currentRow()))
+        self.rollback_button.clicked.connect(self.rollback_requested)
+        self.export_button.clicked.connect(self._export)
+        self.import_button.clicked.connect(self.import_requested)
+        buttons = QHBoxLayout()
+        for b in (self.activate_button, self.rollback_button, self.export_button, self.import_button):
+            buttons.addWidget(b)
+        self.card = QPlainTextEdit()
+        self.card.setReadOnly(True)
+        self.card.setPlaceholderText("Select a version to see its model card")
+        self.card.setFont(QFont("monospace", 8))
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.note)
+        lay.addWidget(self.table, 2)
+        lay.addLayout(buttons)
+        lay.addWidget(QLabel("Model card"))
+        lay.addWidget(self.card, 1)
+        self.set_rows([], None)
+
+    def set_rows(self, rows: Sequence[ModelRow], project: str | None, can_edit: bool = True) -> None:
+        """Show ``rows`` (newest first); the selection stays on the same version if it still exists."""
+        keep = self.selected_version()
+        self.rows = list(rows)
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(rows))
+        select = None
+        for i, row in enumerate(rows):
+            cells = (ACTIVE_MARK if row.active else "", row.version, row.parent, row.created,
+                     row.miou, row.note)
+            for j, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if row.active:
+                    f = item.font()
+                    f.setBold(True)
+                    item.setFont(f)
+                if j == 0:
+                    item.setToolTip("the active model" if row.active else "")
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                self.table.setItem(i, j, item)
+            if row.version == keep or (keep is None and row.active):
+                select = i
+        self.table.resizeColumnsToContents()
+        self.table.blockSignals(False)
+        if select is not None:
+            self.table.selectRow(select)
+        elif not rows:
+            self.card.clear()
+        if project is None:
+            self.note.setText("Open a slide: model versions belong to the project.")
+        elif not rows:
+            self.note.setText(NO_REGISTRY)
+        else:
+            active = self.active_version()
+            self.note.setText(f"{len(rows)} version{'s' if len(rows) != 1 else ''} in {project}; "
+                              f"active: {active or 'none'}.")
+        self.set_enabled(can_edit and project is not None)
+
+    def set_enabled(self, can_edit: bool) -> None:
+        has = bool(self.rows)
+        active = self.active_version()
+        parent = next((r.parent for r in self.rows if r.active), "—")
+        sel = self.selected_version()
+        self.activate_button.setEnabled(can_edit and sel is not None and sel != active)
+        self.rollback_button.setEnabled(can_edit and has and parent not in ("—", ""))
+        self.export_button.setEnabled(sel is not None)
+        self.import_button.setEnabled(can_edit)
+        self._can_edit = can_edit
+
+    def active_version(self) -> str | None:
+        return next((r.version for r in self.rows if r.active), None)
+
+    def selected_version(self) -> str | None:
+        r = self.table.currentRow()
+        return self.rows[r].version if 0 <= r < len(self.rows) else None
+
+    def select_version(self, version: str) -> bool:
+        for i, row in enumerate(self.rows):
+            if row.version == version:
+                self.table.selectRow(i)
+                return True
+        return False
+
+    def show_card(self, text: str) -> None:
+        self.card.setPlainText(text)
+
+    def _selection(self) -> None:
+        v = self.selected_version()
+        self.set_enabled(self._can_edit)
+        if v is not None:
+            self.selected.emit(v)
+
+    def _activate_row(self, row: int) -> None:
+        if 0 <= row < len(self.rows) and self._can_edit and not self.rows[row].active:
+            self.activate_requested.emit(self.rows[row].version)
+
+    def _export(self) -> None:
+        v = self.selected_version()
+        if v is not None:
+            self.export_requested.emit(v)
+
+    def cell(self, row: int, col: int) -> str:
+        item = self.table.item(row, col)
+        return item.text() if item is not None else ""

@@ -1,0 +1,580 @@
+"""The main window's learning loop: the Training, Models and Review next docks.
+
+* Training: a fine-tuning round of the project's active model on its correction ROIs runs in a
+  subprocess (``engine.api.finetune_argv``, driven by :class:`~app.finetune_bridge.FinetuneProcess`:
+  the GUI thread only reads its output lines); its events draw the curves; its result offers Accept
+  (activate the new version) or Keep old (activate the version it started from).
+* Models: the project's model registry (``<project>/models``); Activate, Rollback, Export, Import.
+  Whenever the active version changes here, the Model panel's model becomes that version and the
+  open slide is re-predicted, visible region first (prediction caches are per model version, so a
+  version that predicted this slide before shows its predictions at once).
+* Review next: regions of the open slide where the active model is least sure (or disagrees most
+  with the version it came from), ranked off the GUI thread from the prediction cache, reviewed
+  regions (correction ROIs) left out; a click takes the view there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtWidgets import QDockWidget, QFileDialog, QScrollArea, QWidget
+
+from app.finetune_bridge import FinetuneProcess
+from app.panels.models import ModelsPanel
+from app.panels.review import ReviewPanel
+from app.panels.training import TrainingPanel
+from app.state.predictions import prediction_folder
+from app.state.training import RoundEnd, card_text, model_rows, review_viewport
+from engine.api import CocoPathError
+
+if TYPE_CHECKING:
+    from app.main_window import MainWindow
+
+log = logging.getLogger(__name__)
+
+MODEL_FILTER = "CoCoPath models (*.safetensors)"
+REVIEW_REGIONS = 10
+REVIEW_DEBOUNCE_MS = 3000  # while a run fills the cache, "Review next" re-ranks at most this often
+PROJECT_POLL_MS = 1000  # File ▸ Open project has no signal: the project is compared this often
+STARTUP_DELAY_MS = 1500  # with no slide frame by then, the docks get ready anyway
+
+
+def checkpoint_of(version: Any) -> Path:
+    """The .safetensors file of a registry version (its ``path``, or the one file in its folder)."""
+    p = Path(version.path)
+    if p.is_dir():
+        files = sorted(p.glob("*.safetensors"))
+        named = [f for f in files if f.stem in ("model", "student")]
+        if named or files:
+            return (named or files)[0]
+        raise CocoPathError(f"model version {version.version}: no .safetensors file in {p}")
+    return p
+
+
+class _ReviewSignals(QObject):
+    done = Signal(int, object, str)  # request id, regions, error message ("" when fine)
+
+
+class TrainingActions(QObject):
+    """Builds the training, models and review docks into ``window``."""
+
+    active_changed = Signal(str)  # the registry's active version, after the app switched to it
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window)
+        self.window = window
+        self.registry: Any = None
+        self.project_folder: Path | None = None
+        self.last_end: RoundEnd | None = None
+        self.process = FinetuneProcess(self)
+        self.panel = TrainingPanel()
+        self.models = ModelsPanel()
+        self.review = ReviewPanel()
+        self.training_dock = self._dock("Training", "training", _scrolled(self.panel))
+        self.models_dock = self._dock("Models", "models", self.models)
+        self.review_dock = self._dock("Review next", "review-next", self.review)
+        window.tabifyDockWidget(self.training_dock, self.models_dock)
+        window.tabifyDockWidget(self.training_dock, self.review_dock)
+        self.training_dock.raise_()
+        window.view_menu.addSeparator()
+        for dock in (self.training_dock, self.models_dock, self.review_dock):
+            window.view_menu.addAction(dock.toggleViewAction())
+        # training
+        self.panel.finetune_requested.connect(self.finetune)
+        self.panel.cancel_requested.connect(self.cancel)
+        self.panel.accept_requested.connect(self.accept)
+        self.panel.keep_old_requested.connect(self.keep_old)
+        self.process.event.connect(self._on_event)
+        self.process.ended.connect(self._on_ended)
+        # models
+        self.models.activate_requested.connect(self.activate)
+        self.models.rollback_requested.connect(self.rollback)
+        self.models.export_requested.connect(self.export_dialog)
+        self.models.import_requested.connect(self.import_dialog)
+        self.models.selected.connect(self._show_card)
+        # review
+        self._review_id = 0
+        self._review_dirty = True
+        self._review_signals = _ReviewSignals(self)
+        self._review_signals.done.connect(self._on_ranked)
+        self._review_timer = QTimer(self)
+        self._review_timer.setSingleShot(True)
+        self._review_timer.setInterval(REVIEW_DEBOUNCE_MS)
+        self._review_timer.timeout.connect(self._review_changed)
+        self.review.refresh_requested.connect(self.refresh_review)
+        self.review.region_chosen.connect(self.go_to_region)
+        self.review_dock.visibilityChanged.connect(self._review_visible)
+        self._rerun_after_measure = False
+        pa = window.predictions
+        pa.bridge.finished.connect(self._on_prediction_finished)
+        pa.bridge.tile_done.connect(lambda *_: self._review_timer.isActive()
+                                    or self._review_timer.start())
+        window.slide_opened.connect(self._on_slide)
+        window.view.annotator.document.changed.connect(self._on_annotations_changed)
+        self._poll = QTimer(self)
+        self._poll.setInterval(PROJECT_POLL_MS)
+        self._poll.timeout.connect(self.sync_project)
+        # The registry (and pyqtgraph, ~0.4 s to import) wait until the first slide frame is on
+        # screen, or a moment after start-up when no slide is opened: the viewer starts as fast.
+        self.ready = False
+        window.view.painted.connect(self._first_frame)
+        QTimer.singleShot(STARTUP_DELAY_MS, self, self.become_ready)
+        self._update_enabled()
+
+    def _first_frame(self, _record: object = None) -> None:
+        self.window.view.painted.disconnect(self._first_frame)
+        QTimer.singleShot(0, self, self.become_ready)
+
+    def become_ready(self) -> None:
+        """Open the project's registry, make the plots, start following the project."""
+        if self.ready:
+            return
+        self.ready = True
+        self.panel.ensure_plots()
+        self._on_slide("")
+        self._poll.start()
+
+    def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
+        dock = QDockWidget(title, self.window)
+        dock.setObjectName(name)
+        dock.setWidget(widget)
+        self.window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        return dock
+
+    # -- project and registry --------------------------------------------------------------------
+
+    def sync_project(self) -> bool:
+        """Follow the window's current project: open its model registry (and make the Model
+        panel's model its active version, if it has one). True when the project changed."""
+        if not self.ready:
+            return False
+        project = self.window.annotations.project
+        folder = Path(project.folder) if project is not None else None
+        if folder == self.project_folder:
+            return False
+        self.project_folder = folder
+        self.registry = None
+        if folder is not None:
+            try:
+                from engine.api import ModelRegistry
+
+                self.registry = ModelRegistry.of_project(folder)
+            except CocoPathError as exc:
+                self.window.show_error(f"Model versions are off for this project: {exc}")
+            except Exception as exc:  # noqa: BLE001 - the GUI never shows a traceback
+                log.exception("opening the model registry of %s failed", folder)
+                self.window.show_error(f"{folder}: the model registry could not be read "
+                                       f"({type(exc).__name__}: {exc}).")
+        self.refresh_models()
+        self.refresh_slides()
+        active = self._active()
+        if active is not None:
+            self._use_version(active, predict=False, quiet=True)
+        return True
+
+    def _active(self) -> Any:
+        if self.registry is None:
+            return None
+        try:
+            return self.registry.active()
+        except CocoPathError as exc:
+            log.warning("active model version unknown: %s", exc)
+            return None
+
+    def refresh_models(self) -> None:
+        """Re-read the registry into the models table."""
+        if self.registry is None:
+            self.models.set_rows([], None)
+            return
+        try:
+            versions = self.registry.versions()
+            active = self._active()
+        except CocoPathError as exc:
+            self.window.show_error(str(exc))
+            versions, active = [], None
+        name = self.project_folder.name if self.project_folder is not None else None
+        self.models.set_rows(model_rows(versions, active.version if active is not None else None),
+                             name, can_edit=not self.process.running)
+
+    def refresh_slides(self) -> None:
+        """The project's slides with their correction ROI counts, for the round's settings."""
+        project = self.window.annotations.project
+        rows: list[tuple[str, str, int]] = []
+        if project is not None:
+            try:
+                for rec in project.slides():
+                    rows.append((rec.path, rec.name, len(project.store(rec).rois())))
+            except CocoPathError as exc:
+                log.warning("slides of the project not listed: %s", exc)
+        source = self.window.source
+        self.panel.set_slides(rows, source.info.path if source is not None else None)  # type: ignore[attr-defined]
+        self._update_enabled()
+
+    def _show_card(self, version: str) -> None:
+        if self.registry is None:
+            return
+        try:
+            self.models.show_card(card_text(self.registry.get(version)))
+        except CocoPathError as exc:
+            self.models.show_card(str(exc))
+
+    # -- the active version ------------------------------------------------------------------------
+
+    def activate(self, version: str) -> bool:
+        """Make ``version`` the project's active model; the slide is re-predicted with it."""
+        if self.registry is None:
+            return False
+        try:
+            self.registry.activate(version)
+        except CocoPathError as exc:
+            self.window.show_error(str(exc))
+            return False
+        return self._activated()
+
+    def rollback(self) -> bool:
+        """Activate the active version's parent (one step back)."""
+        if self.registry is None:
+            return False
+        try:
+            self.registry.rollback()
+        except CocoPathError as exc:
+            self.window.show_error(str(exc))
+            return False
+        return self._activated()
+
+    def _activated(self) -> bool:
+        self.refresh_models()
+        active = self._active()
+        if active is None:
+            return False
+        self.window.statusBar().showMessage(f"Active model: {active.version}", 6000)
+        return self._use_version(active, predict=True)
+
+    def _use_version(self, version: Any, predict: bool, quiet: bool = False) -> bool:
+        """Make ``version`` the Model panel's model; ``predict``: re-predict the open slide with it
+        (an earlier run's predictions of this version are shown at once)."""
+        pa = self.window.predictions
+        try:
+            path = checkpoint_of(version)
+        except CocoPathError as exc:
+            if not quiet:
+                self.window.show_error(str(exc))
+            return False
+        current = pa.spec.checkpoint if pa.spec is not None else ""
+        if not current or Path(current).resolve() != path.resolve():
+            if not pa.load_model(str(path), quiet=quiet):
+                return False
+        self.active_changed.emit(version.version)
+        self._review_dirty = True
+        self._update_other()
+        if predict and self.window.source is not None:
+            self._predict()
+        return True
+
+    def _predict(self) -> None:
+        """Run the active model on the open slide, unless an earlier run is being measured (its
+        cache is shown; if that cache is incomplete the run follows once measured)."""
+        pa = self.window.predictions
+        if pa.bridge.running:
+            self._rerun_after_measure = True
+            return
+        overlay = self.window.view.predictions
+        cache = overlay.cache
+        if cache is not None and cache.complete:
+            return
+        pa.run()
+
+    def _on_prediction_finished(self, end: Any) -> None:
+        if self._rerun_after_measure and end.status == "measured":
+            self._rerun_after_measure = False
+            cache = self.window.view.predictions.cache
+            if cache is None or not cache.complete:
+                QTimer.singleShot(0, self.window.predictions.run)
+        else:
+            self._rerun_after_measure = False
+        self._review_changed()
+
+    # -- a round -----------------------------------------------------------------------------------
+
+    def finetune(self) -> bool:
+        """Start a round on the chosen slides' correction ROIs; False (with a message) if it cannot."""
+        self.become_ready()
+        self.sync_project()
+        if self.process.running:
+            return False
+        project = self.window.annotations.project or self.window.annotations.ensure_project()
+        if project is None:
+            self._round_error("Open a slide first: fine-tuning learns from a project's corrections.")
+            return False
+        self.sync_project()
+        if self.registry is None:
+            self._round_error("This project has no usable model registry (see the message above).")
+            return False
+        if self._active() is None and not self._seed():
+            return False
+        self.refresh_slides()
+        slides = self.panel.chosen_slides()
+        if not slides:
+            self._round_error("Tick at least one slide: the round learns from its correction ROIs.")
+            return False
+        try:
+            from engine.api import RoundSettings, finetune_argv
+
+            settings = RoundSettings(steps=self.panel.steps.value(), slides=tuple(slides),
+                                     use_teacher=self.panel.teacher.isChecked())
+            argv = finetune_argv(project.folder, settings)
+        except CocoPathError as exc:
+            self._round_error(str(exc))
+            return False
+        self.last_end = None
+        self.panel.started()
+        self.process.start(argv)
+        self._update_enabled()
+        return True
+
+    def _seed(self) -> bool:
+        """An empty registry gets the Model panel's model (else the shipped default) as its first
+        version, so the round has a model to start from."""
+        pa = self.window.predictions
+        try:
+            if pa.spec is not None and pa.spec.checkpoint:
+                v = self.registry.import_model(Path(pa.spec.checkpoint),
+                                               note=f"from the Model panel ({Path(pa.spec.checkpoint).name})")
+                self.registry.activate(v.version)
+            else:
+                from engine.api import default_model_path
+
+                default = default_model_path()
+                if default is None:
+                    self._round_error("Choose a model in the Model panel first: fine-tuning "
+                                      "trains a new version of a model.")
+                    return False
+                self.registry.ensure_seeded(default)
+        except CocoPathError as exc:
+            self._round_error(str(exc))
+            return False
+        self.refresh_models()
+        return self._active() is not None
+
+    def _round_error(self, message: str) -> None:
+        self.panel.show_error(message)
+        self.window.show_error(message)
+
+    def cancel(self) -> None:
+        if self.process.running:
+            self.process.cancel()
+            self.panel.status.setText("Cancelling…")
+
+    def _on_event(self, ev: Any) -> None:
+        if ev.kind == "error":
+            self.panel.show_error(str(ev.data.get("message") or "the round failed"))
+        else:
+            self.panel.add_event(ev.kind, ev.data)
+
+    def _on_ended(self, end: RoundEnd) -> None:
+        self.last_end = end
+        self.panel.finished(end)
+        self._update_enabled()
+        self.refresh_models()
+        if end.status == "failed":
+            self.window.show_error(end.message)
+            return
+        if end.status != "done" or end.result is None:
+            self.window.statusBar().showMessage(end.message, 8000)
+            return
+        r = end.result
+        self.window.statusBar().showMessage(f"Fine-tuning finished: {r.get('version')}", 8000)
+        if r.get("version"):
+            self.models.select_version(str(r["version"]))
+        active = self._active()
+        if active is not None:  # the engine activates a version that is not worse
+            self._use_version(active, predict=True)
+
+    def accept(self) -> bool:
+        """Accept: the round's new version becomes active."""
+        end = self.last_end
+        if end is None or end.result is None or not end.result.get("version"):
+            return False
+        ok = self.activate(str(end.result["version"]))
+        if ok:
+            self.panel.choice_made(str(end.result["version"]))
+        return ok
+
+    def keep_old(self) -> bool:
+        """Keep old: the version the round started from stays (or becomes again) active."""
+        end = self.last_end
+        if end is None or end.result is None or not end.result.get("parent"):
+            return False
+        ok = self.activate(str(end.result["parent"]))
+        if ok:
+            self.panel.choice_made(str(end.result["parent"]))
+        return ok
+
+    # -- import / export -------------------------------------------------------------------------
+
+    def import_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self.window, "Import a model", "", MODEL_FILTER)
+        if path:
+            self.import_model(path)
+
+    def import_model(self, path: str | Path) -> str | None:
+        """Add a .safetensors model to the project's versions (not activated); its version."""
+        self.become_ready()
+        self.sync_project()
+        if self.registry is None:
+            self.window.show_error("Open a slide first: model versions belong to a project.")
+            return None
+        p = Path(path)
+        if p.suffix.lower() != ".safetensors":
+            self.window.show_error(f"{p.name}: not a model file. Only .safetensors models can be "
+                                   f"imported (pickled .pt/.pth files are refused for safety).")
+            return None
+        try:
+            v = self.registry.import_model(p, note=f"imported from {p.name}")
+        except CocoPathError as exc:
+            self.window.show_error(str(exc))
+            return None
+        self.refresh_models()
+        self.models.select_version(v.version)
+        self.window.statusBar().showMessage(f"Imported {p.name} as {v.version}", 6000)
+        return str(v.version)
+
+    def export_dialog(self, version: str) -> None:
+        path, _ = QFileDialog.getSaveFileName(self.window, "Export a model version",
+                                              f"{version}.safetensors", MODEL_FILTER)
+        if path:
+            self.export_model(version, path if path.endswith(".safetensors")
+                              else path + ".safetensors")
+
+    def export_model(self, version: str, dest: str | Path) -> bool:
+        if self.registry is None:
+            return False
+        try:
+            self.registry.export_model(version, Path(dest))
+        except CocoPathError as exc:
+            self.window.show_error(str(exc))
+            return False
+        except OSError as exc:
+            self.window.show_error(f"{dest}: could not be written ({exc.strerror or exc}).")
+            return False
+        self.window.statusBar().showMessage(f"Exported {version} to {dest}", 6000)
+        return True
+
+    # -- review next -------------------------------------------------------------------------------
+
+    def _review_visible(self, visible: bool) -> None:
+        if visible and self._review_dirty:
+            self.refresh_review()
+
+    def _review_changed(self) -> None:
+        self._review_dirty = True
+        if self.review_dock.isVisible() and not self.review_dock.visibleRegion().isEmpty():
+            self.refresh_review()
+
+    def _on_annotations_changed(self, _step: object) -> None:
+        self._review_timer.start()  # ROIs drawn or removed: rank again (debounced)
+
+    def _update_other(self) -> None:
+        """Offer "disagreement" when the active version's parent has predicted this slide too."""
+        self.review.set_other(self._other_root()[1])
+
+    def _other_root(self) -> tuple[Path | None, str | None]:
+        source, active = self.window.source, self._active()
+        if source is None or active is None or not active.parent or self.registry is None:
+            return None, None
+        try:
+            from engine.api import load_spec
+
+            parent = self.registry.get(active.parent)
+            spec = load_spec(checkpoint_of(parent))
+        except CocoPathError:
+            return None, None
+        root = prediction_folder(source.info.path, spec.version)  # type: ignore[attr-defined]
+        return (root, parent.version) if (root / "cache.json").is_file() else (None, None)
+
+    def refresh_review(self) -> None:
+        """Rank the open slide's regions in a worker thread (newer requests supersede older)."""
+        self._review_dirty = False
+        self._review_id += 1
+        cache = self.window.view.predictions.cache
+        source = self.window.source
+        if cache is None or source is None:
+            self.review.set_regions([], None)
+            return
+        info = source.info  # type: ignore[attr-defined]
+        mpp = info.mpp[0] if isinstance(info.mpp, tuple) else info.mpp
+        region_px = round(self.review.size.value() / mpp) if mpp else self.review.size.value() * 4
+        store = self.window.view.annotator.store
+        exclude = []
+        if store is not None:
+            for roi in store.rois():
+                x0, y0, x1, y1 = roi.geometry.bounds
+                exclude.append((int(x0), int(y0), int(x1 - x0) + 1, int(y1 - y0) + 1))
+        other = self._other_root()[0] if self.review.mode() == "disagreement" else None
+        self.review.set_busy("Ranking regions…")
+        rid, root = self._review_id, Path(cache.root)
+        threading.Thread(target=self._rank, args=(rid, root, region_px, tuple(exclude), other),
+                         name="review-rank", daemon=True).start()
+
+    def _rank(self, rid: int, root: Path, region_px: int, exclude: tuple, other: Path | None) -> None:
+        try:
+            from engine.api import PredictionCache, rank_regions
+
+            other_cache = PredictionCache(other) if other is not None else None
+            regions = rank_regions(PredictionCache(root), region_px, n=REVIEW_REGIONS,
+                                   exclude=exclude, other=other_cache)
+            self._review_signals.done.emit(rid, regions, "")
+        except CocoPathError as exc:
+            self._review_signals.done.emit(rid, [], str(exc))
+        except Exception as exc:  # noqa: BLE001 - said in the panel, logged in full
+            log.exception("ranking review regions failed")
+            self._review_signals.done.emit(rid, [], f"Regions could not be ranked "
+                                                    f"({type(exc).__name__}: {exc}).")
+
+    def _on_ranked(self, rid: int, regions: list, error: str) -> None:
+        if rid != self._review_id:
+            return  # a newer ranking is on its way
+        source = self.window.source
+        info = source.info if source is not None else None  # type: ignore[attr-defined]
+        mpp = None if info is None else (info.mpp[0] if isinstance(info.mpp, tuple) else info.mpp)
+        self.review.set_regions(regions, mpp, error)
+
+    def go_to_region(self, region: Any) -> None:
+        """Centre the view on ``region``, magnified so that it fills most of the view."""
+        view = self.window.view
+        vp = view.viewport
+        if vp is not None:
+            view.set_viewport(review_viewport(region, vp))
+
+    # -- slide, window -----------------------------------------------------------------------------
+
+    def _on_slide(self, _path: str) -> None:
+        if not self.ready:
+            return  # become_ready() follows the first frame of this slide
+        self.sync_project()
+        self.refresh_slides()
+        self._update_other()
+        self._review_changed()
+
+    def _update_enabled(self) -> None:
+        running = self.process.running
+        self.panel.set_running(running, self.window.annotations.project is not None)
+        self.models.set_enabled(not running and self.registry is not None)
+
+    def close(self) -> None:
+        """The window closes: stop a running round (the registry stays as it was)."""
+        self._poll.stop()
+        self.process.shutdown()
+
+
+def _scrolled(widget: QWidget) -> QScrollArea:
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QScrollArea.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the panel wraps
+    return area

@@ -1,0 +1,136 @@
+"""The training docks' Qt-free state: curves from a round's events, how a round ended, the result
+table, the models table, and where "Review next" takes the view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app.state.training import (RoundCurves, TextTail, card_text, format_seconds, model_rows,
+                                region_text, result_rows, review_viewport, round_end, verdict)
+from app.state.viewport import Viewport
+
+
+def test_curves_follow_progress_and_eval_events():
+    c = RoundCurves()
+    assert c.progress_text().startswith("Starting")
+    for step in range(1, 4):
+        c.add_progress({"stage": "student", "step": step, "total": 10,
+                        "metrics": {"ce": 1.0 / step, "coco": 0.5, "bad": "nan?"}, "eta_s": 70 - step})
+    c.add_eval({"step": 3, "heldout_miou": 0.61})
+    c.add_eval({"step": 3})  # no score: ignored
+    assert set(c.losses) == {"ce", "coco"}
+    assert c.losses["ce"] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+    assert c.heldout == [(3, 0.61)]
+    assert c.progress_text() == "student: step 3 of 10 — about 1 min 07 s left"
+
+
+def test_a_second_stage_labels_every_curve_with_its_stage_and_continues_the_axis():
+    c = RoundCurves()
+    c.add_progress({"stage": "teacher", "step": 1, "total": 2, "metrics": {"loss": 2.0}})
+    c.add_progress({"stage": "teacher", "step": 2, "total": 2, "metrics": {"loss": 1.5}})
+    c.add_progress({"stage": "student", "step": 1, "total": 5, "metrics": {"loss": 0.9}})
+    assert c.losses == {"teacher: loss": [(1, 2.0), (2, 1.5)], "student: loss": [(3, 0.9)]}
+    assert c.progress_text() == "student: step 1 of 5"
+
+
+@pytest.mark.parametrize("seconds, text", [(None, ""), (-1, ""), (float("inf"), ""), (4.4, "4 s"),
+                                           (65, "1 min 05 s"), (3720, "1 h 02 min")])
+def test_format_seconds(seconds, text):
+    assert format_seconds(seconds) == text
+
+
+RESULT = {"status": "done", "version": "v0002", "parent": "v0001",
+          "before": {"miou": 0.5, "dice": 0.6}, "after": {"miou": 0.625, "dice": 0.7},
+          "activated": True, "seconds": 42.0, "message": ""}
+
+
+def test_result_rows_and_verdict():
+    rows = result_rows(RESULT)
+    assert [r.name for r in rows] == ["Held-out mIoU", "Held-out Dice"]
+    assert rows[0].before == 0.5 and rows[0].after == 0.625 and rows[0].change == pytest.approx(0.125)
+    text = verdict(RESULT)
+    assert "improved by 0.125" in text and "v0002 is active" in text
+    assert "v0001 is active" in verdict({**RESULT, "activated": False})
+    assert "v0001 is active" in verdict(RESULT, active="v0001")
+    worse = {**RESULT, "after": {"miou": 0.4, "dice": 0.5}, "activated": False}
+    assert "dropped by 0.100" in verdict(worse)
+    assert result_rows({})[0].change is None
+
+
+def test_round_end_judges_each_way_a_process_can_end():
+    assert round_end(0, False, False, RESULT, None, "").status == "done"
+    assert round_end(None, True, True, None, None, "").status == "cancelled"
+    err = round_end(1, False, False, None, "No correction ROIs in this project.", "Traceback…\nX")
+    assert (err.status, err.message) == ("failed", "No correction ROIs in this project.")
+    code = round_end(3, False, False, None, None, "warming up\nRuntimeError: boom\n")
+    assert code.status == "failed" and "exit code 3" in code.message and "RuntimeError: boom" in code.message
+    crash = round_end(None, True, False, None, None, "")
+    assert crash.status == "failed" and "crashed" in crash.message
+    silent = round_end(0, False, False, None, None, "")
+    assert silent.status == "failed" and "without a result" in silent.message
+    inner = round_end(0, False, False, {"status": "failed", "message": "out of memory"}, None, "")
+    assert (inner.status, inner.message) == ("failed", "out of memory")
+
+
+def test_text_tail_keeps_the_end():
+    t = TextTail(10)
+    t.add("abcdefgh")
+    t.add("ijklmn")
+    assert t.text == "efghijklmn"
+    t2 = TextTail()
+    t2.add("\n".join(str(i) for i in range(30)))
+    assert t2.last_lines(3) == "27\n28\n29"
+
+
+@dataclass(frozen=True)
+class Version:
+    version: str
+    path: Path
+    parent: str | None
+    created: str
+    metrics: dict
+    card: dict
+    note: str
+
+
+def test_model_rows_newest_first_with_the_active_marked():
+    vs = [Version("v0001", Path("/m/v0001/model.safetensors"), None, "2026-01-02T03:04:05+00:00",
+                  {"val_miou": 0.7}, {}, "imported"),
+          Version("v0002", Path("/m/v0002/model.safetensors"), "v0001", "2026-01-03T00:00:00+00:00",
+                  {"before": {"miou": 0.5}, "after": {"miou": 0.6}}, {}, "round 1")]
+    rows = model_rows(vs, "v0001")
+    assert [r.version for r in rows] == ["v0002", "v0001"]
+    assert [r.active for r in rows] == [False, True]
+    assert rows[0].miou == "0.600" and rows[1].miou == "0.700 (val)"
+    assert rows[1].parent == "—" and rows[1].created == "2026-01-02 03:04"
+    text = card_text(Version("v0002", Path("/m"), "v0001", "t", {"after": {"miou": 0.6}},
+                             {"classes": ["background", "tumour"], "input": {"mpp": 1.0}}, ""))
+    assert "Parent: v0001" in text and "miou: 0.6" in text and "classes: background, tumour" in text
+
+
+@dataclass(frozen=True)
+class Region:
+    x: int
+    y: int
+    w: int
+    h: int
+    score: float
+    kind: str = "entropy"
+
+
+def test_review_viewport_centres_and_fits_the_region():
+    vp = Viewport(0, 0, 8.0, 1000, 600)
+    out = review_viewport(Region(1000, 2000, 512, 512, 0.9), vp)
+    assert (out.cx, out.cy) == (1256, 2256)
+    assert out.downsample == pytest.approx(512 / (600 * 0.6))
+    x0, y0, x1, y1 = out.visible_rect()
+    assert x0 <= 1000 and y0 <= 2000 and x1 >= 1512 and y1 >= 2512
+    tiny = review_viewport(Region(0, 0, 40, 40, 0.5), vp)
+    assert tiny.downsample == 1.0  # never past the slide's own pixels
+    assert region_text(1, Region(0, 0, 512, 512, 0.613), 0.5) == \
+        "1. uncertainty 0.61 — 256 × 256 µm at (256, 256)"
+    assert region_text(2, Region(0, 0, 512, 512, 0.2, "disagreement"), None).startswith(
+        "2. disagreement 0.20 — 512 × 512 px")
