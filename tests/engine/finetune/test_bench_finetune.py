@@ -1,0 +1,145 @@
+"""bench finetune: the simulated pathologist's slides, corrections and scoring, and a tiny run of the
+whole benchmark (tiny slides, tiny model, two round steps) through the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.annotations import Project
+from engine.annotations.rois import IGNORE, partial_label_mask
+from engine.errors import CocoPathError
+from engine.finetune.simulate import (CELL, build_slide, candidate_regions, confusion,
+                                      random_regions, roi_mask, summarize, unseen_pairs,
+                                      write_corrections)
+from engine.inference.cache import PredictionCache
+from engine.inference.geometry import PredictionGrid
+from engine.shared_data import data_path
+from engine.slide import open_slide
+from engine.slide.request import RegionRequest
+from engine.training.datasets import DEFAULT_GROUP_REGEX, find_pairs, split_by_case
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads() -> None:
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def adeno() -> Path:
+    return data_path("seg", "ebhi-adenocarcinoma")
+
+
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory: pytest.TempPathFactory, adeno: Path):
+    pairs, _ = unseen_pairs(adeno)
+    return build_slide(tmp_path_factory.mktemp("slide"), "tiny", pairs[:4], mpp=1.0, border=32)
+
+
+def test_only_test_cases_and_never_a_case_the_card_trained_on(adeno: Path) -> None:
+    stems = [p.stem for p in find_pairs([adeno])]
+    split = split_by_case(stems, DEFAULT_GROUP_REGEX, (0.7, 0.15, 0.15), 0)
+    case = re.compile(DEFAULT_GROUP_REGEX)
+    pairs, info = unseen_pairs(adeno)
+    assert {p.stem for p in pairs} == set(split["test"])
+    assert not {case.match(p.stem).group(1) for p in pairs} & set(split["train_cases"] + split["val_cases"])
+    # a card whose training cases include a test case: that case is left out
+    seen = split["test_cases"][0]
+    fewer, info2 = unseen_pairs(adeno, {"data": {"train_cases": [seen]}})
+    assert seen in info2["left_out_seen_cases"]
+    assert all(case.match(p.stem).group(1) != seen for p in fewer) and len(fewer) < len(pairs)
+    with pytest.raises(CocoPathError, match="never trained on"):
+        unseen_pairs(adeno, {"data": {"train_cases": split["test_cases"]}})
+
+
+def test_the_slide_shows_the_tiles_and_carries_their_truth(small_slide, adeno: Path) -> None:
+    from PIL import Image
+
+    s = small_slide
+    assert s.size == (2 * CELL + 64, 2 * CELL + 64)
+    assert s.known.sum() == 4 * CELL * CELL
+    with open_slide(s.path) as slide:
+        info = slide.info
+        assert info.mpp is not None and info.mpp[0] == pytest.approx(1.0, rel=1e-3)
+        assert info.level_count >= 2
+        for i, stem in enumerate(s.tiles):
+            r, c = divmod(i, 2)
+            x, y = 32 + c * CELL, 32 + r * CELL
+            rgb = slide.read_rgb(RegionRequest(info.path, 0, x, y, CELL, CELL))
+            image = np.asarray(Image.open(adeno / "images" / f"{stem}.png").convert("RGB"))
+            mask = np.asarray(Image.open(adeno / "masks" / f"{stem}.png").convert("L")) > 127
+            err = np.abs(rgb.astype(int) - image).mean()
+            other = np.asarray(Image.open(adeno / "images" / f"{s.tiles[(i + 1) % 4]}.png").convert("RGB"))
+            assert err < 6 and err * 3 < np.abs(rgb.astype(int) - other).mean()  # JPEG tiles
+            assert np.array_equal(s.truth[y:y + CELL, x:x + CELL], mask)
+    assert not s.truth[:32].any() and not s.known[:, :32].any()  # glass around
+
+
+def test_corrections_label_exactly_the_truth_inside_the_rois(small_slide, tmp_path: Path) -> None:
+    s = small_slide
+    rects = [(40, 40, 128, 128), (300, 250, 128, 128)]
+    with Project.create(tmp_path / "p") as project:
+        n = write_corrections(project, s, rects, "tumour")
+        store = project.store(project.add_slide(s.path))
+        anns = store.annotations(kind=None)
+        assert n == len(anns) and len(store.rois()) == 2
+        assert {a.author for a in anns} == {"simulated pathologist"}
+        w, h = s.size
+        label = partial_label_mask(anns, project.classes(), 0, 0, w, h)
+    inside = roi_mask(s, rects)
+    assert inside.sum() == 2 * 128 * 128
+    assert np.array_equal(label[inside], s.truth[inside].astype(np.uint8))
+    assert (label[~inside] == IGNORE).all()
+
+
+def _cache_of(tmp: Path, s, prob: np.ndarray) -> PredictionCache:
+    w, h = s.size
+    grid = PredictionGrid(str(s.path), (w, h), 1.0, 0, 1.0, 64, 0)
+    cols, rows = grid.shape
+    cache = PredictionCache.open(tmp, grid, "v", 1, np.ones((rows, cols), bool))
+    for c, r in grid.tiles():
+        tile = np.zeros((64, 64, 1), np.uint8)
+        part = prob[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64]
+        tile[:part.shape[0], :part.shape[1], 0] = part
+        cache.write_tile(c, r, tile, flush=False)
+    cache.flush()
+    return cache
+
+
+def test_scoring_counts_only_the_chosen_pixels(small_slide, tmp_path: Path) -> None:
+    s = small_slide
+    truth = s.truth.astype(np.uint8) * 255
+    perfect = _cache_of(tmp_path / "a", s, truth)
+    wrong = _cache_of(tmp_path / "b", s, 255 - truth)
+    where = s.known & ~roi_mask(s, [(40, 40, 128, 128)])
+    m = confusion(perfect, s, where)
+    assert m.sum() == where.sum()
+    assert m[0, 1] == m[1, 0] == 0 and m[1, 1] == (s.truth & where).sum()
+    assert summarize(m, ["background", "tumour"])["miou"] == pytest.approx(1.0)
+    assert summarize(confusion(wrong, s, where), ["background", "tumour"])["miou"] == 0.0
+    # half wrong: tumour everywhere
+    everywhere = _cache_of(tmp_path / "c", s, np.full(truth.shape, 200, np.uint8))
+    frac = s.truth[where].mean()
+    assert summarize(confusion(everywhere, s, where), ["background", "tumour"])["miou"] == \
+        pytest.approx(frac / 2, abs=1e-6)
+
+
+def test_random_regions_are_on_tissue_and_apart(small_slide) -> None:
+    s = small_slide
+    cands = candidate_regions(s, 128)
+    assert cands and all(s.known[y:y + 128, x:x + 128].mean() >= 0.5 for x, y in cands)
+    picked = random_regions([s, s], 128, 6, seed=3)
+    assert len(picked) == 6 and picked == random_regions([s, s], 128, 6, seed=3)
+    for i, (si, a) in enumerate(picked):
+        for sj, b in picked[i + 1:]:
+            if si == sj:
+                assert not (a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3]
+                            and b[1] < a[1] + a[3])
+    with pytest.raises(CocoPathError, match="only"):
+        random_regions([s], 128, 50)
