@@ -95,6 +95,7 @@ class AnnotationActions(QObject):
         w.menuBar().insertMenu(w.view_menu.menuAction(), tools_menu)
         bar = w.addToolBar("Annotate")
         bar.setObjectName("annotate-toolbar")
+        self.tools_menu, self.toolbar = tools_menu, bar  # the prediction's accept actions join them
         nav = w._action("&Navigate", lambda: self.annotator.set_tool(None), "N", "fa5s.hand-paper",
                         "Drag pans the slide (no tool)")
         self.tool_actions[""] = nav

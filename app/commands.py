@@ -77,7 +77,7 @@ class AnnotationDocument(QObject):
         if edit is None or not edit.pairs or self.store is None:
             return None
         try:
-            step = self.store.edit(list(edit.pairs), edit.label)
+            step = self.store.edit(list(edit.pairs), edit.label, edit.classes)
         except CocoPathError as exc:
             self.error.emit(str(exc))
             return None

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QFileDialog, QScrollArea, QWidget
 
 from app.engine_bridge import InferenceBridge
 from app.panels.model import ModelPanel
+from app.prediction_accept import PredictionAccept
 from app.panels.summary import SummaryPanel
 from app.state.inference_run import RunFinished, RunStarted, open_existing
 from app.state.predictions import PredictionStyle, summary_csv
@@ -57,6 +58,8 @@ class PredictionActions(QObject):
         window.view_menu.addAction(self.act_toggle)
         window.view_menu.addAction(self.model_dock.toggleViewAction())
         window.view_menu.addAction(self.summary_dock.toggleViewAction())
+        self.accept = PredictionAccept(window, window.annotations.tools_menu,
+                                       window.annotations.toolbar)  # A / Shift+A
         self._refresh = QTimer(self)
         self._refresh.setSingleShot(True)
         self._refresh.setInterval(REFRESH_MS)

@@ -16,7 +16,7 @@ import shapely
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from engine.api import Annotation, Kind, polygonal
+from engine.api import Annotation, AnnotationClass, Kind, polygonal
 
 Pair = tuple[Annotation | None, Annotation | None]
 
@@ -26,10 +26,12 @@ MIN_AREA = 1.0
 
 @dataclass(frozen=True)
 class Edit:
-    """One undoable step: a label for the Edit menu and the changes, as the store's ``edit`` takes."""
+    """One undoable step: a label for the Edit menu and the changes, as the store's ``edit`` takes
+    (with the classes the project gains in the same step, an accepted prediction's say)."""
 
     label: str
     pairs: tuple[Pair, ...]
+    classes: tuple[AnnotationClass, ...] = ()
 
 
 def stroke_shape(points: Sequence[tuple[float, float]], radius: float) -> Polygon | MultiPolygon:
@@ -103,7 +105,7 @@ def clip_edit(edit: Edit, limit: BaseGeometry) -> Edit | None:
             after = after.evolve(modified=time.time(), geometry=rest) if rest is not None else None
         if before is not None or after is not None:
             pairs.append((before, after))
-    return Edit(edit.label, tuple(pairs)) if pairs else None
+    return Edit(edit.label, tuple(pairs), edit.classes) if pairs else None
 
 
 def translate(ann: Annotation, dx: float, dy: float) -> Edit | None:
@@ -166,7 +168,7 @@ def fill_at(x: float, y: float, nearby: Sequence[Annotation], class_name: str | 
     * Inside a hole of a region: the hole is filled (the enclosing annotation grows into it).
     * Else inside a correction ROI: the unannotated part of the ROI around the click becomes a new
       annotation of ``class_name`` (merged with same-class neighbours it touches).
-    * Elsewhere: None (there is no prediction layer to flood yet).
+    * Elsewhere: None (the *fill from prediction* tool floods the model's predicted regions).
     """
     pt = Point(x, y)
     regions = [a for a in nearby if a.kind is Kind.REGION]

@@ -8,19 +8,22 @@ journalled step and one undo command per edit).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
+import shapely
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QKeyEvent, QPainter
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from app.commands import AnnotationDocument
-from app.state import editing
+from app.state import accept, editing
 from app.state.viewport import Viewport
 from app.viewer.overlay import AnnotationOverlay
 from app.viewer.tools import TOOL_CLASSES
 from app.viewer.tools.base import Tool
-from engine.api import Annotation, AnnotationClass, AnnotationStore, Kind, Step
+from engine.api import (PALETTE, Annotation, AnnotationClass, AnnotationStore, Kind, PredictionCache,
+                        Step)
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +157,36 @@ class Annotator(QObject):
             if not quiet:
                 self.message.emit("Nothing to change there.")
             return None
-        return self.document.apply(edit)
+        step = self.document.apply(edit)
+        if step is not None and edit.classes:
+            self.reload_classes()  # the step created classes (an accepted prediction's)
+        return step
+
+    def prediction_cache(self) -> PredictionCache | None:
+        """The prediction cache the view shows (None: no model has run on this slide)."""
+        return self.view.predictions.cache  # type: ignore[attr-defined]
+
+    def accept_prediction(self, polygons: Sequence[Sequence[BaseGeometry]], cache: PredictionCache,
+                          label: str, nothing: str, single: bool = False) -> Step | None:
+        """Accept predicted ``polygons`` (per foreground class of ``cache``) as annotations of the
+        matching classes, as one step (see :mod:`app.state.accept`); ``nothing`` is said when all
+        of it is annotated already."""
+        if self.store is None:
+            self.message.emit("Open a slide first: annotations belong to a slide.")
+            return None
+        names, new = accept.target_classes(cache.class_names, self.classes, PALETTE)
+        shapes = [(names[k], polys) for k, polys in enumerate(polygons) if polys]
+        if not shapes:
+            self.message.emit(nothing)
+            return None
+        x0, y0, x1, y1 = shapely.union_all([g for _, ps in shapes for g in ps]).bounds
+        edit = accept.accept_shapes(shapes, self.store.query(x0, y0, x1, y1, kind=Kind.REGION),
+                                    accept.model_label(cache.meta, cache.version), label, new,
+                                    single)
+        if edit is None:
+            self.message.emit(nothing)
+            return None
+        return self.apply(edit)
 
     def _within_slide(self, edit: editing.Edit) -> editing.Edit | None:
         """``edit`` with new outlines cut to the slide's rectangle (nothing is drawn off the glass)."""

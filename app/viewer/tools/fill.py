@@ -1,8 +1,8 @@
 """Fill: flood the region under the click into an annotation.
 
-There is no prediction layer yet (issue 4), so the flood runs over what exists: a click in a hole of
-an annotation fills the hole; a click in the unannotated part of a correction ROI turns that part
-(the connected piece around the click) into an annotation of the current class.
+A click in a hole of an annotation fills the hole; a click in the unannotated part of a correction
+ROI turns that part (the connected piece around the click) into an annotation of the current class.
+Flooding the model's predicted region is the *fill from prediction* tool (``fill_prediction``).
 """
 
 from __future__ import annotations
