@@ -143,3 +143,33 @@ def test_random_regions_are_on_tissue_and_apart(small_slide) -> None:
                             and b[1] < a[1] + a[3])
     with pytest.raises(CocoPathError, match="only"):
         random_regions([s], 128, 50)
+
+
+def tiny_model(path: Path) -> Path:
+    """An untrained small student with a card: 256-pixel windows at 1 µm/px."""
+    from engine.models import create_model
+    from engine.training.checkpoints import save_model
+    from engine.training.loader import MEAN, STD
+
+    model = create_model("mobile-unet-small", classes=2)
+    meta = {"model": model.config, "classes": ["background", "tumour"],
+            "input": {"mpp": 1.0, "tile": 256, "mean": list(MEAN), "std": list(STD)}}
+    return save_model(path, model, meta)
+
+
+def test_the_model_predicts_the_slide_and_review_next_picks_from_it(small_slide, tmp_path: Path) -> None:
+    from engine.finetune.bench import review_next
+    from engine.finetune.simulate import predict
+
+    s = small_slide
+    model = tiny_model(tmp_path / "tiny.safetensors")
+    cache = predict(s.path, model, tmp_path / "cache", device="cpu")
+    assert cache.complete and cache.grid.downsample == pytest.approx(1.0)
+    m = confusion(cache, s, s.known)
+    assert m.sum() == s.known.sum()
+    picked = review_next([cache, cache], 128, 3, 0.5)
+    assert len(picked) == 3
+    assert [p[2] for p in picked] == sorted((p[2] for p in picked), reverse=True)
+    assert all(0.0 <= p[2] <= 1.0 for p in picked)
+    with pytest.raises(CocoPathError, match="only"):
+        review_next([cache], 128, 100, 0.5)
