@@ -117,7 +117,8 @@ class TrainingActions(QObject):
         window.view.annotator.document.changed.connect(self._on_annotations_changed)
         self._poll = QTimer(self)
         self._poll.setInterval(PROJECT_POLL_MS)
-        self._poll.timeout.connect(self.sync_project)
+        self._poll.timeout.connect(self._poll_changes)
+        self._stamp: tuple[int, int] | None = None  # the registry folder's and active.json's mtimes
         # The registry (and pyqtgraph, ~0.4 s to import) wait until the first slide frame is on
         # screen, or a moment after start-up when no slide is opened: the viewer starts as fast.
         self.ready = False
@@ -176,6 +177,33 @@ class TrainingActions(QObject):
             self._use_version(active, predict=False, quiet=True)
         return True
 
+    def _registry_stamp(self) -> tuple[int, int] | None:
+        if self.registry is None:
+            return None
+        root = Path(self.registry.root)
+        out = []
+        for p in (root, root / "active.json"):
+            try:
+                out.append(p.stat().st_mtime_ns)
+            except OSError:
+                out.append(0)
+        return out[0], out[1]
+
+    def _poll_changes(self) -> None:
+        """Follow a project switch, and versions added or activated by another process (the
+        command line's ``finetune``): the table is re-read and the active version used."""
+        if self.sync_project() or self.process.running:
+            return
+        stamp = self._registry_stamp()
+        if stamp == self._stamp:
+            return
+        self.refresh_models()
+        active = self._active()
+        pa = self.window.predictions
+        if active is not None and (pa.spec is None or Path(pa.spec.checkpoint).resolve()
+                                   != checkpoint_of(active).resolve()):
+            self._use_version(active, predict=False, quiet=True)
+
     def _active(self) -> Any:
         if self.registry is None:
             return None
@@ -187,6 +215,7 @@ class TrainingActions(QObject):
 
     def refresh_models(self) -> None:
         """Re-read the registry into the models table."""
+        self._stamp = self._registry_stamp()
         if self.registry is None:
             self.models.set_rows([], None)
             return
