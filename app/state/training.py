@@ -293,7 +293,7 @@ def round_end(exit_code: int | None, crashed: bool, cancelled: bool,
     if result is None:
         return RoundEnd("failed", exit_code, None, "The fine-tuning process ended without a result"
                         + (f": {last}" if last else "."), stderr_tail)
-    if str(result.get("status", "done")) in ("failed", "error"):
+    if str(result.get("status", "done")) in ("failed", "error", "nothing-to-learn"):
         return RoundEnd("failed", exit_code, result,
                         str(result.get("message") or "The round failed."), stderr_tail)
     if str(result.get("status")) == "cancelled":

@@ -1,0 +1,198 @@
+"""The Training dock drives a real subprocess: ``fake_round.py`` prints the engine's event lines
+(progress, held-out evaluations, log, result, error) with the endings a test needs, standing in for
+``cocopath-engine finetune --events`` through the same ``finetune_argv`` hook the app calls; a
+real (tiny) round is in ``test_app_training_round.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
+
+import app.finetune_bridge as bridge_module
+import engine.api
+from engine.finetune.registry import ModelRegistry
+from engine.models import create_model
+from engine.training.checkpoints import save_model
+from qt_probe import wait_drawn
+
+FAKE = Path(__file__).with_name("fake_round.py")
+META = {"classes": ["background", "tumour"], "input": {"mpp": 2.0, "tile": 256}}
+
+
+def _student(seed: int):
+    torch.manual_seed(seed)
+    return create_model("mobile-unet-small", classes=2)
+
+
+@pytest.fixture(scope="module")
+def student_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = _student(1)
+    return save_model(tmp_path_factory.mktemp("student") / "student.safetensors", model,
+                      {**META, "model": model.config})
+
+
+@pytest.fixture
+def training(qtbot, window, small_svs, student_file, monkeypatch, tmp_path):
+    """The window on the slide, its project's registry with v0001 (active) and v0002 (a child, not
+    active); ``finetune_argv`` returns the fake round's command line for ``training.mode`` and
+    records the settings it was given."""
+    assert window.open_path(small_svs)
+    wait_drawn(qtbot, window.view)
+    ta = window.training
+    qtbot.waitUntil(lambda: ta.ready and ta.registry is not None, timeout=10000)
+    reg = ModelRegistry.of_project(window.annotations.project.folder)
+    reg.import_model(student_file)
+    model = _student(2)
+    reg.publish(model, {**META, "model": model.config}, parent="v0001", metrics={}, note="round",
+                activate=False)
+    ta.refresh_models()
+    state = {"mode": "ok", "settings": [], "go": tmp_path / "go",
+             "result": {"status": "done", "version": "v0002", "parent": "v0001",
+                        "before": {"miou": 0.5, "dice": 0.6}, "after": {"miou": 0.625, "dice": 0.7},
+                        "activated": False, "seconds": 3.0, "message": "", "curves": {}}}
+
+    def argv(project_dir, settings):
+        state["settings"].append((Path(project_dir), settings))
+        return [sys.executable, str(FAKE), state["mode"], str(state["go"]), json.dumps(state["result"])]
+
+    monkeypatch.setattr(engine.api, "finetune_argv", argv)
+    ta.reg, ta.state = reg, state  # for the tests
+    yield ta
+    ta.process.shutdown()
+    window.predictions.cancel()
+    window.predictions.bridge.wait(30)
+
+
+def _start(qtbot, ta) -> None:
+    assert ta.panel.finetune_button.isEnabled()
+    with qtbot.waitSignal(ta.process.started, timeout=15000):
+        QTest.mouseClick(ta.panel.finetune_button, Qt.MouseButton.LeftButton)
+
+
+def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
+    ta = training
+    panel = ta.panel
+    panel.steps.setValue(40)
+    panel.teacher.setChecked(False)
+    _start(qtbot, ta)
+    (project, settings), = ta.state["settings"]
+    assert project == Path(ta.window.annotations.project.folder)
+    assert settings.steps == 40 and settings.use_teacher is False
+    assert [Path(s).name for s in settings.slides] == ["cmu-1-small-region.svs"]
+    assert not panel.finetune_button.isEnabled() and panel.cancel_button.isEnabled()
+    # every event before the fake waits for GO: the curves fill while the process still runs
+    qtbot.waitUntil(lambda: panel.point_counts().get("heldout_miou") == 2, timeout=20000)
+    assert ta.process.running
+    counts = panel.point_counts()
+    assert counts["teacher: total"] == 3 and counts["teacher: loss_ce"] == 3
+    assert counts["student: total"] == 5 and counts["student: loss_ce"] == 5
+    assert panel.progress.maximum() == 5 and panel.progress.value() == 5
+    assert panel.status.text() == "student: step 5 of 5 — about 5 s left"
+    assert "teacher adapted on 12 patches" in panel.details.toPlainText()
+    assert panel.loss_plot.isVisible() and panel.miou_plot.isVisible()
+    xs, ys = panel.miou_line.getData()
+    assert list(ys) == pytest.approx([0.6, 0.75])
+    with qtbot.waitSignal(ta.process.ended, timeout=20000):
+        ta.state["go"].touch()
+    assert ta.last_end.status == "done"
+    assert panel.result_box.isVisible()
+    assert [panel.cell(0, c) for c in range(4)] == ["Held-out mIoU", "0.500", "0.625", "+0.125"]
+    assert [panel.cell(1, c) for c in range(4)] == ["Held-out Dice", "0.600", "0.700", "+0.100"]
+    assert "improved by 0.125" in panel.verdict.text()
+    assert panel.accept_button.isEnabled() and panel.keep_button.isEnabled()
+    assert panel.finetune_button.isEnabled() and not panel.cancel_button.isEnabled()
+
+
+def test_accept_activates_the_new_version_and_keep_old_its_parent(qtbot, training):
+    ta = training
+    reg, pa = ta.reg, ta.window.predictions
+    ta.state["go"].touch()
+    _start(qtbot, ta)
+    qtbot.waitUntil(lambda: ta.last_end is not None, timeout=20000)
+    assert reg.active_name() == "v0001"
+    QTest.mouseClick(ta.panel.accept_button, Qt.MouseButton.LeftButton)
+    assert reg.active_name() == "v0002"
+    assert Path(pa.spec.checkpoint) == reg.get("v0002").path.resolve()
+    assert [ta.models.cell(r, 1) for r in range(2) if ta.models.cell(r, 0) == "●"] == ["v0002"]
+    assert not ta.panel.accept_button.isEnabled() and "v0002 is active" in ta.panel.verdict.text()
+    qtbot.waitUntil(lambda: not pa.bridge.running, timeout=120000)  # the re-prediction
+    # a second round whose new version the pathologist does not want
+    _start(qtbot, ta)
+    qtbot.waitUntil(lambda: ta.last_end is not None and not ta.process.running, timeout=20000)
+    QTest.mouseClick(ta.panel.keep_button, Qt.MouseButton.LeftButton)
+    assert reg.active_name() == "v0001"
+    assert Path(pa.spec.checkpoint) == reg.get("v0001").path.resolve()
+    assert "v0001 is active" in ta.panel.verdict.text()
+    qtbot.waitUntil(lambda: not pa.bridge.running, timeout=120000)
+
+
+def test_cancel_stops_the_process_and_leaves_the_registry(qtbot, training):
+    ta = training
+    ta.state["mode"] = "forever"
+    before = [v.version for v in ta.reg.versions()], ta.reg.active_name()
+    _start(qtbot, ta)
+    qtbot.waitUntil(lambda: ta.panel.point_counts().get("total", 0) >= 3, timeout=20000)
+    pid = ta.process.pid
+    with qtbot.waitSignal(ta.process.ended, timeout=10000):
+        QTest.mouseClick(ta.panel.cancel_button, Qt.MouseButton.LeftButton)
+    assert ta.last_end.status == "cancelled"
+    assert not ta.process.running
+    with pytest.raises(ProcessLookupError):
+        import os
+
+        os.kill(pid, 0)
+    assert ([v.version for v in ta.reg.versions()], ta.reg.active_name()) == before
+    assert ta.panel.status.text().startswith("Cancelled")
+    assert not ta.panel.result_box.isVisible() and not ta.panel.error.isVisible()
+    assert ta.panel.finetune_button.isEnabled()
+
+
+def test_a_round_that_ignores_sigterm_is_killed(qtbot, training, monkeypatch):
+    ta = training
+    ta.state["mode"] = "stubborn"
+    monkeypatch.setattr(bridge_module, "KILL_AFTER_MS", 400)
+    _start(qtbot, ta)
+    qtbot.waitUntil(lambda: ta.panel.point_counts().get("total", 0) >= 2, timeout=20000)
+    with qtbot.waitSignal(ta.process.ended, timeout=10000):
+        ta.cancel()
+    assert ta.last_end.status == "cancelled" and not ta.process.running
+
+
+def test_an_error_event_and_stderr_are_shown(qtbot, training):
+    ta = training
+    ta.state["mode"] = "error"
+    with qtbot.waitSignal(ta.process.ended, timeout=20000):
+        _start(qtbot, ta)
+    end = ta.last_end
+    assert end.status == "failed" and end.exit_code == 2
+    message = "No correction ROIs on the chosen slides: draw some with O."
+    assert ta.panel.error.isVisible() and ta.panel.error.text() == message
+    assert ta.window.last_error == message
+    assert "CocoPathError: no ROIs" in ta.panel.details.toPlainText()
+    assert not ta.panel.result_box.isVisible()
+
+
+def test_a_crash_names_its_exit_code_and_last_stderr_line(qtbot, training):
+    ta = training
+    ta.state["mode"] = "crash"
+    with qtbot.waitSignal(ta.process.ended, timeout=20000):
+        _start(qtbot, ta)
+    text = ta.panel.error.text()
+    assert "exit code 3" in text and "RuntimeError: boom" in text, text
+    assert ta.window.last_error == text
+
+
+def test_a_program_that_cannot_start_is_reported(qtbot, training, monkeypatch):
+    ta = training
+    monkeypatch.setattr(engine.api, "finetune_argv", lambda *_: ["/nonexistent/cocopath-engine"])
+    with qtbot.waitSignal(ta.process.ended, timeout=10000):
+        QTest.mouseClick(ta.panel.finetune_button, Qt.MouseButton.LeftButton)
+    assert "could not be started" in ta.panel.error.text()
+    assert ta.panel.finetune_button.isEnabled()
