@@ -13,7 +13,7 @@ Protocols (``PROTOCOLS``), one command each:
   native 224², ResNet-50 teacher for 3000 steps (~2 h on 2 cores), each student method 1000 steps
   (≤ 30 min), 1 seed: the documented CPU protocol that fits a long working session (~6 h in all).
 - ``session`` — ``cocopath-engine bench distill --protocol session --workdir W --out …``: what fits one
-  ~2 h working session on 2 cores: ResNet-50 teacher 1200 steps on 128² crops, 400 steps per student
+  ~2 h working session on 2 cores: ResNet-50 teacher 1200 steps on 128² crops, 300 steps per student
   method, 1 seed; the checkpoints stay in ``W`` and a killed run resumes there.
 - ``full`` — ``cocopath-engine bench distill --protocol full --out resources/benchmarks/distill-full.json``:
   native 224², 8000 teacher steps, 4000 per student, 3 seeds; meant for a GPU (AMP, channels_last).
@@ -38,6 +38,8 @@ from engine.training.trainer import ProgressFn, TrainConfig
 
 log = logging.getLogger(__name__)
 
+#: The settings a teacher depends on: a resumed run with other student settings reuses the teacher.
+TEACHER_KEYS = ("size", "crop", "teacher", "teacher_steps", "batch_size", "lr")
 METHODS = ("student", "kd", "skd", "cwd", "ft", "coco", "coco-gram", "coco-adv", "coco-full")
 REGEX = r"^(.*?)-\d+-400-\d+$"
 
@@ -49,7 +51,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "student": "mobile-unet", "student_steps": 1000, "batch_size": 8, "lr": 1e-3, "seeds": 1,
             "paraphraser_steps": 200, "speed_size": 224, "speed_rounds": 15},
     "session": {"size": None, "crop": 128, "teacher": "unet-resnet50", "teacher_steps": 1200,
-                "student": "mobile-unet", "student_steps": 400, "batch_size": 8, "lr": 1e-3, "seeds": 1,
+                "student": "mobile-unet", "student_steps": 300, "batch_size": 8, "lr": 1e-3, "seeds": 1,
                 "paraphraser_steps": 100, "speed_size": 224, "speed_rounds": 15},
     "full": {"size": None, "crop": 224, "teacher": "unet-resnet50", "teacher_steps": 8000,
              "student": "mobile-unet", "student_steps": 4000, "batch_size": 8, "lr": 1e-3, "seeds": 3,
@@ -62,7 +64,7 @@ NOTES = {
     "cpu": "CPU protocol: native 224x224 tiles, shortened schedule (see settings), one seed.",
     "session": ("SESSION protocol (CPU, one working session of ~2 h on 2 cores): native-resolution tiles, trained on "
                 "random 128x128 crops and evaluated on the whole 224x224 test tiles; ResNet-50 U-Net teacher 1200 "
-                "steps, every student method 400 steps, one seed. Far shorter than the paper's schedule: the "
+                "steps, every student method 300 steps, one seed. Far shorter than the paper's schedule: the "
                 "networks are not converged, so the ranking of close methods is within noise."),
     "full": "FULL protocol: native 224x224 tiles, schedule and seeds as in 'settings' (run on a GPU).",
 }
@@ -128,7 +130,8 @@ def run_benchmark(
     data = load_data(spec, seed=0)
     cfg_t = TrainConfig(steps=proto["teacher_steps"], batch_size=proto["batch_size"], lr=proto["lr"], seed=0,
                         device=device)
-    teacher_run = _read_run(work / "teacher-run.json", proto)
+    teacher_settings = {k: proto[k] for k in TEACHER_KEYS}
+    teacher_run = _read_run(work / "teacher-run.json", teacher_settings)
     if teacher_run is not None and (work / "teacher.safetensors").exists():
         from engine.training.checkpoints import load_model
 
@@ -141,7 +144,7 @@ def run_benchmark(
         teacher_test = evaluate(teacher, data.test, list(spec.classes))
         teacher_run = {"test_miou": teacher_test["miou"], "test_dice": teacher_test["dice"],
                        "val_miou": res_t.metrics.get("val_miou"), "train_seconds": time.perf_counter() - t0}
-        _write_run(work / "teacher-run.json", proto, teacher_run)
+        _write_run(work / "teacher-run.json", teacher_settings, teacher_run)
     teacher.cpu()
     runs: dict[str, list[dict[str, Any]]] = {}
     for method in methods:

@@ -127,7 +127,7 @@ def test_bench_resumes_from_its_workdir_and_ships_the_best_student(tiny_data: Pa
     first = run_benchmark(protocol="quick", data_dir=str(tiny_data), methods=["student", "kd"], device="cpu",
                           workdir=tmp_path, overrides=TINY)
     ckpt = tmp_path / "student-kd-s0.safetensors"
-    stamp = ckpt.stat().st_mtime_ns
+    stamp, teacher_stamp = ckpt.stat().st_mtime_ns, (tmp_path / "teacher.safetensors").stat().st_mtime_ns
     again = run_benchmark(protocol="quick", data_dir=str(tiny_data), methods=["student", "kd"], device="cpu",
                           workdir=tmp_path, overrides=TINY)
     assert ckpt.stat().st_mtime_ns == stamp  # read back, not trained again
@@ -135,7 +135,8 @@ def test_bench_resumes_from_its_workdir_and_ships_the_best_student(tiny_data: Pa
     assert again["teacher"] == first["teacher"]
     changed = run_benchmark(protocol="quick", data_dir=str(tiny_data), methods=["kd"], device="cpu",
                             workdir=tmp_path, overrides={**TINY, "student_steps": 3})
-    assert ckpt.stat().st_mtime_ns != stamp  # other settings: trained again
+    assert ckpt.stat().st_mtime_ns != stamp  # other student settings: the student is trained again …
+    assert (tmp_path / "teacher.safetensors").stat().st_mtime_ns == teacher_stamp  # … the teacher is not
     assert changed["settings"]["student_steps"] == 3
 
     method, seed = best_method(first)
