@@ -40,12 +40,13 @@ class InferenceBridge(QObject):
         return self._thread is not None and self._thread.is_alive()
 
     def start(self, slide_path: str, spec: ModelSpec, viewport: Rect | None = None,
-              measure_only: bool = False) -> bool:
+              measure_only: bool = False, level: int | None = None) -> bool:
         """Run ``spec`` on the slide in a worker thread (or only measure an earlier run's cache);
-        False when a run is still going."""
+        ``level``: the slide level to run at when the slide or the card lacks µm/px. False when a
+        run is still going."""
         if self.running:
             return False
-        run = InferenceRun(slide_path, spec, viewport, measure_only=measure_only)
+        run = InferenceRun(slide_path, spec, viewport, measure_only=measure_only, level=level)
         self._run = run
         self._thread = threading.Thread(target=self._work, args=(run,), name="infer-job",
                                         daemon=True)

@@ -20,9 +20,10 @@ from app.panels.model import ModelPanel
 from app.prediction_accept import PredictionAccept
 from app.panels.summary import SummaryPanel
 from app.state.inference_run import RunFinished, RunStarted, open_existing
-from app.state.predictions import PredictionStyle, summary_csv
+from app.state.predictions import PredictionStyle, level_choices, level_note, summary_csv
 from app.state.viewport import Viewport
-from engine.api import CocoPathError, ModelSpec, PredictionCache, Progress, load_spec
+from engine.api import (CocoPathError, ModelSpec, PredictionCache, Progress, default_level,
+                        load_spec, needs_level)
 
 if TYPE_CHECKING:
     from app.main_window import MainWindow
@@ -75,9 +76,9 @@ class PredictionActions(QObject):
         self.bridge.finished.connect(self._on_finished)
         window.slide_opened.connect(self._on_slide)
         window.view.viewport_changed.connect(self._on_viewport)
-        remembered = window.settings.value("model/path", "")
-        if remembered and Path(str(remembered)).is_file():
-            self.load_model(str(remembered), quiet=True)
+        remembered = str(window.settings.value("model/path", "") or "")
+        if not (remembered and Path(remembered).is_file() and self.load_model(remembered, quiet=True)):
+            self.load_default_model()
         self._update_enabled()
 
     # -- model -----------------------------------------------------------------------------------
@@ -87,8 +88,24 @@ class PredictionActions(QObject):
         if path:
             self.load_model(path)
 
-    def load_model(self, path: str, quiet: bool = False) -> bool:
-        """Make the checkpoint at ``path`` the active model (its card only: no torch yet)."""
+    def load_default_model(self) -> bool:
+        """Make CoCoPath's default student the active model, when one is installed (the engine's
+        :func:`~engine.api.default_model_path` finds it); False when there is none."""
+        from engine.api import default_model_path  # looked up when called (tests replace it)
+
+        path = default_model_path()
+        if path is None:
+            return False
+        if not self.load_model(str(path), quiet=True, remember=False):
+            self.panel.status.setText(f"CoCoPath's default model ({path}) could not be read: choose "
+                                      f"a model file (.safetensors) trained with CoCoPath.")
+            return False
+        self.panel.status.setText(f"Active model: {self.spec.name} (CoCoPath's default model)")  # type: ignore[union-attr]
+        return True
+
+    def load_model(self, path: str, quiet: bool = False, remember: bool = True) -> bool:
+        """Make the checkpoint at ``path`` the active model (its card only: no torch yet);
+        ``remember``: it is the model next time too (the default model is found afresh instead)."""
         if Path(path).suffix.lower() != ".safetensors":
             self._error(f"{Path(path).name}: not a model file. CoCoPath models are .safetensors "
                         f"checkpoints (pickled .pt/.pth files are refused for safety).", quiet)
@@ -105,8 +122,10 @@ class PredictionActions(QObject):
         self.cancel()
         self.spec = spec
         self.panel.set_spec(spec)
-        self.window.settings.setValue("model/path", str(path))
+        if remember:
+            self.window.settings.setValue("model/path", str(path))
         self._show_existing()
+        self._update_levels()
         self._update_enabled()
         return True
 
@@ -125,7 +144,8 @@ class PredictionActions(QObject):
             return False
         vp = self.window.view.viewport
         path = source.info.path  # type: ignore[attr-defined]
-        started = self.bridge.start(path, self.spec, _rect(vp) if vp is not None else None)
+        started = self.bridge.start(path, self.spec, _rect(vp) if vp is not None else None,
+                                    level=self.panel.chosen_level())
         if started:
             self._run_slide = path
             self.last_finished = None
@@ -193,6 +213,7 @@ class PredictionActions(QObject):
         self.cancel()
         self.summary.set_summary(None)
         self._show_existing()
+        self._update_levels()
         self._update_enabled()
 
     def slide_closed(self) -> None:
@@ -201,6 +222,7 @@ class PredictionActions(QObject):
         self.overlay.set_cache(None)
         self.summary.set_summary(None)
         self.panel.set_progress(0, 0, "")
+        self.panel.set_levels([], 0, "")
         self._update_enabled()
 
     def _show_existing(self) -> None:
@@ -217,6 +239,21 @@ class PredictionActions(QObject):
             self.panel.set_running(True)
             self.panel.set_progress(len(cache.done_tiles()), cache.tissue_tiles,
                                     "Measuring an earlier run's predictions…")
+
+    def _update_levels(self) -> None:
+        """The Model panel's level picker: shown when the slide or the model's card lacks µm/px
+        (the run cannot match the model's resolution), with the earlier run's level or the
+        engine's default selected."""
+        source, spec = self.window.source, self.spec
+        info = source.info if source is not None else None  # type: ignore[attr-defined]
+        if info is None or spec is None or not needs_level(info, spec.mpp):
+            self.panel.set_levels([], 0, "")
+            return
+        cache = self.overlay.cache
+        earlier = cache is not None and cache.version == spec.version \
+            and 0 <= cache.grid.read_level < info.level_count
+        level = cache.grid.read_level if earlier else default_level(info, spec.mpp)  # type: ignore[union-attr]
+        self.panel.set_levels(level_choices(info), level, level_note(info, spec.mpp, level, earlier))
 
     def _on_viewport(self, vp: Viewport) -> None:
         self.bridge.set_viewport(_rect(vp))

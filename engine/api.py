@@ -33,6 +33,7 @@ _INFERENCE = {
     "slide_key": "engine.inference.cache", "ModelError": "engine.inference.spec",
     "ModelSpec": "engine.inference.spec", "load_spec": "engine.inference.spec",
     "PredictionGrid": "engine.inference.geometry", "make_grid": "engine.inference.geometry",
+    "needs_level": "engine.inference.geometry", "default_level": "engine.inference.geometry",
     "Measurements": "engine.inference.vectorize", "labels_from_probs": "engine.inference.vectorize",
     "measure": "engine.inference.vectorize", "SlideInference": "engine.inference.pipeline",
     "PredictedComponent": "engine.inference.regions", "RegionPrediction": "engine.inference.regions",

@@ -5,6 +5,8 @@ A thin widget: it shows what :mod:`app.prediction_actions` tells it and emits wh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
@@ -13,7 +15,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, Q
 from app.state.predictions import PredictionStyle
 from engine.api import ModelSpec
 
-NO_MODEL = ("No model loaded. CoCoPath does not ship a trained model yet: choose a model file "
+NO_MODEL = ("No model loaded, and CoCoPath's default model is not installed (it is looked for in "
+            "resources/models/, or where $COCOPATH_DEFAULT_MODEL points): choose a model file "
             "(.safetensors) trained with CoCoPath.")
 
 
@@ -37,6 +40,16 @@ class ModelPanel(QWidget):
             label.setWordWrap(True)
             self.fields[key] = label
             form.addRow(title, label)
+        self.level_box = QComboBox()  # the slide level to run at, when µm/px cannot decide it
+        self.level_box.setToolTip("The slide level (magnification) the model runs at")
+        self.level_note = QLabel("")
+        self.level_note.setWordWrap(True)
+        self.level_group = QWidget()
+        level_form = QFormLayout(self.level_group)
+        level_form.setContentsMargins(0, 0, 0, 0)
+        level_form.addRow("Run at", self.level_box)
+        level_form.addRow(self.level_note)
+        self._level_needed = False
         self.choose_button = QPushButton("Choose model…")
         self.run_button = QPushButton("Run on this slide")
         self.cancel_button = QPushButton("Cancel")
@@ -66,6 +79,7 @@ class ModelPanel(QWidget):
         lay.addWidget(self.status)
         lay.addWidget(self.choose_button)
         lay.addLayout(form)
+        lay.addWidget(self.level_group)
         lay.addLayout(buttons)
         lay.addWidget(self.progress)
         lay.addWidget(self.progress_label)
@@ -76,6 +90,7 @@ class ModelPanel(QWidget):
         self.outline.toggled.connect(self._emit_style)
         self.opacity.valueChanged.connect(self._emit_style)
         self.set_spec(None)
+        self.set_levels([], 0, "")
         self.set_running(False)
 
     def set_spec(self, spec: ModelSpec | None) -> None:
@@ -90,17 +105,35 @@ class ModelPanel(QWidget):
             self.fields["version"].setText(spec.version)
             self.fields["classes"].setText(", ".join(spec.classes))
             self.fields["mpp"].setText(f"{spec.mpp:g} µm/px" if spec.mpp else
-                                       "not on the card (runs at the slide's full resolution)")
+                                       "not on the card (the slide level is chosen for a run)")
             self.fields["tile"].setText(f"{spec.tile} × {spec.tile} px")
             self.fields["device"].setText("GPU when there is one, else CPU: chosen when it runs")
         self._rebuild_legend()
         self.set_running(False)
         self._emit_style()
 
+    def set_levels(self, choices: Sequence[tuple[int, str]], default: int, note: str) -> None:
+        """Offer the slide levels to run at, ``default`` selected, with ``note`` saying why;
+        no ``choices``: the model's resolution decides and the picker is hidden."""
+        self.level_box.blockSignals(True)
+        self.level_box.clear()
+        for level, text in choices:
+            self.level_box.addItem(text, level)
+        self.level_box.setCurrentIndex(max(0, self.level_box.findData(default)))
+        self.level_box.blockSignals(False)
+        self.level_note.setText(note)
+        self._level_needed = bool(choices)
+        self.level_group.setVisible(self._level_needed)
+
+    def chosen_level(self) -> int | None:
+        """The slide level picked for a run, or None when the model's µm/px decides."""
+        return int(self.level_box.currentData()) if self._level_needed else None
+
     def set_running(self, running: bool, can_run: bool = True) -> None:
         self.run_button.setEnabled(not running and self.spec is not None and can_run)
         self.cancel_button.setEnabled(running)
         self.choose_button.setEnabled(not running)
+        self.level_box.setEnabled(not running)
 
     def set_progress(self, done: int, total: int, message: str = "") -> None:
         self.progress.setRange(0, max(total, 1))

@@ -59,8 +59,9 @@ class InferenceRun:
     """Fill the prediction cache of ``spec`` on ``slide_path``; ``run`` blocks (call it in a thread)."""
 
     def __init__(self, slide_path: str, spec: ModelSpec, viewport: Rect | None = None,
-                 batch_size: int = 4, measure_only: bool = False) -> None:
+                 batch_size: int = 4, measure_only: bool = False, level: int | None = None) -> None:
         self.slide_path, self.spec, self.batch_size = slide_path, spec, batch_size
+        self.level = level  # the slide level to run at when the slide or the card lacks µm/px
         self.measure_only = measure_only  # an earlier run's cache: measure it, run no network
         self.cancel_token = CancelToken()
         self._lock = threading.Lock()
@@ -82,15 +83,18 @@ class InferenceRun:
         spec = self.spec
         with open_slide(self.slide_path) as slide:
             info = slide.info
-            grid = make_grid(info, spec.mpp, tile=spec.tile, margin=MARGIN)
             tissue = detect_tissue(slide)
             root = prediction_folder(info.path, spec.version)
+            if self.measure_only:  # the earlier run's cache as it is, whatever level it ran at
+                cache = PredictionCache(root)
+                if self.cancel_token.cancelled:
+                    return RunFinished("cancelled", None)
+                return RunFinished("measured", self._summary(cache, tissue, info))
+            grid = make_grid(info, spec.mpp, level=self.level, tile=spec.tile, margin=MARGIN)
             cache = PredictionCache.open(root, grid, spec.version, len(spec.foreground),
                                          tissue_tiles(grid, tissue), spec.card())
             if self.cancel_token.cancelled:
                 return RunFinished("cancelled", None)
-            if self.measure_only:
-                return RunFinished("measured", self._summary(cache, tissue, info))
             from engine.api import load_model, make_runner  # torch: only once a model is run
 
             model, _ = load_model(spec.checkpoint)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.api import Measurements, labels_from_probs, sample, slide_key
+from engine.api import Measurements, SlideInfo, labels_from_probs, sample, slide_key
 
 MODES = ("mask", "heatmap")
 
@@ -84,6 +84,40 @@ def _colorize(probs: np.ndarray, style: PredictionStyle) -> np.ndarray:
     out[..., :3] = np.rint(lut[labels] * alpha[..., None])
     out[..., 3] = np.rint(alpha * 255.0)
     return out
+
+
+def level_choices(info: SlideInfo) -> list[tuple[int, str]]:
+    """(level, label) for the Model panel's level picker: size, downsample and, when the scanner's
+    objective power or the pixel size tells it, the magnification."""
+    base = info.base_magnification
+    out = []
+    for k, ((w, h), ds) in enumerate(zip(info.level_dimensions, info.level_downsamples)):
+        parts = ["full resolution" if k == 0 else f"÷{ds:.3g}"]
+        if base:
+            parts.append(f"{base / ds:.3g}×")
+        out.append((k, f"Level {k}: {w:,} × {h:,} px ({', '.join(parts)})"))
+    return out
+
+
+def level_note(info: SlideInfo, model_mpp: float | None, default: int, earlier: bool = False) -> str:
+    """Why the Model panel asks for a level, and where its default comes from (``earlier``: the
+    level of the earlier run whose predictions are shown)."""
+    if info.mpp is None:
+        why = ("This slide does not record its pixel size (µm/px), so CoCoPath cannot run the model "
+               "at the resolution it was trained at.")
+    else:
+        why = "The model's card does not say at which resolution (µm/px) it was trained."
+    how = (" Choose the slide level to run at: the one nearest the model's training resolution "
+           "gives the best masks; coarser levels run faster.")
+    if earlier:
+        src = (f" Level {default} is selected: the earlier run's, whose predictions are shown (a run "
+               f"at another level replaces them).")
+    elif info.mpp is None and model_mpp is not None and info.objective_power:
+        src = (f" The default, level {default}, is nearest the model's {model_mpp:g} µm/px for a "
+               f"{info.objective_power:g}× scan.")
+    else:
+        src = f" The default is level {default}" + (", the full resolution." if default == 0 else ".")
+    return why + how + src
 
 
 def prediction_folder(slide_path: str | Path, version: str) -> Path:

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON")
     p.add_argument("--level", type=int, default=None,
-                   help="slide level to run at (when the slide or the model has no µm/px)")
+                   help="slide level to run at when the slide or the model's card has no µm/px "
+                        "(default: the level nearest the card's µm/px by the slide's objective "
+                        "power, else level 0, the full resolution)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "channels_last", "onnx"))
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=4)

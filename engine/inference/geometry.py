@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.errors import CocoPathError
 from engine.slide.request import RegionRequest
-from engine.slide.source import SlideInfo
+from engine.slide.source import MICRONS_AT_1X, SlideInfo
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,26 @@ class PredictionGrid:
         return [(c, r) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
 
 
+def needs_level(info: SlideInfo, model_mpp: float | None) -> bool:
+    """Whether a run needs a slide level chosen: the slide or the model's card lacks µm/px, so the
+    model's resolution cannot be matched."""
+    return info.mpp is None or model_mpp is None
+
+
+def default_level(info: SlideInfo, model_mpp: float | None) -> int:
+    """The level a run takes when :func:`needs_level` and nobody chose one: on a slide without µm/px
+    whose scanner recorded its objective power, the level nearest the card's µm/px (taking 10 µm/px
+    at 1×); otherwise level 0, the slide's full resolution."""
+    if info.mpp is None and model_mpp is not None and info.objective_power:
+        estimated = MICRONS_AT_1X / info.objective_power
+        return info.best_level_for_downsample(max(model_mpp / estimated, 1.0))
+    return 0
+
+
 def make_grid(info: SlideInfo, model_mpp: float | None, *, level: int | None = None,
               tile: int = 512, margin: int = 32) -> PredictionGrid:
-    """The prediction grid at the model's µm/px, or at ``level`` when either side lacks µm/px.
+    """The prediction grid at the model's µm/px, or at ``level`` (when either side lacks µm/px and
+    ``level`` is None: :func:`default_level`).
 
     ``tile`` is the network's input size (window); tiles are ``tile - 2·margin`` pixels.
     """
@@ -110,19 +127,20 @@ def make_grid(info: SlideInfo, model_mpp: float | None, *, level: int | None = N
     if level is not None and not 0 <= level < info.level_count:
         raise CocoPathError(f"{info.path}: has no level {level} (levels 0–{info.level_count - 1})")
     note = ""
-    if level is None and model_mpp is not None and info.mpp is not None:
-        ds = model_mpp / info.mpp[0]
+    if level is None and not needs_level(info, model_mpp):
+        ds = model_mpp / info.mpp[0]  # type: ignore[index, operator]
         if ds < 1:
             note = (f"the model wants {model_mpp:g} µm/px but the slide's finest level is "
-                    f"{info.mpp[0]:g} µm/px: upsampled")
+                    f"{info.mpp[0]:g} µm/px: upsampled")  # type: ignore[index]
         read = info.best_level_for_downsample(max(ds, 1.0))
     else:
-        read = level or 0
+        read = level if level is not None else default_level(info, model_mpp)
+        how = "as chosen" if level is not None else "by default (the level can be chosen)"
         ds = info.level_downsamples[read]
         if model_mpp is None:
-            note = f"the model's card has no µm/px: run at slide level {read} as chosen"
+            note = f"the model's card has no µm/px: run at slide level {read} {how}"
         elif info.mpp is None:
-            note = f"the slide has no µm/px: run at slide level {read} as chosen"
+            note = f"the slide has no µm/px: run at slide level {read} {how}"
         else:
             note = f"run at slide level {read} as chosen, not at the model's {model_mpp:g} µm/px"
     if note:

@@ -200,8 +200,16 @@ def test_cancel_stops_a_run_and_a_rerun_reuses_the_cache(qtbot, window, small_sv
     assert view.predictions.cache.complete  # type: ignore[union-attr]
 
 
-def test_no_model_says_so_and_a_non_safetensors_file_gets_a_message(qtbot, window, small_svs,
-                                                                     tmp_path):
+@pytest.fixture
+def no_default_model(monkeypatch):
+    """As if CoCoPath's default model were not installed (set up before the window is built)."""
+    import engine.api
+
+    monkeypatch.setattr(engine.api, "default_model_path", lambda: None, raising=False)
+
+
+def test_no_model_says_so_and_a_non_safetensors_file_gets_a_message(qtbot, no_default_model,
+                                                                     window, small_svs, tmp_path):
     panel = window.predictions.panel
     assert "No model" in panel.status.text() and panel.choose_button.isEnabled()
     assert window.open_path(small_svs)

@@ -1,0 +1,114 @@
+"""The Model panel's model and level: CoCoPath's default model when it is installed (found by the
+engine's ``default_model_path``, here through ``$COCOPATH_DEFAULT_MODEL``), a truthful message when
+it is not, and the slide-level picker on a slide without µm/px."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from engine.models.registry import register_model
+from engine.training.checkpoints import save_model
+
+
+class Flat(nn.Module):
+    """Tumour everywhere (constant logits), whatever the input."""
+
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([0.0, 8.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        return self.logits.view(1, -1, 1, 1).expand(n, -1, h, w) + 0 * x[:, :1]
+
+
+@register_model("test-flat-student")
+def _flat(classes: int = 2) -> nn.Module:  # type: ignore[return-value]
+    return Flat(classes)
+
+
+def tiny_model(path: Path, mpp: float | None = 2.0) -> Path:
+    from engine.models import create_model
+
+    model = create_model("test-flat-student", classes=2)
+    save_model(path, model, {"model": model.config, "classes": ["background", "tumour"],
+                             "input": {"mpp": mpp, "tile": 256, "mean": [0, 0, 0], "std": [1, 1, 1]}})
+    return path
+
+
+def new_window(qtbot, settings, cache):
+    from app.main_window import MainWindow
+
+    w = MainWindow(settings=settings, cache=cache)
+    qtbot.addWidget(w)
+    w.resize(1000, 700)
+    w.show()
+    qtbot.waitExposed(w)
+    return w
+
+
+def test_the_default_model_is_active_when_installed(qtbot, settings, cache, tmp_path, monkeypatch):
+    path = tiny_model(tmp_path / "cocopath-student-test.safetensors")
+    monkeypatch.setenv("COCOPATH_DEFAULT_MODEL", str(path))
+    w = new_window(qtbot, settings, cache)
+    pa = w.predictions
+    assert pa.spec is not None and Path(pa.spec.checkpoint) == path.resolve()
+    assert "default model" in pa.panel.status.text() and pa.panel.fields["name"].text() == "test-flat-student"
+    assert not settings.value("model/path")  # the default is found afresh next time, not pinned
+    w.close()
+    chosen = tiny_model(tmp_path / "mine.safetensors", mpp=1.0)
+    settings.setValue("model/path", str(chosen))
+    w2 = new_window(qtbot, settings, cache)  # a model the user chose wins over the default
+    assert Path(w2.predictions.spec.checkpoint) == chosen.resolve()
+    assert "default" not in w2.predictions.panel.status.text()
+    w2.close()
+
+
+def test_without_a_default_model_the_panel_says_so(qtbot, settings, cache, monkeypatch, tmp_path):
+    import engine.api
+
+    monkeypatch.setattr(engine.api, "default_model_path", lambda: None, raising=False)
+    w = new_window(qtbot, settings, cache)
+    text = w.predictions.panel.status.text()
+    assert w.predictions.spec is None and "No model loaded" in text and "not installed" in text
+    w.close()
+    broken = tmp_path / "cocopath-student-broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(engine.api, "default_model_path", lambda: broken)
+    w = new_window(qtbot, settings, cache)
+    assert w.predictions.spec is None and "could not be read" in w.predictions.panel.status.text()
+    w.close()
+
+
+def test_a_slide_without_mpp_asks_for_the_level_and_runs_there(qtbot, window, no_mpp_svs,
+                                                                small_svs, tmp_path):
+    pa = window.predictions
+    panel = pa.panel
+    assert pa.load_model(str(tiny_model(tmp_path / "m.safetensors")))
+    assert window.open_path(small_svs)  # µm/px on both sides: the model's resolution decides
+    assert not panel.level_group.isVisibleTo(panel) and panel.chosen_level() is None
+    assert window.open_path(no_mpp_svs)
+    assert panel.level_group.isVisibleTo(panel)
+    assert panel.level_box.count() == 2 and panel.chosen_level() == 0
+    assert panel.level_box.itemText(1).startswith("Level 1: 2,221 × 1,783 px (÷2)")
+    assert "does not record its pixel size" in panel.level_note.text()
+    assert "level 0, the full resolution" in panel.level_note.text()
+    panel.level_box.setCurrentIndex(1)
+    with qtbot.waitSignal(pa.bridge.finished, timeout=120000):
+        assert pa.run()
+        assert not panel.level_box.isEnabled()
+    assert pa.last_finished is not None and pa.last_finished.status == "done", pa.last_finished
+    grid = window.view.predictions.cache.grid
+    assert grid.read_level == 1 and grid.downsample == pytest.approx(2.0005, abs=1e-3)
+    assert pa.summary.summary is not None and pa.summary.summary.unit == "px²"
+    window.close_slide()
+    assert not panel.level_group.isVisibleTo(panel)
+    with qtbot.waitSignal(pa.bridge.finished, timeout=60000):
+        assert window.open_path(no_mpp_svs)  # the earlier run is shown and measured, not redone
+    assert pa.last_finished.status == "measured"
+    assert window.view.predictions.cache.grid.read_level == 1  # not emptied by the measuring
+    assert panel.chosen_level() == 1 and "earlier run" in panel.level_note.text()
