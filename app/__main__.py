@@ -1,5 +1,5 @@
 """``cocopath [SLIDE]``: the GUI. Also ``--screenshot OUT.png``, ``--bench-viewer OUT.json``,
-``--bench-annotations OUT.json`` and ``--bench-predictions OUT.json``.
+``--bench-annotations OUT.json``, ``--bench-predictions OUT.json`` and ``--bench-training OUT.json``.
 
 Start-up stays light: Qt and the slide engine only (torch is never imported here).
 """
@@ -31,8 +31,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the annotation-layer benchmark (10 000 annotations), write JSON")
     p.add_argument("--bench-predictions", metavar="OUT.json",
                    help="run the prediction-overlay benchmark (a model run while panning), write JSON")
+    p.add_argument("--bench-training", metavar="OUT.json",
+                   help="run the training benchmark (pan frames while a fine-tuning round trains "
+                        "in its subprocess, against none), write JSON")
     p.add_argument("--bench-model", metavar="M.safetensors", default=None,
-                   help="with --bench-predictions: the model to run (default: an untrained student)")
+                   help="with --bench-predictions / --bench-training: the model to run or "
+                        "fine-tune (default: the shipped student, else an untrained one)")
     p.add_argument("--bench-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--bench-slide", default=None, help=argparse.SUPPRESS)  # reuse a built pyramid
     p.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
@@ -97,9 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     headless = bool(args.screenshot or args.bench_viewer or args.bench_annotations
-                    or args.bench_predictions or args.first_frame_probe)
+                    or args.bench_predictions or args.bench_training or args.first_frame_probe)
     if not _ensure_platform(interactive=not headless):
         return 1
+    if args.bench_training:
+        from app.bench_training import run_training_benchmark
+
+        return run_training_benchmark(Path(args.bench_training), side=args.bench_size or 12_000,
+                                      model=Path(args.bench_model) if args.bench_model else None)
     if args.bench_predictions:
         from app.bench_predictions import run_prediction_benchmark
 

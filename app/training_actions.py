@@ -40,6 +40,7 @@ MODEL_FILTER = "CoCoPath models (*.safetensors)"
 REVIEW_REGIONS = 10
 REVIEW_DEBOUNCE_MS = 3000  # while a run fills the cache, "Review next" re-ranks at most this often
 PROJECT_POLL_MS = 1000  # File ▸ Open project has no signal: the project is compared this often
+TRAINING_DOCK_HEIGHT = 560  # of the right-hand column, below the slide info / model tabs
 STARTUP_DELAY_MS = 1500  # with no slide frame by then, the docks get ready anyway
 
 
@@ -80,6 +81,11 @@ class TrainingActions(QObject):
         window.tabifyDockWidget(self.training_dock, self.models_dock)
         window.tabifyDockWidget(self.training_dock, self.review_dock)
         self.training_dock.raise_()
+        window.resizeDocks([self.training_dock], [TRAINING_DOCK_HEIGHT], Qt.Orientation.Vertical)
+        for dock, panel in ((self.training_dock, self.panel), (self.models_dock, self.models)):
+            dock.dockLocationChanged.connect(
+                lambda area, p=panel: p.set_wide(area in (Qt.DockWidgetArea.TopDockWidgetArea,
+                                                          Qt.DockWidgetArea.BottomDockWidgetArea)))
         window.view_menu.addSeparator()
         for dock in (self.training_dock, self.models_dock, self.review_dock):
             window.view_menu.addAction(dock.toggleViewAction())

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
+from PySide6.QtWidgets import (QAbstractItemView, QBoxLayout, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from app.state.training import ModelRow
@@ -63,13 +63,27 @@ class ModelsPanel(QWidget):
         self.card.setReadOnly(True)
         self.card.setPlaceholderText("Select a version to see its model card")
         self.card.setFont(QFont("monospace", 8))
-        lay = QVBoxLayout(self)
-        lay.addWidget(self.note)
-        lay.addWidget(self.table, 2)
-        lay.addLayout(buttons)
-        lay.addWidget(QLabel("Model card"))
-        lay.addWidget(self.card, 1)
+        versions = QWidget()
+        vl = QVBoxLayout(versions)
+        vl.setContentsMargins(0, 0, 0, 0)
+        vl.addWidget(self.note)
+        vl.addWidget(self.table, 1)
+        vl.addLayout(buttons)
+        card = QWidget()
+        kl = QVBoxLayout(card)
+        kl.setContentsMargins(0, 0, 0, 0)
+        kl.addWidget(QLabel("Model card"))
+        kl.addWidget(self.card, 1)
+        # stacked in a side dock; table and card side by side at the top or bottom
+        self.box = QBoxLayout(QBoxLayout.Direction.TopToBottom, self)
+        self.box.addWidget(versions, 2)
+        self.box.addWidget(card, 1)
         self.set_rows([], None)
+
+    def set_wide(self, wide: bool) -> None:
+        """Table and card side by side (a dock at the top or bottom) or stacked (at a side)."""
+        self.box.setDirection(QBoxLayout.Direction.LeftToRight if wide
+                              else QBoxLayout.Direction.TopToBottom)
 
     def set_rows(self, rows: Sequence[ModelRow], project: str | None, can_edit: bool = True) -> None:
         """Show ``rows`` (newest first); the selection stays on the same version if it still exists."""

@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QBoxLayout, QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar,
-                               QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
-                               QWidget)
+                               QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QToolButton,
+                               QVBoxLayout, QWidget)
 
 from app.state.training import (RoundCurves, RoundEnd, format_change, format_score, result_rows,
                                 verdict)
@@ -32,9 +32,10 @@ def _plot(title: str, left: str) -> Any:
     w = pg.PlotWidget(background="w")
     w.setTitle(title, color="#303030", size="9pt")
     w.setLabel("left", left)
-    w.setLabel("bottom", "step")
+    w.setLabel("bottom", "training step (stages in turn)")
+    w.getAxis("left").enableAutoSIPrefix(False)
     w.showGrid(x=True, y=True, alpha=0.25)
-    w.setMinimumHeight(130)
+    w.setMinimumHeight(100)
     w.setMouseEnabled(x=False, y=False)
     w.hideButtons()
     return w
@@ -65,13 +66,16 @@ class TrainingPanel(QWidget):
                                 "student learns from both. Off: the student learns from your "
                                 "corrections and from its current self's predictions")
         self.slides = QListWidget()
-        self.slides.setMaximumHeight(90)
+        self.slides.setMaximumHeight(64)
         self.slides.setToolTip("The slides whose correction ROIs the round learns from")
         settings = QGroupBox("Round")
         form = QFormLayout(settings)
-        form.addRow("Steps", self.steps)
+        form.setContentsMargins(6, 4, 6, 4)
+        top = QHBoxLayout()
+        top.addWidget(self.steps)
+        top.addWidget(self.teacher)
+        form.addRow("Steps", top)
         form.addRow("Slides", self.slides)
-        form.addRow("", self.teacher)
         self.finetune_button = QPushButton("Fine-tune")
         self.finetune_button.setToolTip("Train a new version of the active model on the corrections")
         self.cancel_button = QPushButton("Cancel")
@@ -92,7 +96,8 @@ class TrainingPanel(QWidget):
         self.plots = QWidget()
         self.plots_layout = QVBoxLayout(self.plots)
         self.plots_layout.setContentsMargins(0, 0, 0, 0)
-        self.plots.setMinimumHeight(280)
+        self.plots.setMinimumHeight(240)
+        self.plots.setMinimumWidth(240)
         # result
         self.result_box = QGroupBox("Result on the held-out ROIs")
         self.table = QTableWidget(len(result_rows({})), 4)
@@ -125,18 +130,37 @@ class TrainingPanel(QWidget):
         self.details.setReadOnly(True)
         self.details.setMaximumHeight(110)
         self.details.setPlaceholderText("The fine-tuning process's messages")
-        lay = QVBoxLayout(self)
-        lay.addWidget(self.intro)
-        lay.addWidget(settings)
-        lay.addLayout(buttons)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.status)
-        lay.addWidget(self.plots, 3)
-        lay.addWidget(self.result_box)
-        lay.addWidget(self.error)
-        lay.addWidget(self.details)
+        self.details_button = QToolButton()
+        self.details_button.setText("Details")
+        self.details_button.setCheckable(True)
+        self.details_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.details_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.details_button.setAutoRaise(True)
+        self.details_button.toggled.connect(self._show_details)
+        controls = QWidget()
+        cl = QVBoxLayout(controls)
+        cl.setContentsMargins(0, 0, 0, 0)
+        for w in (self.intro, settings):
+            cl.addWidget(w)
+        cl.addLayout(buttons)
+        for w in (self.progress, self.status, self.error, self.details_button, self.details):
+            cl.addWidget(w)
+        cl.addStretch(0)
+        self.controls = controls
+        # vertical in a side dock; controls | curves | result side by side at the top or bottom
+        self.box = QBoxLayout(QBoxLayout.Direction.TopToBottom, self)
+        self.box.addWidget(controls)
+        self.box.addWidget(self.plots, 3)
+        self.box.addWidget(self.result_box)
         self.reset()
         self.set_running(False)
+
+    def set_wide(self, wide: bool) -> None:
+        """Side by side (a dock at the top or bottom of the window) or stacked (at a side)."""
+        self.box.setDirection(QBoxLayout.Direction.LeftToRight if wide
+                              else QBoxLayout.Direction.TopToBottom)
+        self.controls.setMaximumWidth(360 if wide else 16777215)
+        self.result_box.setMaximumWidth(320 if wide else 16777215)
 
     # -- settings ------------------------------------------------------------------------------
 
@@ -183,7 +207,9 @@ class TrainingPanel(QWidget):
         self.error.setText("")
         self.error.setVisible(False)
         self.details.clear()
-        self.details.setVisible(False)
+        self.details_button.setChecked(False)
+        self.details_button.setVisible(False)
+        self._show_details(False)
 
     def started(self) -> None:
         self.ensure_plots()
@@ -206,8 +232,8 @@ class TrainingPanel(QWidget):
             self.curves.add_eval(data)
             self._redraw_heldout()
         elif kind == "log":
-            self.details.setVisible(True)
             self.details.appendPlainText(str(data.get("message") or data))
+            self.details_button.setVisible(True)
 
     def ensure_plots(self) -> None:
         """Make the two plots (first use of pyqtgraph) and draw what the round has sent so far."""
@@ -216,7 +242,9 @@ class TrainingPanel(QWidget):
         import pyqtgraph as pg
 
         self.loss_plot = _plot("Training losses", "loss")
-        self.loss_plot.addLegend(offset=(-4, 4), labelTextSize="8pt")
+        self.loss_plot.addLegend(offset=(-2, 2), labelTextSize="7pt", colCount=2,
+                                 brush=(255, 255, 255, 210), verSpacing=-6,
+                                 labelTextColor="#303030")
         self.miou_plot = _plot("Held-out mIoU", "mIoU")
         self.miou_line = self.miou_plot.plot([], [], pen=pg.mkPen("#202020", width=2), symbol="o",
                                              symbolSize=5, symbolBrush="#202020")
@@ -304,12 +332,17 @@ class TrainingPanel(QWidget):
         self.accept_button.setEnabled(False)
         self.keep_button.setEnabled(False)
 
+    def _show_details(self, shown: bool) -> None:
+        self.details.setVisible(shown)
+        self.details_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
     def show_error(self, message: str, details: str = "") -> None:
         self.error.setText(message)
         self.error.setVisible(bool(message))
         if details.strip():
-            self.details.setVisible(True)
             self.details.setPlainText(details.strip())
+            self.details_button.setVisible(True)
+            self.details_button.setChecked(True)  # an error opens the process's messages
 
     def cell(self, row: int, col: int) -> str:
         item = self.table.item(row, col)

@@ -96,6 +96,7 @@ def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
     assert panel.progress.maximum() == 5 and panel.progress.value() == 5
     assert panel.status.text() == "student: step 5 of 5 — about 5 s left"
     assert "teacher adapted on 12 patches" in panel.details.toPlainText()
+    assert panel.details_button.isVisible() and not panel.details.isVisible()  # folded
     assert panel.loss_plot.isVisible() and panel.miou_plot.isVisible()
     xs, ys = panel.miou_line.getData()
     assert list(ys) == pytest.approx([0.6, 0.75])
@@ -176,6 +177,7 @@ def test_an_error_event_and_stderr_are_shown(qtbot, training):
     assert ta.panel.error.isVisible() and ta.panel.error.text() == message
     assert ta.window.last_error == message
     assert "CocoPathError: no ROIs" in ta.panel.details.toPlainText()
+    assert ta.panel.details.isVisible()  # an error unfolds the process's messages
     assert not ta.panel.result_box.isVisible()
 
 

@@ -1,0 +1,239 @@
+"""``cocopath --bench-training OUT.json``: does the viewer stay smooth while a fine-tuning round
+trains in the background?
+
+A synthetic pyramid (real H&E patches, 0.25 µm/px) goes into a new project with eight correction
+ROIs (256 µm squares, each holding a tumour outline: the labels are arbitrary, the round's work is
+real). The project's registry is seeded with ``--bench-model`` (else the shipped default student,
+else an untrained ``mobile-unet-small`` at 1 µm/px: timings only). The window opens the slide in a
+1920 × 1080 view at 10× and pans back and forth over cached tiles, each frame = viewport change +
+synchronous repaint + the event processing that follows it (where the round's output lines are
+read and its curves redrawn), paced at 60 frames a second:
+
+* baseline: with no round;
+* during a round: started from the Training dock's Fine-tune button (the same subprocess the user
+  gets), measured from its first progress event for ``DURING_S`` seconds.
+
+Reported: p50 / p95 / max frame time of both, their ratio, the 33 ms target (two frames of 60 Hz),
+the round's own figures (status, seconds, steps, events) and the machine's load. The round then
+finishes (or is cancelled after ``ROUND_CAP_S``) so its time is known too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from app.bench import _summary, _wait_complete, _wait_idle
+
+log = logging.getLogger(__name__)
+
+VIEW_W, VIEW_H = 1920, 1080
+TARGET_P95_MS = 33.0
+FRAME_S = 1 / 60
+BASELINE_S = 10.0
+DURING_S = 25.0
+ROUND_STEPS = 60
+ROUND_CAP_S = 900.0
+ROI_UM = 256.0
+
+
+def _pump(app: Any, seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.005)
+
+
+def _student(folder: Path) -> Path:
+    from engine.api import create_model, save_model
+
+    model = create_model("mobile-unet-small", classes=2)
+    return save_model(folder / "student.safetensors", model,
+                      {"model": model.config, "classes": ["background", "tumour"],
+                       "input": {"mpp": 1.0, "tile": 256}})
+
+
+def make_project(folder: Path, slide: Path, side: int, mpp: float, model: Path) -> dict[str, Any]:
+    """A project on ``slide`` with eight correction ROIs (each with a tumour outline) and ``model``
+    as its registry's active version."""
+    from shapely.geometry import Point, box
+
+    from app.state.session import create_project
+    from engine.api import Annotation, ModelRegistry
+
+    roi = round(ROI_UM / mpp)
+    project = create_project(folder)
+    try:
+        store = project.store(project.add_slide(slide))
+        items = []
+        for i in range(8):
+            x = round(side * (0.15 + 0.1 * i))
+            y = round(side * (0.2 + 0.07 * (i % 4)))
+            items.append(Annotation(box(x, y, x + roi, y + roi), kind="roi"))
+            blob = Point(x + roi * 0.45, y + roi * 0.55).buffer(roi * 0.3)
+            items.append(Annotation(blob, class_name="Tumour"))
+        store.add(items, label="benchmark corrections")
+    finally:
+        project.close()
+    registry = ModelRegistry.of_project(folder)
+    registry.import_model(model, note="benchmark start")
+    return {"rois": 8, "roi_px": roi, "versions_before": [v.version for v in registry.versions()]}
+
+
+def _pan_path(start: Any, steps: int = 40, dx: float = 30.0) -> list[Any]:
+    path, vp = [], start
+    for _ in range(steps):
+        vp = vp.panned(-dx, -dx / 3)
+        path.append(vp)
+    return path + path[::-1]  # there and back: always over cached tiles
+
+
+def _pan_frames(app: Any, view: Any, path: list[Any], seconds: float,
+                keep_going: Any = lambda: True) -> tuple[list[float], list[float]]:
+    """Frame times (ms) and repaint-only times (ms) panning along ``path`` for ``seconds``."""
+    frames, paints = [], []
+    end = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < end and keep_going():
+        t0 = time.perf_counter()
+        view.set_viewport(path[i % len(path)])
+        view.repaint()
+        t1 = time.perf_counter()
+        app.processEvents()  # timers, the round's output, curve redraws: part of the frame
+        t2 = time.perf_counter()
+        frames.append((t2 - t0) * 1000)
+        paints.append((t1 - t0) * 1000)
+        i += 1
+        rest = FRAME_S - (time.perf_counter() - t0)
+        if rest > 0:
+            time.sleep(rest)
+    return frames, paints
+
+
+def run_training_benchmark(out: Path, side: int = 12_000, model: Path | None = None) -> int:
+    """Build the slide and project, measure, write ``out`` (JSON); 0 on success. Everything goes
+    to a temporary folder (user data too), removed at the end."""
+    from app.__main__ import make_application
+
+    app = make_application()
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    before = os.environ.get("COCOPATH_DATA_DIR")
+    try:
+        with tempfile.TemporaryDirectory(prefix="cocopath-bench-train-") as tmp:
+            os.environ["COCOPATH_DATA_DIR"] = str(Path(tmp) / "data")
+            figures = _measure(app, Path(tmp), side, model)
+    finally:
+        if before is None:
+            os.environ.pop("COCOPATH_DATA_DIR", None)
+        else:
+            os.environ["COCOPATH_DATA_DIR"] = before
+    result = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": load_avg,
+                          "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg")
+                          else None,
+                          "platform": platform.platform(), "python": platform.python_version(),
+                          "qpa": os.environ.get("QT_QPA_PLATFORM", "default")},
+              **figures}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2), flush=True)
+    ok = figures.get("round", {}).get("events", 0) > 0 and figures.get("pan_frame_during_round")
+    return 0 if ok else 1
+
+
+def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, Any]:
+    from app.main_window import MainWindow
+    from app.state.viewport import Viewport
+    from engine.api import build_pyramid_tiff, default_model_path
+
+    mpp = 0.25
+    slide = build_pyramid_tiff(tmp / "slide.tif", side, side, seed=5, mpp=mpp)
+    start_model = model or default_model_path() or _student(tmp)
+    setup = make_project(tmp / "project", slide, side, mpp, start_model)
+    window = MainWindow(interactive_errors=False, remember=False)
+    window.show()
+    window.resize(VIEW_W + 420, VIEW_H + 160)
+    app.processEvents()
+    view, ta = window.view, window.training
+    assert window.open_path(slide), window.last_error
+    assert window.annotations.open_project(tmp / "project"), window.last_error
+    _pump(app, 0.2)
+    ta.become_ready()
+    ta.sync_project()
+    assert ta.registry is not None and ta._active() is not None, "the registry was not opened"
+    view.resize(VIEW_W, VIEW_H)
+    base = view.geometry_.base_magnification or 40.0
+    start = Viewport(side / 2, side / 2, base / 10, view.width(), view.height())
+    path = _pan_path(start)
+    for vp in path:  # load the path's tiles once: every measured frame pans over cached tiles
+        view.set_viewport(vp)
+        _wait_complete(app, view)
+    view.set_viewport(start)
+    _wait_complete(app, view)
+    _wait_idle(view)
+
+    baseline, baseline_paint = _pan_frames(app, view, path, BASELINE_S)
+
+    panel = ta.panel
+    panel.steps.setValue(ROUND_STEPS)
+    events: list[str] = []
+    ta.process.event.connect(lambda ev: events.append(ev.kind))
+    t0 = time.perf_counter()
+    assert ta.finetune(), panel.error.text() or window.last_error
+    while ta.process.running and "progress" not in events and time.perf_counter() - t0 < 300:
+        _pump(app, 0.05)
+    first_progress_s = time.perf_counter() - t0
+    stages_before = set(panel.curves.stages)
+    during, during_paint = _pan_frames(app, view, path, DURING_S, lambda: ta.process.running)
+    stages = sorted(set(panel.curves.stages) | stages_before)
+    during_events = len(events)
+    while ta.process.running and time.perf_counter() - t0 < ROUND_CAP_S:
+        _pump(app, 0.2)
+    capped = ta.process.running
+    if capped:
+        ta.cancel()
+        while ta.process.running:
+            _pump(app, 0.1)
+    _pump(app, 0.3)
+    end = ta.last_end
+    round_s = time.perf_counter() - t0
+    result = dict(end.result or {}) if end is not None else {}
+    window.close()
+    b95 = _summary(baseline)["p95_ms"]
+    d95 = _summary(during)["p95_ms"] if during else None
+    return {
+        "slide": {"side": side, "mpp": mpp},
+        "project": setup,
+        "view": [VIEW_W, VIEW_H], "magnification": 10,
+        "frame": "viewport change + synchronous repaint + the event processing after it, "
+                 "paced at 60 Hz, panning over cached tiles",
+        "pan_frame_baseline": _summary(baseline),
+        "pan_frame_during_round": _summary(during) if during else None,
+        "repaint_only_baseline": _summary(baseline_paint),
+        "repaint_only_during_round": _summary(during_paint) if during_paint else None,
+        "p95_ratio_during_vs_baseline": round(d95 / b95, 2) if d95 and b95 else None,
+        "target_p95_ms": TARGET_P95_MS,
+        "meets_target": d95 is not None and d95 <= TARGET_P95_MS,
+        "round": {
+            "model": str(model) if model else (str(default_model_path()) if default_model_path()
+                                              else "untrained mobile-unet-small (timings only)"),
+            "steps": ROUND_STEPS,
+            "status": end.status if end is not None else None,
+            "message": end.message if end is not None else "",
+            "cancelled_after_cap_s": ROUND_CAP_S if capped else None,
+            "wall_s": round(round_s, 1),
+            "engine_seconds": result.get("seconds"),
+            "first_progress_after_s": round(first_progress_s, 1),
+            "stages_while_measured": stages,
+            "events": len(events),
+            "events_while_measured": during_events,
+            "heldout_before": result.get("before"),
+            "heldout_after": result.get("after"),
+            "version": result.get("version"),
+        },
+    }
