@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import shapely
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QMenu, QToolBar
+from PySide6.QtWidgets import QMenu, QToolBar, QToolButton
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
@@ -47,6 +47,10 @@ class PredictionAccept(QObject):
         menu.addActions([self.act_view, self.act_roi])
         toolbar.addSeparator()
         toolbar.addActions([self.act_view, self.act_roi])
+        for act in (self.act_view, self.act_roi):  # the icon alone would not say what it accepts
+            button = toolbar.widgetForAction(act)
+            if isinstance(button, QToolButton):
+                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
 
     def _say(self, text: str) -> None:
         self.annotator.message.emit(text)
