@@ -71,6 +71,7 @@ class TrainingActions(QObject):
         self.registry: Any = None
         self.project_folder: Path | None = None
         self.last_end: RoundEnd | None = None
+        self.round_project: Path | None = None  # the project the last round trained in
         self.process = FinetuneProcess(self)
         self.panel = TrainingPanel()
         self.models = ModelsPanel()
@@ -366,6 +367,7 @@ class TrainingActions(QObject):
             self._round_error(str(exc))
             return False
         self.last_end = None
+        self.round_project = Path(project.folder)
         self.panel.started()
         self.process.start(argv)
         self._update_enabled()
@@ -429,10 +431,22 @@ class TrainingActions(QObject):
         if active is not None:  # the engine activates a version that is not worse
             self._use_version(active, predict=True)
 
+    def _same_project(self) -> bool:
+        """Whether the last round's versions belong to the open project (File ▸ Open project may
+        have switched meanwhile)."""
+        self.sync_project()
+        if self.round_project is not None and self.round_project != self.project_folder:
+            self._round_error(f"That round's versions belong to the project "
+                              f"{self.round_project.name}: open it to choose between them.")
+            return False
+        return True
+
     def accept(self) -> bool:
         """Accept: the round's new version becomes active."""
         end = self.last_end
         if end is None or end.result is None or not end.result.get("version"):
+            return False
+        if not self._same_project():
             return False
         ok = self.activate(str(end.result["version"]))
         if ok:
@@ -443,6 +457,8 @@ class TrainingActions(QObject):
         """Keep old: the version the round started from stays (or becomes again) active."""
         end = self.last_end
         if end is None or end.result is None or not end.result.get("parent"):
+            return False
+        if not self._same_project():
             return False
         ok = self.activate(str(end.result["parent"]))
         if ok:

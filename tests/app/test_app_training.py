@@ -198,3 +198,15 @@ def test_a_program_that_cannot_start_is_reported(qtbot, training, monkeypatch):
         QTest.mouseClick(ta.panel.finetune_button, Qt.MouseButton.LeftButton)
     assert "could not be started" in ta.panel.error.text()
     assert ta.panel.finetune_button.isEnabled()
+
+
+def test_accept_after_switching_project_changes_neither_registry(qtbot, training, tmp_path):
+    ta = training
+    ta.state["go"].touch()
+    _start(qtbot, ta)
+    qtbot.waitUntil(lambda: ta.last_end is not None and not ta.process.running, timeout=20000)
+    assert ta.window.annotations.new_project(tmp_path / "other")
+    QTest.mouseClick(ta.panel.accept_button, Qt.MouseButton.LeftButton)
+    assert "belong to the project" in ta.window.last_error
+    assert ta.reg.active_name() == "v0001"
+    assert ModelRegistry.of_project(tmp_path / "other").versions() == []
