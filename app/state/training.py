@@ -282,6 +282,9 @@ def round_end(exit_code: int | None, crashed: bool, cancelled: bool,
         return RoundEnd("cancelled", exit_code, None, "Cancelled: the model registry is unchanged.",
                         stderr_tail)
     last = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else ""
+    if result is not None and str(result.get("status")) == "cancelled":  # stopped from outside
+        return RoundEnd("cancelled", exit_code, result, str(result.get("message") or
+                        "Cancelled: the model registry is unchanged."), stderr_tail)
     if error:
         return RoundEnd("failed", exit_code, result, error, stderr_tail)
     if crashed:
@@ -296,7 +299,4 @@ def round_end(exit_code: int | None, crashed: bool, cancelled: bool,
     if str(result.get("status", "done")) in ("failed", "error", "nothing-to-learn"):
         return RoundEnd("failed", exit_code, result,
                         str(result.get("message") or "The round failed."), stderr_tail)
-    if str(result.get("status")) == "cancelled":
-        return RoundEnd("cancelled", exit_code, result, str(result.get("message") or
-                        "Cancelled: the model registry is unchanged."), stderr_tail)
     return RoundEnd("done", exit_code, result, "", stderr_tail)

@@ -73,6 +73,8 @@ def test_round_end_judges_each_way_a_process_can_end():
     assert silent.status == "failed" and "without a result" in silent.message
     inner = round_end(0, False, False, {"status": "failed", "message": "out of memory"}, None, "")
     assert (inner.status, inner.message) == ("failed", "out of memory")
+    outside = round_end(130, False, False, {"status": "cancelled", "message": "stopped"}, None, "")
+    assert (outside.status, outside.message) == ("cancelled", "stopped")
     nothing = round_end(0, False, False, {"status": "nothing-to-learn", "message": "no ROIs"}, None, "")
     assert (nothing.status, nothing.message) == ("failed", "no ROIs")
 
