@@ -56,9 +56,9 @@ class RoundCurves:
     step: int = 0
     total: int = 0
     eta_s: float | None = None
+    message: str = ""  # what the stage is doing, when the round says
     x: int = 0  # progress events so far (the plots' x)
-    stages: list[str] = field(default_factory=list)
-    _stage_x0: dict[str, int] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=list)  # stages that sent loss terms, in order
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -68,9 +68,11 @@ class RoundCurves:
 
     def add_progress(self, data: Mapping[str, Any]) -> None:
         stage = str(data.get("stage") or "training")
-        if stage not in self.stages:
+        metrics = data.get("metrics") or {}
+        terms = {str(k): v for k, v in (metrics.items() if isinstance(metrics, Mapping) else ())
+                 if _number(v) is not None}
+        if terms and stage not in self.stages:  # a stage that trains (data, publish: no curves)
             self.stages.append(stage)
-            self._stage_x0[stage] = self.x
             if len(self.stages) == 2:  # from now on terms carry their stage: rename the first's
                 first = self.stages[0]
                 self.losses = {f"{first}: {k}": v for k, v in self.losses.items()}
@@ -78,13 +80,10 @@ class RoundCurves:
         self.step = int(_number(data.get("step")) or 0)
         self.total = int(_number(data.get("total")) or 0)
         self.eta_s = _number(data.get("eta_s"))
+        self.message = str(data.get("message") or "")
         self.x += 1
-        metrics = data.get("metrics") or {}
-        if isinstance(metrics, Mapping):
-            for term, value in metrics.items():
-                v = _number(value)
-                if v is not None:
-                    self.losses.setdefault(self.label(stage, str(term)), []).append((self.x, v))
+        for term, value in terms.items():
+            self.losses.setdefault(self.label(stage, term), []).append((self.x, float(value)))
 
     def add_eval(self, data: Mapping[str, Any]) -> None:
         v = _number(data.get("heldout_miou"))
@@ -96,6 +95,8 @@ class RoundCurves:
         if not self.stage:
             return "Starting: gathering patches from the correction ROIs…"
         text = f"{self.stage}: step {self.step} of {self.total}" if self.total else self.stage
+        if self.message:
+            text = f"{self.stage}: {self.message}"
         left = format_seconds(self.eta_s)
         return text + (f" — about {left} left" if left else "")
 

@@ -29,11 +29,15 @@ def test_curves_follow_progress_and_eval_events():
 
 def test_a_second_stage_labels_every_curve_with_its_stage_and_continues_the_axis():
     c = RoundCurves()
+    c.add_progress({"stage": "data", "step": 1, "total": 1, "message": "gathering patches"})
     c.add_progress({"stage": "teacher", "step": 1, "total": 2, "metrics": {"loss": 2.0}})
     c.add_progress({"stage": "teacher", "step": 2, "total": 2, "metrics": {"loss": 1.5}})
     c.add_progress({"stage": "student", "step": 1, "total": 5, "metrics": {"loss": 0.9}})
-    assert c.losses == {"teacher: loss": [(1, 2.0), (2, 1.5)], "student: loss": [(3, 0.9)]}
+    assert c.losses == {"teacher: loss": [(2, 2.0), (3, 1.5)], "student: loss": [(4, 0.9)]}
     assert c.progress_text() == "student: step 1 of 5"
+    c.add_progress({"stage": "publish", "step": 0, "total": 1, "message": "publishing the new version"})
+    assert c.progress_text() == "publish: publishing the new version"
+    assert set(c.losses) == {"teacher: loss", "student: loss"}  # no metrics, no new curve
 
 
 @pytest.mark.parametrize("seconds, text", [(None, ""), (-1, ""), (float("inf"), ""), (4.4, "4 s"),
