@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.training.commands",
     "engine.annotations.commands",
     "engine.inference.commands",
+    "engine.finetune.commands",
 )
 
 

@@ -1,0 +1,466 @@
+"""A round's data, gathered from a project: labelled patches from the correction ROIs, unlabelled
+tissue patches for distillation, and held-out ROIs to measure the round. No torch here.
+
+- **Resolution**: patches are cut at the model's µm/px (its card's ``input.mpp``, the slide's own
+  µm/px giving the downsample); without one on either side, at the slide's level 0 (and the round
+  says so).
+- **Labels**: inside a correction ROI, every pixel is labelled (the class of the annotation over it,
+  else background); outside every ROI it is :data:`IGNORE`. Project classes are matched to the
+  model's classes by name (see :func:`class_lut`).
+- **Held-out ROIs, by region**: ROIs that touch (or nearly) form one region; whole regions are held
+  out, never patches of one region on both sides. With a single region, it is cut in two across its
+  longer side, with a gap. A training patch never shows a held-out region: any of its pixels
+  within the held-out zone (held-out geometry grown by half the gap) is blanked to the mean colour
+  and unlabelled, and unlabelled tissue patches that meet the zone are not taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
+
+from engine.annotations.mask import rasterize
+from engine.annotations.model import Annotation, Kind
+from engine.annotations.rois import IGNORE, partial_label_mask
+from engine.errors import CocoPathError
+from engine.jobs import CancelToken, Progress
+
+log = logging.getLogger(__name__)
+
+#: Most patches cut from one region (a huge ROI is sampled, not tiled whole).
+MAX_PATCHES_PER_REGION = 48
+#: A region patch must overlap its region by at least this share of its footprint.
+MIN_REGION_OVERLAP = 0.02
+_SYNONYMS = {"tumor": "tumour", "tumours": "tumour", "tumors": "tumour", "cancer": "tumour",
+             "carcinoma": "tumour", "normal": "background", "non-tumour": "background",
+             "non-tumor": "background", "other": "background"}
+
+
+class RoundDataError(CocoPathError):
+    """The project cannot give a round its data (slide missing, classes that do not fit, …)."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """A region of reviewed tissue: one or more touching correction ROIs (or a part of one)."""
+
+    key: str
+    slide_id: int
+    roi_ids: tuple[str, ...]
+    geometry: BaseGeometry  # level-0 pixels
+
+    def as_roi(self) -> Annotation:
+        return Annotation(self.geometry, kind=Kind.ROI)
+
+
+@dataclass
+class Patch:
+    """One network input with its labels (model class indices; :data:`IGNORE` where unknown)."""
+
+    rgb: np.ndarray  # (patch, patch, 3) uint8
+    label: np.ndarray  # (patch, patch) uint8
+    slide_id: int
+    region: str | None  # the region it was cut from (None: an unlabelled tissue patch)
+    x: int  # level-0 origin
+    y: int
+    footprint: float  # level-0 pixels per side
+
+    @property
+    def labelled_pixels(self) -> int:
+        return int((self.label != IGNORE).sum())
+
+
+@dataclass
+class RoundData:
+    train: list[Patch]
+    unlabelled: list[Patch]
+    heldout: list[Patch]
+    train_regions: list[Region]
+    heldout_regions: list[Region]
+    slides: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+    mpp: float | None = None  # µm/px of the patches, when known
+
+    def summary(self) -> dict[str, Any]:
+        """What the round was trained and measured on (for the version's card)."""
+        def rois(regions: Sequence[Region]) -> list[str]:
+            return sorted({r for reg in regions for r in reg.roi_ids})
+
+        return {
+            "slides": self.slides,
+            "train_rois": rois(self.train_regions), "heldout_rois": rois(self.heldout_regions),
+            "train_regions": [r.key for r in self.train_regions],
+            "heldout_regions": [r.key for r in self.heldout_regions],
+            "patches": {"labelled": len(self.train), "unlabelled": len(self.unlabelled),
+                        "heldout": len(self.heldout)},
+            "pixels": {"labelled": sum(p.labelled_pixels for p in self.train),
+                       "heldout": sum(p.labelled_pixels for p in self.heldout)},
+            "mpp": self.mpp, "notes": list(self.notes),
+        }
+
+
+# -- classes ----------------------------------------------------------------------------------------
+
+def _norm(name: str) -> str:
+    n = name.strip().casefold()
+    return _SYNONYMS.get(n, n)
+
+
+def class_lut(project_classes: Sequence[str], model_classes: Sequence[str],
+              used: set[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """A 256-entry table from project labels (0 background, i+1 = project class i, 255 unknown) to
+    the model's class indices, and notes on the choices made (about the ``used`` classes only;
+    default: all).
+
+    Classes match by name (case-insensitive; "tumor", "carcinoma", "cancer" count as "tumour").
+    For a two-class model (background + one class) a used project class that matches neither is
+    background ("not tumour"), except that when a single class is used it is taken as the model's
+    foreground. For a larger model, unmatched classes are ignored.
+    """
+    lut = np.full(256, IGNORE, dtype=np.uint8)
+    lut[0] = 0
+    used = set(project_classes) if used is None else set(used)
+    model_norm = [_norm(c) for c in model_classes]
+    notes: list[str] = []
+    matched = {i: model_norm.index(_norm(n)) for i, n in enumerate(project_classes)
+               if _norm(n) in model_norm}
+    active = [i for i, n in enumerate(project_classes) if n in used]
+    binary = len(model_classes) == 2
+    if binary and active and not any(matched.get(i) == 1 for i in active):
+        if len(active) == 1:
+            matched[active[0]] = 1
+            notes.append(f"the project's class {project_classes[active[0]]!r} is taken as the "
+                         f"model's {model_classes[1]!r}")
+        else:
+            names = ", ".join(project_classes[i] for i in active)
+            raise RoundDataError(f"none of the annotated classes ({names}) is the model's "
+                                 f"{model_classes[1]!r}: name the class to learn {model_classes[1]!r}")
+    for i, name in enumerate(project_classes):
+        if i in matched:
+            lut[i + 1] = matched[i]
+        elif binary:
+            lut[i + 1] = 0
+            if i in active:
+                notes.append(f"class {name!r} is taken as {model_classes[0]!r} "
+                             f"(not {model_classes[1]})")
+        elif i in active:
+            notes.append(f"class {name!r} is not one of the model's classes "
+                         f"({', '.join(model_classes)}): its pixels are ignored")
+    return lut, notes
+
+
+# -- regions and the held-out split -------------------------------------------------------------------
+
+def cluster_rois(rois: Sequence[Annotation], slide_id: int, gap: float) -> list[Region]:
+    """Group ROIs closer than ``gap`` level-0 pixels into regions (connected components)."""
+    n = len(rois)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if n > 1:
+        tree = shapely.STRtree([r.geometry for r in rois])
+        for i, r in enumerate(rois):
+            for j in tree.query(r.geometry, predicate="dwithin", distance=gap):
+                a, b = find(i), find(int(j))
+                if a != b:
+                    parent[b] = a
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    regions = []
+    for members in groups.values():
+        ids = tuple(sorted(rois[i].uuid for i in members))
+        geom = shapely.union_all([rois[i].geometry for i in members])
+        regions.append(Region(f"{slide_id}:{ids[0][:8]}" + (f"+{len(ids) - 1}" if len(ids) > 1 else ""),
+                              slide_id, ids, geom))
+    return sorted(regions, key=lambda r: r.key)
+
+
+def split_region(region: Region, holdout: float, gap_share: float = 0.05) -> tuple[Region, Region, float]:
+    """Cut one region across its longer side: (train part, held-out part, gap in level-0 pixels).
+
+    The held-out part is the last ``holdout`` of the extent; a gap of ``gap_share`` of the extent
+    (centred on the cut) belongs to neither."""
+    x0, y0, x1, y1 = region.geometry.bounds
+    horizontal = (x1 - x0) >= (y1 - y0)
+    lo, hi = (x0, x1) if horizontal else (y0, y1)
+    extent = hi - lo
+    gap = max(gap_share * extent, 2.0)
+    cut = hi - holdout * extent
+    a, b = cut - gap / 2, cut + gap / 2
+    if horizontal:
+        first, second = box(x0 - 1, y0 - 1, a, y1 + 1), box(b, y0 - 1, x1 + 1, y1 + 1)
+    else:
+        first, second = box(x0 - 1, y0 - 1, x1 + 1, a), box(x0 - 1, b, x1 + 1, y1 + 1)
+    train = region.geometry.intersection(first)
+    held = region.geometry.intersection(second)
+    if train.area <= 0 or held.area <= 0:
+        raise RoundDataError(f"the only correction ROI is too small to hold part of it out; draw "
+                             f"a larger one or a second one")
+    return (Region(region.key + "/train", region.slide_id, region.roi_ids, train),
+            Region(region.key + "/heldout", region.slide_id, region.roi_ids, held), gap)
+
+
+def split_regions(regions: Sequence[Region], holdout: float, seed: int
+                  ) -> tuple[list[Region], list[Region], float, str | None]:
+    """(train, held out, gap, note): whole regions held out (a seeded choice of
+    ``round(holdout·n)``, at least one each side); a single region is cut in two."""
+    if not 0 < holdout < 1:
+        raise RoundDataError(f"the held-out share must be between 0 and 1, not {holdout}")
+    if len(regions) == 1:
+        train, held, gap = split_region(regions[0], holdout)
+        note = (f"a single reviewed region: its last {holdout:.0%} across its longer side is held "
+                f"out, with a gap of {gap:.0f} px")
+        return [train], [held], gap, note
+    n = len(regions)
+    k = min(max(1, round(holdout * n)), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    held = sorted((regions[i] for i in order[:k]), key=lambda r: r.key)
+    train = sorted((regions[i] for i in order[k:]), key=lambda r: r.key)
+    return train, held, 0.0, None
+
+
+# -- patches ---------------------------------------------------------------------------------------
+
+def region_positions(geometry: BaseGeometry, footprint: float, slide_size: tuple[int, int],
+                     rng: np.random.Generator, limit: int = MAX_PATCHES_PER_REGION) -> list[tuple[int, int]]:
+    """Level-0 origins of square patches (side ``footprint``) tiling the region's bounding box,
+    each meeting the region, at most ``limit`` (a seeded sample)."""
+    x0, y0, x1, y1 = geometry.bounds
+    w, h = slide_size
+
+    def starts(lo: float, hi: float, size: int) -> list[float]:
+        if hi - lo <= footprint:
+            s = [(lo + hi) / 2 - footprint / 2]
+        else:
+            n = math.ceil((hi - lo) / footprint)
+            s = list(np.linspace(lo, hi - footprint, n))
+        return [min(max(v, 0.0), max(size - footprint, 0.0)) for v in s]
+
+    out = []
+    for y in starts(y0, y1, h):
+        for x in starts(x0, x1, w):
+            cell = box(x, y, x + footprint, y + footprint)
+            if geometry.intersection(cell).area >= MIN_REGION_OVERLAP * footprint * footprint:
+                out.append((int(round(x)), int(round(y))))
+    if len(out) > limit:
+        keep = sorted(rng.choice(len(out), limit, replace=False))
+        out = [out[i] for i in keep]
+    return out
+
+
+def mean_rgb(mean: Sequence[float]) -> np.ndarray:
+    return np.array([round(255 * m) for m in mean], dtype=np.uint8)
+
+
+class SlideCutter:
+    """Cuts patches of one slide at the round's resolution, labelled by one side's regions."""
+
+    def __init__(self, slide: Any, record: Any, annotations: Sequence[Annotation], classes: Sequence[Any],
+                 lut: np.ndarray, patch: int, model_mpp: float | None, fill: np.ndarray) -> None:
+        from engine.inference.geometry import make_grid
+
+        self.slide, self.record, self.patch = slide, record, patch
+        self.grid = make_grid(slide.info, model_mpp, tile=patch, margin=0)
+        self.ds = self.grid.downsample
+        self.footprint = patch * self.ds
+        self.regions = [a for a in annotations if not a.is_roi]
+        self.tree = shapely.STRtree([a.geometry for a in self.regions]) if self.regions else None
+        self.classes, self.lut, self.fill = list(classes), lut, fill
+
+    def read(self, x: int, y: int) -> np.ndarray:
+        from engine.slide.request import RegionRequest
+
+        g = self.grid
+        size = self.patch if not g.resampled else math.ceil(self.patch * g.downsample / g.read_downsample)
+        rgb = self.slide.read_rgb(RegionRequest(g.slide, g.read_level, x, y, size, size))
+        if g.resampled:
+            from PIL import Image
+
+            span = self.patch * g.downsample / g.read_downsample
+            rgb = np.asarray(Image.fromarray(rgb).resize((self.patch, self.patch), Image.Resampling.BILINEAR,
+                                                         box=(0, 0, span, span)))
+        return np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
+
+    def labels(self, x: int, y: int, side: Sequence[Region]) -> np.ndarray:
+        """Model labels of the patch at (x, y) from the regions of one side (others: IGNORE)."""
+        f = self.footprint
+        near = [self.regions[i] for i in np.sort(self.tree.query(box(x, y, x + f, y + f)))] if self.tree else []
+        rois = [r.as_roi() for r in side if r.geometry.intersects(box(x, y, x + f, y + f))]
+        raw = partial_label_mask(near + rois, self.classes, x, y, self.patch, self.patch, self.ds)
+        return self.lut[raw]
+
+    def zone_mask(self, x: int, y: int, zone: BaseGeometry | None) -> np.ndarray | None:
+        """Pixels of the patch inside ``zone`` (None when it does not meet the patch)."""
+        f = self.footprint
+        if zone is None or zone.is_empty or not zone.intersects(box(x, y, x + f, y + f)):
+            return None
+        m = rasterize([(Annotation(zone, kind=Kind.ROI), 1)], x, y, self.patch, self.patch, self.ds) > 0
+        return m if m.any() else None
+
+    def cut(self, x: int, y: int, side: Sequence[Region], zone: BaseGeometry | None,
+            region: str | None) -> Patch:
+        rgb, label = self.read(x, y), self.labels(x, y, side)
+        hidden = self.zone_mask(x, y, zone)
+        if hidden is not None:  # a training patch never shows the held-out zone
+            rgb = rgb.copy()
+            rgb[hidden] = self.fill
+            label[hidden] = IGNORE
+        return Patch(rgb, label, self.record.id, region, x, y, self.footprint)
+
+
+def tissue_positions(tissue: Any, slide_size: tuple[int, int], footprint: float, count: int,
+                     avoid: BaseGeometry | None, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Up to ``count`` random origins of patches that are mostly tissue and miss ``avoid``."""
+    w, h = slide_size
+    out: list[tuple[int, int]] = []
+    for _ in range(60 * max(count, 1)):
+        if len(out) >= count:
+            break
+        x = int(rng.uniform(0, max(w - footprint, 0)))
+        y = int(rng.uniform(0, max(h - footprint, 0)))
+        if not tissue.covers(x, y, footprint, footprint, min_fraction=0.5):
+            continue
+        if avoid is not None and not avoid.is_empty and avoid.intersects(box(x, y, x + footprint, y + footprint)):
+            continue
+        out.append((x, y))
+    return out
+
+
+@dataclass(frozen=True)
+class GatherOptions:
+    patch: int = 256
+    holdout: float = 0.25
+    unlabelled_per_roi: int = 4
+    seed: int = 0
+    slides: tuple[str, ...] | None = None
+
+
+def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
+           progress: Callable[[Progress], None] | None = None,
+           cancel: CancelToken | None = None) -> RoundData | None:
+    """Read the project's correction ROIs and cut the round's patches; None when there is nothing
+    to learn (no correction ROI on the chosen slides)."""
+    from engine.annotations.project import Project
+
+    if opts.patch % 32 or opts.patch < 64:
+        raise RoundDataError(f"patch size {opts.patch} must be a multiple of 32, at least 64")
+    model_classes = list(card.get("classes") or ["background", "tumour"])
+    model_mpp = (card.get("input") or {}).get("mpp")
+    with Project.open(project_dir, quick_check=False) as project:
+        records = ([project.slide(s) for s in opts.slides] if opts.slides is not None
+                   else project.slides())
+        per_slide = []
+        notes: list[str] = []
+        for rec in records:
+            store = project.store(rec)
+            rois = store.rois()
+            if not rois:
+                if opts.slides is not None:
+                    notes.append(f"{rec.name} has no correction ROI")
+                continue
+            if not rec.exists:
+                raise RoundDataError(f"{rec.path}: the slide {rec.name} is missing; relink it "
+                                     f"(`cocopath-engine project relink`) or leave it out")
+            per_slide.append((rec, rois, store.annotations(Kind.REGION)))
+        classes = project.classes()
+    if not per_slide:
+        return None
+    used = {a.class_name for _, _, anns in per_slide for a in anns if a.class_name}
+    lut, class_notes = class_lut([c.name for c in classes], model_classes, used)
+    notes += class_notes
+    return _cut_all(per_slide, classes, lut, card, model_mpp, opts, notes, progress, cancel)
+
+
+def _cut_all(per_slide: list, classes: Sequence[Any], lut: np.ndarray, card: dict[str, Any],
+             model_mpp: float | None, opts: GatherOptions, notes: list[str],
+             progress: Callable[[Progress], None] | None, cancel: CancelToken | None) -> RoundData:
+    from engine.slide import open_slide
+    from engine.slide.tissue import detect_tissue
+
+    rng = np.random.default_rng(opts.seed)
+    fill = mean_rgb((card.get("input") or {}).get("mean") or (0.485, 0.456, 0.406))
+    slides = [(rec, rois, anns, open_slide(rec.path)) for rec, rois, anns in per_slide]
+    try:
+        cutters = {rec.id: SlideCutter(src, rec, anns, classes, lut, opts.patch, model_mpp, fill)
+                   for rec, _, anns, src in slides}
+        regions: list[Region] = []
+        for rec, rois, _, _ in slides:
+            regions += cluster_rois(rois, rec.id, gap=cutters[rec.id].footprint / 4)
+        train_r, held_r, gap, note = split_regions(regions, opts.holdout, opts.seed)
+        if note:
+            notes.append(note)
+        grids = {c.grid.note for c in cutters.values() if c.grid.note}
+        if model_mpp is None:
+            notes.append("the model's card has no µm/px: patches were cut at each slide's level 0")
+        else:
+            notes += sorted(grids)
+        data = RoundData([], [], [], train_r, held_r, [], notes, float(model_mpp) if model_mpp else None)
+        work = [(r, "train") for r in train_r] + [(r, "heldout") for r in held_r]
+        total = len(work) + len(slides)
+        done = 0
+        for region, side in work:
+            _check(cancel)
+            cutter = cutters[region.slide_id]
+            same_slide = held_r if side == "train" else train_r
+            side_regions = [r for r in (train_r if side == "train" else held_r) if r.slide_id == region.slide_id]
+            zone = None
+            if side == "train":
+                zone_parts = [r.geometry for r in same_slide if r.slide_id == region.slide_id]
+                zone = shapely.union_all(zone_parts).buffer(gap / 2) if zone_parts else None
+            for x, y in region_positions(region.geometry, cutter.footprint, cutter.slide.info.dimensions, rng):
+                p = cutter.cut(x, y, side_regions, zone, region.key)
+                if p.labelled_pixels:
+                    (data.train if side == "train" else data.heldout).append(p)
+            done += 1
+            if progress:
+                progress(Progress("gather", done, total, message=f"region {region.key}"))
+        for rec, _, _, src in slides:
+            _check(cancel)
+            cutter = cutters[rec.id]
+            n_train = sum(1 for r in train_r if r.slide_id == rec.id)
+            held_here = [r.geometry for r in held_r if r.slide_id == rec.id]
+            avoid = shapely.union_all(held_here).buffer(max(gap / 2, 1.0)) if held_here else None
+            count = opts.unlabelled_per_roi * n_train
+            if count:
+                tissue = detect_tissue(src)
+                train_here = [r for r in train_r if r.slide_id == rec.id]
+                for x, y in tissue_positions(tissue, src.info.dimensions, cutter.footprint, count, avoid, rng):
+                    data.unlabelled.append(cutter.cut(x, y, train_here, avoid, None))
+            data.slides.append({"id": rec.id, "name": rec.name, "path": rec.path,
+                                "downsample": cutter.ds, "level": cutter.grid.read_level})
+            done += 1
+            if progress:
+                progress(Progress("gather", done, total, message=f"tissue of {rec.name}"))
+    finally:
+        for *_, src in slides:
+            src.close()
+    if not data.heldout:
+        raise RoundDataError("the held-out ROIs gave no labelled pixels; draw another correction ROI")
+    if not data.train:
+        raise RoundDataError("the training ROIs gave no labelled pixels; draw another correction ROI")
+    log.info("round data: %s", data.summary()["patches"])
+    return data
+
+
+class GatherCancelled(Exception):
+    """Raised inside :func:`gather` when its cancel token is set."""
+
+
+def _check(cancel: CancelToken | None) -> None:
+    if cancel is not None and cancel.cancelled:
+        raise GatherCancelled()

@@ -1,0 +1,127 @@
+"""The round's training objectives, built on the distiller of ``engine.distill``.
+
+:class:`FinetuneObjective` is a distillation method's config (``coco-full`` by default) run by the
+ordinary :class:`~engine.distill.distiller.Distiller`, with two terms taken out and replaced by
+their partial-label versions:
+
+- the config's ``segmentation`` loss becomes :func:`~engine.finetune.losses.partial_label_loss`
+  (CE + Dice on the pixels a pathologist reviewed; the rest ignored), same weight and Dice weight;
+- its pixel ``kd`` loss becomes :func:`~engine.finetune.losses.masked_kd_loss` on the *unlabelled*
+  pixels only (where there is a correction, the correction is the target, not the teacher).
+
+Every other term (CoCo, factor transfer with its paraphraser, adversarial critic) runs as the
+config says, on every patch. :class:`PartialSupervised` adapts a teacher to the corrections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from torch import Tensor, nn
+
+from engine.distill.config import DistillConfig, load_config
+from engine.distill.distiller import Distiller
+from engine.distill.recorders import FeatureRecorder
+from engine.finetune.losses import IGNORE, masked_kd_loss, partial_label_loss
+from engine.jobs import CancelToken, Progress
+
+
+def finetune_config(method: str = "coco-full", paraphraser_steps: int | None = None) -> DistillConfig:
+    """A distillation method's config, its paraphraser pre-training shortened if asked."""
+    config = load_config(method)
+    if paraphraser_steps is not None:
+        config = replace(config, paraphraser_steps=int(paraphraser_steps))
+    return config
+
+
+class PartialSupervised(nn.Module):
+    """CE + Dice on labelled pixels only: adapts a teacher to the corrections."""
+
+    def __init__(self, model: nn.Module, dice_weight: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.dice_weight = dice_weight
+
+    @property
+    def network(self) -> nn.Module:
+        return self.model
+
+    def forward(self, images: Tensor, target: Tensor) -> dict[str, Tensor]:
+        terms = partial_label_loss(self.model(images), target, self.dice_weight)
+        terms["total"] = terms["loss_ce"] + terms.get("loss_dice", 0.0)
+        return terms
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def after_step(self) -> dict[str, float]:
+        return {}
+
+
+class FinetuneObjective(nn.Module):
+    """Student objective of a round: partial-label supervision + distillation (see module doc)."""
+
+    def __init__(self, config: DistillConfig, teacher: nn.Module, student: nn.Module) -> None:
+        super().__init__()
+        seg = [s for s in config.losses if s.loss == "segmentation"]
+        kd = [s for s in config.losses if s.loss == "kd"]
+        self.seg_weight = seg[0].weight if seg else 1.0
+        self.dice_weight = float(seg[0].params.get("dice_weight", 1.0)) if seg else 1.0
+        self.kd_weight = kd[0].weight if kd else 0.0
+        self.kd_temperature = float(kd[0].params.get("temperature", 1.0)) if kd else 1.0
+        rest = tuple(s for s in config.losses if s.loss not in ("segmentation", "kd"))
+        self.method = config.method
+        self.distiller = Distiller(replace(config, losses=rest), teacher, student)
+        self._rec_s = FeatureRecorder(student, {"logits": student.feature_layers["logits"]}).attach()
+        self._rec_t = FeatureRecorder(teacher, {"logits": teacher.feature_layers["logits"]}).attach()
+
+    @property
+    def network(self) -> nn.Module:
+        return self.distiller.student
+
+    @property
+    def student(self) -> nn.Module:
+        return self.distiller.student
+
+    def forward(self, images: Tensor, target: Tensor) -> dict[str, Tensor]:
+        terms = self.distiller(images, target)
+        s_logits, t_logits = self._rec_s["logits"], self._rec_t["logits"]
+        total = terms.pop("total")
+        for key, val in partial_label_loss(s_logits, target, self.dice_weight).items():
+            terms[key] = val * self.seg_weight
+            total = total + terms[key]
+        if self.kd_weight:
+            kd = masked_kd_loss(s_logits, t_logits, target == IGNORE, self.kd_temperature)["loss_kd"]
+            terms["loss_kd"] = kd * self.kd_weight
+            total = total + terms["loss_kd"]
+        terms["total"] = total
+        return terms
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.distiller.trainable_parameters()
+
+    def after_step(self) -> dict[str, float]:
+        return self.distiller.after_step()
+
+    def prepare(self, images: Iterable[Tensor], cancel: CancelToken | None = None,
+                progress: Callable[[Progress], None] | None = None) -> dict[str, float]:
+        return self.distiller.prepare(images, cancel, progress)
+
+    def close(self) -> None:
+        self._rec_s.detach()
+        self._rec_t.detach()
+        self.distiller.close()
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy with no gradients, in eval mode (the "teacher" of a round without one)."""
+    import copy
+
+    twin = copy.deepcopy(model).eval()
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+__all__ = ["FinetuneObjective", "PartialSupervised", "finetune_config", "frozen_copy"]
