@@ -139,7 +139,9 @@ def run_training_benchmark(out: Path, side: int = 12_000, model: Path | None = N
                           "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg")
                           else None,
                           "platform": platform.platform(), "python": platform.python_version(),
-                          "qpa": os.environ.get("QT_QPA_PLATFORM", "default")},
+                          "qpa": os.environ.get("QT_QPA_PLATFORM", "default"),
+                          "gui_niceness": os.getpriority(os.PRIO_PROCESS, 0)
+                          if hasattr(os, "getpriority") else None},
               **figures}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

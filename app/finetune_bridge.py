@@ -25,7 +25,7 @@ from app.state.training import RoundEnd, TextTail, round_end
 log = logging.getLogger(__name__)
 
 KILL_AFTER_MS = 5000  # a terminated round that has not exited by then is killed
-NICE = 10  # the round's CPU priority (the GUI's stays 0)
+NICE = 10  # the round runs this much nicer than the GUI (lower CPU priority)
 
 
 def _default_parser(line: str) -> Any:
@@ -124,8 +124,9 @@ class FinetuneProcess(QObject):
     def _on_started(self) -> None:
         pid = self.pid
         if pid:
-            try:
-                os.setpriority(os.PRIO_PROCESS, pid, NICE)
+            try:  # NICE below this process, whatever this process's own niceness
+                os.setpriority(os.PRIO_PROCESS, pid,
+                               min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE))
             except (AttributeError, OSError):  # not Linux/macOS, or not allowed: default priority
                 pass
             self.started.emit(pid)

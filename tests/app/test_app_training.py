@@ -210,3 +210,16 @@ def test_accept_after_switching_project_changes_neither_registry(qtbot, training
     assert "belong to the project" in ta.window.last_error
     assert ta.reg.active_name() == "v0001"
     assert ModelRegistry.of_project(tmp_path / "other").versions() == []
+
+
+def test_the_round_runs_at_a_lower_cpu_priority_than_the_gui(qtbot, training):
+    import os
+
+    ta = training
+    ta.state["mode"] = "forever"
+    _start(qtbot, ta)
+    qtbot.waitUntil(lambda: ta.panel.point_counts().get("total", 0) >= 1, timeout=20000)
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, ta.process.pid) == min(19, mine + bridge_module.NICE)
+    with qtbot.waitSignal(ta.process.ended, timeout=10000):
+        ta.cancel()
