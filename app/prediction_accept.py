@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QMenu, QToolBar, QToolButton
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
-from app.state.accept import accepted_counts
+from app.state.accept import MAX_PIXELS, accepted_counts
 from app.viewer.tools.fill_prediction import NO_PREDICTION
 from engine.api import Kind, PredictionCache, Step, prediction_in_region, vector_tolerances
 
@@ -95,7 +95,7 @@ class PredictionAccept(QObject):
         tol, min_area = vector_tolerances((geo.mpp, geo.mpp) if geo is not None and geo.mpp else None)
         QGuiApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
-            got = prediction_in_region(cache, region, tol, min_area)
+            got = prediction_in_region(cache, region, tol, min_area, MAX_PIXELS)
             names = " or ".join(cache.class_names)
             if got.count == 0:
                 self._say(f"The model has not predicted {where} yet ({got.pending} tiles of tissue "

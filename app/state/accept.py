@@ -29,6 +29,12 @@ from engine.api import Annotation, AnnotationClass, Kind, Source, polygonal
 
 Shapes = tuple[str, Sequence[BaseGeometry]]  # (project class name, predicted polygons)
 
+#: Most cache pixels read to accept a region or fill a component (4 Mpx, twice the pixels of a
+#: 1920×1080 view; a larger region is read at a coarser cache level, still finer than the screen).
+#: Vectorising 4 Mpx of a dense prediction (random blobs over half the area) takes seconds on this
+#: 2-core machine under load; real predictions have far less outline.
+MAX_PIXELS = 1 << 22
+
 
 def _key(name: str) -> str:
     return re.sub(r"\btumor", "tumour", name.strip().casefold())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 
+from app.state.accept import MAX_PIXELS
 from app.viewer.tools.base import Tool
 from engine.api import pending_tiles, prediction_component_at, vector_tolerances
 
@@ -27,7 +28,7 @@ class PredictionFillTool(Tool):
             return True
         geo = host.view.geometry_
         tol, _ = vector_tolerances((geo.mpp, geo.mpp) if geo is not None and geo.mpp else None)
-        comp = prediction_component_at(cache, x, y, tol)
+        comp = prediction_component_at(cache, x, y, tol, MAX_PIXELS)
         if comp is None:
             if pending_tiles(cache, x, y, x + 1, y + 1):
                 host.message.emit("The model has not predicted this spot yet: let the run reach it "

@@ -67,3 +67,19 @@ def test_any_mask_gives_valid_polygons_of_the_same_area(mask):
 def test_labels_take_the_most_probable_class_and_ties_go_to_background():
     probs = np.array([[[128, 0], [127, 0], [100, 120], [60, 60]]], np.uint8)
     np.testing.assert_array_equal(labels_from_probs(probs), [[1, 0, 2, 0]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(bool, st.tuples(st.integers(1, 14), st.integers(1, 14))))
+def test_one_polygon_per_4_connected_region_covering_exactly_its_pixels(mask):
+    from scipy import ndimage
+
+    polys = mask_to_polygons(mask, downsample=2.0, origin=(5, 7))
+    _, regions = ndimage.label(mask)
+    assert len(polys) == regions
+    rows, cols = np.nonzero(mask)
+    pixels = shapely.union_all(shapely.box(5 + cols * 2.0, 7 + rows * 2.0,
+                                           5 + (cols + 1) * 2.0, 7 + (rows + 1) * 2.0))
+    union = shapely.union_all(polys) if polys else shapely.Polygon()
+    assert union.symmetric_difference(pixels).area < 1e-9
+    assert all(p.geom_type == "Polygon" and p.is_valid for p in polys)
