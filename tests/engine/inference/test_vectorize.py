@@ -83,3 +83,10 @@ def test_one_polygon_per_4_connected_region_covering_exactly_its_pixels(mask):
     union = shapely.union_all(polys) if polys else shapely.Polygon()
     assert union.symmetric_difference(pixels).area < 1e-9
     assert all(p.geom_type == "Polygon" and p.is_valid for p in polys)
+
+
+def test_one_class_labels_agree_with_the_general_rule():
+    p = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+    general = labels_from_probs(np.concatenate([p, np.zeros_like(p)], axis=-1))
+    np.testing.assert_array_equal(labels_from_probs(p), general)
+    assert labels_from_probs(p).ravel()[127] == 0 and labels_from_probs(p).ravel()[128] == 1
