@@ -129,10 +129,12 @@ def round_settings(cfg: BenchConfig) -> Any:
     from engine.finetune.round import RoundSettings
 
     kw: dict[str, Any] = {"seed": cfg.seed, "device": cfg.device, "use_teacher": cfg.use_teacher}
-    for name in ("steps", "batch_size", "patch", "teacher"):
+    for name in ("steps", "batch_size", "patch"):
         value = getattr(cfg, name)
         if value is not None:
             kw[name] = value
+    if cfg.teacher is not None:
+        kw["teacher"] = str(cfg.teacher)
     return RoundSettings(**kw)
 
 
@@ -336,7 +338,10 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     b.add_argument("--steps", type=int, default=None, help="round steps (default: the round's)")
     b.add_argument("--k", default=None, help=f"comma-separated k values (default {','.join(map(str, KS))})")
     b.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    b.add_argument("--batch-size", type=int, default=None, help="round batch size (default: the round's)")
+    b.add_argument("--patch", type=int, default=None, help="round patch side (default: the round's)")
     b.add_argument("--region-px", type=int, default=256, help="side of a reviewed region (pixels)")
+    b.add_argument("--tiles", type=int, default=None, help="at most this many tiles per slide")
     b.add_argument("--shift", default="ebhi-polyp", choices=SHIFTS, help="the shifted slide's tiles")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--workdir", type=Path, default=None, help="keep slides, projects and caches here")
@@ -352,10 +357,13 @@ def _bench_command(args: argparse.Namespace) -> int:
             raise CocoPathError(f"--k {args.k!r}: give comma-separated whole numbers") from None
     if args.steps is not None and args.steps < 1:
         raise CocoPathError("--steps must be at least 1")
-    cfg = BenchConfig(model=args.model, ks=ks, steps=args.steps, use_teacher=not args.no_teacher,
-                      teacher=args.teacher, device=args.device, seed=args.seed,
-                      region_px=args.region_px, shift=args.shift, workdir=args.workdir,
-                      quick=args.quick)
+    for name in ("batch_size", "patch", "tiles"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise CocoPathError(f"--{name.replace('_', '-')} must be at least 1")
+    cfg = BenchConfig(model=args.model, ks=ks, steps=args.steps, batch_size=args.batch_size,
+                      patch=args.patch, use_teacher=not args.no_teacher, teacher=args.teacher,
+                      device=args.device, seed=args.seed, region_px=args.region_px,
+                      shift=args.shift, tiles=args.tiles, workdir=args.workdir, quick=args.quick)
     import sys
 
     report = run_bench(cfg, say=lambda m: print(m, file=sys.stderr, flush=True))

@@ -173,3 +173,47 @@ def test_the_model_predicts_the_slide_and_review_next_picks_from_it(small_slide,
     assert all(0.0 <= p[2] <= 1.0 for p in picked)
     with pytest.raises(CocoPathError, match="only"):
         review_next([cache], 128, 100, 0.5)
+
+
+def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path) -> None:
+    """Tiny slides (2 tiles each), a tiny untrained student, two round steps of 64-pixel patches:
+    the harness runs end to end and writes the JSON (miou_before / miou_after for k) and the table."""
+    import argparse
+
+    from engine.finetune.bench import register_bench
+
+    model = tiny_model(tmp_path / "tiny.safetensors")
+    parser = argparse.ArgumentParser()
+    bench = parser.add_subparsers().add_parser("bench").add_subparsers()
+    register_bench(bench)
+    out = tmp_path / "out" / "finetune.json"
+    args = parser.parse_args(["bench", "finetune", "--model", str(model), "--k", "1", "--steps", "2",
+                              "--batch-size", "2", "--patch", "64", "--no-teacher", "--device", "cpu",
+                              "--region-px", "128", "--tiles", "2", "--workdir", str(tmp_path / "w"),
+                              "--out", str(out)])
+    assert args.func(args) == 0
+    report = json.loads(out.read_text())
+    assert set(report["k"]) == {"1"}
+    for k, e in report["k"].items():
+        for key in ("miou_before", "miou_after", "miou_after_random"):
+            assert 0.0 <= e[key] <= 1.0, (k, key)
+        assert len(e["review"]["rois"]) == len(e["random"]["rois"]) == int(k)
+        assert e["review"]["status"] == e["random"]["status"] == "done"
+        assert e["review"]["version"] == e["random"]["version"] == "v0002"  # v0001: the start
+        assert e["eval_pixels"] > 0 and e["round_s"] > 0
+        assert e["gain"] == pytest.approx(e["miou_after"] - e["miou_before"])
+        rois = [tuple(r["rect"]) for r in e["review"]["rois"] + e["random"]["rois"]]
+        assert all(w == h == 128 for _, _, w, h in rois)
+    slides = {s["name"]: s for s in report["slides"]}
+    assert slides["adenocarcinoma-unseen"]["tiles"] == 2 and slides["ebhi-polyp-shift"]["tiles"] == 2
+    assert report["settings"]["round"]["steps"] == 2 and report["device"] == "cpu"
+    table = out.with_suffix(".md").read_text()
+    assert "| 1 |" in table and "Review next" in table
+    # each k's projects hold the corrections and both versions
+    from engine.finetune.registry import ModelRegistry
+
+    for tag in ("k1-review", "k1-random"):
+        reg = ModelRegistry.of_project(tmp_path / "w" / "projects" / tag)
+        assert [v.version for v in reg.versions()] == ["v0001", "v0002"]
+        with Project.open(tmp_path / "w" / "projects" / tag) as project:
+            assert sum(len(project.store(s).rois()) for s in project.slides()) == 1
