@@ -558,7 +558,8 @@ class TrainingActions(QObject):
             return
         info = source.info  # type: ignore[attr-defined]
         mpp = info.mpp[0] if isinstance(info.mpp, tuple) else info.mpp
-        region_px = round(self.review.size.value() / mpp) if mpp else self.review.size.value() * 4
+        self.review.set_units(bool(mpp))
+        region_px = round(self.review.size.value() / mpp) if mpp else self.review.size.value()
         store = self.window.view.annotator.store
         exclude = []
         if store is not None:

@@ -72,6 +72,15 @@ class ReviewPanel(QWidget):
             self.rank_by.setCurrentIndex(0)
             self.rank_by.removeItem(1)
 
+    def set_units(self, has_mpp: bool) -> None:
+        """Region side in µm, or in slide pixels when the slide has no pixel size."""
+        suffix = " µm" if has_mpp else " px"
+        if self.size.suffix() != suffix:
+            self.size.blockSignals(True)
+            self.size.setSuffix(suffix)
+            self.size.setValue(256 if has_mpp else 1024)
+            self.size.blockSignals(False)
+
     def mode(self) -> str:
         return str(self.rank_by.currentData())
 

@@ -112,6 +112,15 @@ def test_activate_and_rollback_switch_the_model_and_repredict(qtbot, with_regist
     _wait_run(qtbot, window)
     assert pa.last_finished.status == "measured"
     assert Path(window.view.predictions.cache.root) == v2_cache
+    # v0002's parent has predicted this slide too: Review next can rank where the two disagree
+    review = ta.review
+    assert review.rank_by.count() == 2 and review.rank_by.itemText(1) == "Disagreement with v0001"
+    ta.review_dock.show()
+    ta.review_dock.raise_()
+    review.rank_by.setCurrentIndex(1)  # re-ranks at once
+    qtbot.waitUntil(lambda: review.list.count() > 0 and review.regions[0].kind == "disagreement",
+                    timeout=20000)
+    assert review.list.item(0).text().startswith("1. disagreement ")
 
 
 def test_import_refuses_pickles_and_export_writes_the_same_weights(qtbot, with_registry, tmp_path,
