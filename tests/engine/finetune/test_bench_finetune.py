@@ -175,6 +175,7 @@ def test_the_model_predicts_the_slide_and_review_next_picks_from_it(small_slide,
         review_next([cache], 128, 100, 0.5)
 
 
+@pytest.mark.slow
 def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path) -> None:
     """Tiny slides (2 tiles each), a tiny untrained student, two round steps of 64-pixel patches:
     the harness runs end to end and writes the JSON (miou_before / miou_after for k) and the table."""
