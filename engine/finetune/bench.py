@@ -247,7 +247,9 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> dict[str, Any]:
                             if k not in ("workdir", "model")},
                          "round": _jsonable(asdict(round_settings(cfg)))},
             "protocol": ("mIoU (background, tumour) on the real tiles outside every ROI of that k "
-                         "(Review next and random alike), at the prediction's resolution"),
+                         "(Review next and random alike), at the prediction's resolution; "
+                         "miou_after is the round's new version whether or not it was activated, "
+                         "miou_active_after the version active after the round"),
             "device": device, "cpu_threads": torch.get_num_threads(), "host": platform.node(),
             "k": results, "total_s": time.perf_counter() - t_start,
         }
@@ -269,6 +271,8 @@ def _k_entry(k: int, before: dict[str, Any], runs: dict[str, dict[str, Any]],
     return {
         "miou_before": before["miou"], "miou_after": rv["miou_after"],
         "miou_after_random": rd["miou_after"], "dice_before": before["dice"],
+        "miou_active_after": rv["miou_after"] if rv["activated"] else before["miou"],
+        "miou_active_after_random": rd["miou_after"] if rd["activated"] else before["miou"],
         "gain": g_rv, "gain_random": g_rd,
         "review_vs_random": (g_rv / g_rd) if g_rv is not None and g_rd else None,
         "round_s": rv["round_s"], "round_s_random": rd["round_s"],

@@ -196,7 +196,7 @@ def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert set(report["k"]) == {"1"}
     for k, e in report["k"].items():
-        for key in ("miou_before", "miou_after", "miou_after_random"):
+        for key in ("miou_before", "miou_after", "miou_after_random", "miou_active_after"):
             assert 0.0 <= e[key] <= 1.0, (k, key)
         assert len(e["review"]["rois"]) == len(e["random"]["rois"]) == int(k)
         assert e["review"]["status"] == e["random"]["status"] == "done"
