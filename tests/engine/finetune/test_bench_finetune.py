@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from engine.annotations import Project
 from engine.annotations.rois import IGNORE, partial_label_mask
@@ -23,12 +22,6 @@ from engine.shared_data import data_path
 from engine.slide import open_slide
 from engine.slide.request import RegionRequest
 from engine.training.datasets import DEFAULT_GROUP_REGEX, find_pairs, split_by_case
-
-
-@pytest.fixture(autouse=True)
-def _torch_threads() -> None:
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="module")
