@@ -226,6 +226,7 @@ def split_regions(regions: Sequence[Region], holdout: float, seed: int
         note = (f"a single reviewed region: its last {holdout:.0%} across its longer side is held "
                 f"out, with a gap of {gap:.0f} px")
         return [train], [held], gap, note
+    regions = sorted(regions, key=lambda r: (r.slide_id, r.geometry.bounds))  # not by random ids
     n = len(regions)
     k = min(max(1, round(holdout * n)), n - 1)
     order = np.random.default_rng(seed).permutation(n)
