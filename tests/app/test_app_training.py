@@ -212,7 +212,7 @@ def test_accept_after_switching_project_changes_neither_registry(qtbot, training
     assert ModelRegistry.of_project(tmp_path / "other").versions() == []
 
 
-def test_the_round_runs_at_a_lower_cpu_priority_than_the_gui(qtbot, training):
+def test_the_round_yields_the_cpu_to_the_gui(qtbot, training):
     import os
 
     ta = training
@@ -221,5 +221,7 @@ def test_the_round_runs_at_a_lower_cpu_priority_than_the_gui(qtbot, training):
     qtbot.waitUntil(lambda: ta.panel.point_counts().get("total", 0) >= 1, timeout=20000)
     mine = os.getpriority(os.PRIO_PROCESS, 0)
     assert os.getpriority(os.PRIO_PROCESS, ta.process.pid) == min(19, mine + bridge_module.NICE)
+    if hasattr(os, "SCHED_IDLE"):  # Linux: it only gets CPU time the GUI does not want
+        assert os.sched_getscheduler(ta.process.pid) == os.SCHED_IDLE
     with qtbot.waitSignal(ta.process.ended, timeout=10000):
         ta.cancel()
