@@ -214,130 +214,179 @@ def _current_model(registry: Any) -> Any:
 
 def _run(project_dir: Path, settings: RoundSettings, state: _State, cancel: CancelToken | None,
          t0: float) -> RoundResult:
-    from engine.finetune.data import GatherOptions, gather
-    from engine.finetune.loop import Batcher, check, heldout_scores, train_stage
-    from engine.finetune.objective import FinetuneObjective, PartialSupervised, finetune_config, frozen_copy
+    from engine.annotations.project import Project
     from engine.finetune.registry import ModelRegistry
-    from engine.training.checkpoints import load_model
-    from engine.training.trainer import pick_device, seed_everything
 
+    Project.open(project_dir, quick_check=False).close()  # a clear error before touching the registry
     registry = ModelRegistry.of_project(project_dir)
-    from engine.annotations.project import Project  # a clear error before touching the registry
-
-    Project.open(project_dir, quick_check=False).close()
     current = _current_model(registry)
     state.parent = current.version
-    student, card = load_model(current.path)
-    classes = list(card.get("classes") or ["background"] + [f"class {i}" for i in range(1, student.classes)])
-    inp = card.get("input") or {}
-    mean, std = inp.get("mean") or (0.485, 0.456, 0.406), inp.get("std") or (0.229, 0.224, 0.225)
-
-    state.emit("gather", 0, 1, message="reading the correction ROIs")
-    opts = GatherOptions(settings.patch, settings.holdout, settings.unlabelled_per_roi, settings.seed,
-                         settings.slides)
-    data = gather(project_dir, card, opts, lambda p: state.emit(p.stage, p.step, p.total, message=p.message),
-                  cancel)
-    if data is None:
+    r = _Round(project_dir, settings, state, cancel, registry, current)
+    if not r.gather():
         where = "the chosen slides" if settings.slides is not None else "any slide of the project"
         return RoundResult("nothing-to-learn", None, current.version, {}, {}, False,
                            time.perf_counter() - t0,
                            f"nothing to learn: no correction ROI on {where}; draw one (O) around "
                            f"a region you reviewed", state.curves, {})
-    state.data = data.summary()
-    notes = list(data.notes)
+    r.prepare()
+    teacher = r.teacher()
+    after = r.train_student(teacher)
+    return r.publish(after, t0)
 
-    device = pick_device(settings.device)
-    seed_everything(settings.seed)
-    teacher_path = _resolve_teacher(settings, registry)
-    state.plan = {"teacher": settings.adapt_steps if teacher_path else 0,
-                  "paraphraser": settings.para_steps, "student": settings.steps}
-    state.data.update(device=str(device), parent=current.version)
-    check(cancel)
-    state.emit("evaluate", 0, 1, message=f"measuring {current.version} on the held-out ROIs")
-    before = heldout_scores(student, data.heldout, mean, std, device, classes, settings.batch_size, cancel)
-    state.before = before
-    batcher = Batcher(data.train, data.unlabelled, mean, std, settings.seed)
-    batch = settings.batch_size
 
-    def backoff(stage: str) -> Callable[[int, int], None]:
+class _Round:
+    """The steps of :func:`run_round` over shared state (heavy imports happen here, not at import)."""
+
+    def __init__(self, project_dir: Path, settings: RoundSettings, state: _State,
+                 cancel: CancelToken | None, registry: Any, current: Any) -> None:
+        from engine.training.checkpoints import load_model
+
+        self.project_dir, self.settings, self.state, self.cancel = project_dir, settings, state, cancel
+        self.registry, self.current = registry, current
+        self.student, self.card = load_model(current.path)
+        k = self.student.classes
+        self.classes = list(self.card.get("classes") or ["background"] + [f"class {i}" for i in range(1, k)])
+        inp = self.card.get("input") or {}
+        self.mean = inp.get("mean") or (0.485, 0.456, 0.406)
+        self.std = inp.get("std") or (0.229, 0.224, 0.225)
+        self.notes: list[str] = []
+        self.batch = settings.batch_size
+
+    def gather(self) -> bool:
+        """Cut the round's patches; False when there is nothing to learn."""
+        from engine.finetune.data import GatherOptions, gather
+
+        s, state = self.settings, self.state
+        state.emit("gather", 0, 1, message="reading the correction ROIs")
+        opts = GatherOptions(s.patch, s.holdout, s.unlabelled_per_roi, s.seed, s.slides)
+        self.data = gather(self.project_dir, self.card, opts,
+                           lambda p: state.emit(p.stage, p.step, p.total, message=p.message), self.cancel)
+        if self.data is None:
+            return False
+        state.data = self.data.summary()
+        self.notes = list(self.data.notes)
+        return True
+
+    def prepare(self) -> None:
+        """Device, seeds, the teacher's path and the config (a wrong method fails here, early);
+        then the current model's held-out scores."""
+        from engine.finetune.loop import Batcher, check
+        from engine.finetune.objective import finetune_config
+        from engine.training.trainer import pick_device, seed_everything
+
+        s, state = self.settings, self.state
+        self.device = pick_device(s.device)
+        seed_everything(s.seed)
+        self.teacher_path = _resolve_teacher(s, self.registry)
+        self.config = finetune_config(s.method, s.para_steps)
+        has_para = any(c.kind == "paraphraser" for c in self.config.connectors)
+        state.plan = {"teacher": s.adapt_steps if self.teacher_path else 0,
+                      "paraphraser": self.config.paraphraser_steps if has_para else 0, "student": s.steps}
+        state.data.update(device=str(self.device), parent=self.current.version)
+        check(self.cancel)
+        state.emit("evaluate", 0, 1, message=f"measuring {self.current.version} on the held-out ROIs")
+        state.before = self.scores(self.batch)
+        self.batcher = Batcher(self.data.train, self.data.unlabelled, self.mean, self.std, s.seed)
+
+    def scores(self, batch: int) -> dict:
+        from engine.finetune.loop import heldout_scores
+
+        return heldout_scores(self.student, self.data.heldout, self.mean, self.std, self.device,
+                              self.classes, batch, self.cancel)
+
+    def _backoff(self, stage: str) -> Callable[[int, int], None]:
         def note(step: int, size: int) -> None:
-            state.curves["batch_size"].append((stage, step, size))
+            self.state.curves["batch_size"].append((stage, step, size))
         return note
 
-    if teacher_path is not None:
-        teacher, t_card = load_model(teacher_path)
-        if teacher.classes != student.classes:
-            raise CocoPathError(f"{teacher_path}: the teacher predicts {teacher.classes} classes, the "
-                                f"student {student.classes}; choose a teacher of the same classes")
-        state.data["teacher"] = {"path": str(teacher_path), "model": t_card.get("model"),
-                                 "adapted_steps": settings.adapt_steps}
+    def teacher(self) -> Any:
+        """The teacher adapted to the corrections, or a frozen copy of the current student."""
+        from engine.finetune.loop import check, train_stage
+        from engine.finetune.objective import PartialSupervised, frozen_copy
+        from engine.training.checkpoints import load_model
 
-        def on_teacher(step: int, total: int, terms: dict[str, float], size: int) -> None:
+        s, state, version = self.settings, self.state, self.current.version
+        if self.teacher_path is None:
+            state.data["teacher"] = {"path": None, "frozen_student": version}
+            self.notes.insert(0, f"no teacher{' found' if s.use_teacher else ''}: distilled from the "
+                                 f"frozen current student ({version})")
+            return frozen_copy(self.student)
+        teacher, t_card = load_model(self.teacher_path)
+        if teacher.classes != self.student.classes:
+            raise CocoPathError(f"{self.teacher_path}: the teacher predicts {teacher.classes} classes, the "
+                                f"student {self.student.classes}; choose a teacher of the same classes")
+        state.data["teacher"] = {"path": str(self.teacher_path), "model": t_card.get("model"),
+                                 "adapted_steps": s.adapt_steps}
+
+        def on_step(step: int, total: int, terms: dict[str, float], size: int) -> None:
             state.curves["teacher_loss"].append(terms["total"])
             state.emit("teacher", step, total, _loss_terms(terms))
 
-        res = train_stage(PartialSupervised(teacher), batcher, stage="teacher", steps=settings.adapt_steps,
-                          batch_size=batch, lr=settings.lr, device=device, cancel=cancel, mix=False,
-                          on_step=on_teacher, on_backoff=backoff("teacher"))
-        batch = res.batch_size
-        teacher_note = f"teacher {Path(teacher_path).name} adapted for {settings.adapt_steps} steps"
-    else:
-        teacher = frozen_copy(student)
-        state.data["teacher"] = {"path": None, "frozen_student": current.version}
-        teacher_note = (f"no teacher: distilled from the frozen current student ({current.version})"
-                        + ("" if not settings.use_teacher else " (none found)"))
-    notes.insert(0, teacher_note)
-    check(cancel)
+        res = train_stage(PartialSupervised(teacher), self.batcher, stage="teacher", steps=s.adapt_steps,
+                          batch_size=self.batch, lr=s.lr, device=self.device, cancel=self.cancel, mix=False,
+                          on_step=on_step, on_backoff=self._backoff("teacher"))
+        self.batch = res.batch_size
+        self.notes.insert(0, f"teacher {Path(self.teacher_path).name} adapted for {s.adapt_steps} steps")
+        check(self.cancel)
+        return teacher
 
-    config = finetune_config(settings.method, settings.para_steps)
-    objective = FinetuneObjective(config, teacher, student).to(device)
-    last: dict[int, dict] = {}  # the latest held-out measurement, by step
-    try:
-        objective.prepare(batcher.images(batch, device), cancel,
-                          lambda p: state.emit(p.stage, p.step, p.total, dict(p.metrics)))
-        check(cancel)
+    def train_student(self, teacher: Any) -> dict:
+        """Paraphraser pre-training, then the student's steps with held-out measurements; returns
+        the new student's held-out scores."""
+        from engine.finetune.loop import check, train_stage
+        from engine.finetune.objective import FinetuneObjective
 
-        def on_student(step: int, total: int, terms: dict[str, float], size: int) -> None:
-            state.curves["loss"].append(terms["total"])
-            for k, v in _loss_terms(terms).items():
-                state.curves["terms"].setdefault(k, []).append(v)
-            state.emit("student", step, total, _loss_terms(terms))
-            if step % settings.eval_interval == 0 or step == total:
-                m = heldout_scores(student, data.heldout, mean, std, device, classes, size, cancel)
-                last.clear()
-                last[step] = m
-                state.curves["heldout_miou"].append((step, m["miou"]))
-                state.emit(EVAL_STAGE, step, total, {"heldout_miou": m["miou"]})
+        s, state = self.settings, self.state
+        objective = FinetuneObjective(self.config, teacher, self.student).to(self.device)
+        last: dict[int, dict] = {}  # the latest held-out measurement, by step
+        try:
+            objective.prepare(self.batcher.images(self.batch, self.device), self.cancel,
+                              lambda p: state.emit(p.stage, p.step, p.total, dict(p.metrics)))
+            check(self.cancel)
 
-        res = train_stage(objective, batcher, stage="student", steps=settings.steps, batch_size=batch,
-                          lr=settings.lr, device=device, cancel=cancel, mix=True, on_step=on_student,
-                          on_backoff=backoff("student"))
-    finally:
-        objective.close()
-    state.data["batch_size"] = res.batch_size
-    after = last.get(settings.steps) or heldout_scores(student, data.heldout, mean, std, device, classes,
-                                                       res.batch_size, cancel)
-    check(cancel)  # the last moment a cancel leaves the registry as it was
+            def on_step(step: int, total: int, terms: dict[str, float], size: int) -> None:
+                state.curves["loss"].append(terms["total"])
+                for k, v in _loss_terms(terms).items():
+                    state.curves["terms"].setdefault(k, []).append(v)
+                state.emit("student", step, total, _loss_terms(terms))
+                if step % s.eval_interval == 0 or step == total:
+                    last.clear()
+                    last[step] = self.scores(size)
+                    state.curves["heldout_miou"].append((step, last[step]["miou"]))
+                    state.emit(EVAL_STAGE, step, total, {"heldout_miou": last[step]["miou"]})
 
-    activate = settings.activate == "always" or (
-        settings.activate == "if-not-worse" and after["miou"] >= before["miou"])
-    n_rois = len(data.summary()["train_rois"])
-    n_slides = len(data.slides)
-    note = f"fine-tuned on {n_rois} ROI{'s' if n_rois != 1 else ''} of {n_slides} slide{'s' if n_slides != 1 else ''}"
-    meta = _card(card, student, settings, state.data, before, after, current.version, notes)
-    metrics = {"heldout_miou": after["miou"], "heldout_miou_parent": before["miou"],
-               "heldout_dice": after["dice"], "heldout_dice_parent": before["dice"],
-               "heldout_pixels": after["pixels"]}
-    state.emit("publish", 0, 1, message="publishing the new version")
-    version = registry.publish(student.cpu(), meta, current.version, metrics, note, activate)
-    verdict = ("active" if activate else
-               "not activated (worse on the held-out ROIs)" if settings.activate == "if-not-worse"
-               else "not activated")
-    message = (f"{version.version} from {current.version}: held-out mIoU {before['miou']:.3f} → "
-               f"{after['miou']:.3f} on {after['pixels']} px; {verdict}. " + "; ".join(notes))
-    state.emit("publish", 1, 1, message=message)
-    return RoundResult("done", version.version, current.version, before, after, activate,
-                       time.perf_counter() - t0, message, state.curves, {**state.data, "notes": notes})
+            res = train_stage(objective, self.batcher, stage="student", steps=s.steps, batch_size=self.batch,
+                              lr=s.lr, device=self.device, cancel=self.cancel, mix=True, on_step=on_step,
+                              on_backoff=self._backoff("student"))
+        finally:
+            objective.close()
+        state.data["batch_size"] = res.batch_size
+        after = last.get(s.steps) or self.scores(res.batch_size)
+        check(self.cancel)  # the last moment a cancel leaves the registry as it was
+        return after
+
+    def publish(self, after: dict, t0: float) -> RoundResult:
+        s, state, parent = self.settings, self.state, self.current.version
+        before = state.before
+        activate = s.activate == "always" or (s.activate == "if-not-worse" and after["miou"] >= before["miou"])
+        summary = self.data.summary()
+        n, held, slides = len(summary["train_rois"]), len(summary["heldout_rois"]), len(self.data.slides)
+        note = (f"fine-tuned on {n} ROI{'s' if n != 1 else ''} of {slides} slide{'s' if slides != 1 else ''}"
+                f" ({held} held out)")
+        meta = _card(self.card, self.student, s, state.data, before, after, parent, self.notes)
+        metrics = {"heldout_miou": after["miou"], "heldout_miou_parent": before["miou"],
+                   "heldout_dice": after["dice"], "heldout_dice_parent": before["dice"],
+                   "heldout_pixels": after["pixels"]}
+        state.emit("publish", 0, 1, message="publishing the new version")
+        version = self.registry.publish(self.student.cpu(), meta, parent, metrics, note, activate)
+        verdict = ("active" if activate else "not activated (worse on the held-out ROIs)"
+                   if s.activate == "if-not-worse" else "not activated")
+        message = (f"{version.version} from {parent}: held-out mIoU {before['miou']:.3f} → "
+                   f"{after['miou']:.3f} on {after['pixels']} px; {verdict}. " + "; ".join(self.notes))
+        state.emit("publish", 1, 1, message=message)
+        return RoundResult("done", version.version, parent, before, after, activate,
+                           time.perf_counter() - t0, message, state.curves,
+                           {**state.data, "notes": self.notes})
 
 
 def _loss_terms(terms: dict[str, float]) -> dict[str, float]:
