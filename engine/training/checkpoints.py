@@ -56,10 +56,11 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     data = path.read_bytes()
-    if len(data) < 10 or data[:1] == b"\x80" or data[:2] == b"PK":
-        raise CheckpointError(f"{path}: not a safetensors file (pickles and torch.save files are refused)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n + 8 > len(data) or data[8:9] != b"{":
+    # a safetensors file: 8-byte little-endian header length, then the JSON header. A pickle
+    # (b"\x80…") or a torch.save zip (b"PK…") gives a length past the file's end. The first byte
+    # alone says nothing: it is the length's low byte, 0x80 for one safetensors file in 256.
+    (n,) = struct.unpack("<Q", data[:8]) if len(data) >= 10 else (len(data),)
+    if len(data) < 10 or n + 8 > len(data) or data[8:9] != b"{":
         raise CheckpointError(f"{path}: not a safetensors file (pickles and torch.save files are refused)")
     header = json.loads(data[8:8 + n])
     meta = header.get("__metadata__", {}) or {}

@@ -40,6 +40,23 @@ def test_pickle_files_are_refused(tmp_path: Path, writer: str) -> None:
         read_safetensors(path)
 
 
+def test_a_header_length_whose_low_byte_looks_like_a_pickle_opcode_loads(tmp_path: Path) -> None:
+    """The header length's first byte is 0x80 for one checkpoint in 256 (e.g. a 39 808-byte card):
+    it was refused as a pickle."""
+    import struct
+
+    model = create_model("mobile-unet-small")
+    out = tmp_path / "s.safetensors"
+    for pad in range(256):
+        save_model(out, model, {"model": model.config, "pad": "x" * pad})
+        if out.read_bytes()[:1] == b"\x80":
+            break
+    head = out.read_bytes()[:9]
+    assert head[:1] == b"\x80" and head[8:9] == b"{", struct.unpack("<Q", head[:8])
+    loaded, meta = load_model(out)
+    assert meta["pad"] == "x" * pad
+
+
 def test_wrong_name_and_missing_file(tmp_path: Path) -> None:
     model = create_model("mobile-unet-small")
     with pytest.raises(CheckpointError, match=".safetensors"):
