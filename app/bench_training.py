@@ -11,7 +11,9 @@ read and its curves redrawn), paced at 60 frames a second:
 
 * baseline: with no round;
 * during a round: started from the Training dock's Fine-tune button (the same subprocess the user
-  gets), measured for ``DURING_S`` seconds from its first training step (its first loss terms).
+  gets), from its first training step (its first loss terms) on, in ``BLOCKS`` blocks of
+  ``BLOCK_S`` seconds, each followed by a block with the round paused (SIGSTOP / SIGCONT): a paired
+  baseline under the same machine load (a shared machine's load drifts over minutes).
 
 Then the round is cancelled from the dock, timed until its process has exited, and the registry is
 checked unchanged (the round's own duration is ``cocopath-engine bench finetune``'s business).
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -39,7 +42,7 @@ VIEW_W, VIEW_H = 1920, 1080
 TARGET_P95_MS = 33.0
 FRAME_S = 1 / 60
 BASELINE_S = 10.0
-DURING_S = 25.0
+BLOCKS, BLOCK_S = 5, 5.0  # frames while the round trains, in blocks alternating with it paused
 ROUND_STEPS = 60
 TRAIN_WAIT_S = 900.0  # a loaded 2-core machine needs minutes to reach the first training step
 ROI_UM = 256.0
@@ -203,7 +206,21 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
     while ta.process.running and not panel.curves.stages and time.perf_counter() - t0 < TRAIN_WAIT_S:
         _pump(app, 0.05)
     training_after_s = time.perf_counter() - t0
-    during, during_paint = _pan_frames(app, view, path, DURING_S, lambda: ta.process.running)
+    # blocks of frames with the round training, interleaved with blocks where it is paused
+    # (SIGSTOP): a paired baseline under the same machine load, minutes after the first one
+    during, during_paint, paused = [], [], []
+    pid = ta.process.pid
+    for _ in range(BLOCKS):
+        f, p = _pan_frames(app, view, path, BLOCK_S, lambda: ta.process.running)
+        during += f
+        during_paint += p
+        if not ta.process.running or pid is None:
+            break
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            paused += _pan_frames(app, view, path, BLOCK_S)[0]
+        finally:
+            os.kill(pid, signal.SIGCONT)
     stages = list(panel.curves.stages)
     measured_events = len(events)
     running = ta.process.running
@@ -228,7 +245,10 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
         "pan_frame_during_round": _summary(during) if during else None,
         "repaint_only_baseline": _summary(baseline_paint),
         "repaint_only_during_round": _summary(during_paint) if during_paint else None,
+        "pan_frame_round_paused": _summary(paused) if paused else None,
         "p95_ratio_during_vs_baseline": round(d95 / b95, 2) if d95 and b95 else None,
+        "p95_ratio_during_vs_paused": round(d95 / _summary(paused)["p95_ms"], 2)
+        if d95 and paused else None,
         "target_p95_ms": TARGET_P95_MS,
         "meets_target": d95 is not None and d95 <= TARGET_P95_MS,
         "round": {
