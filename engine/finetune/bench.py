@@ -54,6 +54,7 @@ class BenchConfig:
     steps: int | None = None
     batch_size: int | None = None
     patch: int | None = None
+    method: str | None = None  # distillation config (name or .toml path)
     use_teacher: bool = True
     teacher: Path | None = None
     device: str = "auto"
@@ -129,7 +130,7 @@ def round_settings(cfg: BenchConfig) -> Any:
     from engine.finetune.round import RoundSettings
 
     kw: dict[str, Any] = {"seed": cfg.seed, "device": cfg.device, "use_teacher": cfg.use_teacher}
-    for name in ("steps", "batch_size", "patch"):
+    for name in ("steps", "batch_size", "patch", "method"):
         value = getattr(cfg, name)
         if value is not None:
             kw[name] = value
@@ -344,6 +345,8 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     b.add_argument("--device", default="auto", help="auto, cpu or cuda")
     b.add_argument("--batch-size", type=int, default=None, help="round batch size (default: the round's)")
     b.add_argument("--patch", type=int, default=None, help="round patch side (default: the round's)")
+    b.add_argument("--method", default=None, help="distillation config, a name or a .toml "
+                                                  "(default: the round's, coco-full)")
     b.add_argument("--region-px", type=int, default=256, help="side of a reviewed region (pixels)")
     b.add_argument("--tiles", type=int, default=None, help="at most this many tiles per slide")
     b.add_argument("--shift", default="ebhi-polyp", choices=SHIFTS, help="the shifted slide's tiles")
@@ -365,7 +368,8 @@ def _bench_command(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CocoPathError(f"--{name.replace('_', '-')} must be at least 1")
     cfg = BenchConfig(model=args.model, ks=ks, steps=args.steps, batch_size=args.batch_size,
-                      patch=args.patch, use_teacher=not args.no_teacher, teacher=args.teacher,
+                      patch=args.patch, method=args.method, use_teacher=not args.no_teacher,
+                      teacher=args.teacher,
                       device=args.device, seed=args.seed, region_px=args.region_px,
                       shift=args.shift, tiles=args.tiles, workdir=args.workdir, quick=args.quick)
     import sys

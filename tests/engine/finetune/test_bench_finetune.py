@@ -169,9 +169,10 @@ def test_the_model_predicts_the_slide_and_review_next_picks_from_it(small_slide,
 
 
 @pytest.mark.slow
-def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path) -> None:
-    """Tiny slides (2 tiles each), a tiny untrained student, two round steps of 64-pixel patches:
-    the harness runs end to end and writes the JSON (miou_before / miou_after for k) and the table."""
+def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path, tiny_method: str) -> None:
+    """Tiny slides (2 tiles each), a tiny untrained student, two round steps of 64-pixel patches with
+    a small critic: the harness runs end to end and writes the JSON (miou_before / miou_after for k)
+    and the table."""
     import argparse
 
     from engine.finetune.bench import register_bench
@@ -182,7 +183,7 @@ def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path) -> None:
     register_bench(bench)
     out = tmp_path / "out" / "finetune.json"
     args = parser.parse_args(["bench", "finetune", "--model", str(model), "--k", "1", "--steps", "2",
-                              "--batch-size", "2", "--patch", "64", "--no-teacher", "--device", "cpu",
+                              "--batch-size", "2", "--patch", "64", "--method", tiny_method, "--no-teacher", "--device", "cpu",
                               "--region-px", "128", "--tiles", "2", "--workdir", str(tmp_path / "w"),
                               "--out", str(out)])
     assert args.func(args) == 0
@@ -201,6 +202,7 @@ def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path) -> None:
     slides = {s["name"]: s for s in report["slides"]}
     assert slides["adenocarcinoma-unseen"]["tiles"] == 2 and slides["ebhi-polyp-shift"]["tiles"] == 2
     assert report["settings"]["round"]["steps"] == 2 and report["device"] == "cpu"
+    assert report["settings"]["round"]["method"] == tiny_method
     table = out.with_suffix(".md").read_text()
     assert "| 1 |" in table and "Review next" in table
     # each k's projects hold the corrections and both versions
