@@ -275,7 +275,9 @@ def _k_entry(k: int, before: dict[str, Any], runs: dict[str, dict[str, Any]],
         "miou_active_after": rv["miou_after"] if rv["activated"] else before["miou"],
         "miou_active_after_random": rd["miou_after"] if rd["activated"] else before["miou"],
         "gain": g_rv, "gain_random": g_rd,
-        "review_vs_random": (g_rv / g_rd) if g_rv is not None and g_rd else None,
+        # ratio of gains: only meaningful when random ROIs helped at all
+        "review_vs_random": (g_rv / g_rd) if g_rv is not None and g_rd is not None and g_rd > 0
+        else None,
         "round_s": rv["round_s"], "round_s_random": rd["round_s"],
         "round_target_s": target, "round_within_target": max(rv["round_s"], rd["round_s"]) <= target,
         "eval_pixels": before["pixels"], "per_slide_before": before["per_slide"],
