@@ -40,6 +40,7 @@ MODEL_FILTER = "CoCoPath models (*.safetensors)"
 REVIEW_REGIONS = 10
 REVIEW_DEBOUNCE_MS = 3000  # while a run fills the cache, "Review next" re-ranks at most this often
 PROJECT_POLL_MS = 1000  # File ▸ Open project has no signal: the project is compared this often
+MIN_DOCK_HEIGHT = 24  # the docks' own minimum: a third group in the column costs the window little
 TRAINING_DOCK_HEIGHT = 560  # of the right-hand column, below the slide info / model tabs
 STARTUP_DELAY_MS = 1500  # with no slide frame by then, the docks get ready anyway
 
@@ -77,8 +78,9 @@ class TrainingActions(QObject):
         self.models = ModelsPanel()
         self.review = ReviewPanel()
         self.training_dock = self._dock("Training", "training", _scrolled(self.panel))
-        self.models_dock = self._dock("Models", "models", self.models)
-        self.review_dock = self._dock("Review next", "review-next", self.review)
+        # in scroll areas: the column of docks never raises the window's minimum height
+        self.models_dock = self._dock("Models", "models", _scrolled(self.models))
+        self.review_dock = self._dock("Review next", "review-next", _scrolled(self.review))
         window.tabifyDockWidget(self.training_dock, self.models_dock)
         window.tabifyDockWidget(self.training_dock, self.review_dock)
         self.training_dock.raise_()
@@ -629,4 +631,5 @@ def _scrolled(widget: QWidget) -> QScrollArea:
     area.setWidgetResizable(True)
     area.setFrameShape(QScrollArea.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the panel wraps
+    area.setMinimumHeight(MIN_DOCK_HEIGHT)
     return area
