@@ -84,3 +84,11 @@ def test_settings_dict_round_trip_and_validation() -> None:
                      (dict(lr=0.0), "learning rate")):
         with pytest.raises(Exception, match=why):
             RoundSettings(**bad).validate()
+
+
+def test_settings_for_the_cpu_are_smaller_and_overridable() -> None:
+    cpu = RoundSettings.for_device("cpu")
+    assert (cpu.batch_size, cpu.steps, cpu.adapt_steps, cpu.para_steps) == (4, 80, 15, 15)
+    assert RoundSettings.for_device("cuda") == RoundSettings(device="cuda")
+    assert RoundSettings.for_device("cpu", steps=10, seed=3).steps == 10
+    cpu.validate()
