@@ -129,14 +129,14 @@ def review_next(caches: Sequence[Any], region_px: int, k: int, min_tissue: float
 def round_settings(cfg: BenchConfig) -> Any:
     from engine.finetune.round import RoundSettings
 
-    kw: dict[str, Any] = {"seed": cfg.seed, "device": cfg.device, "use_teacher": cfg.use_teacher}
+    kw: dict[str, Any] = {"seed": cfg.seed, "use_teacher": cfg.use_teacher}
     for name in ("steps", "batch_size", "patch", "method"):
         value = getattr(cfg, name)
         if value is not None:
             kw[name] = value
     if cfg.teacher is not None:
         kw["teacher"] = str(cfg.teacher)
-    return RoundSettings(**kw)
+    return RoundSettings.for_device(cfg.device, **kw)  # CPU: the smaller round sized to finish in minutes
 
 
 def _scores(matrices: Sequence[np.ndarray], names: Sequence[str], classes: Sequence[str]

@@ -34,19 +34,21 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     from engine.finetune.round import ACTIVATE_CHOICES, RoundSettings
 
-    d = RoundSettings()
+    d, c = RoundSettings(), RoundSettings.for_device("cpu")
     p = sub.add_parser("finetune", help="fine-tune the project's student from its correction ROIs")
     p.add_argument("--project", required=True, type=Path, help="the project folder")
     p.add_argument("--slides", nargs="+", default=None, metavar="SLIDE",
                    help="slides to learn from (ids, paths or names; default: all with ROIs)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"student steps (default {d.steps})")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"student steps (default {d.steps} on a GPU, {c.steps} on the CPU)")
     p.add_argument("--no-teacher", action="store_true",
                    help="distil from the frozen current student instead of a teacher")
     p.add_argument("--teacher", default=None, help="teacher checkpoint (.safetensors)")
     p.add_argument("--activate", choices=ACTIVATE_CHOICES, default=d.activate,
                    help="make the new version active (default: if it is not worse on held-out ROIs)")
     p.add_argument("--holdout", type=float, default=d.holdout, help="share of ROIs held out")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default {d.batch_size} on a GPU, {c.batch_size} on the CPU")
     p.add_argument("--patch", type=int, default=d.patch, help="patch side in pixels (multiple of 32)")
     p.add_argument("--unlabelled-per-roi", type=int, default=d.unlabelled_per_roi)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -106,13 +108,13 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def settings_from_args(args: argparse.Namespace) -> Any:
     from engine.finetune.round import RoundSettings
 
-    return RoundSettings(
-        steps=args.steps, slides=tuple(args.slides) if args.slides else None,
+    sized = {name: getattr(args, name) for name in ("steps", "batch_size", "teacher_steps", "paraphraser_steps")
+             if getattr(args, name) is not None}  # the rest: sized for the device the round runs on
+    return RoundSettings.for_device(
+        args.device, **sized, slides=tuple(args.slides) if args.slides else None,
         use_teacher=not args.no_teacher, teacher=args.teacher, holdout=args.holdout,
-        batch_size=args.batch_size, patch=args.patch, unlabelled_per_roi=args.unlabelled_per_roi,
-        seed=args.seed, device=args.device, activate=args.activate, lr=args.lr, method=args.method,
-        teacher_steps=args.teacher_steps, paraphraser_steps=args.paraphraser_steps,
-        eval_every=args.eval_every)
+        patch=args.patch, unlabelled_per_roi=args.unlabelled_per_roi,
+        seed=args.seed, activate=args.activate, lr=args.lr, method=args.method, eval_every=args.eval_every)
 
 
 class _Printer:
