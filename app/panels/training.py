@@ -201,6 +201,7 @@ class TrainingPanel(QWidget):
             self.miou_line.setData([], [])
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
+        self.progress.setVisible(False)  # shown while a round runs, and with its outcome
         self.status.setText("")
         self.result = None
         self.result_box.setVisible(False)
@@ -215,6 +216,7 @@ class TrainingPanel(QWidget):
         self.ensure_plots()
         self.reset()
         self.progress.setRange(0, 0)  # busy until the first step
+        self.progress.setVisible(True)
         self.status.setText(self.curves.progress_text())
         self.set_running(True)
 
@@ -301,10 +303,10 @@ class TrainingPanel(QWidget):
             self.status.setText(f"Finished in {float(end.result.get('seconds') or 0):.0f} s.")
             self.show_result(end.result)
         elif end.status == "cancelled":
-            self.progress.setValue(0)
+            self.progress.setVisible(False)
             self.status.setText(end.message)
         else:
-            self.progress.setValue(0)
+            self.progress.setVisible(False)
             self.status.setText("The round failed.")
             self.show_error(end.message, end.stderr_tail)
 

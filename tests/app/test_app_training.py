@@ -93,7 +93,7 @@ def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
     counts = panel.point_counts()
     assert counts["teacher: total"] == 3 and counts["teacher: loss_ce"] == 3
     assert counts["student: total"] == 5 and counts["student: loss_ce"] == 5
-    assert panel.progress.maximum() == 5 and panel.progress.value() == 5
+    assert panel.progress.isVisible() and panel.progress.maximum() == 5 and panel.progress.value() == 5
     assert panel.status.text() == "student: step 5 of 5 — about 5 s left"
     assert "teacher adapted on 12 patches" in panel.details.toPlainText()
     assert panel.details_button.isVisible() and not panel.details.isVisible()  # folded
@@ -150,7 +150,7 @@ def test_cancel_stops_the_process_and_leaves_the_registry(qtbot, training):
 
         os.kill(pid, 0)
     assert ([v.version for v in ta.reg.versions()], ta.reg.active_name()) == before
-    assert ta.panel.status.text().startswith("Cancelled")
+    assert ta.panel.status.text().startswith("Cancelled") and not ta.panel.progress.isVisible()
     assert not ta.panel.result_box.isVisible() and not ta.panel.error.isVisible()
     assert ta.panel.finetune_button.isEnabled()
 
