@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import (QAbstractItemView, QBoxLayout, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
+from PySide6.QtWidgets import (QAbstractItemView, QBoxLayout, QGridLayout, QLabel, QPlainTextEdit, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from app.state.training import ModelRow
 
-COLUMNS = ("", "Version", "Parent", "Created", "Held-out mIoU", "Note")
+COLUMNS = ("", "Version", "Held-out mIoU", "Parent", "Created", "Note")
 ACTIVE_MARK = "●"
 NO_REGISTRY = ("No model versions in this project yet. Import a model (.safetensors), or "
                "fine-tune: the first round registers the model it starts from.")
@@ -56,9 +56,10 @@ class ModelsPanel(QWidget):
         self.rollback_button.clicked.connect(self.rollback_requested)
         self.export_button.clicked.connect(self._export)
         self.import_button.clicked.connect(self.import_requested)
-        buttons = QHBoxLayout()
-        for b in (self.activate_button, self.rollback_button, self.export_button, self.import_button):
-            buttons.addWidget(b)
+        buttons = QGridLayout()  # two by two: fits a narrow side dock
+        for i, b in enumerate((self.activate_button, self.rollback_button, self.export_button,
+                               self.import_button)):
+            buttons.addWidget(b, i // 2, i % 2)
         self.card = QPlainTextEdit()
         self.card.setReadOnly(True)
         self.card.setPlaceholderText("Select a version to see its model card")
@@ -93,8 +94,8 @@ class ModelsPanel(QWidget):
         self.table.setRowCount(len(rows))
         select = None
         for i, row in enumerate(rows):
-            cells = (ACTIVE_MARK if row.active else "", row.version, row.parent, row.created,
-                     row.miou, row.note)
+            cells = (ACTIVE_MARK if row.active else "", row.version, row.miou, row.parent,
+                     row.created, row.note)
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if row.active:

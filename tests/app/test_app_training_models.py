@@ -64,9 +64,11 @@ def _marked(panel) -> list[str]:
     return [panel.cell(r, 1) for r in range(panel.table.rowCount()) if panel.cell(r, 0) == "●"]
 
 
-def _wait_run(qtbot, window) -> None:
+def _wait_run(qtbot, window, previous=None) -> None:
+    """Until the run started since ``previous`` (the run end seen before the click) has ended."""
     pa = window.predictions
-    qtbot.waitUntil(lambda: not pa.bridge.running and pa.last_finished is not None, timeout=120000)
+    qtbot.waitUntil(lambda: not pa.bridge.running and pa.last_finished is not None
+                    and pa.last_finished is not previous, timeout=120000)
     assert pa.last_finished.status in ("done", "measured"), pa.last_finished
 
 
@@ -75,8 +77,8 @@ def test_table_shows_versions_and_the_model_panel_uses_the_active_one(qtbot, wit
     panel = window.training.models
     assert [panel.cell(r, 1) for r in range(2)] == ["v0002", "v0001"]  # newest first
     assert _marked(panel) == ["v0001"]
-    assert panel.cell(0, 2) == "v0001" and panel.cell(0, 4) == "0.625" and panel.cell(0, 5) == "round 1"
-    assert panel.cell(1, 2) == "—"
+    assert panel.cell(0, 2) == "0.625" and panel.cell(0, 3) == "v0001" and panel.cell(0, 5) == "round 1"
+    assert panel.cell(1, 3) == "—"
     spec = window.predictions.spec
     assert Path(spec.checkpoint) == reg.get("v0001").path.resolve()
     assert "v0001" in spec.version  # the registry's card names the version (the cache key)
@@ -99,17 +101,19 @@ def test_activate_and_rollback_switch_the_model_and_repredict(qtbot, with_regist
     assert cache is not None and cache.version == pa.spec.version and cache.complete
     v2_cache = Path(cache.root)
     assert panel.rollback_button.isEnabled()
+    previous = pa.last_finished
     QTest.mouseClick(panel.rollback_button, Qt.MouseButton.LeftButton)
     assert reg.active_name() == "v0001"
     assert _marked(panel) == ["v0001"]
     assert Path(pa.spec.checkpoint) == reg.get("v0001").path.resolve()
-    _wait_run(qtbot, window)
+    _wait_run(qtbot, window, previous)
     cache = window.view.predictions.cache
     assert cache.version == pa.spec.version and Path(cache.root) != v2_cache and cache.complete
     # back to v0002: its predictions of this slide are shown from its cache, no new network run
     panel.select_version("v0002")
+    previous = pa.last_finished
     QTest.mouseClick(panel.activate_button, Qt.MouseButton.LeftButton)
-    _wait_run(qtbot, window)
+    _wait_run(qtbot, window, previous)
     assert pa.last_finished.status == "measured"
     assert Path(window.view.predictions.cache.root) == v2_cache
     # v0002's parent has predicted this slide too: Review next can rank where the two disagree
