@@ -91,7 +91,9 @@ class ReviewPanel(QWidget):
         self.regions = list(regions)
         self.list.clear()
         for i, r in enumerate(self.regions, 1):
-            item = QListWidgetItem(region_text(i, r, mpp))
+            text, tip = region_text(i, r, mpp)
+            item = QListWidgetItem(text)
+            item.setToolTip(tip)
             item.setData(Qt.ItemDataRole.UserRole, i - 1)
             self.list.addItem(item)
         if note:

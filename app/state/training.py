@@ -233,15 +233,17 @@ def review_viewport(region: Any, vp: Viewport, fill: float = 0.6,
     return Viewport(x + w / 2, y + h / 2, ds, vp.width, vp.height, vp.dpr)
 
 
-def region_text(index: int, region: Any, mpp: float | None) -> str:
-    """"3. uncertainty 0.61 — 256 × 256 µm at (12 400, 8 200)"."""
+def region_text(index: int, region: Any, mpp: float | None) -> tuple[str, str]:
+    """The list line ("3. uncertainty 0.61 at (12 400, 8 200)", centre in level-0 pixels) and its
+    tooltip (the size: "256 × 256 µm", or pixels without a pixel size)."""
     what = "disagreement" if getattr(region, "kind", "") == "disagreement" else "uncertainty"
     if mpp:
         size = f"{region.w * mpp:.0f} × {region.h * mpp:.0f} µm"
     else:
         size = f"{region.w:.0f} × {region.h:.0f} px"
     cx, cy = (f"{v:,.0f}".replace(",", " ") for v in (region.x + region.w / 2, region.y + region.h / 2))
-    return f"{index}. {what} {float(region.score):.2f} — {size} at ({cx}, {cy})"
+    return (f"{index}. {what} {float(region.score):.2f} at ({cx}, {cy})",
+            f"{size} centred at ({cx}, {cy}) in slide pixels; {what} {float(region.score):.3f}")
 
 
 class TextTail:

@@ -138,7 +138,8 @@ def test_review_viewport_centres_and_fits_the_region():
     assert x0 <= 1000 and y0 <= 2000 and x1 >= 1512 and y1 >= 2512
     tiny = review_viewport(Region(0, 0, 40, 40, 0.5), vp)
     assert tiny.downsample == 1.0  # never past the slide's own pixels
-    assert region_text(1, Region(0, 0, 512, 512, 0.613), 0.5) == \
-        "1. uncertainty 0.61 — 256 × 256 µm at (256, 256)"
-    assert region_text(2, Region(0, 0, 512, 512, 0.2, "disagreement"), None).startswith(
-        "2. disagreement 0.20 — 512 × 512 px")
+    assert region_text(1, Region(1000, 0, 512, 512, 0.613), 0.5) == \
+        ("1. uncertainty 0.61 at (1 256, 256)",
+         "256 × 256 µm centred at (1 256, 256) in slide pixels; uncertainty 0.613")
+    text, tip = region_text(2, Region(0, 0, 512, 512, 0.2, "disagreement"), None)
+    assert text == "2. disagreement 0.20 at (256, 256)" and tip.startswith("512 × 512 px")
