@@ -84,6 +84,7 @@ class MainWindow(QMainWindow):
         self.annotations = AnnotationActions(self)  # projects, tools, classes, undo, import/export
         self.predictions = PredictionActions(self)  # model and summary docks, the overlay (H)
         self.training = TrainingActions(self)  # training, models and review-next docks
+        self._tabify_docks()
         self.view.painted.connect(self._after_first_frame)
         self.resizeDocks([self.overview_dock], [320], Qt.Orientation.Horizontal)
         if remember:
@@ -93,6 +94,17 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     # -- construction --------------------------------------------------------------------------------
+
+    def _tabify_docks(self) -> None:
+        """Related docks share a place as tabs: stacked one under another, their minimum heights
+        added up to a window taller than a laptop screen."""
+        groups = ((self.annotations.palette_dock, self.info_dock),
+                  (self.predictions.model_dock, self.predictions.summary_dock),
+                  (self.training.training_dock, self.training.models_dock, self.training.review_dock))
+        for first, *rest in groups:
+            for dock in rest:
+                self.tabifyDockWidget(first, dock)
+            first.raise_()
 
     def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
         dock = QDockWidget(title, self)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
-from PySide6.QtWidgets import QDockWidget, QFileDialog, QScrollArea, QWidget
+from PySide6.QtWidgets import QFileDialog, QScrollArea, QWidget
 
 from app.finetune_bridge import FinetuneProcess
 from app.panels.models import ModelsPanel
@@ -77,10 +77,10 @@ class TrainingActions(QObject):
         self.panel = TrainingPanel()
         self.models = ModelsPanel()
         self.review = ReviewPanel()
-        self.training_dock = self._dock("Training", "training", _scrolled(self.panel))
+        self.training_dock = window._dock("Training", "training", _scrolled(self.panel))
         # in scroll areas: the column of docks never raises the window's minimum height
-        self.models_dock = self._dock("Models", "models", _scrolled(self.models))
-        self.review_dock = self._dock("Review next", "review-next", _scrolled(self.review))
+        self.models_dock = window._dock("Models", "models", _scrolled(self.models))
+        self.review_dock = window._dock("Review next", "review-next", _scrolled(self.review))
         window.tabifyDockWidget(self.training_dock, self.models_dock)
         window.tabifyDockWidget(self.training_dock, self.review_dock)
         self.training_dock.raise_()
@@ -147,13 +147,6 @@ class TrainingActions(QObject):
         self.panel.ensure_plots()
         self._on_slide("")
         self._poll.start()
-
-    def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
-        dock = QDockWidget(title, self.window)
-        dock.setObjectName(name)
-        dock.setWidget(widget)
-        self.window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
-        return dock
 
     # -- project and registry --------------------------------------------------------------------
 
@@ -362,9 +355,11 @@ class TrainingActions(QObject):
         try:
             from engine.api import RoundSettings, finetune_argv
 
-            settings = RoundSettings(steps=self.panel.steps.value(), slides=tuple(slides),
+            # "auto" (0) leaves the steps out: the round's process sizes them for its device
+            steps = self.panel.steps.value()
+            settings = RoundSettings(steps=steps or RoundSettings().steps, slides=tuple(slides),
                                      use_teacher=self.panel.teacher.isChecked())
-            argv = finetune_argv(project.folder, settings)
+            argv = finetune_argv(project.folder, settings, explicit=("steps",) if steps else ())
         except CocoPathError as exc:
             self._round_error(str(exc))
             return False

@@ -56,10 +56,12 @@ class TrainingPanel(QWidget):
         self.intro.setWordWrap(True)
         # settings
         self.steps = QSpinBox()
-        self.steps.setRange(10, 20000)
+        self.steps.setRange(0, 20000)
         self.steps.setSingleStep(50)
-        self.steps.setValue(150)
-        self.steps.setToolTip("Training steps of the student (the round takes longer with more)")
+        self.steps.setSpecialValueText("auto")
+        self.steps.setValue(0)
+        self.steps.setToolTip("Training steps of the student (the round takes longer with more). "
+                              "auto: sized for where it runs, a few minutes on a CPU")
         self.teacher = QCheckBox("Distil from the teacher")
         self.teacher.setChecked(True)
         self.teacher.setToolTip("On: the teacher is adapted to your corrections first, then the "

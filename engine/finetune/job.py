@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +92,12 @@ def progress_event(p: Progress) -> FinetuneEvent:
     return FinetuneEvent("progress", data)
 
 
-def finetune_argv(project_dir: Path, settings: RoundSettings) -> list[str]:
-    """The command line of a round over ``project_dir`` with ``settings``, printing events."""
+def finetune_argv(project_dir: Path, settings: RoundSettings, explicit: Collection[str] = ()) -> list[str]:
+    """The command line of a round over ``project_dir`` with ``settings``, printing events.
+
+    Settings at their default value are left out, so the round's process sizes steps and batch for
+    its device (smaller on a CPU); the names in ``explicit`` are passed even at their default.
+    """
     d = RoundSettings()
     argv = [sys.executable, "-m", "engine.cli", "finetune", "--project", str(project_dir)]
     if settings.slides is not None:
@@ -109,7 +113,7 @@ def finetune_argv(project_dir: Path, settings: RoundSettings) -> list[str]:
                ("eval_every", "--eval-every"))
     for name, flag in options:
         value = getattr(settings, name)
-        if value is not None and value != getattr(d, name):
+        if value is not None and (value != getattr(d, name) or name in explicit):
             argv += [flag, str(value)]
     argv.append("--events")
     return argv

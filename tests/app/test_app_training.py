@@ -58,8 +58,9 @@ def training(qtbot, window, small_svs, student_file, monkeypatch, tmp_path):
                         "before": {"miou": 0.5, "dice": 0.6}, "after": {"miou": 0.625, "dice": 0.7},
                         "activated": False, "seconds": 3.0, "message": "", "curves": {}}}
 
-    def argv(project_dir, settings):
+    def argv(project_dir, settings, explicit=()):
         state["settings"].append((Path(project_dir), settings))
+        state["explicit"] = tuple(explicit)
         return [sys.executable, str(FAKE), state["mode"], str(state["go"]), json.dumps(state["result"])]
 
     monkeypatch.setattr(engine.api, "finetune_argv", argv)
@@ -84,7 +85,7 @@ def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
     _start(qtbot, ta)
     (project, settings), = ta.state["settings"]
     assert project == Path(ta.window.annotations.project.folder)
-    assert settings.steps == 40 and settings.use_teacher is False
+    assert settings.steps == 40 and settings.use_teacher is False and ta.state["explicit"] == ("steps",)
     assert [Path(s).name for s in settings.slides] == ["cmu-1-small-region.svs"]
     assert not panel.finetune_button.isEnabled() and panel.cancel_button.isEnabled()
     # every event before the fake waits for GO: the curves fill while the process still runs
@@ -138,7 +139,9 @@ def test_cancel_stops_the_process_and_leaves_the_registry(qtbot, training):
     ta = training
     ta.state["mode"] = "forever"
     before = [v.version for v in ta.reg.versions()], ta.reg.active_name()
+    assert ta.panel.steps.text() == "auto"
     _start(qtbot, ta)
+    assert ta.state["explicit"] == ()  # auto: the round's process sizes the steps for its device
     qtbot.waitUntil(lambda: ta.panel.point_counts().get("total", 0) >= 3, timeout=20000)
     pid = ta.process.pid
     with qtbot.waitSignal(ta.process.ended, timeout=10000):
@@ -193,7 +196,7 @@ def test_a_crash_names_its_exit_code_and_last_stderr_line(qtbot, training):
 
 def test_a_program_that_cannot_start_is_reported(qtbot, training, monkeypatch):
     ta = training
-    monkeypatch.setattr(engine.api, "finetune_argv", lambda *_: ["/nonexistent/cocopath-engine"])
+    monkeypatch.setattr(engine.api, "finetune_argv", lambda *_, **__: ["/nonexistent/cocopath-engine"])
     with qtbot.waitSignal(ta.process.ended, timeout=10000):
         QTest.mouseClick(ta.panel.finetune_button, Qt.MouseButton.LeftButton)
     assert "could not be started" in ta.panel.error.text()

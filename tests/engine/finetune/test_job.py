@@ -82,6 +82,14 @@ def test_finetune_argv_runs_the_same_round(settings: RoundSettings) -> None:
     assert settings_from_args(args) == expected
 
 
+def test_explicit_settings_are_passed_even_at_their_default() -> None:
+    default = RoundSettings()
+    assert "--steps" not in finetune_argv(Path("/p"), default)  # sized by the round's process
+    argv = finetune_argv(Path("/p"), default, explicit=("steps",))
+    assert argv[argv.index("--steps") + 1] == str(default.steps)
+    assert settings_from_args(build_parser().parse_args(argv[3:])).steps == default.steps
+
+
 def test_settings_dict_round_trip_and_validation() -> None:
     s = RoundSettings(slides=("a", "b"), steps=9)
     assert RoundSettings.from_dict({**s.to_dict(), "unknown": 1}) == s
