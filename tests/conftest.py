@@ -36,5 +36,9 @@ def dicom_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _private_user_data(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Keep tests away from the real user's data folder (sample cache, settings)."""
-    monkeypatch.setenv("COCOPATH_DATA_DIR", str(tmp_path_factory.mktemp("userdata")))
+    """Keep tests away from the real user's data folder (sample cache, settings) and from the
+    shipped default models (a test that wants one sets these variables itself)."""
+    user = tmp_path_factory.mktemp("userdata")
+    monkeypatch.setenv("COCOPATH_DATA_DIR", str(user))
+    monkeypatch.setenv("COCOPATH_DEFAULT_MODEL", str(user / "no-default-model.safetensors"))
+    monkeypatch.setenv("COCOPATH_DEFAULT_TEACHER", str(user / "no-default-teacher.safetensors"))

@@ -76,27 +76,30 @@ class ModelVersion:
 
 
 def default_model_path() -> Path | None:
-    """The shipped default student: ``$COCOPATH_DEFAULT_MODEL`` if set (and a file), else the first
+    """The shipped default student: ``$COCOPATH_DEFAULT_MODEL`` when set (None if it is not a file:
+    what the user set wins, another model is never used in its place), else the first
     ``resources/models/*student*.safetensors`` of the repository, else None."""
     env = os.environ.get("COCOPATH_DEFAULT_MODEL")
     if env:
         p = Path(env).expanduser()
         if p.is_file():
             return p
-        log.warning("COCOPATH_DEFAULT_MODEL=%s is not a file", env)
+        log.warning("COCOPATH_DEFAULT_MODEL=%s is not a file: no default model", env)
+        return None
     found = sorted((REPO_ROOT / "resources" / "models").glob("*student*.safetensors"))
     return found[0] if found else None
 
 
 def default_teacher_path() -> Path | None:
-    """The shipped teacher, if any: ``$COCOPATH_DEFAULT_TEACHER``, else
+    """The shipped teacher, if any: ``$COCOPATH_DEFAULT_TEACHER`` when set (None if not a file), else
     ``resources/models/*teacher*.safetensors``, else None."""
     env = os.environ.get("COCOPATH_DEFAULT_TEACHER")
     if env:
         p = Path(env).expanduser()
         if p.is_file():
             return p
-        log.warning("COCOPATH_DEFAULT_TEACHER=%s is not a file", env)
+        log.warning("COCOPATH_DEFAULT_TEACHER=%s is not a file: no default teacher", env)
+        return None
     found = sorted((REPO_ROOT / "resources" / "models").glob("*teacher*.safetensors"))
     return found[0] if found else None
 

@@ -214,4 +214,4 @@ def test_default_model_path_env_then_resources(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("COCOPATH_DEFAULT_MODEL", str(mine))
     assert default_model_path() == mine
     monkeypatch.setenv("COCOPATH_DEFAULT_MODEL", str(tmp_path / "missing.safetensors"))
-    assert default_model_path() == shipped
+    assert default_model_path() is None  # what the user set wins: never another model in its place
