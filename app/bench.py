@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,47 @@ def _pct(values: list[float], q: float) -> float:
 def _summary(ms: list[float]) -> dict[str, float]:
     return {"n": len(ms), "p50_ms": round(_pct(ms, 50), 2), "p95_ms": round(_pct(ms, 95), 2),
             "max_ms": round(max(ms), 2) if ms else float("nan"), "mean_ms": round(statistics.fmean(ms), 2)}
+
+
+def _pump(app: Any, seconds: float) -> None:
+    """Process events for ``seconds`` (the benchmarks' waits)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.005)
+
+
+def _untrained_student(folder: Path) -> Path:
+    """An untrained ``mobile-unet-small`` (2 classes, 1 µm/px, 256² input) saved in ``folder``:
+    timings only, its predictions mean nothing."""
+    from engine.api import create_model, save_model
+
+    model = create_model("mobile-unet-small", classes=2)
+    return save_model(folder / "student.safetensors", model,
+                      {"model": model.config, "classes": ["background", "tumour"],
+                       "input": {"mpp": 1.0, "tile": 256}})
+
+
+def _in_temp_data_dir(prefix: str, measure: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """``measure(tmp)`` in a temporary folder (removed at the end) that holds the user data folder
+    too (``COCOPATH_DATA_DIR``, restored afterwards)."""
+    before = os.environ.get("COCOPATH_DATA_DIR")
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            os.environ["COCOPATH_DATA_DIR"] = str(Path(tmp) / "data")
+            return measure(Path(tmp))
+    finally:
+        if before is None:
+            os.environ.pop("COCOPATH_DATA_DIR", None)
+        else:
+            os.environ["COCOPATH_DATA_DIR"] = before
+
+
+def _write_result(out: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` to ``out`` as JSON and print it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2), flush=True)
 
 
 def scripted_sequence(geo: object, start: object) -> list[object]:

@@ -16,36 +16,19 @@ Wall-clock on this machine; the JSON records the machine and the back-end the en
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
-from app.bench import _frame_times, _summary, _wait_complete, _wait_idle
+from app.bench import (_frame_times, _in_temp_data_dir, _pump, _summary, _untrained_student,
+                       _wait_complete, _wait_idle, _write_result)
 
 log = logging.getLogger(__name__)
 
 VIEW_W, VIEW_H = 1920, 1080
 FRAME_BUDGET_MS = 16.0
-
-
-def _untrained_student(folder: Path) -> Path:
-    from engine.api import create_model, save_model
-
-    model = create_model("mobile-unet-small", classes=2)
-    return save_model(folder / "student.safetensors", model,
-                      {"model": model.config, "classes": ["background", "tumour"],
-                       "input": {"mpp": 1.0, "tile": 256}})
-
-
-def _pump(app: object, seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()  # type: ignore[attr-defined]
-        time.sleep(0.005)
 
 
 def _visible_done(window: object) -> bool:
@@ -66,23 +49,12 @@ def run_prediction_benchmark(out: Path, side: int = 12_000, model: Path | None =
 
     app = make_application()
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    before = os.environ.get("COCOPATH_DATA_DIR")
-    try:
-        with tempfile.TemporaryDirectory(prefix="cocopath-bench-pred-") as tmp:
-            os.environ["COCOPATH_DATA_DIR"] = str(Path(tmp) / "data")
-            figures = _measure(app, Path(tmp), side, model)
-    finally:
-        if before is None:
-            os.environ.pop("COCOPATH_DATA_DIR", None)
-        else:
-            os.environ["COCOPATH_DATA_DIR"] = before
+    figures = _in_temp_data_dir("cocopath-bench-pred-", lambda tmp: _measure(app, tmp, side, model))
     result = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": load_avg,
                           "platform": platform.platform(), "python": platform.python_version(),
                           "qpa": os.environ.get("QT_QPA_PLATFORM", "default")},
               **figures}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2), flush=True)
+    _write_result(out, result)
     return 0
 
 

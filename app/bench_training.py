@@ -23,18 +23,17 @@ the round's stages and events seen while measuring, and the machine's load.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from app.bench import _summary, _wait_complete, _wait_idle
+from app.bench import (_in_temp_data_dir, _pump, _summary, _untrained_student, _wait_complete,
+                       _wait_idle, _write_result)
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +45,6 @@ BLOCKS, BLOCK_S = 5, 5.0  # frames while the round trains, in blocks alternating
 ROUND_STEPS = 60
 TRAIN_WAIT_S = 900.0  # a loaded 2-core machine needs minutes to reach the first training step
 ROI_UM = 256.0
-
-
-def _pump(app: Any, seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()
-        time.sleep(0.005)
-
-
-def _student(folder: Path) -> Path:
-    from engine.api import create_model, save_model
-
-    model = create_model("mobile-unet-small", classes=2)
-    return save_model(folder / "student.safetensors", model,
-                      {"model": model.config, "classes": ["background", "tumour"],
-                       "input": {"mpp": 1.0, "tile": 256}})
 
 
 def make_project(folder: Path, slide: Path, side: int, mpp: float, model: Path) -> dict[str, Any]:
@@ -130,16 +113,7 @@ def run_training_benchmark(out: Path, side: int = 12_000, model: Path | None = N
 
     app = make_application()
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    before = os.environ.get("COCOPATH_DATA_DIR")
-    try:
-        with tempfile.TemporaryDirectory(prefix="cocopath-bench-train-") as tmp:
-            os.environ["COCOPATH_DATA_DIR"] = str(Path(tmp) / "data")
-            figures = _measure(app, Path(tmp), side, model)
-    finally:
-        if before is None:
-            os.environ.pop("COCOPATH_DATA_DIR", None)
-        else:
-            os.environ["COCOPATH_DATA_DIR"] = before
+    figures = _in_temp_data_dir("cocopath-bench-train-", lambda tmp: _measure(app, tmp, side, model))
     result = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": load_avg,
                           "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg")
                           else None,
@@ -148,9 +122,7 @@ def run_training_benchmark(out: Path, side: int = 12_000, model: Path | None = N
                           "gui_niceness": os.getpriority(os.PRIO_PROCESS, 0)
                           if hasattr(os, "getpriority") else None},
               **figures}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2), flush=True)
+    _write_result(out, result)
     r = figures.get("round", {})
     ok = bool(r.get("events_while_measured") and r.get("stages_seen")
               and figures.get("pan_frame_during_round") and r.get("registry_unchanged_by_cancel"))
@@ -167,7 +139,7 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
 
     mpp = 0.25
     slide = build_pyramid_tiff(tmp / "slide.tif", side, side, seed=5, mpp=mpp)
-    start_model = model or default_model_path() or _student(tmp)
+    start_model = model or default_model_path() or _untrained_student(tmp)
     setup = make_project(tmp / "project", slide, side, mpp, start_model)
     window = MainWindow(interactive_errors=False, remember=False)
     window.show()
