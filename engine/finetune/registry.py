@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.atomic import atomic_replace, atomic_write, fsync_dir
 from engine.errors import CocoPathError
 
 if TYPE_CHECKING:
@@ -106,38 +107,6 @@ def default_teacher_path() -> Path | None:
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # Windows cannot open folders; rename there is atomic enough
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """``path`` holds the old bytes or ``data``, never half of it (temp, fsync, rename, fsync dir).
-
-    The registry's own copy of :func:`engine.training.checkpoints.atomic_write`, so that switching
-    versions needs no torch."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
 
 
 def file_sha256(path: Path) -> str:
@@ -251,7 +220,7 @@ class ModelRegistry:
         v = self.get(version)
         previous = self.active_name()
         record = {"version": v.version, "previous": previous, "at": utc_now()}
-        write_atomic(self.root / ACTIVE_FILE, json.dumps(record, indent=1).encode())
+        atomic_write(self.root / ACTIVE_FILE, json.dumps(record, indent=1).encode())
         log.info("%s: active model %s (was %s)", self.root, v.version, previous)
         return v
 
@@ -308,7 +277,7 @@ class ModelRegistry:
                 write(tmp, version)
                 record = {"version": version, "parent": parent, "created": utc_now(),
                           "metrics": metrics, "note": note}
-                write_atomic(tmp / RECORD_FILE, json.dumps(record, indent=1, default=str).encode())
+                atomic_write(tmp / RECORD_FILE, json.dumps(record, indent=1, default=str).encode())
                 fsync_dir(tmp)
                 try:
                     os.rename(tmp, self.root / version)
@@ -370,7 +339,7 @@ class ModelRegistry:
             card = {**meta, "version": f"{name}-{version}-{digest[:12]}",
                     "registry": {"version": version, "parent": None, "weights": digest}}
             save_tensors(folder / MODEL_FILE, tensors, card)
-            write_atomic(folder / "model.json", json.dumps(card, indent=1).encode())
+            atomic_write(folder / "model.json", json.dumps(card, indent=1).encode())
 
         v = self._commit(write, None, card_metrics(meta), note or f"imported from {path.name}")
         if first or self.active() is None:
@@ -383,17 +352,8 @@ class ModelRegistry:
         dest = Path(dest).expanduser()
         if dest.suffix.lower() != ".safetensors":
             raise RegistryError(f"{dest}: the exported file's name must end in .safetensors")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        try:
-            shutil.copyfile(v.path, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        write_atomic(dest.with_suffix(".json"), json.dumps(v.card, indent=1).encode())
+        atomic_replace(dest, lambda tmp: shutil.copyfile(v.path, tmp))
+        atomic_write(dest.with_suffix(".json"), json.dumps(v.card, indent=1).encode())
         return dest
 
     def ensure_seeded(self, default_model: Path | None) -> ModelVersion | None:
