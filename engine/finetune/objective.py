@@ -25,6 +25,7 @@ from engine.distill.distiller import Distiller
 from engine.distill.recorders import FeatureRecorder
 from engine.finetune.losses import IGNORE, masked_kd_loss, partial_label_loss
 from engine.jobs import CancelToken, Progress
+from engine.training.trainer import SupervisedObjective
 
 
 def finetune_config(method: str = "coco-full", paraphraser_steps: int | None = None) -> DistillConfig:
@@ -35,28 +36,10 @@ def finetune_config(method: str = "coco-full", paraphraser_steps: int | None = N
     return config
 
 
-class PartialSupervised(nn.Module):
+class PartialSupervised(SupervisedObjective):
     """CE + Dice on labelled pixels only: adapts a teacher to the corrections."""
 
-    def __init__(self, model: nn.Module, dice_weight: float = 1.0) -> None:
-        super().__init__()
-        self.model = model
-        self.dice_weight = dice_weight
-
-    @property
-    def network(self) -> nn.Module:
-        return self.model
-
-    def forward(self, images: Tensor, target: Tensor) -> dict[str, Tensor]:
-        terms = partial_label_loss(self.model(images), target, self.dice_weight)
-        terms["total"] = terms["loss_ce"] + terms.get("loss_dice", 0.0)
-        return terms
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def after_step(self) -> dict[str, float]:
-        return {}
+    loss = staticmethod(partial_label_loss)
 
 
 class FinetuneObjective(nn.Module):

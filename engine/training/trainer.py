@@ -52,7 +52,10 @@ class TrainConfig:
 
 
 class SupervisedObjective(nn.Module):
-    """Cross-entropy + Dice on labels: the teacher's (and the plain student's) objective."""
+    """Cross-entropy + Dice on labels: the teacher's (and the plain student's) objective. A subclass
+    may swap ``loss`` (same signature, ``loss_*`` terms), e.g. for partial labels."""
+
+    loss = staticmethod(segmentation_loss)
 
     def __init__(self, model: nn.Module, dice_weight: float = 1.0) -> None:
         super().__init__()
@@ -64,7 +67,7 @@ class SupervisedObjective(nn.Module):
         return self.model
 
     def forward(self, images: Tensor, target: Tensor) -> dict[str, Tensor]:
-        terms = segmentation_loss(self.model(images), target, self.dice_weight)
+        terms = self.loss(self.model(images), target, self.dice_weight)
         terms["total"] = sum(v for k, v in terms.items() if k.startswith("loss"))  # type: ignore[assignment]
         return terms
 
