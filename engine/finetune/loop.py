@@ -27,7 +27,7 @@ from engine.jobs import CancelToken
 from engine.training.augment import AugmentConfig, augment
 from engine.training.evaluate import predict_logits
 from engine.training.metrics import ConfusionMatrix
-from engine.training.trainer import poly_lr
+from engine.training.trainer import amp_step, poly_lr
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +116,7 @@ StepFn = Callable[[int, int, dict[str, float], int], None]  # (step done, total,
 
 def _one_step(objective: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
               images: Tensor, target: Tensor, device: torch.device) -> dict[str, float]:
-    cuda = device.type == "cuda"
-    images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-    if cuda:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-        terms = objective(images, target)
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(terms["total"]).backward()
-    scaler.step(opt)
-    scaler.update()
+    terms = amp_step(objective, opt, scaler, images, target, device)
     logged = {k: float(v.detach()) for k, v in terms.items()}
     logged.update(objective.after_step())
     return logged

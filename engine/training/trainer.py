@@ -119,6 +119,23 @@ def poly_lr(base: float, step: int, total: int) -> float:
     return base * (1 - step / max(total, 1)) ** 0.9
 
 
+def amp_step(module: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+             images: Tensor, target: Tensor, device: torch.device) -> dict[str, Tensor]:
+    """One optimisation step on a batch: to ``device`` (channels_last on CUDA), forward under
+    autocast (fp16 on CUDA, none on CPU), the scaled ``total`` backward, optimiser step; the terms."""
+    cuda = device.type == "cuda"
+    images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+    if cuda:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        terms = module(images, target)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(terms["total"]).backward()
+    scaler.step(opt)
+    scaler.update()
+    return terms
+
+
 def _batches(sampler: DistributedSampler, dataset: SegDataset, epoch: int, local_bs: int) -> list[list[int]]:
     sampler.set_epoch(epoch)
     dataset.set_epoch(epoch)
@@ -187,17 +204,9 @@ def train(
             if cancel is not None and cancel.cancelled:
                 status = "cancelled"
                 break
-            images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            if cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
                 g["lr"] = poly_lr(cfg.lr, step, cfg.steps)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-                terms = module(images, target)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(terms["total"]).backward()
-            scaler.step(opt)
-            scaler.update()
+            terms = amp_step(module, opt, scaler, images, target, device)
             extra = objective.after_step()
             logged = _reduce({k: v.detach().float() for k, v in terms.items()}, world)
             logged.update(extra)
