@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.atomic import atomic_replace, atomic_write, fsync_dir
 from engine.errors import CocoPathError
+from engine.slide.sample import sha256_of as file_sha256
 
 if TYPE_CHECKING:
     from torch import nn
@@ -107,14 +108,6 @@ def default_teacher_path() -> Path | None:
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:
