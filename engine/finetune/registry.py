@@ -77,33 +77,32 @@ class ModelVersion:
                 "card": self.card}
 
 
-def default_model_path() -> Path | None:
-    """The shipped default student: ``$COCOPATH_DEFAULT_MODEL`` when set (None if it is not a file:
-    what the user set wins, another model is never used in its place), else the first
-    ``resources/models/*student*.safetensors`` of the repository, else None."""
-    env = os.environ.get("COCOPATH_DEFAULT_MODEL")
+def _shipped(env_var: str, pattern: str, what: str) -> Path | None:
+    """``$env_var`` when set (None if it is not a file: what the user set wins, another model is
+    never used in its place), else the first ``resources/models/<pattern>`` of the repository, else
+    None."""
+    env = os.environ.get(env_var)
     if env:
         p = Path(env).expanduser()
         if p.is_file():
             return p
-        log.warning("COCOPATH_DEFAULT_MODEL=%s is not a file: no default model", env)
+        log.warning("%s=%s is not a file: no default %s", env_var, env, what)
         return None
-    found = sorted((REPO_ROOT / "resources" / "models").glob("*student*.safetensors"))
+    found = sorted((REPO_ROOT / "resources" / "models").glob(pattern))
     return found[0] if found else None
+
+
+def default_model_path() -> Path | None:
+    """The shipped default student: ``$COCOPATH_DEFAULT_MODEL`` when set (None if it is not a file:
+    what the user set wins, another model is never used in its place), else the first
+    ``resources/models/*student*.safetensors`` of the repository, else None."""
+    return _shipped("COCOPATH_DEFAULT_MODEL", "*student*.safetensors", "model")
 
 
 def default_teacher_path() -> Path | None:
     """The shipped teacher, if any: ``$COCOPATH_DEFAULT_TEACHER`` when set (None if not a file), else
     ``resources/models/*teacher*.safetensors``, else None."""
-    env = os.environ.get("COCOPATH_DEFAULT_TEACHER")
-    if env:
-        p = Path(env).expanduser()
-        if p.is_file():
-            return p
-        log.warning("COCOPATH_DEFAULT_TEACHER=%s is not a file: no default teacher", env)
-        return None
-    found = sorted((REPO_ROOT / "resources" / "models").glob("*teacher*.safetensors"))
-    return found[0] if found else None
+    return _shipped("COCOPATH_DEFAULT_TEACHER", "*teacher*.safetensors", "teacher")
 
 
 def utc_now() -> str:
