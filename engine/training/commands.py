@@ -82,6 +82,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     b.add_argument("--ship", default=None, metavar="DIR",
                    help="then write the best student (by validation mIoU) and its model card into DIR "
                         "(needs --workdir), e.g. resources/models")
+    b.add_argument("--ship-method", default=None, metavar="METHOD",
+                   help="with --ship: ship this method's student instead of the best by validation")
     b.add_argument("--out", default=None, help="write the JSON here (a .md table is written beside it)")
     b.add_argument("--data", default=None, help="dataset folder (default: shared ebhi-adenocarcinoma)")
     b.add_argument("--methods", default=None, help="comma-separated subset of methods")
@@ -224,7 +226,7 @@ def cmd_bench_distill(args: argparse.Namespace) -> int:
     if args.ship:
         from engine.training.ship import ship_student
 
-        shipped = ship_student(report, Path(args.workdir), Path(args.ship))
+        shipped = ship_student(report, Path(args.workdir), Path(args.ship), args.ship_method)
         print(f"shipped {shipped['student']} (method {shipped['method']})", file=sys.stderr)
     print(json.dumps(report, indent=1) if not args.out else md)
     return 0
