@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from shapely.geometry import Point, box
+from tiff_fixtures import halve_rgb, write_slide  # noqa: F401  (conftest imports write_slide from here)
 
 from engine.annotations import Annotation, AnnotationClass, Kind, Project
 from engine.models import create_model
@@ -48,29 +49,6 @@ def slide_rgb(seed: int = 0) -> np.ndarray:
     return rgb
 
 
-def halve(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-    s = a[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).astype(np.uint16).sum(axis=(1, 3))
-    return ((s + 2) >> 2).astype(np.uint8)
-
-
-def write_slide(path: Path, rgb: np.ndarray, mpp: float | None = MPP, levels: int = 3) -> Path:
-    import tifffile
-
-    pages = [rgb]
-    for _ in range(levels - 1):
-        pages.append(halve(pages[-1]))
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        for k, page in enumerate(pages):
-            kw = {}
-            if mpp:
-                res = 1e4 / (mpp * 2**k)
-                kw = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
-            tif.write(page, tile=(128, 128), photometric="rgb", compression="zlib",
-                      subfiletype=0 if k == 0 else 1, metadata=None, **kw)
-    return path
-
-
 #: Correction ROIs (level-0 rectangles): four apart from each other, over tissue.
 ROI_BOXES = ((40, 40, 330, 300), (360, 330, 640, 600), (680, 40, 980, 290), (40, 340, 300, 600))
 
@@ -106,7 +84,7 @@ def calibrate_bn(model: torch.nn.Module, batches: int = 4) -> None:
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # a plain average over the calibration batches
-    img = halve(slide_rgb())
+    img = halve_rgb(slide_rgb())
     rng = np.random.default_rng(0)
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     model.train()

@@ -86,7 +86,7 @@ KILLED_WRITER = textwrap.dedent("""
     from pathlib import Path
     import engine.training.checkpoints as ck
     from engine.finetune.registry import ModelRegistry
-    sys.path.insert(0, {fixtures!r})
+    sys.path[:0] = [{fixtures!r}, {tests!r}]
     from finetune_fixtures import TINY, card
     from engine.models import create_model
 
@@ -105,7 +105,8 @@ def test_a_killed_publish_leaves_no_half_version(tmp_path: Path) -> None:
     reg = ModelRegistry(tmp_path / "models")
     reg.import_model(save_tiny(tmp_path / "s.safetensors"))
     before = _snapshot(reg.root)
-    code = KILLED_WRITER.format(fixtures=str(Path(__file__).parent), root=str(reg.root))
+    code = KILLED_WRITER.format(fixtures=str(Path(__file__).parent), tests=str(Path(__file__).parents[2]),
+                               root=str(reg.root))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "writing"

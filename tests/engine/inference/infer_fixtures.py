@@ -7,36 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tiff_fixtures import halve_rgb, write_slide  # noqa: F401  (the inference tests import them from here)
 from torch import nn
 
 from engine.inference.spec import ModelSpec
 
 GLASS = 245
-
-
-def halve_rgb(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-    s = a[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).astype(np.uint16).sum(axis=(1, 3))
-    return ((s + 2) >> 2).astype(np.uint8)
-
-
-def write_slide(path: Path, rgb: np.ndarray, mpp: float | None = 0.5, levels: int = 3,
-                tile: int = 128) -> Path:
-    """A deflate-tiled pyramidal TIFF of ``rgb`` (exact pixels), levels halved, OpenSlide-readable."""
-    import tifffile
-
-    pages = [rgb]
-    for _ in range(levels - 1):
-        pages.append(halve_rgb(pages[-1]))
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        for k, page in enumerate(pages):
-            kw = {}
-            if mpp:
-                res = 1e4 / (mpp * 2**k)
-                kw = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
-            tif.write(page, tile=(tile, tile), photometric="rgb", compression="zlib",
-                      subfiletype=0 if k == 0 else 1, metadata=None, **kw)
-    return path
 
 
 def pattern_rgb(w: int, h: int, glass_right: float = 0.35, border: int = 40) -> np.ndarray:
