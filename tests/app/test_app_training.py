@@ -11,31 +11,20 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
 import app.finetune_bridge as bridge_module
 import engine.api
 from engine.finetune.registry import ModelRegistry
-from engine.models import create_model
-from engine.training.checkpoints import save_model
-from qt_probe import wait_drawn
+from app_students import open_registry, publish_student, save_student
 
 FAKE = Path(__file__).with_name("fake_round.py")
-META = {"classes": ["background", "tumour"], "input": {"mpp": 2.0, "tile": 256}}
-
-
-def _student(seed: int):
-    torch.manual_seed(seed)
-    return create_model("mobile-unet-small", classes=2)
 
 
 @pytest.fixture(scope="module")
 def student_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = _student(1)
-    return save_model(tmp_path_factory.mktemp("student") / "student.safetensors", model,
-                      {**META, "model": model.config})
+    return save_student(tmp_path_factory.mktemp("student") / "student.safetensors", 1)
 
 
 @pytest.fixture
@@ -43,15 +32,10 @@ def training(qtbot, window, small_svs, student_file, monkeypatch, tmp_path):
     """The window on the slide, its project's registry with v0001 (active) and v0002 (a child, not
     active); ``finetune_argv`` returns the fake round's command line for ``training.mode`` and
     records the settings it was given."""
-    assert window.open_path(small_svs)
-    wait_drawn(qtbot, window.view)
+    reg = open_registry(qtbot, window, small_svs)
     ta = window.training
-    qtbot.waitUntil(lambda: ta.ready and ta.registry is not None, timeout=10000)
-    reg = ModelRegistry.of_project(window.annotations.project.folder)
     reg.import_model(student_file)
-    model = _student(2)
-    reg.publish(model, {**META, "model": model.config}, parent="v0001", metrics={}, note="round",
-                activate=False)
+    publish_student(reg, 2, parent="v0001", metrics={}, note="round")
     ta.refresh_models()
     state = {"mode": "ok", "settings": [], "go": tmp_path / "go",
              "result": {"status": "done", "version": "v0002", "parent": "v0001",

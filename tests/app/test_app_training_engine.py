@@ -10,34 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from shapely.geometry import Point, box
 
 from engine.annotations import Annotation
 from engine.finetune.registry import ModelRegistry
-from engine.models import create_model
-from engine.training.checkpoints import save_model
-from qt_probe import wait_drawn
+from app_students import open_registry, save_student
 
 
 @pytest.fixture(scope="module")
 def student_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("mobile-unet-small", classes=2)
-    return save_model(tmp_path_factory.mktemp("student") / "student.safetensors", model,
-                      {"model": model.config, "classes": ["background", "tumour"],
-                       "input": {"mpp": 2.0, "tile": 256}})
+    return save_student(tmp_path_factory.mktemp("student") / "student.safetensors", 0)
 
 
 @pytest.fixture
 def dock(qtbot, window, small_svs, student_file):
-    assert window.open_path(small_svs)
-    wait_drawn(qtbot, window.view)
+    reg = open_registry(qtbot, window, small_svs)
     ta = window.training
-    qtbot.waitUntil(lambda: ta.ready and ta.registry is not None, timeout=10000)
-    reg = ModelRegistry.of_project(window.annotations.project.folder)
     reg.import_model(student_file)
     ta.refresh_models()
     ta.reg = reg

@@ -10,48 +10,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
-from engine.finetune.registry import ModelRegistry
-from engine.models import create_model
-from engine.training.checkpoints import save_model
+from app_students import open_registry, publish_student, save_student
 from qt_probe import drag, wait_drawn
 
-META = {"classes": ["background", "tumour"], "input": {"mpp": 2.0, "tile": 256}}
 ROUND_METRICS = {"before": {"miou": 0.5, "dice": 0.6}, "after": {"miou": 0.625, "dice": 0.7}}
-
-
-def _student(seed: int):
-    torch.manual_seed(seed)
-    return create_model("mobile-unet-small", classes=2)
 
 
 @pytest.fixture(scope="module")
 def student_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("students")
-    out = []
-    for seed in (1, 2):
-        model = _student(seed)
-        out.append(save_model(folder / f"student-{seed}.safetensors", model,
-                              {**META, "model": model.config}))
-    return out
+    return [save_student(folder / f"student-{seed}.safetensors", seed) for seed in (1, 2)]
 
 
 @pytest.fixture
 def with_registry(qtbot, window, small_svs, student_files):
     """The window with the slide open and its project's registry holding v0001 (imported, active)
     and v0002 (a round's child of v0001, not active)."""
-    assert window.open_path(small_svs)
-    wait_drawn(qtbot, window.view)
+    reg = open_registry(qtbot, window, small_svs)
     ta = window.training
-    qtbot.waitUntil(lambda: ta.ready and ta.registry is not None, timeout=10000)
-    reg = ModelRegistry.of_project(window.annotations.project.folder)
     v1 = reg.import_model(student_files[0])
-    model = _student(2)
-    v2 = reg.publish(model, {**META, "model": model.config}, parent=v1.version,
-                     metrics=ROUND_METRICS, note="round 1", activate=False)
+    v2 = publish_student(reg, 2, parent=v1.version, metrics=ROUND_METRICS, note="round 1")
     assert (v1.version, v2.version) == ("v0001", "v0002")
     qtbot.waitUntil(lambda: len(ta.models.rows) == 2, timeout=5000)  # the registry poll saw them
     qtbot.waitUntil(lambda: window.predictions.spec is not None, timeout=5000)
