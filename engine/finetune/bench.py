@@ -6,7 +6,7 @@ mIoU is measured where nobody corrected anything.
    student never trained on), and EBHI polyp (or CAMELYON) tiles for a stain / organ shift.
 2. The starting model predicts both slides (prediction caches).
 3. For each k: the pathologist reviews k regions chosen by Review next (:func:`rank_regions` on
-   those caches, best across both slides) and, in a separate project, k regions drawn at random;
+   those caches, each slide's list in turn: :func:`review_next`) and, in a separate project, k regions drawn at random;
    each reviewed region becomes a correction ROI holding the true tumour outline.
 4. Each project runs one round (:func:`engine.finetune.round.run_round`) from the same start.
 5. The new version predicts both slides again; mIoU (background and tumour, as in training) is
@@ -115,15 +115,30 @@ def make_slides(cfg: BenchConfig, card: dict[str, Any], out: Path, mpp: float) -
 
 def review_next(caches: Sequence[Any], region_px: int, k: int, min_tissue: float
                 ) -> list[tuple[int, tuple[int, int, int, int], float]]:
-    """The k best Review-next regions across all slides: (slide index, rect, score), best first."""
+    """The k regions a pathologist reviews with Review next: (slide index, rect, score).
+
+    Review next ranks the regions of the slide that is open (as in the app), so the pathologist
+    works through each slide's list in turn: the picks interleave the slides' rankings (each
+    slide's best, then each one's second, …; within a turn, higher score first). Scores are not
+    compared across slides: a stain-shifted slide can be confidently wrong, and a global ranking
+    then sends every correction to the other slide (the first quick run did: 9 of 10 ROIs on one
+    slide, and the other slide got worse)."""
     from engine.finetune.review import rank_regions
 
-    pool = [(i, r.rect, r.score) for i, cache in enumerate(caches)
-            for r in rank_regions(cache, region_px, n=k, min_tissue=min_tissue)]
-    pool.sort(key=lambda t: -t[2])
-    if len(pool) < k:
-        raise CocoPathError(f"Review next found only {len(pool)} region(s) of {region_px} px, not {k}")
-    return pool[:k]
+    ranked = [[(i, r.rect, r.score) for r in rank_regions(cache, region_px, n=k, min_tissue=min_tissue)]
+              for i, cache in enumerate(caches)]
+    picks = interleave(ranked)
+    if len(picks) < k:
+        raise CocoPathError(f"Review next found only {len(picks)} region(s) of {region_px} px, not {k}")
+    return picks[:k]
+
+
+def interleave(ranked: Sequence[Sequence[tuple[int, Any, float]]]) -> list[tuple[int, Any, float]]:
+    """Each list's first, then each one's second, …; within a turn by score, highest first."""
+    out: list[tuple[int, Any, float]] = []
+    for turn in range(max((len(r) for r in ranked), default=0)):
+        out += sorted((r[turn] for r in ranked if turn < len(r)), key=lambda t: -t[2])
+    return out
 
 
 def round_settings(cfg: BenchConfig) -> Any:
@@ -170,7 +185,7 @@ def _experiment(cfg: BenchConfig, work: Path, tag: str, slides: Sequence[Any], m
     registry.activate(start.version)
     say(f"  {tag}: {len(rects)} ROI(s), {written} annotations; round…")
     t0 = time.perf_counter()
-    result = run_round(pdir, round_settings(cfg))
+    result = run_round(pdir, round_settings(cfg), progress=_progress_lines(tag, say))
     wall = time.perf_counter() - t0
     out: dict[str, Any] = {
         "rois": [{"slide": slides[i].name, "rect": list(r)} for i, r in rects],
@@ -191,6 +206,23 @@ def _experiment(cfg: BenchConfig, work: Path, tag: str, slides: Sequence[Any], m
                 "per_slide_after": after["per_slide"]})
     say(f"  {tag}: round {result.seconds:.0f} s ({result.status}), mIoU after {after['miou']:.4f}")
     return out
+
+
+def _progress_lines(tag: str, say: Say) -> Callable[[Any], None]:
+    """A round progress callback that says a line at each new stage and every 10 % of it."""
+    last: dict[str, int] = {}
+
+    def on(p: Any) -> None:
+        tenth = int(10 * p.step / p.total) if p.total else 0
+        if last.get(p.stage) == tenth:
+            return
+        last[p.stage] = tenth
+        eta = p.metrics.get("eta_s")
+        say(f"  {tag}: {p.stage} {p.step}/{p.total}"
+            + (f", about {eta:.0f} s left" if eta is not None else "")
+            + (f" ({p.message})" if p.message else ""))
+
+    return on
 
 
 def run_bench(cfg: BenchConfig, say: Say | None = None) -> dict[str, Any]:

@@ -150,6 +150,18 @@ def tiny_model(path: Path) -> Path:
     return save_model(path, model, meta)
 
 
+def test_review_next_takes_each_slides_list_in_turn() -> None:
+    """Slide 1's scores are all lower (a confidently wrong, stain-shifted slide), yet its best
+    region comes second, before slide 0's second best; a slide whose list runs out drops out."""
+    from engine.finetune.bench import interleave
+
+    a = [(0, "a1", 0.9), (0, "a2", 0.8), (0, "a3", 0.7)]
+    b = [(1, "b1", 0.3)]
+    c = [(2, "c1", 0.5), (2, "c2", 0.4)]
+    assert [t[1] for t in interleave([a, b, c])] == ["a1", "c1", "b1", "a2", "c2", "a3"]
+    assert interleave([]) == [] and interleave([[], a[:1]]) == a[:1]
+
+
 def test_the_model_predicts_the_slide_and_review_next_picks_from_it(small_slide, tmp_path: Path) -> None:
     from engine.finetune.bench import review_next
     from engine.finetune.simulate import predict
@@ -162,14 +174,16 @@ def test_the_model_predicts_the_slide_and_review_next_picks_from_it(small_slide,
     assert m.sum() == s.known.sum()
     picked = review_next([cache, cache], 128, 3, 0.5)
     assert len(picked) == 3
-    assert [p[2] for p in picked] == sorted((p[2] for p in picked), reverse=True)
+    assert {p[0] for p in picked[:2]} == {0, 1}  # each slide's best before any slide's second
+    assert picked[0][2] == picked[1][2] >= picked[2][2]
     assert all(0.0 <= p[2] <= 1.0 for p in picked)
     with pytest.raises(CocoPathError, match="only"):
         review_next([cache], 128, 100, 0.5)
 
 
 @pytest.mark.slow
-def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path, tiny_method: str) -> None:
+def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path, tiny_method: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """Tiny slides (2 tiles each), a tiny untrained student, two round steps of 64-pixel patches with
     a small critic: the harness runs end to end and writes the JSON (miou_before / miou_after for k)
     and the table."""
@@ -187,6 +201,9 @@ def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path, tiny_met
                               "--region-px", "128", "--tiles", "2", "--workdir", str(tmp_path / "w"),
                               "--out", str(out)])
     assert args.func(args) == 0
+    said = capsys.readouterr().err
+    for line in ("k1-review: student 2/2", "k1-random: student 2/2", "k1-review: publish 1/1"):
+        assert line in said, said  # the round's progress reaches the console
     report = json.loads(out.read_text())
     assert set(report["k"]) == {"1"}
     for k, e in report["k"].items():
