@@ -6,7 +6,8 @@ Protocols (``PROTOCOLS``):
 - ``quick`` — ``cocopath-engine bench infer --quick --out resources/benchmarks/infer-quick.json``:
   an 8192² pyramid built from real H&E patches (0.25 µm/px, the student at 0.5 µm/px: level 1),
   untrained networks (speed only), a few minutes on 2 CPU cores.
-- ``full`` — ``cocopath-engine bench infer``: a 50 000² pyramid, more timing rounds.
+- ``full`` — ``cocopath-engine bench infer --out resources/benchmarks/infer-full.json``: a 50 000²
+  pyramid, more timing rounds (about 6 minutes on 2 quiet CPU cores).
 
 Figures: pipeline efficiency (raw forward time of the same windows already in memory ÷ end-to-end
 whole-slide time, target ≥ 0.9); student vs teacher windows/s (target ≥ 5×); eager vs
