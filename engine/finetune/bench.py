@@ -6,8 +6,9 @@ mIoU is measured where nobody corrected anything.
    student never trained on), and EBHI polyp (or CAMELYON) tiles for a stain / organ shift.
 2. The starting model predicts both slides (prediction caches).
 3. For each k: the pathologist reviews k regions chosen by Review next (:func:`rank_regions` on
-   those caches, each slide's list in turn: :func:`review_next`) and, in a separate project, k regions drawn at random;
-   each reviewed region becomes a correction ROI holding the true tumour outline.
+   those caches, each slide's list in turn: :func:`review_next`) and, in a separate project, k
+   regions drawn at random; each reviewed region becomes a correction ROI holding the true tumour
+   outline.
 4. Each project runs one round (:func:`engine.finetune.round.run_round`) from the same start.
 5. The new version predicts both slides again; mIoU (background and tumour, as in training) is
    measured on the real tiles outside every ROI of that k, Review-next or random, so before, after
@@ -125,7 +126,8 @@ def review_next(caches: Sequence[Any], region_px: int, k: int, min_tissue: float
     slide, and the other slide got worse)."""
     from engine.finetune.review import rank_regions
 
-    ranked = [[(i, r.rect, r.score) for r in rank_regions(cache, region_px, n=k, min_tissue=min_tissue)]
+    ranked = [[(i, r.rect, r.score)
+               for r in rank_regions(cache, region_px, n=k, min_tissue=min_tissue)]
               for i, cache in enumerate(caches)]
     picks = interleave(ranked)
     if len(picks) < k:
