@@ -440,26 +440,23 @@ class TrainingActions(QObject):
 
     def accept(self) -> bool:
         """Accept: the round's new version becomes active."""
-        end = self.last_end
-        if end is None or end.result is None or not end.result.get("version"):
-            return False
-        if not self._same_project():
-            return False
-        ok = self.activate(str(end.result["version"]))
-        if ok:
-            self.panel.choice_made(str(end.result["version"]))
-        return ok
+        return self._choose("version")
 
     def keep_old(self) -> bool:
         """Keep old: the version the round started from stays (or becomes again) active."""
+        return self._choose("parent")
+
+    def _choose(self, key: str) -> bool:
+        """Activate the last round's ``key`` version ("version": the new one, "parent": the old)."""
         end = self.last_end
-        if end is None or end.result is None or not end.result.get("parent"):
+        if end is None or end.result is None or not end.result.get(key):
             return False
         if not self._same_project():
             return False
-        ok = self.activate(str(end.result["parent"]))
+        version = str(end.result[key])
+        ok = self.activate(version)
         if ok:
-            self.panel.choice_made(str(end.result["parent"]))
+            self.panel.choice_made(version)
         return ok
 
     # -- import / export -------------------------------------------------------------------------

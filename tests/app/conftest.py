@@ -7,7 +7,7 @@ import os
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before anything creates a QApplication
 
 import tempfile  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -40,16 +40,30 @@ def cache():
 
 
 @pytest.fixture
-def window(qtbot, settings, cache) -> Iterator[object]:
+def make_window(qtbot, settings, cache) -> Iterator[Callable[[], object]]:
+    """Opens main windows (1000 × 700, shown offscreen) when called; closes them all at the end.
+    For tests that must set something up (an environment variable, …) before the window starts."""
     from app.main_window import MainWindow
 
-    w = MainWindow(settings=settings, cache=cache)
-    qtbot.addWidget(w)
-    w.resize(1000, 700)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    w.close()
+    opened = []
+
+    def make() -> object:
+        w = MainWindow(settings=settings, cache=cache)
+        qtbot.addWidget(w)
+        w.resize(1000, 700)
+        w.show()
+        qtbot.waitExposed(w)
+        opened.append(w)
+        return w
+
+    yield make
+    for w in opened:
+        w.close()
+
+
+@pytest.fixture
+def window(make_window) -> object:
+    return make_window()
 
 
 @pytest.fixture

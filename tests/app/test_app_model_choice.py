@@ -40,21 +40,10 @@ def tiny_model(path: Path, mpp: float | None = 2.0) -> Path:
     return path
 
 
-def new_window(qtbot, settings, cache):
-    from app.main_window import MainWindow
-
-    w = MainWindow(settings=settings, cache=cache)
-    qtbot.addWidget(w)
-    w.resize(1000, 700)
-    w.show()
-    qtbot.waitExposed(w)
-    return w
-
-
-def test_the_default_model_is_active_when_installed(qtbot, settings, cache, tmp_path, monkeypatch):
+def test_the_default_model_is_active_when_installed(make_window, settings, tmp_path, monkeypatch):
     path = tiny_model(tmp_path / "cocopath-student-test.safetensors")
     monkeypatch.setenv("COCOPATH_DEFAULT_MODEL", str(path))
-    w = new_window(qtbot, settings, cache)
+    w = make_window()
     pa = w.predictions
     assert pa.spec is not None and Path(pa.spec.checkpoint) == path.resolve()
     assert "default model" in pa.panel.status.text() and pa.panel.fields["name"].text() == "test-flat-student"
@@ -62,24 +51,24 @@ def test_the_default_model_is_active_when_installed(qtbot, settings, cache, tmp_
     w.close()
     chosen = tiny_model(tmp_path / "mine.safetensors", mpp=1.0)
     settings.setValue("model/path", str(chosen))
-    w2 = new_window(qtbot, settings, cache)  # a model the user chose wins over the default
+    w2 = make_window()  # a model the user chose wins over the default
     assert Path(w2.predictions.spec.checkpoint) == chosen.resolve()
     assert "default" not in w2.predictions.panel.status.text()
     w2.close()
 
 
-def test_without_a_default_model_the_panel_says_so(qtbot, settings, cache, monkeypatch, tmp_path):
+def test_without_a_default_model_the_panel_says_so(make_window, monkeypatch, tmp_path):
     import engine.api
 
     monkeypatch.setattr(engine.api, "default_model_path", lambda: None, raising=False)
-    w = new_window(qtbot, settings, cache)
+    w = make_window()
     text = w.predictions.panel.status.text()
     assert w.predictions.spec is None and "No model loaded" in text and "not installed" in text
     w.close()
     broken = tmp_path / "cocopath-student-broken.safetensors"
     broken.write_bytes(b"not a checkpoint")
     monkeypatch.setattr(engine.api, "default_model_path", lambda: broken)
-    w = new_window(qtbot, settings, cache)
+    w = make_window()
     assert w.predictions.spec is None and "could not be read" in w.predictions.panel.status.text()
     w.close()
 
