@@ -7,37 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
-from engine.models.registry import register_model
-from engine.training.checkpoints import save_model
-
-
-class Flat(nn.Module):
-    """Tumour everywhere (constant logits), whatever the input."""
-
-    def __init__(self, classes: int = 2) -> None:
-        super().__init__()
-        self.logits = nn.Parameter(torch.tensor([0.0, 8.0]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        return self.logits.view(1, -1, 1, 1).expand(n, -1, h, w) + 0 * x[:, :1]
-
-
-@register_model("test-flat-student")
-def _flat(classes: int = 2) -> nn.Module:  # type: ignore[return-value]
-    return Flat(classes)
+from app_students import save_uniform
 
 
 def tiny_model(path: Path, mpp: float | None = 2.0) -> Path:
-    from engine.models import create_model
-
-    model = create_model("test-flat-student", classes=2)
-    save_model(path, model, {"model": model.config, "classes": ["background", "tumour"],
-                             "input": {"mpp": mpp, "tile": 256, "mean": [0, 0, 0], "std": [1, 1, 1]}})
-    return path
+    return save_uniform(path, mpp=mpp)
 
 
 def test_the_default_model_is_active_when_installed(make_window, settings, tmp_path, monkeypatch):
@@ -46,7 +21,7 @@ def test_the_default_model_is_active_when_installed(make_window, settings, tmp_p
     w = make_window()
     pa = w.predictions
     assert pa.spec is not None and Path(pa.spec.checkpoint) == path.resolve()
-    assert "default model" in pa.panel.status.text() and pa.panel.fields["name"].text() == "test-flat-student"
+    assert "default model" in pa.panel.status.text() and pa.panel.fields["name"].text() == "test-uniform"
     assert not settings.value("model/path")  # the default is found afresh next time, not pinned
     w.close()
     chosen = tiny_model(tmp_path / "mine.safetensors", mpp=1.0)

@@ -1,6 +1,6 @@
 """Predictions in the GUI: a hand-made model run from the model panel on CMU-1-Small-Region.
 
-The model (registered here, saved with ``save_model``, loaded by the app with ``load_model``) gives
+The model (``save_uniform`` in app_students.py, loaded by the app with ``load_model``) gives
 every pixel the same logits, tumour 8 against background 0: every tile of tissue is predicted
 tumour (probability 255/255) and tiles without tissue are never run, so they stay background. The
 overlay must show the tumour colour at the set opacity over tissue tiles and leave the others alone.
@@ -15,50 +15,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
-from torch import nn
 
 from app.state.viewport import Viewport
+from app_students import save_uniform
 from engine.inference.vectorize import measure
-from engine.models.registry import register_model
 from engine.slide import open_slide
 from engine.slide.tissue import detect_tissue
-from engine.training.checkpoints import save_model
 from qt_probe import grab_rgb, wait_drawn
 
 TUMOUR = (220, 30, 30)  # the first foreground colour of the engine's palette
 
 
-class Uniform(nn.Module):
-    """Constant logits per class (its only weights), whatever the input."""
-
-    def __init__(self, classes: int = 2) -> None:
-        super().__init__()
-        self.logits = nn.Parameter(torch.zeros(classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        return self.logits.view(1, -1, 1, 1).expand(n, -1, h, w) + 0 * x[:, :1]
-
-
-@register_model("test-uniform")
-def _uniform(classes: int = 2) -> nn.Module:  # type: ignore[return-value]
-    return Uniform(classes)
-
-
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.models import create_model
-
-    model = create_model("test-uniform", classes=2)
-    with torch.no_grad():
-        model.logits.copy_(torch.tensor([0.0, 8.0]))
-    path = tmp_path_factory.mktemp("model") / "uniform.safetensors"
-    save_model(path, model, {"model": model.config, "classes": ["background", "tumour"],
-                             "input": {"mpp": 2.0, "tile": 128, "mean": [0, 0, 0], "std": [1, 1, 1]}})
-    return path
+    return save_uniform(tmp_path_factory.mktemp("model") / "uniform.safetensors", tile=128)
 
 
 @pytest.fixture
