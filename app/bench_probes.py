@@ -59,9 +59,16 @@ def empty_paint_ms(app: object, n: int = 60) -> list[float]:
 
 
 def startup(path: Path, runs: int = 3) -> dict[str, object]:
-    """Start ``cocopath SLIDE`` in a subprocess until its first slide frame; bare interpreter baseline."""
-    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
-               XDG_CONFIG_HOME=tempfile.mkdtemp(prefix="cocopath-bench-config-"))
+    """Start ``cocopath SLIDE`` in a subprocess until its first slide frame; bare interpreter baseline.
+    The app runs with its settings and user data (recent files, the default project) in a
+    temporary folder: a benchmark never touches the user's."""
+    with tempfile.TemporaryDirectory(prefix="cocopath-bench-startup-") as tmp:
+        env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"),
+                   XDG_CONFIG_HOME=str(Path(tmp) / "config"), COCOPATH_DATA_DIR=str(Path(tmp) / "data"))
+        return _startup(path, runs, env)
+
+
+def _startup(path: Path, runs: int, env: dict[str, str]) -> dict[str, object]:
     walls, firsts, completes, torch_seen = [], [], [], False
     for _ in range(runs):
         t0 = time.perf_counter()

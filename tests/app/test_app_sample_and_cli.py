@@ -205,6 +205,8 @@ def test_viewer_benchmark_runs_and_writes_every_figure(tmp_path) -> None:
     v = data["viewport_to_final"]
     assert v["cold"]["n"] == v["steps"] * v["cold_passes"] and v["warm"]["n"] == v["steps"]
     assert data["startup"]["torch_imported"] is False
+    # the start-up probe's app kept its settings and data elsewhere: the user's are untouched
+    assert not (tmp_path / "data").exists() and not (tmp_path / "config").exists()
 
 
 def test_cli_screenshot_at_high_dpi(tmp_path, small_svs) -> None:
