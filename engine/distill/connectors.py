@@ -4,7 +4,10 @@
 - :class:`Paraphraser` — Factor Transfer's teacher-side auto-encoder: 3 conv3×3
   (C_t→C_t→C_s→C_s, stride 1, LeakyReLU 0.1) and 3 transposed convs back; its encoder output is
   the teacher's *factor*. Trained unsupervised to reconstruct the frozen teacher feature, then frozen.
-- :class:`Translator` — the student-side conv stack producing the student's factor.
+  No BatchNorm, as in the reference implementation (Kim et al. 2018): a frozen factor must not
+  depend on batch statistics.
+- :class:`Translator` — the student-side conv stack producing the student's factor (no BatchNorm
+  either).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class Adapter(nn.Module):
 
 def _conv(cin: int, cout: int, transpose: bool = False) -> nn.Module:
     layer = nn.ConvTranspose2d if transpose else nn.Conv2d
-    return nn.Sequential(layer(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1))
+    return nn.Sequential(layer(cin, cout, 3, 1, 1), nn.LeakyReLU(0.1))
 
 
 class Paraphraser(nn.Module):

@@ -5,9 +5,13 @@ mapped argument is a parameter of the loss function, every required one is mappe
 names a real feature / connector — and then runs one tiny dry forward pass so shape mismatches are
 reported at build time with the loss's name, not in the middle of training.
 
-``forward(images, target)`` returns a dict of terms: each loss's ``loss*`` entries multiplied by its
+``forward(images, target, teacher=None)`` returns a dict of terms: each loss's ``loss*`` entries multiplied by its
 weight, its other entries as they are (logged only), and ``total`` = the sum of the ``loss*``
 entries. ``after_step()`` runs the critic's WGAN-GP update when the method is adversarial.
+
+``teacher`` may carry the frozen teacher's stored outputs for the batch (a crop bank: feature name
+→ tensor), and the teacher is then not run at all; nor is it run for a method that reads nothing
+from it (the plain student).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class Distiller(nn.Module):
         self._critic_opt: torch.optim.Optimizer | None = None
         self._last_logits: tuple[Tensor, Tensor] | None = None
         self._build()
+        self.teacher_sources = self._teacher_sources()
         self._dry_run()
 
     # ----------------------------------------------------------------- building
@@ -107,6 +112,15 @@ class Distiller(nn.Module):
                     self._make_critic()
             self._losses.append((spec.loss, fn, spec.weight, dict(spec.inputs), dict(spec.params)))
 
+    def _teacher_sources(self) -> frozenset[str]:
+        """The teacher features this method reads (directly or through a connector)."""
+        inputs = [src for spec in self.config.losses for src in spec.inputs.values()]
+        inputs += [spec.input for spec in self.config.connectors]
+        names = {src.partition(".")[2] for src in inputs if src.startswith("teacher.")}
+        if self.critic is not None:
+            names.add("logits")  # the critic tells teacher from student maps
+        return frozenset(names)
+
     def _make_critic(self) -> None:
         c = self.config.critic
         widths = tuple(c.get("widths", (64, 128, 256, 512)))
@@ -158,7 +172,8 @@ class Distiller(nn.Module):
         return [n for n, _ in self.named_parameters() if n.startswith("critic.")] + [
             n for n, _ in self.named_buffers() if n.startswith("critic.")]
 
-    def _resolve(self, source: str, target: Tensor, logits: dict[str, Tensor]) -> object:
+    def _resolve(self, source: str, target: Tensor, logits: dict[str, Tensor],
+                 teacher: dict[str, Tensor] | None = None) -> object:
         if source == "target":
             return target
         if source == "critic":
@@ -166,23 +181,39 @@ class Distiller(nn.Module):
         kind, _, name = source.partition(".")
         if kind == "connector":
             spec = next(s for s in self.config.connectors if s.name == name)
-            x = self._resolve(spec.input, target, logits)
+            x = self._resolve(spec.input, target, logits, teacher)
             conn = self.connectors[name]
             return conn.encode(x) if isinstance(conn, Paraphraser) else conn(x)
         if name == "logits":
             return logits[kind]
+        if kind == "teacher" and teacher is not None:
+            return teacher[name]
         return (self._rec_s if kind == "student" else self._rec_t)[name]
 
-    def forward(self, images: Tensor, target: Tensor) -> dict[str, Tensor]:
+    def _teacher_outputs(self, images: Tensor, stored: dict[str, Tensor] | None) -> dict[str, Tensor] | None:
+        """The teacher's features for the batch: stored ones (checked), a live pass, or none needed."""
+        if not self.teacher_sources:
+            return None
+        if stored is not None:
+            missing = self.teacher_sources - set(stored)
+            if missing:
+                raise DistillConfigError(f"{self.config.method}: the crop bank lacks teacher "
+                                         f"feature(s) {', '.join(sorted(missing))}")
+            return {k: v.detach() for k, v in stored.items()}
         with torch.no_grad():
             t_logits = self.teacher(images)
+        return {**{n: self._rec_t[n] for n in self.teacher_sources if n != "logits"}, "logits": t_logits}
+
+    def forward(self, images: Tensor, target: Tensor, teacher: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        t_out = self._teacher_outputs(images, teacher)
         s_logits = self.student(images)
+        t_logits = t_out["logits"] if t_out is not None and "logits" in t_out else None
         logits = {"student": s_logits, "teacher": t_logits}
-        self._last_logits = (s_logits.detach(), t_logits.detach())
+        self._last_logits = (s_logits.detach(), t_logits.detach()) if t_logits is not None else None
         terms: dict[str, Tensor] = {}
         total = s_logits.new_zeros((), dtype=torch.float32)
         for name, fn, weight, inputs, params in self._losses:
-            args = {arg: self._resolve(src, target, logits) for arg, src in inputs.items()}
+            args = {arg: self._resolve(src, target, logits, t_out) for arg, src in inputs.items()}
             try:
                 out = fn(**args, **params)
             except (ValueError, RuntimeError) as exc:
@@ -214,12 +245,24 @@ class Distiller(nn.Module):
         self._critic_opt.step()
         return {k: float(v.detach()) for k, v in out.items()}
 
-    def prepare(self, images: Iterable[Tensor], cancel: CancelToken | None = None,
+    @staticmethod
+    def _freeze(connectors: Iterable[nn.Module]) -> None:
+        for c in connectors:
+            c.eval()
+            for p in c.parameters():
+                p.requires_grad_(False)
+
+    def prepare(self, images: Iterable[Tensor | tuple[Tensor, dict[str, Tensor]]], cancel: CancelToken | None = None,
                 progress: Callable[[Progress], None] | None = None) -> dict[str, float]:
         """Pre-train the paraphrasers (unsupervised reconstruction of frozen teacher features), then freeze them."""
         paras = {n: c for n, c in self.connectors.items() if isinstance(c, Paraphraser)}
         steps = self.config.paraphraser_steps
-        if not paras or steps <= 0:
+        if not paras:
+            return {}
+        if steps <= 0:  # never a trainable random target: the factor stays a fixed random projection
+            log.warning("%s: paraphraser not pre-trained (0 steps): its factor is a fixed random projection",
+                        self.config.method)
+            self._freeze(paras.values())
             return {}
         params = [p for c in paras.values() for p in c.parameters()]
         opt = torch.optim.Adam(params, lr=self.config.paraphraser_lr)
@@ -230,10 +273,14 @@ class Distiller(nn.Module):
             if cancel is not None and cancel.cancelled:
                 break
             x = next(it)
-            with torch.no_grad():
-                self.teacher(x)
-            loss = sum(paraphraser_reconstruction_loss(c(self._rec_t[inputs[n].partition(".")[2]]),
-                                                       self._rec_t[inputs[n].partition(".")[2]])["loss_paraphrase"]
+            if isinstance(x, tuple):  # a crop bank: the teacher's features are stored
+                feats = x[1]
+            else:
+                with torch.no_grad():
+                    self.teacher(x)
+                feats = self._rec_t.outputs()
+            loss = sum(paraphraser_reconstruction_loss(c(feats[inputs[n].partition(".")[2]]),
+                                                       feats[inputs[n].partition(".")[2]])["loss_paraphrase"]
                        for n, c in paras.items())
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
@@ -241,10 +288,7 @@ class Distiller(nn.Module):
             losses.append(float(loss.detach()))  # type: ignore[union-attr]
             if progress is not None:
                 progress(Progress("paraphraser", step + 1, steps, {"loss_paraphrase": losses[-1]}))
-        for c in paras.values():
-            c.eval()
-            for p in c.parameters():
-                p.requires_grad_(False)
+        self._freeze(paras.values())
         k = max(1, len(losses) // 5)  # batches differ: compare the means of the first and last fifth
         first = sum(losses[:k]) / k if losses else float("nan")
         last = sum(losses[-k:]) / k if losses else float("nan")

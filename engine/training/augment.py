@@ -1,5 +1,9 @@
-"""Augmentation for H&E tiles: flips, 90° rotations, scale, brightness/contrast/saturation and HED
-stain jitter (Tellez et al. 2018: perturb haematoxylin / eosin / DAB optical densities).
+"""Augmentation for H&E tiles: flips, 90° rotations, scale, brightness/contrast/saturation, HED
+stain jitter (Tellez et al. 2018: perturb haematoxylin / eosin / DAB optical densities), and what a
+scanner adds: focus blur and JPEG compression artefacts.
+
+:data:`SCANNER` is the training recipe of the shipped models: scale 0.5–2× (a slide whose µm/px is
+half or twice the model card's is still read correctly), stronger stain jitter, blur and JPEG.
 
 Randomness comes from a ``numpy.random.Generator`` the caller seeds per sample, so the same
 (seed, epoch, index) gives the same augmented sample on any worker or process.
@@ -27,6 +31,36 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     saturation: float = 0.1
+    blur: float = 0.0  # probability of a Gaussian blur (sigma 0.3–1.5 px: slightly out of focus)
+    jpeg: float = 0.0  # probability of a JPEG round trip at quality 30–90
+
+
+#: What a real scanner throws at the model (the shipped teacher and student are trained with it).
+SCANNER = AugmentConfig(crop=128, scale=(0.5, 2.0), hed_sigma=0.08, brightness=0.15, contrast=0.15,
+                        saturation=0.2, blur=0.3, jpeg=0.3)
+
+
+def scanner_artefacts(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Focus blur and JPEG compression, each with the configured probability."""
+    import io
+
+    from PIL import ImageFilter
+
+    if not (cfg.blur or cfg.jpeg):
+        return rgb
+    blur, jpeg = rng.random() < cfg.blur, rng.random() < cfg.jpeg
+    sigma, quality = float(rng.uniform(0.3, 1.5)), int(rng.integers(30, 91))
+    if not (blur or jpeg):
+        return rgb
+    im = Image.fromarray(np.ascontiguousarray(rgb))
+    if blur:
+        im = im.filter(ImageFilter.GaussianBlur(sigma))
+    if jpeg:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality)
+        buf.seek(0)
+        im = Image.open(buf).convert("RGB")
+    return np.asarray(im)
 
 
 def hed_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
@@ -84,4 +118,5 @@ def augment(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: Au
     if cfg.hed_sigma:
         img = hed_jitter(img, rng, cfg.hed_sigma)
     img = colour_jitter(img, rng, cfg)
+    img = scanner_artefacts(img, rng, cfg)
     return np.array(img, dtype=np.uint8, order="C"), np.array(mask, dtype=np.uint8, order="C")

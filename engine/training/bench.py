@@ -32,41 +32,54 @@ from typing import Any
 
 import torch
 
-from engine.training.runs import DataSpec, distill_student, images_per_second, load_data, train_teacher
+from engine.training.augment import SCANNER, AugmentConfig
+from engine.training.runs import Data, DataSpec, distill_student, images_per_second, load_data, train_teacher
 from engine.training.evaluate import evaluate
 from engine.training.trainer import ProgressFn, TrainConfig
 
 log = logging.getLogger(__name__)
 
 #: The settings a teacher depends on: a resumed run with other student settings reuses the teacher.
-TEACHER_KEYS = ("size", "crop", "teacher", "teacher_steps", "batch_size", "lr")
+TEACHER_KEYS = ("data", "augment", "size", "crop", "teacher", "teacher_steps", "batch_size", "lr")
+#: … and the crop bank of its outputs (the students' training data when ``bank`` > 0).
+BANK_KEYS = (*TEACHER_KEYS, "bank")
 METHODS = ("student", "kd", "skd", "cwd", "ft", "coco", "coco-gram", "coco-adv", "coco-full")
 REGEX = r"^(.*?)-\d+-400-\d+$"
+_DEFAULTS: dict[str, Any] = {"data": "ebhi", "augment": "default", "bank": 0, "teacher_threads": None,
+                             "student_threads": None}
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
-    "quick": {"size": 64, "crop": 64, "teacher": "unet-resnet34", "teacher_steps": 40, "student": "mobile-unet",
-              "student_steps": 20, "batch_size": 4, "lr": 2e-3, "seeds": 1, "paraphraser_steps": 10,
-              "speed_size": 224, "speed_rounds": 7},
-    "cpu": {"size": None, "crop": 224, "teacher": "unet-resnet50", "teacher_steps": 3000,
-            "student": "mobile-unet", "student_steps": 1000, "batch_size": 8, "lr": 1e-3, "seeds": 1,
-            "paraphraser_steps": 200, "speed_size": 224, "speed_rounds": 15},
-    "session": {"size": None, "crop": 128, "teacher": "unet-resnet50", "teacher_steps": 1200,
+    "quick": {**_DEFAULTS, "size": 64, "crop": 64, "teacher": "unet-resnet34", "teacher_steps": 40,
+              "student": "mobile-unet", "student_steps": 20, "batch_size": 4, "lr": 2e-3, "seeds": 1,
+              "paraphraser_steps": 10, "speed_size": 224, "speed_rounds": 7},
+    "cpu": {**_DEFAULTS, "data": "mixture", "augment": "scanner", "size": None, "crop": 128,
+            "teacher": "unet-resnet34", "teacher_steps": 3000, "student": "mobile-unet", "student_steps": 600,
+            "batch_size": 8, "lr": 1e-3, "seeds": 3, "paraphraser_steps": 200, "bank": 3200,
+            "teacher_threads": 2, "student_threads": 1, "speed_size": 224, "speed_rounds": 15},
+    "session": {**_DEFAULTS, "size": None, "crop": 128, "teacher": "unet-resnet50", "teacher_steps": 1200,
                 "student": "mobile-unet", "student_steps": 300, "batch_size": 8, "lr": 1e-3, "seeds": 1,
                 "paraphraser_steps": 100, "speed_size": 224, "speed_rounds": 15},
-    "full": {"size": None, "crop": 224, "teacher": "unet-resnet50", "teacher_steps": 8000,
-             "student": "mobile-unet", "student_steps": 4000, "batch_size": 8, "lr": 1e-3, "seeds": 3,
-             "paraphraser_steps": 500, "speed_size": 224, "speed_rounds": 15},
+    "full": {**_DEFAULTS, "data": "mixture", "augment": "scanner", "size": None, "crop": 224,
+             "teacher": "unet-resnet34", "teacher_steps": 8000, "student": "mobile-unet", "student_steps": 4000,
+             "batch_size": 16, "lr": 1e-3, "seeds": 5, "paraphraser_steps": 500, "bank": 0,
+             "speed_size": 224, "speed_rounds": 15},
 }
 NOTES = {
     "quick": ("QUICK smoke protocol: 64x64 images (tiles downscaled from 224), a few dozen training steps, one "
               "seed, on CPU. It exercises the whole harness in minutes on 2 CPU cores; the networks are far from "
               "trained, differences between methods are within noise and say nothing about the paper's claims."),
-    "cpu": "CPU protocol: native 224x224 tiles, shortened schedule (see settings), one seed.",
+    "cpu": ("CPU protocol (2 cores): the mixture of tumour and non-tumour tiles (adenocarcinoma and lymph-node "
+            "metastasis; normal, low- and high-grade intraepithelial neoplasia and polyp tiles as negatives), "
+            "split by case, balanced, with scanner augmentation (scale 0.5-2x, stain, blur, JPEG); ResNet-34 "
+            "U-Net teacher on 128x128 crops on 2 threads; then the teacher's outputs and features are computed "
+            "once on a fixed bank of augmented crops and every student method trains on that bank (student "
+            "forward and backward only) on 1 thread, several seeds, paired by seed."),
     "session": ("SESSION protocol (CPU, one working session of ~2 h on 2 cores): native-resolution tiles, trained on "
                 "random 128x128 crops and evaluated on the whole 224x224 test tiles; ResNet-50 U-Net teacher 1200 "
                 "steps, every student method 300 steps, one seed. Far shorter than the paper's schedule: the "
                 "networks are not converged, so the ranking of close methods is within noise."),
-    "full": "FULL protocol: native 224x224 tiles, schedule and seeds as in 'settings' (run on a GPU).",
+    "full": ("FULL protocol (a GPU): the cpu protocol's data and augmentation at native 224x224 crops, the "
+             "teacher live (no bank), 8000 teacher steps, 4000 per student, 5 seeds."),
 }
 
 
@@ -95,22 +108,128 @@ def _mean_sd(xs: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
 
+def _tag(proto: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """A short hash of the settings ``keys``: names the resumable states made with them."""
+    import hashlib
+    import json
+
+    blob = json.dumps({k: proto.get(k) for k in keys}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def paired_test(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str = "test_miou") -> dict[str, Any] | None:
+    """Paired comparison with the plain student over the seeds both have (same seed: same student
+    initialisation and batches): mean and sd of the differences, paired t statistic and two-sided p."""
+    by_seed = {r["seed"]: r[key] for r in base}
+    diffs = [r[key] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed]
+    if len(diffs) < 2:
+        return None
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    out: dict[str, Any] = {"pairs": len(diffs), "diff_mean": mean, "diff_sd": sd, "t": None, "p": None}
+    if sd > 0:
+        from scipy import stats
+
+        t = mean / (sd / len(diffs) ** 0.5)
+        out["t"], out["p"] = t, float(2 * stats.t.sf(abs(t), len(diffs) - 1))
+    return out
+
+
+def _threads(n: int | None):  # noqa: ANN202 - a context manager
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():  # noqa: ANN202
+        old = torch.get_num_threads()
+        if n:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    return ctx()
+
+
+def _data_spec(proto: dict[str, Any], data_dir: str | None, work: Path) -> DataSpec:
+    from engine.shared_data import data_path
+    from engine.training import mixture
+
+    if proto["data"] == "mixture":
+        root = Path(data_dir) if data_dir else data_path("seg")
+        folders = tuple(str(root / f) for f in mixture.FOLDERS if (root / f).is_dir())
+        negatives = tuple(Path(f).name for f in folders if Path(f).name in mixture.NEGATIVES)
+        if not negatives or len(negatives) == len(folders):
+            raise ValueError(f"{root}: the mixture needs folders with and without tumour ({', '.join(mixture.FOLDERS)})")
+        return DataSpec(folders, mixture.REGEX, str(work / "split.json"), 0, proto["size"], proto["crop"],
+                        negatives=negatives, balance=True)
+    folder = data_dir or str(data_path("seg", "ebhi-adenocarcinoma"))
+    return DataSpec((folder,), REGEX, str(work / "split.json"), 0, proto["size"], proto["crop"])
+
+
+def _augment(proto: dict[str, Any]) -> AugmentConfig:
+    from dataclasses import replace
+
+    return replace(SCANNER, crop=proto["crop"]) if proto["augment"] == "scanner" else AugmentConfig(crop=proto["crop"])
+
+
+def _scores(model: torch.nn.Module, data: Data, part: str) -> dict[str, Any]:
+    """mIoU / Dice over the split part, and per source folder where the data is a mixture."""
+    from engine.training.mixture import evaluate_by_source
+
+    ds = data.part(part)
+    if len(data.spec.folders) > 1:
+        return evaluate_by_source(model, ds, list(data.spec.classes))
+    res = evaluate(model, ds, list(data.spec.classes))
+    return {"miou": res["miou"], "dice": res["dice"]}
+
+
+def prepare_teacher(
+    proto: dict[str, Any], data: Data, work: Path, device: str = "auto", progress: ProgressFn | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained teacher and its record: read back from ``work`` or trained there (resumably)."""
+    from engine.training.checkpoints import load_model
+
+    settings = {k: proto[k] for k in TEACHER_KEYS}
+    teacher_run = _read_run(work / "teacher-run.json", settings)
+    if teacher_run is not None and (work / "teacher.safetensors").exists():
+        teacher, _ = load_model(work / "teacher.safetensors")
+        log.info("teacher read back from %s", work / "teacher.safetensors")
+        return teacher.cpu(), teacher_run
+    cfg_t = TrainConfig(steps=proto["teacher_steps"], batch_size=proto["batch_size"], lr=proto["lr"], seed=0,
+                        device=device, state_every=100)
+    t0 = time.perf_counter()
+    with _threads(proto["teacher_threads"]):
+        teacher, res_t, _ = train_teacher(data, proto["teacher"], cfg_t, work / "teacher.safetensors",
+                                          progress=progress, resume=True,
+                                          state_path=work / f"teacher-{_tag(proto, TEACHER_KEYS)}.state.safetensors")
+        teacher_test = _scores(teacher, data, "test")
+        teacher_val = _scores(teacher, data, "val")
+    teacher_run = {"test_miou": teacher_test["miou"], "test_dice": teacher_test["dice"],
+                   "val_miou": res_t.metrics.get("val_miou"), "train_seconds": time.perf_counter() - t0,
+                   "test": teacher_test, "val": teacher_val}
+    _write_run(work / "teacher-run.json", settings, teacher_run)
+    return teacher.cpu(), teacher_run
+
+
 def run_benchmark(
     protocol: str = "quick", data_dir: str | None = None, seeds: int | None = None, device: str = "auto",
     methods: list[str] | None = None, progress: ProgressFn | None = None, workdir: Path | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None, teacher_only: bool = False,
 ) -> dict[str, Any]:
     """Run the ablation and return the report (JSON-ready); ``overrides`` replace protocol settings.
 
-    Checkpoints, the split and each finished run go to ``workdir`` (a temporary folder, removed
-    afterwards, by default). A kept ``workdir`` makes the run resumable: a teacher or a method/seed
-    already finished there with the same settings is read back instead of trained again.
+    Checkpoints, the split, the crop bank and each finished run go to ``workdir`` (a temporary
+    folder, removed afterwards, by default). A kept ``workdir`` makes the run resumable: a teacher,
+    bank or method/seed finished there with the same settings is read back instead of made again,
+    and an unfinished teacher or student continues from its last saved state (every 100 steps).
+    ``teacher_only`` stops after the teacher and the bank (to run the methods in parallel processes).
     """
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="cocopath-distill-bench-") as tmp:
-            return run_benchmark(protocol, data_dir, seeds, device, methods, progress, Path(tmp), overrides)
+            return run_benchmark(protocol, data_dir, seeds, device, methods, progress, Path(tmp), overrides,
+                                 teacher_only)
+    from engine.distill.bank import load_or_build_bank
     from engine.models import count_flops, count_params, create_model
-    from engine.shared_data import data_path
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
@@ -122,46 +241,38 @@ def run_benchmark(
     proto.update(overrides or {})
     if seeds:
         proto["seeds"] = seeds
-    methods = list(methods or METHODS)
-    folder = data_dir or str(data_path("seg", "ebhi-adenocarcinoma"))
+    methods = list(methods if methods is not None else METHODS)
     work = Path(workdir)
     t_start = time.perf_counter()
-    spec = DataSpec((folder,), REGEX, str(work / "split.json"), 0, proto["size"], proto["crop"])
-    data = load_data(spec, seed=0)
-    cfg_t = TrainConfig(steps=proto["teacher_steps"], batch_size=proto["batch_size"], lr=proto["lr"], seed=0,
-                        device=device)
-    teacher_settings = {k: proto[k] for k in TEACHER_KEYS}
-    teacher_run = _read_run(work / "teacher-run.json", teacher_settings)
-    if teacher_run is not None and (work / "teacher.safetensors").exists():
-        from engine.training.checkpoints import load_model
-
-        teacher, _ = load_model(work / "teacher.safetensors")
-        log.info("teacher read back from %s", work / "teacher.safetensors")
-    else:
-        t0 = time.perf_counter()
-        teacher, res_t, _ = train_teacher(data, proto["teacher"], cfg_t, work / "teacher.safetensors",
-                                          progress=progress)
-        teacher_test = evaluate(teacher, data.test, list(spec.classes))
-        teacher_run = {"test_miou": teacher_test["miou"], "test_dice": teacher_test["dice"],
-                       "val_miou": res_t.metrics.get("val_miou"), "train_seconds": time.perf_counter() - t0}
-        _write_run(work / "teacher-run.json", teacher_settings, teacher_run)
-    teacher.cpu()
+    spec = _data_spec(proto, data_dir, work)
+    data = load_data(spec, seed=0, augment=_augment(proto))
+    teacher, teacher_run = prepare_teacher(proto, data, work, device, progress)
+    bank = None
+    if proto["bank"]:
+        with _threads(proto["teacher_threads"]):
+            bank = load_or_build_bank(work / f"bank-{_tag(proto, BANK_KEYS)}.safetensors", data.train, teacher,
+                                      proto["bank"], progress=progress)
     runs: dict[str, list[dict[str, Any]]] = {}
-    for method in methods:
+    for method in [] if teacher_only else methods:
         for seed in range(proto["seeds"]):
             run_file = work / "runs" / f"{method}-s{seed}.json"
             run = _read_run(run_file, proto)
             if run is None:
                 cfg_s = TrainConfig(steps=proto["student_steps"], batch_size=proto["batch_size"], lr=proto["lr"],
-                                    seed=seed, device=device)
+                                    seed=seed, device=device, state_every=100)
                 t0 = time.perf_counter()
-                student, res, meta = distill_student(
-                    data, teacher, method, proto["student"], cfg_s, work / f"student-{method}-s{seed}.safetensors",
-                    paraphraser_steps=proto["paraphraser_steps"], progress=progress)
-                test = evaluate(student, data.test, list(spec.classes))
+                state = work / f"student-{method}-s{seed}-{_tag(proto, tuple(sorted(proto)))}.state.safetensors"
+                with _threads(proto["student_threads"]):
+                    student, res, meta = distill_student(
+                        data, teacher, method, proto["student"], cfg_s,
+                        work / f"student-{method}-s{seed}.safetensors", paraphraser_steps=proto["paraphraser_steps"],
+                        progress=progress, bank=bank, state_path=state, resume=True)
+                    test = _scores(student, data, "test")
+                    val = _scores(student, data, "val") if len(spec.folders) > 1 else meta["metrics"]["val"]
                 run = {"seed": seed, "test_miou": test["miou"], "test_dice": test["dice"],
                        "val_miou": meta["metrics"]["val"]["miou"], "final_loss": res.metrics.get("final_loss"),
-                       "seconds": time.perf_counter() - t0}
+                       "seconds": time.perf_counter() - t0, "test": test,
+                       "val": {k: v for k, v in val.items() if k != "per_class"}}
                 _write_run(run_file, proto, run)
                 teacher.cpu()
             runs.setdefault(method, []).append(run)
@@ -172,9 +283,13 @@ def run_benchmark(
     for method, rs in runs.items():
         m, sd = _mean_sd([r["test_miou"] for r in rs])
         d, dsd = _mean_sd([r["test_dice"] for r in rs])
+        v, vsd = _mean_sd([r["val_miou"] for r in rs])
         gap = (m - base) / (t_miou - base) if base is not None and abs(t_miou - base) > 1e-9 else None
         table[method] = {"test_miou_mean": m, "test_miou_sd": sd, "test_dice_mean": d, "test_dice_sd": dsd,
-                         "share_of_teacher_miou": m / t_miou if t_miou else None, "gap_closed": gap, "runs": rs}
+                         "val_miou_mean": v, "val_miou_sd": vsd,
+                         "share_of_teacher_miou": m / t_miou if t_miou else None, "gap_closed": gap,
+                         "vs_student": (paired_test(rs, runs["student"]) if "student" in runs and method != "student"
+                                        else None), "runs": rs}
     student_model = create_model(proto["student"])
     teacher_model = create_model(proto["teacher"])
     eff = {"teacher": {"model": proto["teacher"], "params": count_params(teacher_model),
@@ -198,6 +313,7 @@ def run_benchmark(
         ref["student_flops_ratio"] = eff["student"]["flops_256"] / ref["flops_256"]
         ref["student_cpu_speedup"] = eff["student"]["cpu_images_per_s"] / ref["cpu_images_per_s"]
     best = max(table, key=lambda k: table[k]["test_miou_mean"]) if table else None
+    best_val = max(table, key=lambda k: table[k]["val_miou_mean"]) if table else None
     full = table.get("coco-full", {})
     return {
         "benchmark": "distill",
@@ -205,7 +321,8 @@ def run_benchmark(
         "protocol_note": NOTES[name],
         "command": "cocopath-engine bench distill " + ("--quick" if name == "quick" else f"--protocol {name}"),
         "settings": proto,
-        "data": {"folder": Path(folder).name, "group_regex": REGEX, "split_seed": 0,
+        "data": {"folder": ", ".join(Path(f).name for f in spec.folders), "group_regex": spec.group_regex,
+                 "negatives": list(spec.negatives), "balanced": spec.balance, "split_seed": 0,
                  "train_images": len(data.train), "val_images": len(data.val), "test_images": len(data.test),
                  "train_cases": len(data.split["train_cases"]), "val_cases": len(data.split["val_cases"]),
                  "test_cases": len(data.split["test_cases"])},
@@ -222,6 +339,7 @@ def run_benchmark(
             "student_cpu_speedup_ge_5x": eff["cpu_speedup"] >= 5.0,
         },
         "best_method": best,
+        "best_method_by_validation": best_val,
         "seconds": time.perf_counter() - t_start,
     }
 

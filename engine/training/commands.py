@@ -27,11 +27,18 @@ def _common_data(p: argparse.ArgumentParser, regex_required: bool) -> None:
     p.add_argument("--group-regex", required=regex_required, default=None,
                    help="regex on file stems whose first group is the case id (split by case; "
                         "default: the one in the model's config)")
-    p.add_argument("--split-file", default=None, help="split JSON (made if missing, reused if present)")
+    p.add_argument("--split-file", default=None,
+                   help="split JSON (training: made if missing, reused if present; evaluate: read, and by "
+                        "default the model card's case lists)")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None, help="resize so the short side is SIZE (default native)")
     p.add_argument("--mask-mode", choices=("binary", "index"), default="binary")
     p.add_argument("--classes", default="background,tumour", help="comma-separated class names")
+    p.add_argument("--negative", action="append", default=[], metavar="NAME",
+                   help="a --data folder (by name) whose images hold no tumour: masks taken as all background "
+                        "(repeatable)")
+    p.add_argument("--balance", action="store_true",
+                   help="oversample training images so tiles with and without tumour are as many")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
@@ -76,7 +83,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     b = bench.add_parser("distill", help="ablation of distillation methods on ebhi-adenocarcinoma")
     b.add_argument("--quick", action="store_true", help="same as --protocol quick: tiny images, few steps (minutes)")
     b.add_argument("--protocol", choices=("quick", "session", "cpu", "full"), default="full",
-                   help="quick (minutes), session (~2 h on 2 cores), cpu (~6 h on 2 cores), full (3 seeds; GPU)")
+                   help="quick (minutes), session (~2 h on 2 cores), cpu (tumour + negatives, crop bank, "
+                        "3 seeds; ~4 h on 2 cores), full (5 seeds; GPU)")
     b.add_argument("--workdir", default=None,
                    help="keep checkpoints and finished runs here; a rerun with the same settings resumes")
     b.add_argument("--ship", default=None, metavar="DIR",
@@ -85,11 +93,15 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     b.add_argument("--ship-method", default=None, metavar="METHOD",
                    help="with --ship: ship this method's student instead of the best by validation")
     b.add_argument("--out", default=None, help="write the JSON here (a .md table is written beside it)")
-    b.add_argument("--data", default=None, help="dataset folder (default: shared ebhi-adenocarcinoma)")
+    b.add_argument("--data", default=None, help="dataset folder (default: shared ebhi-adenocarcinoma), or for "
+                                                  "the mixture protocols the folder holding its folders "
+                                                  "(default: shared seg/)")
     b.add_argument("--methods", default=None, help="comma-separated subset of methods")
     b.add_argument("--seeds", type=int, default=None, help="seeds per method (default 1 quick, 3 full)")
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--device", default="auto")
+    b.add_argument("--teacher-only", action="store_true",
+                   help="stop after the teacher and the crop bank (then run --methods subsets in parallel)")
     b.set_defaults(func=cmd_bench_distill)
 
 
@@ -122,8 +134,11 @@ def _spec(args: argparse.Namespace, split_file: str, size: int | None, crop: int
     from engine.training.runs import DataSpec, check_regex
 
     regex = args.group_regex or (meta or {}).get("data", {}).get("group_regex") or DEFAULT_REGEX
+    negatives = tuple(args.negative) or tuple((meta or {}).get("data", {}).get("negatives") or ())
+    names = {Path(d).name for d in args.data}
     return DataSpec(tuple(str(Path(d)) for d in args.data), check_regex(regex), split_file,
-                    args.split_seed, size, crop, args.mask_mode, tuple(c.strip() for c in args.classes.split(",")))
+                    args.split_seed, size, crop, args.mask_mode, tuple(c.strip() for c in args.classes.split(",")),
+                    negatives=tuple(n for n in negatives if n in names or args.negative), balance=args.balance)
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], line: str) -> int:
@@ -175,11 +190,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     out = _out_path(args.out)
     teacher, tmeta = load_model(args.teacher)
-    split = args.split_file or tmeta.get("data", {}).get("split_file")
-    if not split:
-        raise CocoPathError("no split: pass --split-file (the teacher's config names none)")
     size = args.size if args.size is not None else tmeta.get("input", {}).get("short_side")
-    data = load_data(_spec(args, split, size, args.crop, tmeta), seed=args.seed)
+    if args.split_file:
+        data = load_data(_spec(args, args.split_file, size, args.crop, tmeta), seed=args.seed)
+    else:  # the teacher's own split, from the case lists in its card
+        from engine.training.datasets import find_pairs, split_from_cases
+
+        spec = _spec(args, "", size, args.crop, tmeta)
+        pairs = find_pairs(spec.folders, qualified=len(spec.folders) > 1)
+        data = load_data(spec, seed=args.seed,
+                         split=split_from_cases([p.key for p in pairs], spec.group_regex, tmeta.get("data") or {}))
     student, res, meta = distill_student(
         data, teacher, args.method, args.student, _config(args), out,
         paraphraser_steps=args.paraphraser_steps, progress=_progress_printer(sys.stderr.isatty()),
@@ -192,20 +212,22 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.training.checkpoints import load_model
     from engine.training.evaluate import evaluate
-    from engine.training.runs import load_data
+    from engine.training.runs import data_from_card, load_data
 
     model, meta = load_model(args.model)
-    split = args.split_file or meta.get("data", {}).get("split_file")
-    if args.split != "all" and not (split and Path(split).is_file()):
-        raise CocoPathError(f"no split file for --split {args.split}: pass --split-file or --split all")
     size = args.size if args.size is not None else meta.get("input", {}).get("short_side")
     if args.split == "all":
         from engine.training.datasets import find_pairs
         from engine.training.loader import SegDataset
 
         dataset = SegDataset(find_pairs(args.data), size, args.mask_mode)
-    else:
-        dataset = load_data(_spec(args, split, size, None, meta)).part(args.split)
+    elif args.split_file:
+        if not Path(args.split_file).is_file():
+            raise CocoPathError(f"--split-file {args.split_file}: no such file (evaluate reads a split, it never "
+                                "draws one; leave it out to use the model card's case lists)")
+        dataset = load_data(_spec(args, args.split_file, size, None, meta)).part(args.split)
+    else:  # the split the card's case lists describe, over the folders given
+        dataset = data_from_card(meta, folders=args.data).part(args.split)
     classes = meta.get("classes") or [c.strip() for c in args.classes.split(",")]
     res = evaluate(model, dataset, classes, device=args.device)
     payload = {"model": str(args.model), "split": args.split, **res}
@@ -221,12 +243,13 @@ def cmd_bench_distill(args: argparse.Namespace) -> int:
         raise CocoPathError("--ship needs --workdir: the student to ship is read from there")
     report = run_benchmark(protocol="quick" if args.quick else args.protocol, data_dir=args.data, seeds=args.seeds, device=args.device,
                            methods=args.methods.split(",") if args.methods else None,
-                           progress=_progress_printer(True), workdir=Path(args.workdir) if args.workdir else None)
+                           progress=_progress_printer(True), workdir=Path(args.workdir) if args.workdir else None,
+                           teacher_only=args.teacher_only)
     md = write_outputs(report, Path(args.out) if args.out else None)
     if args.ship:
         from engine.training.ship import ship_student
 
-        shipped = ship_student(report, Path(args.workdir), Path(args.ship), args.ship_method)
+        shipped = ship_student(report, Path(args.workdir), Path(args.ship), args.ship_method, args.data)
         print(f"shipped {shipped['student']} (method {shipped['method']})", file=sys.stderr)
     print(json.dumps(report, indent=1) if not args.out else md)
     return 0

@@ -37,12 +37,26 @@ class Pair:
     image: Path
     mask: Path
     source: str  # the data folder it came from
+    qualified: bool = False  # several folders: the key is "<folder name>/<stem>"
+
+    @property
+    def key(self) -> str:
+        """The name this pair has in a split file (unique across the folders it was found in)."""
+        return f"{Path(self.source).name}/{self.stem}" if self.qualified else self.stem
 
 
-def find_pairs(folders: Sequence[Path | str]) -> list[Pair]:
-    """All (image, mask) pairs with matching stems in ``<folder>/images`` and ``<folder>/masks``."""
+def find_pairs(folders: Sequence[Path | str], qualified: bool = False) -> list[Pair]:
+    """All (image, mask) pairs with matching stems in ``<folder>/images`` and ``<folder>/masks``.
+
+    With ``qualified`` each pair's :attr:`Pair.key` is ``<folder name>/<stem>``, so folders may share
+    file names (the EBHI-Seg classes do: one case has tiles in several classes).
+    """
     pairs: list[Pair] = []
-    for folder in map(Path, folders):
+    folders = [Path(f) for f in folders]
+    names = [f.name for f in folders]
+    if qualified and len(set(names)) != len(names):
+        raise DatasetError("two data folders have the same name; their images' keys would collide")
+    for folder in folders:
         img_dir, mask_dir = folder / "images", folder / "masks"
         if not img_dir.is_dir() or not mask_dir.is_dir():
             raise DatasetError(f"{folder}: expected images/ and masks/ folders inside")
@@ -50,21 +64,27 @@ def find_pairs(folders: Sequence[Path | str]) -> list[Pair]:
         found = 0
         for img in sorted(img_dir.iterdir()):
             if img.suffix.lower() in IMAGE_SUFFIXES and img.stem in masks:
-                pairs.append(Pair(img.stem, img, masks[img.stem], str(folder)))
+                pairs.append(Pair(img.stem, img, masks[img.stem], str(folder), qualified))
                 found += 1
         if not found:
             raise DatasetError(f"{folder}: no image in images/ has a mask of the same name in masks/")
-    stems = [p.stem for p in pairs]
-    if len(set(stems)) != len(stems):
+    keys = [p.key for p in pairs]
+    if len(set(keys)) != len(keys):
         raise DatasetError("two data folders hold images with the same name; names must be unique")
     return pairs
 
 
 def case_of(stem: str, pattern: re.Pattern[str]) -> str:
-    m = pattern.match(stem)
-    if not m or not m.groups():
+    """The case id of an image: the first group of ``pattern`` that matched (alternatives allowed).
+
+    A qualified key (``<folder>/<stem>``) is matched on its stem, so the same case in two folders
+    (one patient's normal and tumour tiles) has one id and lands in one part of a split.
+    """
+    m = pattern.match(stem.rpartition("/")[2])
+    groups = [g for g in (m.groups() if m else ()) if g is not None]
+    if not groups:
         raise DatasetError(f"image {stem!r} does not match the group regex {pattern.pattern!r} (with a group)")
-    return m.group(1)
+    return groups[0]
 
 
 def split_by_case(
@@ -87,6 +107,20 @@ def split_by_case(
     for name, case_ids in parts.items():
         split[name] = sorted(s for c in case_ids for s in cases[c])
         split[f"{name}_cases"] = sorted(case_ids)
+    return split
+
+
+def split_from_cases(stems: Sequence[str], group_regex: str, cases: dict[str, Sequence[str]]) -> dict[str, object]:
+    """The split that a model card's case lists (``train_cases`` / ``val_cases`` / ``test_cases``)
+    describe, over the images ``stems`` at hand; an image of an unlisted case belongs to no part."""
+    pattern = re.compile(group_regex)
+    owner = {c: part for part in ("train", "val", "test") for c in cases.get(f"{part}_cases") or ()}
+    if not owner:
+        raise DatasetError("the model card lists no train / validation / test cases")
+    split: dict[str, object] = {"group_regex": group_regex, "from": "case lists"}
+    for part in ("train", "val", "test"):
+        split[part] = sorted(s for s in stems if owner.get(case_of(s, pattern)) == part)
+        split[f"{part}_cases"] = sorted(cases.get(f"{part}_cases") or ())
     return split
 
 
@@ -113,8 +147,14 @@ def load_or_make_split(
     return split
 
 
-def load_pair(pair: Pair, size: int | None = None, mask_mode: str = "binary") -> tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 H×W×3 and class-index uint8 H×W, optionally resized so the short side is ``size``."""
+def load_pair(
+    pair: Pair, size: int | None = None, mask_mode: str = "binary", negative: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 H×W×3 and class-index uint8 H×W, optionally resized so the short side is ``size``.
+
+    ``negative``: the image holds none of the target classes (a benign or pre-malignant tile whose
+    own mask outlines something else), so its mask is all background whatever the file says.
+    """
     try:
         img = Image.open(pair.image).convert("RGB")
         mask = Image.open(pair.mask).convert("L")
@@ -127,9 +167,11 @@ def load_pair(pair: Pair, size: int | None = None, mask_mode: str = "binary") ->
         wh = (round(img.size[0] * scale), round(img.size[1] * scale))
         img = img.resize(wh, Image.BILINEAR)
         mask = mask.resize(wh, Image.NEAREST)
-    m = np.asarray(mask)
-    if mask_mode == "binary":
-        m = (m > 127).astype(np.uint8)
-    elif mask_mode != "index":
+    if mask_mode not in ("binary", "index"):
         raise DatasetError(f"unknown mask mode {mask_mode!r}; valid: binary, index")
+    m = np.asarray(mask)
+    if negative:
+        m = np.zeros_like(m)
+    elif mask_mode == "binary":
+        m = (m > 127).astype(np.uint8)
     return np.asarray(img, dtype=np.uint8).copy(), m.astype(np.uint8)

@@ -4,6 +4,7 @@ augmentation (seeded by seed, epoch and index, so any worker or process draws th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,13 +30,39 @@ class SegDataset(Dataset):
 
     def __init__(
         self, pairs: Sequence[Pair], size: int | None = None, mask_mode: str = "binary",
-        augment_cfg: AugmentConfig | None = None, seed: int = 0,
+        augment_cfg: AugmentConfig | None = None, seed: int = 0, negatives: frozenset[str] = frozenset(),
     ) -> None:
         self.pairs = list(pairs)
-        self.items = [load_pair(p, size, mask_mode) for p in self.pairs]
+        self.items = [load_pair(p, size, mask_mode, Path(p.source).name in negatives) for p in self.pairs]
         self.augment_cfg = augment_cfg
         self.seed = seed
         self.epoch = 0
+
+    def rescaled(self, factor: float) -> SegDataset:
+        """The same images and masks resized by ``factor`` (a slide scanned at another µm/px)."""
+        from PIL import Image
+
+        out = SegDataset([], augment_cfg=None)
+        out.pairs = list(self.pairs)
+        for img, mask in self.items:
+            wh = (max(32, round(mask.shape[1] * factor)), max(32, round(mask.shape[0] * factor)))
+            out.items.append((np.array(Image.fromarray(img).resize(wh, Image.BILINEAR)),
+                              np.array(Image.fromarray(mask).resize(wh, Image.NEAREST))))
+        return out
+
+    def balance(self) -> None:
+        """Repeat the smaller group (images with / without foreground) until both are as many.
+
+        Repeats share the loaded arrays; augmentation is seeded by index, so each differs.
+        """
+        pos = [i for i, (_, m) in enumerate(self.items) if m.any()]
+        neg = [i for i, (_, m) in enumerate(self.items) if not m.any()]
+        small, big = (pos, neg) if len(pos) < len(neg) else (neg, pos)
+        if not small:
+            return
+        extra = [small[k % len(small)] for k in range(len(big) - len(small))]
+        self.pairs = self.pairs + [self.pairs[i] for i in extra]
+        self.items = self.items + [self.items[i] for i in extra]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

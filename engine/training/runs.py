@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from engine.distill.config import load_config
 from engine.distill.distiller import Distiller
@@ -20,7 +21,7 @@ from engine.jobs import CancelToken, Result
 from engine.models import SegmentationModel, count_flops, count_params, create_model
 from engine.training.augment import AugmentConfig
 from engine.training.checkpoints import save_model
-from engine.training.datasets import DatasetError, find_pairs, load_or_make_split
+from engine.training.datasets import DatasetError, find_pairs, load_or_make_split, split_from_cases
 from engine.training.evaluate import evaluate
 from engine.training.loader import MEAN, STD, SegDataset
 from engine.training.trainer import ProgressFn, SupervisedObjective, TrainConfig, TrainSummary, seed_everything, train
@@ -38,6 +39,8 @@ class DataSpec:
     crop: int | None = 224
     mask_mode: str = "binary"
     classes: tuple[str, ...] = ("background", "tumour")
+    negatives: tuple[str, ...] = ()  # folders (by name) whose images hold no tumour: masks all background
+    balance: bool = False  # oversample training images so tiles with and without tumour are as many
 
 
 @dataclass
@@ -59,17 +62,55 @@ class Data:
         return self.val if name == "val" else self.test
 
 
-def load_data(spec: DataSpec, seed: int = 0, augment: AugmentConfig | None = None) -> Data:
-    pairs = find_pairs([Path(f) for f in spec.folders])
-    split = load_or_make_split(Path(spec.split_path), [p.stem for p in pairs], spec.group_regex, spec.split_seed)
-    by = {p.stem: p for p in pairs}
+def load_data(spec: DataSpec, seed: int = 0, augment: AugmentConfig | None = None,
+              split: dict[str, Any] | None = None) -> Data:
+    """Find the pairs, split them by case (the split file is reused) and load the three parts.
+
+    Several folders: images are keyed ``<folder>/<stem>`` and split together, so one case's tiles
+    of every folder fall in the same part. ``spec.negatives`` name folders whose masks count as all
+    background; ``spec.balance`` repeats training images of the smaller group (with / without any
+    tumour pixel) until both are as many, each repeat augmented differently.
+    """
+    folders = [Path(f) for f in spec.folders]
+    unknown = set(spec.negatives) - {f.name for f in folders}
+    if unknown:
+        raise DatasetError(f"negative folder(s) {', '.join(sorted(unknown))} are not among the data folders")
+    pairs = find_pairs(folders, qualified=len(folders) > 1)
+    if split is None:
+        split = load_or_make_split(Path(spec.split_path), [p.key for p in pairs], spec.group_regex, spec.split_seed)
+    by = {p.key: p for p in pairs}
     parts = {n: [by[s] for s in split[n] if s in by] for n in ("train", "val", "test")}
     aug = augment if augment is not None else AugmentConfig(crop=spec.crop)
-    train_ds = SegDataset(parts["train"], spec.size, spec.mask_mode, aug, seed)
-    val_ds = SegDataset(parts["val"], spec.size, spec.mask_mode)
-    test_ds = SegDataset(parts["test"], spec.size, spec.mask_mode)
+    neg = frozenset(spec.negatives)
+    train_ds = SegDataset(parts["train"], spec.size, spec.mask_mode, aug, seed, negatives=neg)
+    if spec.balance:
+        train_ds.balance()
+    val_ds = SegDataset(parts["val"], spec.size, spec.mask_mode, negatives=neg)
+    test_ds = SegDataset(parts["test"], spec.size, spec.mask_mode, negatives=neg)
     log.info("data: %d train / %d val / %d test images", len(train_ds), len(val_ds), len(test_ds))
     return Data(spec, train_ds, val_ds, test_ds, split)
+
+
+def data_from_card(meta: dict[str, Any], data_root: Path | None = None, folders: Sequence[str] | None = None) -> Data:
+    """The data a model card was trained and tested on, split as its case lists say.
+
+    Folders come from ``folders`` or else the card (by name, under the shared ``seg/`` folder or
+    ``data_root``); the split is rebuilt from the card's case lists, so no split file is needed.
+    """
+    from engine.shared_data import data_path
+
+    d = meta.get("data") or {}
+    names = list(folders) if folders else [Path(f).name for f in d.get("folders") or ()]
+    if not names:
+        raise DatasetError("the model card names no data folders: pass --data")
+    paths = [str(Path(n) if folders else (data_root / n if data_root else data_path("seg", n))) for n in names]
+    spec = DataSpec(tuple(paths), d.get("group_regex") or r"^(.*?)-\d+-400-\d+$", "", int(d.get("split_seed") or 0),
+                    (meta.get("input") or {}).get("short_side"), None, d.get("mask_mode") or "binary",
+                    tuple(meta.get("classes") or ("background", "tumour")),
+                    negatives=tuple(n for n in d.get("negatives") or () if n in {Path(p).name for p in paths}))
+    pairs = find_pairs([Path(p) for p in paths], qualified=len(paths) > 1)
+    split = split_from_cases([p.key for p in pairs], spec.group_regex, d)
+    return load_data(spec, split=split)
 
 
 def model_meta(model: SegmentationModel, data: Data, role: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -79,8 +120,9 @@ def model_meta(model: SegmentationModel, data: Data, role: str, extra: dict[str,
         "classes": list(data.spec.classes),
         "input": {"mean": list(MEAN), "std": list(STD), "channels": "RGB", "scale": "0-255 → 0-1",
                   "short_side": data.spec.size, "mpp": None},
-        "data": {"folders": list(data.spec.folders), "group_regex": data.spec.group_regex,
-                 "split_file": data.spec.split_path, "mask_mode": data.spec.mask_mode,
+        "data": {"folders": [Path(f).name for f in data.spec.folders], "group_regex": data.spec.group_regex,
+                 "negatives": list(data.spec.negatives), "balanced": data.spec.balance,
+                 "split_seed": data.spec.split_seed, "mask_mode": data.spec.mask_mode,
                  "train_cases": data.split.get("train_cases"), "val_cases": data.split.get("val_cases"),
                  "test_cases": data.split.get("test_cases")},
         "params": count_params(model),
@@ -124,8 +166,11 @@ def distill_student(
     data: Data, teacher: nn.Module, method: str, student_name: str, cfg: TrainConfig, out: Path | None = None, *,
     student_kw: dict[str, Any] | None = None, paraphraser_steps: int | None = None,
     progress: ProgressFn | None = None, cancel: CancelToken | None = None, state_path: Path | None = None,
-    resume: bool = False,
+    resume: bool = False, bank: Dataset | None = None,
 ) -> tuple[SegmentationModel, Result, dict[str, Any]]:
+    """Distil ``student_name`` from the frozen ``teacher`` with ``method`` on ``data.train`` — or on
+    ``bank`` (a :class:`~engine.distill.bank.CropBank` of crops with the teacher's stored outputs,
+    so the teacher is never run during training)."""
     config = load_config(method)
     if paraphraser_steps is not None:
         config = replace(config, paraphraser_steps=paraphraser_steps)
@@ -133,13 +178,14 @@ def distill_student(
     student = create_model(student_name, classes=len(data.spec.classes), **(student_kw or {}))
     distiller = Distiller(config, teacher, student)
     try:
-        summary = train(distiller, data.train, cfg, progress=progress, cancel=cancel, state_path=state_path,
-                        resume=resume)
+        summary = train(distiller, bank if bank is not None else data.train, cfg, progress=progress,
+                        cancel=cancel, state_path=state_path, resume=resume)
     finally:
         distiller.close()
     teacher.eval()
     res, meta = _finish(summary, student, data, "student", out,
-                        {"config": vars_of(cfg), "method": config.method, "description": config.description})
+                        {"config": vars_of(cfg), "method": config.method, "description": config.description,
+                         "crop_bank": len(bank) if bank is not None else None})
     return student, res, meta
 
 

@@ -1,13 +1,15 @@
-"""Ship the benchmark's best student as the app's default model, with a model card.
+"""Ship the benchmark's best student (and its teacher) as the app's default models, with a model card.
 
-``cocopath-engine bench distill --protocol session --workdir W --out resources/benchmarks/distill-session.json
+``cocopath-engine bench distill --protocol cpu --workdir W --out resources/benchmarks/distill-cpu.json
 --ship resources/models`` runs the ablation, then :func:`ship_student` picks the student method with
-the best **validation** mIoU (never test: the test split only reports), and writes
+the best mean **validation** mIoU and its best seed by validation (never test: the test split only
+reports), and writes into ``resources/models``
 
-- ``cocopath-student-ebhi.safetensors`` (fp16 weights, the card in its header) and its ``.json`` sidecar,
-- ``MODEL_CARD.md`` (data and licence, split, metrics, the command that made it, limits).
-
-The teacher is shipped as well only when its fp16 weights stay under :data:`TEACHER_LIMIT_BYTES`.
+- ``cocopath-student-tumour.safetensors`` (fp16 weights, the card in its header) and its ``.json``;
+- ``cocopath-teacher-tumour.safetensors`` likewise, when its fp16 weights stay under
+  :data:`TEACHER_LIMIT_BYTES` (the default teacher of a fine-tuning round);
+- ``MODEL_CARD.md``: data and licences, the split (its case lists are in each card's ``data``),
+  metrics per source folder next to the constants, the measured scale tolerance, the protocol.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ from typing import Any
 
 from engine.training.checkpoints import atomic_write, load_model, save_model
 
-STUDENT_NAME = "cocopath-student-ebhi"
-TEACHER_NAME = "cocopath-teacher-ebhi"
+STUDENT_NAME = "cocopath-student-tumour"
+TEACHER_NAME = "cocopath-teacher-tumour"
 TEACHER_LIMIT_BYTES = 50 * 1024 * 1024
 #: EBHI-Seg gives no pixel size. Its "400x" tiles were downscaled to 224²: epithelial tumour nuclei
 #: (about 10 µm long) measure about 10 px, so the tiles are about 1 µm/px (a 10× scan).
 EBHI_MPP_ESTIMATE = 1.0
-DATA_LICENCE = "EBHI-Seg (Shi et al., Front. Med. 2023), CC BY 4.0"
+MPP_NOTE = ("estimated, not measured: EBHI-Seg and the CAMELYON mini-test tiles state no pixel size; "
+            "tumour nuclei (~10 µm) span ~10 px in the training tiles. Trained with scale augmentation "
+            "0.5-2x around it; the card's 'scale_tolerance' gives the measured effect of a wrong scale.")
+DATA_LICENCE = ("EBHI-Seg (Shi et al., Front. Med. 2023), CC BY 4.0; CAMELYON16/17 tiles (CC0) from a "
+                "resampled mini test set")
+SCALES = (0.5, 0.71, 1.0, 1.41, 2.0)
 
 
 def best_method(report: dict[str, Any], method: str | None = None) -> tuple[str, int]:
@@ -44,22 +51,41 @@ def best_method(report: dict[str, Any], method: str | None = None) -> tuple[str,
     return name, seed
 
 
+def scale_tolerance(model: Any, meta: dict[str, Any], data_dir: str | None = None,
+                    scales: tuple[float, ...] = SCALES, source: str = "ebhi-adenocarcinoma") -> dict[str, float]:
+    """Test mIoU on ``source``'s test tiles resized by each factor: what a wrong µm/px costs.
+
+    ``data_dir``: the benchmark's ``--data`` (the folder holding the mixture's folders, or the one
+    data folder), else the shared data."""
+    from engine.training.evaluate import evaluate
+    from engine.training.mixture import subset
+    from engine.training.runs import data_from_card
+
+    several = len((meta.get("data") or {}).get("folders") or ()) > 1
+    if several:
+        data = data_from_card(meta, Path(data_dir) if data_dir else None)
+    else:
+        data = data_from_card(meta, folders=[data_dir] if data_dir else None)
+    test = subset(data.test, source) if several else data.test
+    return {f"{f:g}": evaluate(model, test.rescaled(f), list(data.spec.classes))["miou"] for f in scales}
+
+
 def _card_meta(meta: dict[str, Any], report: dict[str, Any], role: str, method: str | None) -> dict[str, Any]:
     meta = dict(meta)
     inp = dict(meta.get("input") or {})
-    size = report["settings"].get("size")  # tiles resized to this short side (None: native 224²)
+    size = report["settings"].get("size")  # tiles resized to this short side (None: native)
     inp["mpp"] = EBHI_MPP_ESTIMATE * (224 / size if size else 1.0)
-    inp["mpp_note"] = ("estimated: EBHI-Seg states no pixel size; tumour nuclei of ~10 µm span ~10 px in its "
-                       "224x224 tiles")
+    inp["mpp_note"] = MPP_NOTE
     meta["input"] = inp
     meta["name"] = STUDENT_NAME if role == "student" else TEACHER_NAME
     meta["licence"] = {"weights": "same as CoCoPath", "training_data": DATA_LICENCE}
     meta["benchmark"] = {"protocol": report["protocol"], "command": report["command"], "method": method,
-                         "teacher_test_miou": report["teacher"]["test_miou"]}
+                         "settings": report["settings"], "teacher_test_miou": report["teacher"]["test_miou"]}
     return meta
 
 
-def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str | None = None) -> dict[str, Any]:
+def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str | None = None,
+                 data_dir: str | None = None) -> dict[str, Any]:
     """Write the best student by validation (or ``method``'s), the teacher when small enough, and the
     model card into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -68,18 +94,26 @@ def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str 
     model, meta = load_model(workdir / f"student-{method}-s{seed}.safetensors")
     run = next(r for r in report["methods"][method]["runs"] if r["seed"] == seed)
     meta = _card_meta(meta, report, "student", method)
-    meta["metrics"] = {**(meta.get("metrics") or {}),
-                       "test": {"miou": run["test_miou"], "dice": run["test_dice"]}}
+    meta["metrics"] = {**(meta.get("metrics") or {}), "test": run.get("test") or
+                       {"miou": run["test_miou"], "dice": run["test_dice"]}}
+    meta["scale_tolerance"] = scale_tolerance(model, meta, data_dir)
     student_path = save_model(dest / f"{STUDENT_NAME}.safetensors", model, meta, half=True)
-    shipped = {"student": str(student_path), "method": method, "seed": seed, "chosen": chosen is not None}
+    shipped: dict[str, Any] = {"student": str(student_path), "method": method, "seed": seed,
+                               "chosen": chosen is not None, "scale_tolerance": meta["scale_tolerance"]}
     teacher, t_meta = load_model(workdir / "teacher.safetensors")
     teacher_bytes = sum(p.numel() * 2 for p in teacher.state_dict().values() if p.is_floating_point())
     if teacher_bytes <= TEACHER_LIMIT_BYTES:
         t_meta = _card_meta(t_meta, report, "teacher", None)
+        t_meta["metrics"] = {**(t_meta.get("metrics") or {}), "test": report["teacher"].get("test") or
+                             {"miou": report["teacher"]["test_miou"], "dice": report["teacher"]["test_dice"]}}
         shipped["teacher"] = str(save_model(dest / f"{TEACHER_NAME}.safetensors", teacher, t_meta, half=True))
     else:
         shipped["teacher_not_shipped"] = (f"{report['teacher']['model']} is {teacher_bytes / 2**20:.0f} MiB as fp16, "
                                           f"over the {TEACHER_LIMIT_BYTES // 2**20} MiB limit")
+    for old in dest.glob("cocopath-*.safetensors"):  # an earlier default of another name would shadow these
+        if str(old) not in (shipped["student"], shipped.get("teacher")):
+            old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
     atomic_write(dest / "MODEL_CARD.md", model_card(report, meta, shipped, student_path).encode())
     return shipped
 
@@ -88,70 +122,100 @@ def _selection(report: dict[str, Any], method: str, chosen: bool) -> str:
     vals = {m: statistics.fmean(r["val_miou"] for r in row["runs"]) for m, row in report["methods"].items()}
     best = max(vals, key=vals.__getitem__)
     if not chosen or method == best:
-        return f"The method was chosen by validation mIoU ({vals[method]:.4f}); the test split only reports."
+        return (f"The method was chosen by mean validation mIoU ({vals[method]:.4f}) and the seed by its "
+                "validation mIoU; the test split only reports.")
     return (f"The method was named (`--ship-method {method}`), not the best by validation: its validation "
-            f"mIoU {vals[method]:.4f} is within {vals[best] - vals[method]:.4f} of the best ({best}, "
-            f"{vals[best]:.4f}), a difference this run cannot resolve (one seed; the methods' validation and "
-            "test rankings disagree), and it is the method CoCoPath fine-tunes with. The test split only reports.")
+            f"mIoU {vals[method]:.4f} against the best ({best}, {vals[best]:.4f}). The test split only reports.")
+
+
+def _source_rows(scores: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, r in (scores.get("per_source") or {}).items():
+        if "miou" in r:
+            rows.append(f"| {name} | {r['images']} | mIoU {r['miou']:.3f}, tumour Dice {r['tumour_dice']:.3f} | "
+                        f"all-tumour mIoU {r['all_tumour_miou']:.3f}, all-background {r['all_background_miou']:.3f} |")
+        else:
+            rows.append(f"| {name} (no tumour) | {r['images']} | {100 * r['tumour_share']:.1f} % of pixels called "
+                        "tumour | 0 % |")
+    return rows
 
 
 def model_card(report: dict[str, Any], meta: dict[str, Any], shipped: dict[str, Any], path: Path) -> str:
     d, t, eff = report["data"], report["teacher"], report["efficiency"]
     method = shipped["method"]
     row = report["methods"][method]
-    val = meta["metrics"].get("val", {})
     test = meta["metrics"]["test"]
     size_mb = path.stat().st_size / 2**20
     secs = [r["seconds"] for row in report["methods"].values() for r in row["runs"]]
+    neg = test.get("negatives_tumour_share")
+    tol = shipped["scale_tolerance"]
     lines = [
-        f"# Model card: `{STUDENT_NAME}`", "",
-        "The default model of CoCoPath: a compact Mobile U-Net student that segments tumour epithelium "
-        "(class `tumour`) against everything else (`background`) in H&E images, distilled from a "
-        f"{t['model']} U-Net teacher with the `{method}` method of the distillation benchmark.", "",
+        f"# Model card: `{STUDENT_NAME}` (and its teacher `{TEACHER_NAME}`)", "",
+        "CoCoPath's default model: a compact Mobile U-Net student that segments **tumour** (carcinoma "
+        "epithelium, metastasis) against everything else (`background`: stroma, normal and dysplastic "
+        f"epithelium, lymphoid tissue, glass) in H&E images, distilled from a {t['model']} U-Net teacher "
+        f"with the `{method}` method of the distillation benchmark.", "",
         "## Files", "",
         f"- `{path.name}`: fp16 weights ({size_mb:.1f} MiB, {eff['student']['params'] / 1e6:.2f} M parameters, "
         f"{eff['student']['flops_256'] / 1e9:.2f} GMACs at 256²); the card (JSON) is in the safetensors header "
         f"and in `{path.with_suffix('.json').name}` beside it.",
     ]
     if "teacher" in shipped:
-        lines.append(f"- `{Path(shipped['teacher']).name}`: the teacher, fp16.")
+        tp = Path(shipped["teacher"])
+        lines.append(f"- `{tp.name}`: the teacher, fp16 ({tp.stat().st_size / 2**20:.1f} MiB, "
+                     f"{eff['teacher']['params'] / 1e6:.1f} M parameters), card in its header and "
+                     f"`{tp.with_suffix('.json').name}`. It is the default teacher of a fine-tuning round.")
     else:
-        lines.append(f"- The teacher is not shipped: {shipped['teacher_not_shipped']}. Fine-tuning in the app "
-                     "therefore distils from the frozen current student unless you give it a teacher.")
+        lines.append(f"- The teacher is not shipped: {shipped['teacher_not_shipped']}.")
     lines += [
         "", "## Input", "",
         "RGB, scaled 0–1, normalised with the ImageNet mean/std in the card. Resolution: "
-        f"**about {EBHI_MPP_ESTIMATE} µm/px**, an estimate — EBHI-Seg does not state its pixel size; its "
-        "tumour nuclei (~10 µm) span ~10 px. On a slide the app reads the pyramid level nearest to it.",
+        f"**about {EBHI_MPP_ESTIMATE} µm/px**, an estimate: the training sets state no pixel size; their "
+        "tumour nuclei (~10 µm) span ~10 px. The app reads the pyramid level nearest to it. Trained with "
+        "scale augmentation 0.5–2×; measured tolerance (adenocarcinoma test tiles resized by the factor, "
+        "test mIoU): " + ", ".join(f"{k}× {v:.3f}" for k, v in tol.items()) + ".",
         "", "## Training data", "",
-        f"`{d['folder']}` from {DATA_LICENCE}: colorectal adenocarcinoma biopsies, 224×224 tiles with "
-        "tumour-epithelium masks (thresholded at 127). Split **by case** with the regex "
-        f"`{d['group_regex']}` (split seed {d['split_seed']}): {d['train_cases']} / {d['val_cases']} / "
-        f"{d['test_cases']} cases, {d['train_images']} / {d['val_images']} / {d['test_images']} images "
-        "(train / validation / test). The case lists are in the card's `data` field.",
-        "", "## Metrics", "",
-        "mIoU over both classes from one confusion matrix over the whole split (background included), "
-        "Dice of the tumour class.", "",
-        "| model | validation mIoU | test mIoU | test Dice |", "|---|---|---|---|",
-        f"| teacher {t['model']} | {t['val_miou']:.4f} | {t['test_miou']:.4f} | {t['test_dice']:.4f} |",
-        f"| this student ({method}) | {val.get('miou', float('nan')):.4f} | {test['miou']:.4f} | "
-        f"{test['dice']:.4f} |", "",
-        f"The student keeps {100 * row['share_of_teacher_miou']:.1f} % of the teacher's test mIoU with "
-        f"{100 * eff['flops_ratio']:.1f} % of its FLOPs and runs {eff['cpu_speedup']:.1f}× faster on the CPU. "
-        + _selection(report, method, shipped["chosen"]) + " The whole ablation: "
-        "`resources/benchmarks/distill-session.md`.",
+        f"{DATA_LICENCE}. Folders: {d['folder']}. Tumour: adenocarcinoma epithelium (EBHI) and lymph-node "
+        f"metastasis (CAMELYON). **Negatives** (masks taken as all background): {', '.join(d['negatives'])} "
+        "— normal mucosa, low- and high-grade intraepithelial neoplasia and polyps, none of them carcinoma. "
+        f"Split **by case** over all folders together with the regex `{d['group_regex']}` (split seed "
+        f"{d['split_seed']}; one patient's tiles of every class fall in the same part): {d['train_cases']} / "
+        f"{d['val_cases']} / {d['test_cases']} cases, {d['train_images']} / {d['val_images']} / "
+        f"{d['test_images']} images (train, oversampled so tiles with and without tumour are as many / "
+        "validation / test). The case lists are in the card's `data` field: `cocopath-engine evaluate` "
+        "rebuilds the split from them. Augmentation: flips, 90° rotations, scale 0.5–2×, HED stain and "
+        "colour jitter, focus blur, JPEG artefacts.",
+        "", "## Metrics (test split)", "",
+        "mIoU: mean over both classes of one confusion matrix over the images (background included). "
+        "For folders without tumour: the share of pixels the model calls tumour (the ideal is 0 %).", "",
+        "| folder | images | this student | constants on the same images |", "|---|---|---|---|",
+        *_source_rows(test), "",
+        f"All test images: student mIoU {test['miou']:.4f} (teacher {t['test_miou']:.4f}, "
+        f"{100 * test['miou'] / t['test_miou']:.1f} % of it); "
+        + (f"pixels called tumour on the normal / LGIN / HGIN test tiles together: {100 * neg:.1f} %. "
+           if neg is not None else "")
+        + f"Over {len(row['runs'])} seeds the {method} students score test mIoU {row['test_miou_mean']:.4f}"
+        + (f" ± {row['test_miou_sd']:.4f}" if row["test_miou_sd"] is not None else "") + ". "
+        + _selection(report, method, shipped["chosen"]),
+        "", "Teacher on the same test split:", "",
+        "| folder | images | teacher | constants |", "|---|---|---|---|", *_source_rows(t.get("test") or {}), "",
+        f"The student has {100 * eff['flops_ratio']:.1f} % of the teacher's FLOPs and runs "
+        f"{eff['cpu_speedup']:.1f}× faster on the CPU (same run).",
         "", "## How it was made", "",
         f"Protocol `{report['protocol']}`: {report['protocol_note']}", "",
-        "```", report["command"] + " --workdir WORK --out resources/benchmarks/distill-session.json "
+        "```", report["command"] + " --workdir work/distill-cpu --out resources/benchmarks/distill-cpu.json "
         "--ship resources/models" + (f" --ship-method {method}" if shipped["chosen"] else ""), "```", "",
         f"Settings: {json.dumps(report['settings'])}. Machine: {report['machine']['platform']}, "
         f"{report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, device "
-        f"{report['machine']['device']}; training took {t['train_seconds'] / 60:.0f} min for the teacher and "
-        f"{min(secs) / 60:.0f}–{max(secs) / 60:.0f} min per student method.",
+        f"{report['machine']['device']}; the teacher trained for {t['train_seconds'] / 60:.0f} min, each student "
+        f"run took {min(secs) / 60:.0f}–{max(secs) / 60:.0f} min. The whole ablation: "
+        "`resources/benchmarks/distill-cpu.md`.",
         "", "## Limits", "",
-        "- Trained on one public dataset of colorectal biopsies at one (estimated) resolution, with a short CPU "
-        "schedule: expect errors on other organs, stains and scanners. It is a starting point to correct and "
-        "fine-tune in the app, not a diagnostic device.",
+        "- Trained on colorectal biopsy tiles and a few lymph-node tiles, on CPU with a short schedule: expect "
+        "errors on other organs, stains and scanners, and on tissue absent from the data (skin, fat, necrosis). "
+        "It is a starting point to correct and fine-tune in the app, not a diagnostic device.",
+        "- High-grade intraepithelial neoplasia and invasive adenocarcinoma are told apart from a small field of "
+        "view only; invasion is judged by the pathologist.",
         "- Not validated for clinical use.", "",
     ]
     return "\n".join(lines)

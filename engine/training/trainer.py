@@ -27,12 +27,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from engine.distill.losses.segmentation import segmentation_loss
 from engine.jobs import CancelToken, Progress, Result
 from engine.training.checkpoints import load_training_state, save_training_state
-from engine.training.loader import SegDataset
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[Progress], None]
@@ -120,15 +119,18 @@ def poly_lr(base: float, step: int, total: int) -> float:
 
 
 def amp_step(module: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-             images: Tensor, target: Tensor, device: torch.device) -> dict[str, Tensor]:
+             images: Tensor, target: Tensor, device: torch.device,
+             teacher: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """One optimisation step on a batch: to ``device`` (channels_last on CUDA), forward under
-    autocast (fp16 on CUDA, none on CPU), the scaled ``total`` backward, optimiser step; the terms."""
+    autocast (fp16 on CUDA, none on CPU), the scaled ``total`` backward, optimiser step; the terms.
+    ``teacher``: the batch's stored teacher outputs (a crop bank), passed on to the objective."""
     cuda = device.type == "cuda"
     images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
     if cuda:
         images = images.contiguous(memory_format=torch.channels_last)
+    kw = {"teacher": {k: v.to(device, non_blocking=True) for k, v in teacher.items()}} if teacher else {}
     with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-        terms = module(images, target)
+        terms = module(images, target, **kw)
     opt.zero_grad(set_to_none=True)
     scaler.scale(terms["total"]).backward()
     scaler.step(opt)
@@ -136,24 +138,30 @@ def amp_step(module: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.Gr
     return terms
 
 
-def _batches(sampler: DistributedSampler, dataset: SegDataset, epoch: int, local_bs: int) -> list[list[int]]:
+def _batches(sampler: DistributedSampler, dataset: Dataset, epoch: int, local_bs: int) -> list[list[int]]:
     sampler.set_epoch(epoch)
     dataset.set_epoch(epoch)
     idx = list(sampler)
     return [idx[i:i + local_bs] for i in range(0, len(idx) - local_bs + 1, local_bs)]
 
 
-def image_stream(dataset: SegDataset, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Endless batches of images (for unsupervised pre-training such as the paraphraser's)."""
+def image_stream(dataset: Dataset, batch_size: int, seed: int) -> Iterator[Tensor | tuple[Tensor, dict]]:
+    """Endless batches of images (for unsupervised pre-training such as the paraphraser's); from a
+    crop bank, (images, stored teacher outputs) pairs."""
     g = torch.Generator().manual_seed(seed + 7919)
     while True:
         perm = torch.randperm(len(dataset), generator=g).tolist()
         for i in range(0, len(perm) - batch_size + 1, batch_size):
-            yield torch.stack([dataset[j][0] for j in perm[i:i + batch_size]])
+            items = [dataset[j] for j in perm[i:i + batch_size]]
+            images = torch.stack([it[0] for it in items])
+            if len(items[0]) > 2:
+                yield images, {k: torch.stack([it[2][k] for it in items]) for k in items[0][2]}
+            else:
+                yield images
 
 
 def train(
-    objective: nn.Module, dataset: SegDataset, cfg: TrainConfig, *, progress: ProgressFn | None = None,
+    objective: nn.Module, dataset: Dataset, cfg: TrainConfig, *, progress: ProgressFn | None = None,
     cancel: CancelToken | None = None, state_path: Path | None = None, resume: bool = False,
 ) -> TrainSummary:
     """Optimise ``objective`` for ``cfg.steps`` steps; returns the per-step history and a Result."""
@@ -172,7 +180,7 @@ def train(
         objective.to(memory_format=torch.channels_last)
     objective.train()
     emit = progress if (progress is not None and rank == 0) else None
-    prep = objective.prepare((x.to(device) for x in image_stream(dataset, local_bs, cfg.seed)), cancel, emit)
+    prep = objective.prepare((_to(x, device) for x in image_stream(dataset, local_bs, cfg.seed)), cancel, emit)
     params = objective.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
@@ -200,13 +208,13 @@ def train(
         if b == 0 or not batches:
             batches = _batches(sampler, dataset, epoch, local_bs)
         loader = DataLoader(dataset, batch_sampler=batches[b:], num_workers=cfg.workers, pin_memory=cuda)
-        for images, target in loader:
+        for images, target, *stored in loader:
             if cancel is not None and cancel.cancelled:
                 status = "cancelled"
                 break
             for g in opt.param_groups:
                 g["lr"] = poly_lr(cfg.lr, step, cfg.steps)
-            terms = amp_step(module, opt, scaler, images, target, device)
+            terms = amp_step(module, opt, scaler, images, target, device, stored[0] if stored else None)
             extra = objective.after_step()
             logged = _reduce({k: v.detach().float() for k, v in terms.items()}, world)
             logged.update(extra)
@@ -234,6 +242,12 @@ def train(
     if history:
         metrics["final_loss"] = history[-1]["total"]
     return TrainSummary(Result(status, metrics), tuple(history), step)
+
+
+def _to(x: Tensor | tuple[Tensor, dict[str, Tensor]], device: torch.device):  # noqa: ANN202
+    if isinstance(x, tuple):
+        return x[0].to(device), {k: v.to(device) for k, v in x[1].items()}
+    return x.to(device)
 
 
 def _reduce(terms: dict[str, Tensor], world: int) -> dict[str, float]:

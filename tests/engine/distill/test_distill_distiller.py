@@ -42,7 +42,7 @@ def test_each_method_builds_and_trains_the_student_only(method: str, nets) -> No
         assert all(p.grad is None for p in teacher.parameters())
         assert any(p.grad is not None for p in student.parameters())
         crit = dist.after_step()
-        assert ("loss_critic" in crit) == (method in ("coco-adv", "coco-full"))
+        assert ("loss_critic" in crit) == (method in ("coco-adv", "coco-full", "skd"))
     finally:
         dist.close()
 

@@ -68,6 +68,10 @@ def test_train_distill_evaluate_round_trip(tiny_data: Path, tmp_path: Path, caps
     assert set(ev["per_class"]) == {"background", "tumour"}
     assert ev["images"] == len(json.loads(split_before)["test"])
 
+    code, _, err = _run(["evaluate", "--model", str(student), "--data", str(tiny_data),
+                         "--split-file", str(tmp_path / "missing.json")], capsys)
+    assert code == 1 and err.count("\n") == 1 and "no such file" in err and "case lists" in err
+
     code, out, _ = _run(["evaluate", "--model", str(student), "--data", str(tiny_data), "--split", "all"], capsys)
     assert code == 0 and "mIoU" in out and "(12 images)" in out
 
@@ -143,7 +147,7 @@ def test_bench_resumes_from_its_workdir_and_ships_the_best_student(tiny_data: Pa
     vals = {m: first["methods"][m]["runs"][0]["val_miou"] for m in ("student", "kd")}
     assert vals[method] == max(vals.values())
     dest = tmp_path / "models"
-    shipped = ship_student(first, tmp_path, dest)
+    shipped = ship_student(first, tmp_path, dest, data_dir=str(tiny_data))
     spec = load_spec(dest / f"{STUDENT_NAME}.safetensors")
     assert spec.mpp is not None and spec.mpp > 0 and spec.classes == ("background", "tumour")
     model, meta = load_model(dest / f"{STUDENT_NAME}.safetensors")
@@ -151,3 +155,40 @@ def test_bench_resumes_from_its_workdir_and_ships_the_best_student(tiny_data: Pa
     assert "teacher" in shipped  # a Mobile U-Net teacher is far under the size limit
     card = (dest / "MODEL_CARD.md").read_text()
     assert method in card and "CC BY 4.0" in card and "by case" in card
+
+
+def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_path: Path) -> None:
+    """The cpu protocol's path end to end on tiny settings: mixture data with negatives, a crop bank of
+    the teacher's outputs, two seeds paired against the plain student, per-folder scores, shipping."""
+    from engine.training.checkpoints import load_meta
+    from engine.training.ship import STUDENT_NAME, ship_student
+
+    tiny = {**TINY, "bank": 8, "teacher_threads": 1, "student_threads": 1}
+    report = run_benchmark(protocol="cpu", data_dir=str(tiny_mixture), methods=["student", "kd"], seeds=2,
+                           device="cpu", workdir=tmp_path, overrides=tiny)
+    assert report["data"]["negatives"] == ["ebhi-normal"] and report["data"]["balanced"]
+    assert list(tmp_path.glob("bank-*.safetensors"))
+    for part in ("val", "test"):
+        per = report["teacher"][part]["per_source"]
+        assert set(per) == {"ebhi-normal", "ebhi-adenocarcinoma"}
+        assert "tumour_share" in per["ebhi-normal"] and "all_tumour_miou" in per["ebhi-adenocarcinoma"]
+    kd = report["methods"]["kd"]
+    assert len(kd["runs"]) == 2 and kd["vs_student"]["pairs"] == 2 and kd["test_miou_sd"] is not None
+    assert "negatives_tumour_share" in kd["runs"][0]["test"]
+    shipped = ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
+    meta = load_meta(tmp_path / "models" / f"{STUDENT_NAME}.safetensors")
+    assert set(meta["scale_tolerance"]) == {"0.5", "0.71", "1", "1.41", "2"} and "teacher" in shipped
+    assert "split_file" not in meta["data"] and meta["data"]["test_cases"]
+    card = (tmp_path / "models" / "MODEL_CARD.md").read_text()
+    assert "ebhi-normal (no tumour)" in card and "all-tumour mIoU" in card
+
+
+def test_paired_comparison_with_the_plain_student() -> None:
+    from engine.training.bench import paired_test
+
+    base = [{"seed": s, "test_miou": v} for s, v in enumerate([0.60, 0.62, 0.64])]
+    better = [{"seed": s, "test_miou": v} for s, v in enumerate([0.65, 0.66, 0.70])]
+    res = paired_test(better, base)
+    assert res["pairs"] == 3 and res["diff_mean"] == pytest.approx(0.05)
+    assert res["t"] > 0 and 0 < res["p"] < 0.05
+    assert paired_test(better[:1], base) is None  # one pair: nothing to test

@@ -1,0 +1,104 @@
+"""The training mixture of the shipped models: tumour *and* what is not tumour.
+
+Positives: ``ebhi-adenocarcinoma`` (colorectal adenocarcinoma, EBHI-Seg) and ``camelyon-tumour``
+(lymph-node metastasis vs normal node). Negatives, whose masks count as all background for the
+tumour class: ``ebhi-normal``, ``ebhi-low-grade-in``, ``ebhi-high-grade-in`` (benign and
+pre-malignant colonic epithelium) and ``ebhi-polyp``. One split by case over all of them (the EBHI
+folders share case ids, so one patient's tiles of every class fall in the same part); the training
+part is oversampled so tiles with and without tumour are as many.
+
+:func:`evaluate_by_source` gives what a pathologist asks of the model: its mIoU on the
+adenocarcinoma and metastasis tiles next to the all-tumour and all-background constants on the same
+tiles, and the share of pixels it calls tumour on each negative folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.training.evaluate import predict_logits
+from engine.training.loader import SegDataset
+from engine.training.metrics import ConfusionMatrix
+
+POSITIVES = ("ebhi-adenocarcinoma", "camelyon-tumour")
+NEGATIVES = ("ebhi-normal", "ebhi-low-grade-in", "ebhi-high-grade-in", "ebhi-polyp")
+FOLDERS = POSITIVES + NEGATIVES
+#: EBHI ``<case>-<section>-400-<n>``; CAMELYON mini-test tiles are bare numbers with no case id:
+#: consecutive numbers come from one slide region, so the case is the number without its last digit.
+REGEX = r"^(?:(.*?)-\d+-400-\d+|(\d+)\d)$"
+#: The folders whose false-positive rate the issue's target (≤ 5 % of pixels) is about.
+FP_TARGET_FOLDERS = ("ebhi-normal", "ebhi-low-grade-in", "ebhi-high-grade-in")
+
+
+def mixture_folders(root: Path | None = None) -> tuple[str, ...]:
+    """The six folders under the shared ``seg/`` data (or ``root``)."""
+    from engine.shared_data import data_path
+
+    return tuple(str((root / f) if root is not None else data_path("seg", f)) for f in FOLDERS)
+
+
+def subset(dataset: SegDataset, source: str) -> SegDataset:
+    """The images of ``dataset`` that came from the folder named ``source`` (no augmentation)."""
+    ds = SegDataset([], augment_cfg=None)
+    keep = [i for i, p in enumerate(dataset.pairs) if Path(p.source).name == source]
+    ds.pairs = [dataset.pairs[i] for i in keep]
+    ds.items = [dataset.items[i] for i in keep]
+    return ds
+
+
+def constant_scores(dataset: SegDataset, classes: Sequence[str]) -> dict[str, float]:
+    """mIoU of calling every pixel tumour, and of calling every pixel background, on ``dataset``."""
+    out = {}
+    for name, value in (("all_tumour", 1), ("all_background", 0)):
+        cm = ConfusionMatrix(len(classes))
+        for _, mask in dataset.items:
+            cm.update(mask, np.full_like(mask, value))
+        out[f"{name}_miou"] = cm.summary(list(classes))["miou"]
+    return out
+
+
+@torch.no_grad()
+def evaluate_by_source(model: nn.Module, dataset: SegDataset, classes: Sequence[str],
+                       device: str | torch.device = "cpu") -> dict[str, Any]:
+    """One pass over ``dataset``: the overall mIoU / Dice, and per source folder the mIoU and tumour
+    Dice next to the two constants (folders with tumour) or the share of pixels called tumour
+    (folders without). ``negatives_tumour_share`` pools :data:`FP_TARGET_FOLDERS`."""
+    was = model.training
+    model.eval().to(device)
+    k = len(classes)
+    stride = int(getattr(model, "stride", 32))
+    overall = ConfusionMatrix(k)
+    per_cm: dict[str, ConfusionMatrix] = {}
+    count: dict[str, int] = {}
+    for i, pair in enumerate(dataset.pairs):
+        img, mask = dataset[i]
+        pred = predict_logits(model, img[None].to(device), stride).argmax(1)[0].cpu().numpy()
+        truth = mask.numpy()
+        name = Path(pair.source).name
+        overall.update(truth, pred)
+        per_cm.setdefault(name, ConfusionMatrix(k)).update(truth, pred)
+        count[name] = count.get(name, 0) + 1
+    model.train(was)
+    per: dict[str, Any] = {}
+    fp = total = 0
+    for name in sorted(per_cm):
+        res = per_cm[name].summary(list(classes))
+        if per_cm[name].matrix[1:].sum() > 0:  # the folder has tumour pixels
+            per[name] = {"images": count[name], "miou": res["miou"],
+                         "tumour_dice": res["per_class"][classes[-1]]["dice"],
+                         **constant_scores(subset(dataset, name), classes)}
+        else:
+            m = per_cm[name].matrix
+            per[name] = {"images": count[name], "tumour_share": float(m[:, 1:].sum() / max(m.sum(), 1))}
+            if name in FP_TARGET_FOLDERS:
+                fp += int(m[:, 1:].sum())
+                total += int(m.sum())
+    res = overall.summary(list(classes))
+    return {"miou": res["miou"], "dice": res["dice"], "per_source": per,
+            "negatives_tumour_share": fp / total if total else None}
