@@ -58,8 +58,10 @@ check-window-libs: check-qt-libs
 bench-viewer: setup
 	QT_QPA_PLATFORM=offscreen $(BIN)/cocopath --bench-viewer resources/benchmarks/viewer.json
 
+# The CPU distillation protocol, resumable in work/ (git-ignored): rerun to continue after a stop.
 bench-distill: setup
-	$(BIN)/cocopath-engine bench distill --out resources/benchmarks/distill.json
+	$(BIN)/cocopath-engine bench distill --protocol cpu --workdir work/distill-cpu \
+	  --out resources/benchmarks/distill-cpu.json --ship resources/models
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

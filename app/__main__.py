@@ -22,6 +22,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("slide", nargs="?", help="a slide file (or a DICOM slide's folder) to open")
     p.add_argument("--screenshot", metavar="OUT.png",
                    help="open SLIDE, wait until every visible tile is drawn, save the window, exit")
+    p.add_argument("--predict", action="store_true",
+                   help="with --screenshot: run the active model (the default student unless another was "
+                        "chosen) on the whole slide first, then save the window with its mask")
     p.add_argument("--center", metavar="X,Y", help="centre the view on level-0 pixel X,Y")
     p.add_argument("--magnification", type=float, metavar="M", help="show the slide at M× (e.g. 10)")
     p.add_argument("--size", metavar="WxH", default=None,
@@ -177,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             view.center_on(*center)
     if args.first_frame_probe:
         return _first_frame(window)
+    if args.predict and not args.screenshot:
+        print("cocopath: error: --predict goes with --screenshot", file=sys.stderr)
+        return 2
+    if args.predict and not _predict(window, args.timeout):
+        print(f"cocopath: error: the model did not finish on this slide: {window.last_error or 'timed out'}",
+              file=sys.stderr)
+        return 1
     if args.screenshot:
         return _screenshot(window, Path(args.screenshot), args.timeout)
     return app.exec()  # type: ignore[attr-defined]
@@ -195,6 +205,22 @@ def _first_frame(window: object) -> int:
     ok = wait_until_drawn(window, 60.0)
     print(f"complete_s={time.perf_counter() - T_START:.4f} ok={ok}", flush=True)
     return 0 if ok else 1
+
+
+def _predict(window: object, timeout: float) -> bool:
+    """Run the active model on the open slide from the Model panel's code path; wait for the end."""
+    from PySide6.QtCore import QCoreApplication, QEventLoop
+
+    pa = window.predictions  # type: ignore[attr-defined]
+    wait_until_drawn(window, timeout)
+    if not pa.run():
+        return False
+    deadline = time.monotonic() + max(timeout, 600.0)
+    while pa.bridge.running and time.monotonic() < deadline:
+        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+        time.sleep(0.02)
+    QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 200)
+    return not pa.bridge.running and pa.last_finished is not None
 
 
 def _screenshot(window: object, out: Path, timeout: float) -> int:

@@ -86,7 +86,7 @@ def resolve_model(path: Path | None) -> Path:
     found = default_model_path()
     if found is None:
         raise CocoPathError("no model: the shipped student (resources/models/"
-                            "cocopath-student-ebhi.safetensors) is not there; pass --model M.safetensors")
+                            "cocopath-student-tumour.safetensors) is not there; pass --model M.safetensors")
     return found
 
 

@@ -121,10 +121,11 @@ def class_lut(project_classes: Sequence[str], model_classes: Sequence[str],
     the model's class indices, and notes on the choices made (about the ``used`` classes only;
     default: all).
 
-    Classes match by name (case-insensitive; "tumor", "carcinoma", "cancer" count as "tumour").
-    For a two-class model (background + one class) a used project class that matches neither is
-    background ("not tumour"), except that when a single class is used it is taken as the model's
-    foreground. For a larger model, unmatched classes are ignored.
+    Classes match by name only (case-insensitive; "tumor", "carcinoma", "cancer" count as
+    "tumour"), never by position nor because a class is the only one drawn. For a two-class model
+    (background + one class) a project class that matches neither — Stroma, Necrosis, Lesion — is
+    background ("not tumour"): what the pathologist outlined is learnt as not being the model's
+    class. For a larger model, unmatched classes are ignored.
     """
     lut = np.full(256, IGNORE, dtype=np.uint8)
     lut[0] = 0
@@ -136,14 +137,9 @@ def class_lut(project_classes: Sequence[str], model_classes: Sequence[str],
     active = [i for i, n in enumerate(project_classes) if n in used]
     binary = len(model_classes) == 2
     if binary and active and not any(matched.get(i) == 1 for i in active):
-        if len(active) == 1:
-            matched[active[0]] = 1
-            notes.append(f"the project's class {project_classes[active[0]]!r} is taken as the "
-                         f"model's {model_classes[1]!r}")
-        else:
-            names = ", ".join(project_classes[i] for i in active)
-            raise RoundDataError(f"none of the annotated classes ({names}) is the model's "
-                                 f"{model_classes[1]!r}: name the class to learn {model_classes[1]!r}")
+        names = ", ".join(repr(project_classes[i]) for i in active)
+        notes.append(f"no annotated class is named {model_classes[1]!r} ({names} drawn): the round "
+                     f"learns only what is not {model_classes[1]}")
     for i, name in enumerate(project_classes):
         if i in matched:
             lut[i + 1] = matched[i]

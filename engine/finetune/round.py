@@ -225,7 +225,7 @@ def _current_model(registry: Any) -> Any:
     default = default_model_path()
     if default is None:
         raise CocoPathError("the project has no model and no default student is installed "
-                            "(resources/models/cocopath-student-ebhi.safetensors, or "
+                            "(resources/models/cocopath-student-tumour.safetensors, or "
                             "$COCOPATH_DEFAULT_MODEL); import one with `cocopath-engine models "
                             "import FILE --project …`")
     seeded = registry.ensure_seeded(default)

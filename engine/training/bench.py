@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 TEACHER_KEYS = ("data", "augment", "size", "crop", "teacher", "teacher_steps", "batch_size", "lr")
 #: … and the crop bank of its outputs (the students' training data when ``bank`` > 0).
 BANK_KEYS = (*TEACHER_KEYS, "bank")
-METHODS = ("student", "kd", "skd", "cwd", "ft", "coco", "coco-gram", "coco-adv", "coco-full")
+METHODS = ("student", "kd", "skd", "cwd", "ft", "coco", "coco-gram", "coco-kd", "coco-adv", "coco-full")
 REGEX = r"^(.*?)-\d+-400-\d+$"
 _DEFAULTS: dict[str, Any] = {"data": "ebhi", "augment": "default", "bank": 0, "teacher_threads": None,
                              "student_threads": None}
@@ -348,19 +348,54 @@ def _pm(mean: float, sd: float | None) -> str:
     return f"{mean:.4f} ± {sd:.4f}" if sd is not None else f"{mean:.4f} (1 seed)"
 
 
+def _paired(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "–"
+    p = f", p = {r['p']:.3f}" if r.get("p") is not None else ""
+    return f"{r['diff_mean']:+.4f} ± {r['diff_sd']:.4f}{p}"
+
+
+def _negatives(r: dict[str, Any]) -> str:
+    shares = [run.get("test", {}).get("negatives_tumour_share") for run in r["runs"]]
+    shares = [s for s in shares if s is not None]
+    if not shares:
+        return "–"
+    m, sd = _mean_sd(shares)
+    return f"{100 * m:.1f} %" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+
+
+def _source_table(scores: dict[str, Any]) -> list[str]:
+    lines = ["| folder | images | mIoU / tumour share | all-tumour mIoU | all-background mIoU |", "|---|---|---|---|---|"]
+    for name, r in (scores.get("per_source") or {}).items():
+        if "miou" in r:
+            lines.append(f"| {name} | {r['images']} | mIoU {r['miou']:.4f} | {r['all_tumour_miou']:.4f} | "
+                         f"{r['all_background_miou']:.4f} |")
+        else:
+            lines.append(f"| {name} (no tumour) | {r['images']} | {100 * r['tumour_share']:.1f} % called tumour | – | – |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     t = report["teacher"]
+    val = f"{t['val_miou']:.4f}" if t.get("val_miou") is not None else "–"
     lines = [f"## Distillation ablation — protocol `{report['protocol']}`", "", report["protocol_note"], "",
-             f"Teacher {t['model']}: validation mIoU {t['val_miou']:.4f}, test mIoU {t['test_miou']:.4f}, "
-             f"Dice {t['test_dice']:.4f}", "",
-             "| method | validation mIoU | test mIoU | test Dice | % of teacher mIoU | gap closed |",
-             "|---|---|---|---|---|---|"]
+             f"Teacher {t['model']}: validation mIoU {val}, test mIoU {t['test_miou']:.4f}, "
+             f"Dice {t['test_dice']:.4f}", ""]
+    if t.get("test", {}).get("per_source"):
+        lines += ["Teacher on the test split, by folder:", "", *_source_table(t["test"]), ""]
+    lines += ["Per method: mean ± sd over seeds; the paired difference is the method's test mIoU minus the plain "
+              "student's of the same seed (mean ± sd, paired t-test p); 'negatives' is the share of pixels called "
+              "tumour on the normal / LGIN / HGIN test tiles.", "",
+              "| method | validation mIoU | test mIoU | vs student alone (paired) | test Dice | % of teacher mIoU | "
+              "gap closed | negatives |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, r in report["methods"].items():
         share = f"{100 * r['share_of_teacher_miou']:.1f} %" if r["share_of_teacher_miou"] is not None else "–"
         gap = f"{100 * r['gap_closed']:.0f} %" if r["gap_closed"] is not None else "–"
-        val = statistics.fmean(run["val_miou"] for run in r["runs"])
-        lines.append(f"| {name} | {val:.4f} | {_pm(r['test_miou_mean'], r['test_miou_sd'])} | "
-                     f"{_pm(r['test_dice_mean'], r['test_dice_sd'])} | {share} | {gap} |")
+        vals = [run["val_miou"] for run in r["runs"]]
+        lines.append(f"| {name} | {_pm(*_mean_sd(vals))} | {_pm(r['test_miou_mean'], r['test_miou_sd'])} | "
+                     f"{_paired(r.get('vs_student'))} | {_pm(r['test_dice_mean'], r['test_dice_sd'])} | {share} | "
+                     f"{gap} | {_negatives(r)} |")
     e = report["efficiency"]
     lines += ["", "| network | params | GFLOPs (MACs) at 256² | CPU images/s at "
               f"{e['speed_size']}² ({e['threads']} threads) |", "|---|---|---|---|"]
@@ -374,8 +409,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"{e['cpu_speedup']:.1f}× the CPU speed (same run, interleaved timing)."]
     if "reference_teacher" in e:
         r = e["reference_teacher"]
-        lines.append(f"Against the full protocol's {r['model']} teacher: {100 * r['student_flops_ratio']:.1f} % of "
-                     f"the FLOPs, {r['student_cpu_speedup']:.1f}× the CPU speed.")
+        lines.append(f"Against the ResNet-50 U-Net teacher of earlier protocols: {100 * r['student_flops_ratio']:.1f} % "
+                     f"of the FLOPs, {r['student_cpu_speedup']:.1f}× the CPU speed.")
     lines.append("")
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from engine.training.datasets import find_pairs
 from engine.training.loader import SegDataset
 from engine.training.trainer import TrainConfig, train
 
-METHODS = ["student", "kd", "skd", "cwd", "ft", "coco", "coco-gram", "coco-adv", "coco-full"]
+METHODS = ["student", "kd", "skd", "cwd", "ft", "coco", "coco-gram", "coco-kd", "coco-adv", "coco-full"]
 
 
 @pytest.fixture(scope="module")

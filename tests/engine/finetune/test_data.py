@@ -131,10 +131,12 @@ def test_class_lut_matches_names_and_says_what_it_did() -> None:
     lut, notes = class_lut(["Tumor", "Stroma"], CLASSES)
     assert (lut[0], lut[1], lut[2], lut[255]) == (0, 1, 0, IGNORE)
     assert any("'Stroma' is taken as 'background'" in n for n in notes)
-    lut, notes = class_lut(["Lesion"], CLASSES)
-    assert lut[1] == 1 and "taken as the model's 'tumour'" in notes[0]
-    with pytest.raises(RoundDataError, match="name the class to learn 'tumour'"):
-        class_lut(["Lesion", "Stroma"], CLASSES)
+    # never by position, nor because it is the only class drawn: a lone Stroma outline is not tumour
+    lut, notes = class_lut(["Stroma"], CLASSES)
+    assert lut[1] == 0 and any("learns only what is not tumour" in n for n in notes)
+    assert any("'Stroma' is taken as 'background'" in n for n in notes)
+    lut, _ = class_lut(["Lesion", "Stroma"], CLASSES)
+    assert (lut[1], lut[2]) == (0, 0)
     lut, _ = class_lut(["Lesion", "Stroma", "Tumour"], CLASSES, used={"Tumour"})
     assert (lut[1], lut[2], lut[3]) == (0, 0, 1)
     lut, notes = class_lut(["necrosis", "Tumour"], ["background", "tumour", "stroma"])
