@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: The settings a teacher depends on: a resumed run with other student settings reuses the teacher.
 TEACHER_KEYS = ("data", "augment", "size", "crop", "teacher", "teacher_steps", "batch_size", "lr")
+#: Settings that do not change a finished student run (how many seeds, the speed measurement).
+RUN_FREE_KEYS = ("seeds", "speed_size", "speed_rounds")
 #: … and the crop bank of its outputs (the students' training data when ``bank`` > 0).
 BANK_KEYS = (*TEACHER_KEYS, "bank")
 METHODS = ("student", "kd", "skd", "cwd", "ft", "coco", "coco-gram", "coco-kd", "coco-adv", "coco-full")
@@ -56,6 +58,10 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "teacher": "unet-resnet34", "teacher_steps": 3000, "student": "mobile-unet", "student_steps": 600,
             "batch_size": 8, "lr": 1e-3, "seeds": 3, "paraphraser_steps": 200, "bank": 3200,
             "teacher_threads": 2, "student_threads": 1, "speed_size": 224, "speed_rounds": 15},
+    "cpu-long": {**_DEFAULTS, "data": "mixture", "augment": "scanner", "size": None, "crop": 128,
+                 "teacher": "unet-resnet34", "teacher_steps": 12000, "student": "mobile-unet", "student_steps": 2400,
+                 "batch_size": 8, "lr": 1e-3, "seeds": 3, "paraphraser_steps": 400, "bank": 8000,
+                 "teacher_threads": 2, "student_threads": 1, "speed_size": 224, "speed_rounds": 15},
     "session": {**_DEFAULTS, "size": None, "crop": 128, "teacher": "unet-resnet50", "teacher_steps": 1200,
                 "student": "mobile-unet", "student_steps": 300, "batch_size": 8, "lr": 1e-3, "seeds": 1,
                 "paraphraser_steps": 100, "speed_size": 224, "speed_rounds": 15},
@@ -74,6 +80,9 @@ NOTES = {
             "U-Net teacher on 128x128 crops on 2 threads; then the teacher's outputs and features are computed "
             "once on a fixed bank of augmented crops and every student method trains on that bank (student "
             "forward and backward only) on 1 thread, several seeds, paired by seed."),
+    "cpu-long": ("CPU-LONG protocol: the cpu protocol with 4x the teacher steps (12000, about 3 h on 2 cores), a "
+                 "bank of 8000 crops and 2400 steps per student run: longer than one working session, so it is "
+                 "meant to run in the background across sessions from the git-ignored work/ folder (resumable)."),
     "session": ("SESSION protocol (CPU, one working session of ~2 h on 2 cores): native-resolution tiles, trained on "
                 "random 128x128 crops and evaluated on the whole 224x224 test tiles; ResNet-50 U-Net teacher 1200 "
                 "steps, every student method 300 steps, one seed. Far shorter than the paper's schedule: the "
@@ -214,7 +223,7 @@ def prepare_teacher(
 def run_benchmark(
     protocol: str = "quick", data_dir: str | None = None, seeds: int | None = None, device: str = "auto",
     methods: list[str] | None = None, progress: ProgressFn | None = None, workdir: Path | None = None,
-    overrides: dict[str, Any] | None = None, teacher_only: bool = False,
+    overrides: dict[str, Any] | None = None, teacher_only: bool = False, runs_only: bool = False,
 ) -> dict[str, Any]:
     """Run the ablation and return the report (JSON-ready); ``overrides`` replace protocol settings.
 
@@ -222,12 +231,13 @@ def run_benchmark(
     folder, removed afterwards, by default). A kept ``workdir`` makes the run resumable: a teacher,
     bank or method/seed finished there with the same settings is read back instead of made again,
     and an unfinished teacher or student continues from its last saved state (every 100 steps).
-    ``teacher_only`` stops after the teacher and the bank (to run the methods in parallel processes).
+    ``teacher_only`` stops after the teacher and the bank; ``runs_only`` after the methods' runs,
+    without the speed measurement and the report (for method subsets run in parallel processes).
     """
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="cocopath-distill-bench-") as tmp:
             return run_benchmark(protocol, data_dir, seeds, device, methods, progress, Path(tmp), overrides,
-                                 teacher_only)
+                                 teacher_only, runs_only)
     from engine.distill.bank import load_or_build_bank
     from engine.models import count_flops, count_params, create_model
 
@@ -253,15 +263,17 @@ def run_benchmark(
             bank = load_or_build_bank(work / f"bank-{_tag(proto, BANK_KEYS)}.safetensors", data.train, teacher,
                                       proto["bank"], progress=progress)
     runs: dict[str, list[dict[str, Any]]] = {}
+    # what a student run depends on: more seeds or other timing settings keep the finished runs
+    run_settings = {k: v for k, v in proto.items() if k not in RUN_FREE_KEYS}
     for method in [] if teacher_only else methods:
         for seed in range(proto["seeds"]):
             run_file = work / "runs" / f"{method}-s{seed}.json"
-            run = _read_run(run_file, proto)
+            run = _read_run(run_file, run_settings)
             if run is None:
                 cfg_s = TrainConfig(steps=proto["student_steps"], batch_size=proto["batch_size"], lr=proto["lr"],
                                     seed=seed, device=device, state_every=100)
                 t0 = time.perf_counter()
-                state = work / f"student-{method}-s{seed}-{_tag(proto, tuple(sorted(proto)))}.state.safetensors"
+                state = work / f"student-{method}-s{seed}-{_tag(run_settings, tuple(sorted(run_settings)))}.state.safetensors"
                 with _threads(proto["student_threads"]):
                     student, res, meta = distill_student(
                         data, teacher, method, proto["student"], cfg_s,
@@ -273,10 +285,12 @@ def run_benchmark(
                        "val_miou": meta["metrics"]["val"]["miou"], "final_loss": res.metrics.get("final_loss"),
                        "seconds": time.perf_counter() - t0, "test": test,
                        "val": {k: v for k, v in val.items() if k != "per_class"}}
-                _write_run(run_file, proto, run)
+                _write_run(run_file, run_settings, run)
                 teacher.cpu()
             runs.setdefault(method, []).append(run)
             log.info("%s seed %d: test mIoU %.4f", method, seed, run["test_miou"])
+    if teacher_only or runs_only:
+        return {"benchmark": "distill", "partial": True, "teacher": teacher_run, "runs": runs}
     t_miou = teacher_run["test_miou"]
     base = _mean_sd([r["test_miou"] for r in runs["student"]])[0] if "student" in runs else None
     table: dict[str, Any] = {}

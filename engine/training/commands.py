@@ -82,9 +82,10 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
 
     b = bench.add_parser("distill", help="ablation of distillation methods on ebhi-adenocarcinoma")
     b.add_argument("--quick", action="store_true", help="same as --protocol quick: tiny images, few steps (minutes)")
-    b.add_argument("--protocol", choices=("quick", "session", "cpu", "full"), default="full",
+    b.add_argument("--protocol", choices=("quick", "session", "cpu", "cpu-long", "full"), default="full",
                    help="quick (minutes), session (~2 h on 2 cores), cpu (tumour + negatives, crop bank, "
-                        "3 seeds; ~4 h on 2 cores), full (5 seeds; GPU)")
+                        "3 seeds; ~2.5 h on 2 cores), cpu-long (the same, 4x longer; across sessions), "
+                        "full (5 seeds; GPU)")
     b.add_argument("--workdir", default=None,
                    help="keep checkpoints and finished runs here; a rerun with the same settings resumes")
     b.add_argument("--ship", default=None, metavar="DIR",
@@ -92,6 +93,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                         "(needs --workdir), e.g. resources/models")
     b.add_argument("--ship-method", default=None, metavar="METHOD",
                    help="with --ship: ship this method's student instead of the best by validation")
+    b.add_argument("--force", action="store_true",
+                   help="with --ship: ship even when the new student scores below the one it replaces")
     b.add_argument("--out", default=None, help="write the JSON here (a .md table is written beside it)")
     b.add_argument("--data", default=None, help="dataset folder (default: shared ebhi-adenocarcinoma), or for "
                                                   "the mixture protocols the folder holding its folders "
@@ -102,6 +105,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     b.add_argument("--device", default="auto")
     b.add_argument("--teacher-only", action="store_true",
                    help="stop after the teacher and the crop bank (then run --methods subsets in parallel)")
+    b.add_argument("--runs-only", action="store_true",
+                   help="train and evaluate the --methods runs only: no speed measurement, no report")
     b.set_defaults(func=cmd_bench_distill)
 
 
@@ -244,12 +249,19 @@ def cmd_bench_distill(args: argparse.Namespace) -> int:
     report = run_benchmark(protocol="quick" if args.quick else args.protocol, data_dir=args.data, seeds=args.seeds, device=args.device,
                            methods=args.methods.split(",") if args.methods else None,
                            progress=_progress_printer(True), workdir=Path(args.workdir) if args.workdir else None,
-                           teacher_only=args.teacher_only)
+                           teacher_only=args.teacher_only, runs_only=args.runs_only)
+    if report.get("partial"):
+        if args.out or args.ship:
+            raise CocoPathError("--teacher-only / --runs-only write no report: run again without them for --out / --ship")
+        done = {m: len(rs) for m, rs in report["runs"].items()}
+        print(f"teacher test mIoU {report['teacher']['test_miou']:.4f}; runs done: {done}")
+        return 0
     md = write_outputs(report, Path(args.out) if args.out else None)
     if args.ship:
         from engine.training.ship import ship_student
 
-        shipped = ship_student(report, Path(args.workdir), Path(args.ship), args.ship_method, args.data)
+        shipped = ship_student(report, Path(args.workdir), Path(args.ship), args.ship_method, args.data,
+                               force=args.force)
         print(f"shipped {shipped['student']} (method {shipped['method']})", file=sys.stderr)
     print(json.dumps(report, indent=1) if not args.out else md)
     return 0

@@ -70,6 +70,32 @@ def scale_tolerance(model: Any, meta: dict[str, Any], data_dir: str | None = Non
     return {f"{f:g}": evaluate(model, test.rescaled(f), list(data.spec.classes))["miou"] for f in scales}
 
 
+def compare_with_previous(model: Any, meta: dict[str, Any], previous: Path, data_dir: str | None = None) -> dict[str, Any]:
+    """The new student and the model it would replace, on the new test split's images whose case the
+    previous model neither trained nor validated on (a fair comparison for both)."""
+    import re
+
+    from engine.training.datasets import case_of
+    from engine.training.mixture import evaluate_by_source
+    from engine.training.runs import data_from_card
+
+    old, old_meta = load_model(previous)
+    several = len((meta.get("data") or {}).get("folders") or ()) > 1
+    data = data_from_card(meta, Path(data_dir) if data_dir else None) if several else \
+        data_from_card(meta, folders=[data_dir] if data_dir else None)
+    old_data = old_meta.get("data") or {}
+    seen = set(old_data.get("train_cases") or ()) | set(old_data.get("val_cases") or ())
+    pattern = re.compile(data.spec.group_regex)
+    test = data.test
+    keep = [i for i, p in enumerate(test.pairs) if case_of(p.key, pattern) not in seen]
+    test.pairs, test.items = [test.pairs[i] for i in keep], [test.items[i] for i in keep]
+    classes = list(data.spec.classes)
+    new_s = evaluate_by_source(model.float(), test, classes)
+    old_s = evaluate_by_source(old.float(), test, classes)
+    return {"previous": previous.name, "images": len(test), "left_out_cases_seen_by_previous": len(seen),
+            "new": new_s, "previous_scores": old_s, "better": new_s["miou"] >= old_s["miou"]}
+
+
 def _card_meta(meta: dict[str, Any], report: dict[str, Any], role: str, method: str | None) -> dict[str, Any]:
     meta = dict(meta)
     inp = dict(meta.get("input") or {})
@@ -85,9 +111,16 @@ def _card_meta(meta: dict[str, Any], report: dict[str, Any], role: str, method: 
 
 
 def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str | None = None,
-                 data_dir: str | None = None) -> dict[str, Any]:
+                 data_dir: str | None = None, force: bool = False) -> dict[str, Any]:
     """Write the best student by validation (or ``method``'s), the teacher when small enough, and the
-    model card into ``dest``."""
+    model card into ``dest``.
+
+    Never worse: when ``dest`` already holds a default student, both are scored on the new test
+    split's images the old one never saw; a new student with a lower mIoU there is refused (a
+    :class:`~engine.errors.CocoPathError` naming both figures) unless ``force``.
+    """
+    from engine.errors import CocoPathError
+
     dest.mkdir(parents=True, exist_ok=True)
     chosen = method
     method, seed = best_method(report, method)
@@ -97,9 +130,22 @@ def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str 
     meta["metrics"] = {**(meta.get("metrics") or {}), "test": run.get("test") or
                        {"miou": run["test_miou"], "dice": run["test_dice"]}}
     meta["scale_tolerance"] = scale_tolerance(model, meta, data_dir)
+    previous = sorted(dest.glob("*student*.safetensors"))
+    comparison = compare_with_previous(model, meta, previous[0], data_dir) if previous else None
+    if comparison is not None:
+        meta["replaces"] = {"model": comparison["previous"], "images": comparison["images"],
+                            "miou": comparison["new"]["miou"], "previous_miou": comparison["previous_scores"]["miou"],
+                            "negatives_tumour_share": comparison["new"]["negatives_tumour_share"],
+                            "previous_negatives_tumour_share": comparison["previous_scores"]["negatives_tumour_share"]}
+        if not comparison["better"] and not force:
+            raise CocoPathError(
+                f"the new student scores mIoU {comparison['new']['miou']:.4f} against "
+                f"{comparison['previous_scores']['miou']:.4f} for {comparison['previous']} on "
+                f"{comparison['images']} test images neither trained on: not shipped (--force ships it anyway)")
     student_path = save_model(dest / f"{STUDENT_NAME}.safetensors", model, meta, half=True)
     shipped: dict[str, Any] = {"student": str(student_path), "method": method, "seed": seed,
-                               "chosen": chosen is not None, "scale_tolerance": meta["scale_tolerance"]}
+                               "chosen": chosen is not None, "scale_tolerance": meta["scale_tolerance"],
+                               "replaces": meta.get("replaces")}
     teacher, t_meta = load_model(workdir / "teacher.safetensors")
     teacher_bytes = sum(p.numel() * 2 for p in teacher.state_dict().values() if p.is_floating_point())
     if teacher_bytes <= TEACHER_LIMIT_BYTES:
@@ -126,6 +172,15 @@ def _selection(report: dict[str, Any], method: str, chosen: bool) -> str:
                 "validation mIoU; the test split only reports.")
     return (f"The method was named (`--ship-method {method}`), not the best by validation: its validation "
             f"mIoU {vals[method]:.4f} against the best ({best}, {vals[best]:.4f}). The test split only reports.")
+
+
+def _replaces(r: dict[str, Any]) -> list[str]:
+    neg = ""
+    if r.get("negatives_tumour_share") is not None and r.get("previous_negatives_tumour_share") is not None:
+        neg = (f"; pixels called tumour on the tiles without tumour {100 * r['negatives_tumour_share']:.1f} % "
+               f"against {100 * r['previous_negatives_tumour_share']:.1f} %")
+    return ["", f"It replaces `{r['model']}`: on the {r['images']} test images whose cases neither model trained "
+                f"or validated on, mIoU {r['miou']:.4f} against {r['previous_miou']:.4f}{neg}."]
 
 
 def _source_rows(scores: dict[str, Any]) -> list[str]:
@@ -197,6 +252,7 @@ def model_card(report: dict[str, Any], meta: dict[str, Any], shipped: dict[str, 
         + f"Over {len(row['runs'])} seeds the {method} students score test mIoU {row['test_miou_mean']:.4f}"
         + (f" ± {row['test_miou_sd']:.4f}" if row["test_miou_sd"] is not None else "") + ". "
         + _selection(report, method, shipped["chosen"]),
+        *(_replaces(shipped["replaces"]) if shipped.get("replaces") else []),
         "", "Teacher on the same test split:", "",
         "| folder | images | teacher | constants |", "|---|---|---|---|", *_source_rows(t.get("test") or {}), "",
         f"The student has {100 * eff['flops_ratio']:.1f} % of the teacher's FLOPs and runs "

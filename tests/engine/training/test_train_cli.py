@@ -157,7 +157,8 @@ def test_bench_resumes_from_its_workdir_and_ships_the_best_student(tiny_data: Pa
     assert method in card and "CC BY 4.0" in card and "by case" in card
 
 
-def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_path: Path) -> None:
+def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The cpu protocol's path end to end on tiny settings: mixture data with negatives, a crop bank of
     the teacher's outputs, two seeds paired against the plain student, per-folder scores, shipping."""
     from engine.training.checkpoints import load_meta
@@ -175,12 +176,32 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
     kd = report["methods"]["kd"]
     assert len(kd["runs"]) == 2 and kd["vs_student"]["pairs"] == 2 and kd["test_miou_sd"] is not None
     assert "negatives_tumour_share" in kd["runs"][0]["test"]
+    stamp = (tmp_path / "student-kd-s1.safetensors").stat().st_mtime_ns
+    more = run_benchmark(protocol="cpu", data_dir=str(tiny_mixture), methods=["kd"], seeds=3, device="cpu",
+                         workdir=tmp_path, overrides=tiny)
+    assert (tmp_path / "student-kd-s1.safetensors").stat().st_mtime_ns == stamp  # a third seed keeps the first two
+    assert [r["seed"] for r in more["methods"]["kd"]["runs"]] == [0, 1, 2]
     shipped = ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
     meta = load_meta(tmp_path / "models" / f"{STUDENT_NAME}.safetensors")
     assert set(meta["scale_tolerance"]) == {"0.5", "0.71", "1", "1.41", "2"} and "teacher" in shipped
     assert "split_file" not in meta["data"] and meta["data"]["test_cases"]
     card = (tmp_path / "models" / "MODEL_CARD.md").read_text()
     assert "ebhi-normal (no tumour)" in card and "all-tumour mIoU" in card
+
+    # never worse: a new student that scores below the shipped one on images neither saw is refused
+    from engine.errors import CocoPathError
+    from engine.training import mixture
+
+    scores = iter([0.2, 0.6])  # the new student, then the shipped one
+    monkeypatch.setattr(mixture, "evaluate_by_source", lambda *a, **k: {
+        "miou": next(scores), "dice": 0.0, "per_source": {}, "negatives_tumour_share": None})
+    before = (tmp_path / "models" / f"{STUDENT_NAME}.safetensors").read_bytes()
+    with pytest.raises(CocoPathError, match="0.2000 against 0.6000"):
+        ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
+    assert (tmp_path / "models" / f"{STUDENT_NAME}.safetensors").read_bytes() == before
+    scores = iter([0.2, 0.6])
+    forced = ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture), force=True)
+    assert forced["replaces"]["previous_miou"] == 0.6 and forced["replaces"]["miou"] == 0.2
 
 
 def test_paired_comparison_with_the_plain_student() -> None:
