@@ -101,6 +101,9 @@ def wait_until_drawn(window: object, timeout: float) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.predict and not args.screenshot:
+        print("cocopath: error: --predict goes with --screenshot", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     headless = bool(args.screenshot or args.bench_viewer or args.bench_annotations
@@ -180,9 +183,6 @@ def main(argv: list[str] | None = None) -> int:
             view.center_on(*center)
     if args.first_frame_probe:
         return _first_frame(window)
-    if args.predict and not args.screenshot:
-        print("cocopath: error: --predict goes with --screenshot", file=sys.stderr)
-        return 2
     if args.predict and not _predict(window, args.timeout):
         print(f"cocopath: error: the model did not finish on this slide: {window.last_error or 'timed out'}",
               file=sys.stderr)

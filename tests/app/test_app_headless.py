@@ -28,3 +28,37 @@ def test_screenshot_without_a_display_renders_offscreen(small_svs: Path, tmp_pat
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert out.stat().st_size > 10_000
+
+
+def test_screenshot_with_predict_shows_the_models_mask(small_svs: Path, tmp_path: Path) -> None:
+    """--predict runs the default model first: a tumour-everywhere model turns the tissue red."""
+    import numpy as np
+    from PIL import Image
+
+    import torch
+
+    from engine.models import create_model
+    from engine.training.checkpoints import save_model
+
+    model = create_model("mobile-unet-small", classes=2)  # a registered model the subprocess can build …
+    with torch.no_grad():  # … that calls every pixel tumour
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 8.0]))
+    path = save_model(tmp_path / "everywhere.safetensors", model, {
+        "model": model.config, "classes": ["background", "tumour"], "input": {"mpp": 2.0, "tile": 256}})
+    env = {**os.environ, "COCOPATH_DEFAULT_MODEL": str(path),
+           "COCOPATH_DATA_DIR": str(tmp_path / "data"), "QT_QPA_PLATFORM": "offscreen"}
+    shots = {}
+    for name, extra in (("plain", []), ("predicted", ["--predict"])):
+        out = tmp_path / f"{name}.png"
+        r = subprocess.run([sys.executable, "-m", "app", str(small_svs), "--screenshot", str(out), *extra,
+                            "--size", "800x600"], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        shots[name] = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    plain, pred = shots["plain"], shots["predicted"]
+    changed = np.abs(pred - plain).sum(axis=2) > 30
+    redder = (pred[..., 0] - pred[..., 1]) > (plain[..., 0] - plain[..., 1])
+    assert changed.mean() > 0.02 and (changed & redder).sum() > 0.8 * changed.sum()
+    r = subprocess.run([sys.executable, "-m", "app", str(small_svs), "--predict"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--predict goes with --screenshot" in r.stderr
