@@ -224,6 +224,7 @@ def run_benchmark(
     protocol: str = "quick", data_dir: str | None = None, seeds: int | None = None, device: str = "auto",
     methods: list[str] | None = None, progress: ProgressFn | None = None, workdir: Path | None = None,
     overrides: dict[str, Any] | None = None, teacher_only: bool = False, runs_only: bool = False,
+    finished_only: bool = False,
 ) -> dict[str, Any]:
     """Run the ablation and return the report (JSON-ready); ``overrides`` replace protocol settings.
 
@@ -233,11 +234,13 @@ def run_benchmark(
     and an unfinished teacher or student continues from its last saved state (every 100 steps).
     ``teacher_only`` stops after the teacher and the bank; ``runs_only`` after the methods' runs,
     without the speed measurement and the report (for method subsets run in parallel processes).
+    ``finished_only`` reports the runs finished in ``workdir`` and trains nothing (a method or seed
+    still missing is left out, and the report lists what is missing).
     """
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="cocopath-distill-bench-") as tmp:
             return run_benchmark(protocol, data_dir, seeds, device, methods, progress, Path(tmp), overrides,
-                                 teacher_only, runs_only)
+                                 teacher_only, runs_only, finished_only)
     from engine.distill.bank import load_or_build_bank
     from engine.models import count_flops, count_params, create_model
 
@@ -265,10 +268,14 @@ def run_benchmark(
     runs: dict[str, list[dict[str, Any]]] = {}
     # what a student run depends on: more seeds or other timing settings keep the finished runs
     run_settings = {k: v for k, v in proto.items() if k not in RUN_FREE_KEYS}
+    missing: list[str] = []
     for method in [] if teacher_only else methods:
         for seed in range(proto["seeds"]):
             run_file = work / "runs" / f"{method}-s{seed}.json"
             run = _read_run(run_file, run_settings)
+            if run is None and finished_only:
+                missing.append(f"{method} seed {seed}")
+                continue
             if run is None:
                 cfg_s = TrainConfig(steps=proto["student_steps"], batch_size=proto["batch_size"], lr=proto["lr"],
                                     seed=seed, device=device, state_every=100)
@@ -352,6 +359,7 @@ def run_benchmark(
             "student_flops_le_10pct": eff["flops_ratio"] <= 0.10,
             "student_cpu_speedup_ge_5x": eff["cpu_speedup"] >= 5.0,
         },
+        "missing_runs": missing,
         "best_method": best,
         "best_method_by_validation": best_val,
         "seconds": time.perf_counter() - t_start,
@@ -419,6 +427,9 @@ def markdown(report: dict[str, Any]) -> str:
         r = e[role]
         lines.append(f"| {role} {r['model']} | {r['params'] / 1e6:.2f} M | {r['flops_256'] / 1e9:.2f} | "
                      f"{r['cpu_images_per_s']:.1f} |")
+    if report.get("missing_runs"):
+        lines += ["", f"Not run yet ({len(report['missing_runs'])}): {', '.join(report['missing_runs'])}. The same "
+                  "command with the same `--workdir` trains them (finished runs are read back)."]
     lines += ["", f"Student / teacher: {100 * e['flops_ratio']:.1f} % of the FLOPs, "
               f"{e['cpu_speedup']:.1f}× the CPU speed (same run, interleaved timing)."]
     if "reference_teacher" in e:

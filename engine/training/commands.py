@@ -105,6 +105,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     b.add_argument("--device", default="auto")
     b.add_argument("--teacher-only", action="store_true",
                    help="stop after the teacher and the crop bank (then run --methods subsets in parallel)")
+    b.add_argument("--finished-only", action="store_true",
+                   help="report the runs finished in --workdir and train nothing (missing ones are listed)")
     b.add_argument("--runs-only", action="store_true",
                    help="train and evaluate the --methods runs only: no speed measurement, no report")
     b.set_defaults(func=cmd_bench_distill)
@@ -249,7 +251,8 @@ def cmd_bench_distill(args: argparse.Namespace) -> int:
     report = run_benchmark(protocol="quick" if args.quick else args.protocol, data_dir=args.data, seeds=args.seeds, device=args.device,
                            methods=args.methods.split(",") if args.methods else None,
                            progress=_progress_printer(True), workdir=Path(args.workdir) if args.workdir else None,
-                           teacher_only=args.teacher_only, runs_only=args.runs_only)
+                           teacher_only=args.teacher_only, runs_only=args.runs_only,
+                           finished_only=args.finished_only)
     if report.get("partial"):
         if args.out or args.ship:
             raise CocoPathError("--teacher-only / --runs-only write no report: run again without them for --out / --ship")

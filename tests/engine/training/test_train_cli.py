@@ -181,6 +181,11 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
                          workdir=tmp_path, overrides=tiny)
     assert (tmp_path / "student-kd-s1.safetensors").stat().st_mtime_ns == stamp  # a third seed keeps the first two
     assert [r["seed"] for r in more["methods"]["kd"]["runs"]] == [0, 1, 2]
+    partial = run_benchmark(protocol="cpu", data_dir=str(tiny_mixture), methods=["student", "kd", "cwd"], seeds=3,
+                            device="cpu", workdir=tmp_path, overrides=tiny, finished_only=True)
+    assert set(partial["methods"]) == {"student", "kd"} and not list(tmp_path.glob("student-cwd-*"))
+    assert partial["missing_runs"] == ["student seed 2", "cwd seed 0", "cwd seed 1", "cwd seed 2"]
+    assert "Not run yet (4)" in markdown(partial)
     shipped = ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
     meta = load_meta(tmp_path / "models" / f"{STUDENT_NAME}.safetensors")
     assert set(meta["scale_tolerance"]) == {"0.5", "0.71", "1", "1.41", "2"} and "teacher" in shipped
