@@ -21,12 +21,14 @@ Protocols (``PROTOCOLS``), one command each:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,20 +145,16 @@ def paired_test(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str
     return out
 
 
-def _threads(n: int | None):  # noqa: ANN202 - a context manager
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():  # noqa: ANN202
-        old = torch.get_num_threads()
-        if n:
-            torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-
-    return ctx()
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (the protocol fixes them), then restore the count."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _data_spec(proto: dict[str, Any], data_dir: str | None, work: Path) -> DataSpec:

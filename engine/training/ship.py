@@ -51,6 +51,15 @@ def best_method(report: dict[str, Any], method: str | None = None) -> tuple[str,
     return name, seed
 
 
+def _card_data(meta: dict[str, Any], data_dir: str | None) -> Any:
+    """The card's data: ``data_dir`` holds the mixture's folders, or is the one data folder."""
+    from engine.training.runs import data_from_card
+
+    if len((meta.get("data") or {}).get("folders") or ()) > 1:
+        return data_from_card(meta, Path(data_dir) if data_dir else None)
+    return data_from_card(meta, folders=[data_dir] if data_dir else None)
+
+
 def scale_tolerance(model: Any, meta: dict[str, Any], data_dir: str | None = None,
                     scales: tuple[float, ...] = SCALES, source: str = "ebhi-adenocarcinoma") -> dict[str, float]:
     """Test mIoU on ``source``'s test tiles resized by each factor: what a wrong µm/px costs.
@@ -59,14 +68,9 @@ def scale_tolerance(model: Any, meta: dict[str, Any], data_dir: str | None = Non
     data folder), else the shared data."""
     from engine.training.evaluate import evaluate
     from engine.training.mixture import subset
-    from engine.training.runs import data_from_card
 
-    several = len((meta.get("data") or {}).get("folders") or ()) > 1
-    if several:
-        data = data_from_card(meta, Path(data_dir) if data_dir else None)
-    else:
-        data = data_from_card(meta, folders=[data_dir] if data_dir else None)
-    test = subset(data.test, source) if several else data.test
+    data = _card_data(meta, data_dir)
+    test = subset(data.test, source) if len(data.spec.folders) > 1 else data.test
     return {f"{f:g}": evaluate(model, test.rescaled(f), list(data.spec.classes))["miou"] for f in scales}
 
 
@@ -77,12 +81,9 @@ def compare_with_previous(model: Any, meta: dict[str, Any], previous: Path, data
 
     from engine.training.datasets import case_of
     from engine.training.mixture import evaluate_by_source
-    from engine.training.runs import data_from_card
 
     old, old_meta = load_model(previous)
-    several = len((meta.get("data") or {}).get("folders") or ()) > 1
-    data = data_from_card(meta, Path(data_dir) if data_dir else None) if several else \
-        data_from_card(meta, folders=[data_dir] if data_dir else None)
+    data = _card_data(meta, data_dir)
     old_data = old_meta.get("data") or {}
     seen = set(old_data.get("train_cases") or ()) | set(old_data.get("val_cases") or ())
     pattern = re.compile(data.spec.group_regex)
