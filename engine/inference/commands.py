@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--simplify-um", type=float, default=1.0, help="polygon simplification (µm)")
     p.add_argument("--min-area-um2", type=float, default=200.0, help="smallest island kept (µm²)")
+    p.add_argument("--force", action="store_true",
+                   help="run even on a slide more than 2x coarser than the model's µm/px (its "
+                        "predictions there are not meaningful; without --force that is an error)")
     p.set_defaults(func=_infer)
 
     b = bench.add_parser("infer", help="whole-slide inference speed (JSON)")
@@ -68,6 +71,8 @@ def _infer(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CocoPathError("--batch-size must be at least 1")
     spec = load_spec(args.model)
+    slides = shard(list(args.slides))
+    check_resolution(slides, spec.mpp, force=args.force)
     from engine.inference.runner import make_runner
     from engine.training.checkpoints import load_model
 
@@ -77,7 +82,7 @@ def _infer(args: argparse.Namespace) -> int:
     opts = InferOptions(level=args.level, batch_size=args.batch_size, simplify_um=args.simplify_um,
                         min_area_um2=args.min_area_um2)
     summaries = []
-    for slide in shard(list(args.slides)):
+    for slide in slides:
         summary = infer_slide(slide, spec, runner, args.out, opts)
         summaries.append(summary)
         if not args.json:
@@ -86,6 +91,24 @@ def _infer(args: argparse.Namespace) -> int:
         json.dump(summaries, sys.stdout, indent=1, ensure_ascii=False)
         print()
     return 0 if all(s.get("status") == "done" for s in summaries) else 1
+
+
+def check_resolution(slides: list[Path], model_mpp: float | None, force: bool = False) -> None:
+    """Refuse (a one-line error naming the slide) a slide whose finest level is more than 2× coarser
+    than ``model_mpp``; with ``force``, a warning line on stderr and the run goes on."""
+    from engine.slide import open_slide
+    from engine.slide.resolution import resolution_problem
+
+    for path in slides:
+        with open_slide(path) as slide:
+            mpp = slide.info.mpp
+        problem = resolution_problem(mpp[0] if mpp else None, model_mpp)
+        if problem is None:
+            continue
+        if not force:
+            raise CocoPathError(f"{path.name}: {problem} (--force runs it anyway)")
+        print(f"cocopath-engine: warning: {path.name}: {problem}; running anyway (--force)",
+              file=sys.stderr)
 
 
 def _print_summary(s: dict) -> None:

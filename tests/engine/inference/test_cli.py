@@ -133,3 +133,30 @@ def test_user_errors_are_one_line(capsys, checkpoint, small_svs, tmp_path, case,
     rc, _, err = run(capsys, slide, "--model", model, "--out", tmp_path / "o", *extra)
     assert rc == 1
     assert err.count("\n") == 1 and err.startswith("cocopath-engine: ") and message in err
+
+
+@pytest.fixture
+def coarse_slide(tmp_path) -> Path:
+    """A small pyramid scanned at 10 µm/px: 2.5× coarser than the test model's 4 µm/px."""
+    return write_slide(tmp_path / "coarse.tif", pattern_rgb(300, 220), mpp=10.0, levels=2)
+
+
+def test_a_slide_much_coarser_than_the_model_is_refused_in_one_line(capsys, checkpoint,
+                                                                    coarse_slide, tmp_path):
+    rc, out, err = run(capsys, coarse_slide, "--model", checkpoint, "--out", tmp_path / "o")
+    assert rc == 1 and out == ""
+    assert err == ("cocopath-engine: coarse.tif: this slide is 10 µm/px; the model reads 4 µm/px: "
+                   "its predictions here are not meaningful (--force runs it anyway)\n")
+    assert not (tmp_path / "o" / "coarse.json").exists()
+
+
+def test_force_runs_a_coarse_slide_with_a_warning(capsys, checkpoint, coarse_slide, tmp_path):
+    rc, out, err = run(capsys, coarse_slide, "--model", checkpoint, "--out", tmp_path / "o",
+                       "--force", "--json", "--backend", "torch")
+    assert rc == 0, err
+    warning = [line for line in err.splitlines() if "not meaningful" in line]
+    assert warning == ["cocopath-engine: warning: coarse.tif: this slide is 10 µm/px; the model "
+                       "reads 4 µm/px: its predictions here are not meaningful; running anyway "
+                       "(--force)"]
+    [s] = json.loads(out)
+    assert s["status"] == "done" and (tmp_path / "o" / "coarse.json").is_file()
