@@ -34,13 +34,17 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     from engine.finetune.round import ACTIVATE_CHOICES, RoundSettings
 
-    d, c = RoundSettings(), RoundSettings.for_device("cpu")
+    d, c = RoundSettings(), RoundSettings.for_device("cpu", method="coco-full")
     p = sub.add_parser("finetune", help="fine-tune the project's student from its correction ROIs")
     p.add_argument("--project", required=True, type=Path, help="the project folder")
     p.add_argument("--slides", nargs="+", default=None, metavar="SLIDE",
                    help="slides to learn from (ids, paths or names; default: all with ROIs)")
+    p.add_argument("--budget", dest="budget_s", type=float, default=None, metavar="SECONDS",
+                   help="wall-clock budget of the round (default 60 s on the CPU, 20 s on a GPU); the "
+                        "round sizes its steps to it from its own measured step time")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"student steps (default {d.steps} on a GPU, {c.steps} on the CPU)")
+                   help="a fixed number of student steps instead of the budget's (distillation methods: "
+                        f"default {d.nominal_steps})")
     p.add_argument("--no-teacher", action="store_true",
                    help="distil from the frozen current student instead of a teacher")
     p.add_argument("--teacher", default=None, help="teacher checkpoint (.safetensors)")
@@ -48,13 +52,20 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                    help="make the new version active (default: if it is not worse on held-out ROIs)")
     p.add_argument("--holdout", type=float, default=d.holdout, help="share of ROIs held out")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"default {d.batch_size} on a GPU, {c.batch_size} on the CPU")
+                   help=f"default {d.batch_size} ({c.batch_size} on the CPU for a distillation method)")
     p.add_argument("--patch", type=int, default=d.patch, help="patch side in pixels (multiple of 32)")
     p.add_argument("--unlabelled-per-roi", type=int, default=d.unlabelled_per_roi)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
-    p.add_argument("--method", default=d.method, help="distillation config (default coco-full)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 1e-3 anchored, 3e-4 for a distillation method)")
+    p.add_argument("--method", default=d.method,
+                   help="anchored (default: frozen encoder, the parent kept as the target where nobody "
+                        "corrected) or a distillation config (coco-full, kd, …)")
+    p.add_argument("--replay-tiles", type=int, default=d.replay_tiles,
+                   help="tiles of the model's training data replayed and checked (anchored; 0: none)")
+    p.add_argument("--force", action="store_true",
+                   help="fine-tune even on a slide far coarser than the model reads")
     p.add_argument("--teacher-steps", type=int, default=None, help="teacher adaptation steps")
     p.add_argument("--paraphraser-steps", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None, help="held-out measurement interval")
@@ -108,13 +119,15 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def settings_from_args(args: argparse.Namespace) -> Any:
     from engine.finetune.round import RoundSettings
 
-    sized = {name: getattr(args, name) for name in ("steps", "batch_size", "teacher_steps", "paraphraser_steps")
+    sized = {name: getattr(args, name) for name in ("steps", "batch_size", "teacher_steps", "paraphraser_steps",
+                                                    "budget_s", "lr")
              if getattr(args, name) is not None}  # the rest: sized for the device the round runs on
     return RoundSettings.for_device(
         args.device, **sized, slides=tuple(args.slides) if args.slides else None,
         use_teacher=not args.no_teacher, teacher=args.teacher, holdout=args.holdout,
         patch=args.patch, unlabelled_per_roi=args.unlabelled_per_roi,
-        seed=args.seed, activate=args.activate, lr=args.lr, method=args.method, eval_every=args.eval_every)
+        seed=args.seed, activate=args.activate, method=args.method, eval_every=args.eval_every,
+        replay_tiles=args.replay_tiles, force=args.force)
 
 
 class _Printer:

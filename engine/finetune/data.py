@@ -345,6 +345,7 @@ class GatherOptions:
     unlabelled_per_roi: int = 4
     seed: int = 0
     slides: tuple[str, ...] | None = None
+    force: bool = False  # learn from a slide far coarser than the model reads (else refused)
 
 
 def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
@@ -393,6 +394,7 @@ def _cut_all(per_slide: list, classes: Sequence[Any], lut: np.ndarray, card: dic
     fill = mean_rgb((card.get("input") or {}).get("mean") or (0.485, 0.456, 0.406))
     slides = [(rec, rois, anns, open_slide(rec.path)) for rec, rois, anns in per_slide]
     try:
+        _check_resolution(slides, model_mpp, opts.force, notes)
         cutters = {rec.id: SlideCutter(src, rec, anns, classes, lut, opts.patch, model_mpp, fill)
                    for rec, _, anns, src in slides}
         regions: list[Region] = []
@@ -452,6 +454,20 @@ def _cut_all(per_slide: list, classes: Sequence[Any], lut: np.ndarray, card: dic
         raise RoundDataError("the training ROIs gave no labelled pixels; draw another correction ROI")
     log.info("round data: %s", data.summary()["patches"])
     return data
+
+
+def _check_resolution(slides: list, model_mpp: float | None, force: bool, notes: list[str]) -> None:
+    """Refuse (or, with ``force``, note) a slide far coarser than the model reads."""
+    from engine.slide.resolution import resolution_problem
+
+    for rec, _, _, src in slides:
+        problem = resolution_problem(max(src.info.mpp) if src.info.mpp else None, model_mpp)
+        if problem is None:
+            continue
+        if not force:
+            raise RoundDataError(f"{rec.name}: {problem}; leave it out of the round, or fine-tune on it "
+                                 f"anyway with --force")
+        notes.append(f"{rec.name}: {problem} (fine-tuned on it anyway: --force)")
 
 
 class GatherCancelled(Exception):

@@ -110,10 +110,12 @@ def finetune_argv(project_dir: Path, settings: RoundSettings, explicit: Collecti
                ("patch", "--patch"), ("unlabelled_per_roi", "--unlabelled-per-roi"), ("seed", "--seed"),
                ("device", "--device"), ("activate", "--activate"), ("lr", "--lr"), ("method", "--method"),
                ("teacher_steps", "--teacher-steps"), ("paraphraser_steps", "--paraphraser-steps"),
-               ("eval_every", "--eval-every"))
+               ("eval_every", "--eval-every"), ("budget_s", "--budget"), ("replay_tiles", "--replay-tiles"))
     for name, flag in options:
         value = getattr(settings, name)
         if value is not None and (value != getattr(d, name) or name in explicit):
             argv += [flag, str(value)]
+    if settings.force:
+        argv.append("--force")
     argv.append("--events")
     return argv

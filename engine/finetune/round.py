@@ -33,6 +33,9 @@ from engine.jobs import CancelToken, Progress
 log = logging.getLogger(__name__)
 
 ACTIVATE_CHOICES = ("if-not-worse", "always", "never")
+ANCHORED = "anchored"
+#: A round's wall-clock budget by device when the settings give none (issue: a minute on 2 cores).
+DEFAULT_BUDGET_S = {"cpu": 60.0, "cuda": 20.0}
 #: The stage of the progress events that carry a held-out measurement during training.
 EVAL_STAGE = "heldout"
 STATUSES = ("done", "cancelled", "nothing-to-learn", "failed")
@@ -42,9 +45,9 @@ ProgressFn = Callable[[Progress], None]
 
 @dataclass(frozen=True)
 class RoundSettings:
-    steps: int = 150  # CPU default sized to finish a round in minutes
+    steps: int | None = None  # a fixed student step count; None: as many as the budget allows
     slides: tuple[str, ...] | None = None  # slide ids or paths in the project; None = all with ROIs
-    use_teacher: bool = True  # adapt + distil from a teacher when one is given/registered
+    use_teacher: bool = True  # distillation methods: adapt + distil from a teacher when there is one
     teacher: str | None = None  # teacher checkpoint path
     holdout: float = 0.25  # share of ROIs held out (by region)
     batch_size: int = 8
@@ -54,14 +57,17 @@ class RoundSettings:
     device: str = "auto"
     activate: str = "if-not-worse"  # "if-not-worse" | "always" | "never"
     # -- additions ----------------------------------------------------------------------------
-    lr: float = 3e-4  # student (and teacher adaptation) learning rate, poly decay
-    method: str = "coco-full"  # distillation config (resources/configs/distill/<method>.toml)
-    teacher_steps: int | None = None  # teacher adaptation steps (None: a fifth of ``steps``)
-    paraphraser_steps: int | None = None  # paraphraser pre-training (None: a fifth of ``steps``)
+    lr: float | None = None  # None: the method's default (anchored 1e-3, distillation 3e-4), poly decay
+    method: str = "anchored"  # "anchored" (engine.finetune.anchored) or a distillation config name
+    teacher_steps: int | None = None  # teacher adaptation steps (None: a fifth of the student's)
+    paraphraser_steps: int | None = None  # paraphraser pre-training (None: a fifth of the student's)
     eval_every: int | None = None  # held-out measurement during training (None: 5 times a round)
+    budget_s: float | None = None  # wall-clock seconds of the whole round (None: 60 on CPU, 20 on GPU)
+    replay_tiles: int = 32  # tiles of the base training data kept and checked (anchored)
+    force: bool = False  # fine-tune on a slide far coarser than the model reads
 
     def validate(self) -> None:
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise CocoPathError(f"steps must be at least 1, not {self.steps}")
         if self.batch_size < 1:
             raise CocoPathError(f"batch size must be at least 1, not {self.batch_size}")
@@ -74,42 +80,51 @@ class RoundSettings:
                                 f"not {self.activate!r}")
         if self.unlabelled_per_roi < 0:
             raise CocoPathError("unlabelled patches per ROI cannot be negative")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise CocoPathError(f"the learning rate must be positive, not {self.lr}")
+        if self.budget_s is not None and not 0 < self.budget_s < 86400:
+            raise CocoPathError(f"the time budget must be between 0 and 86400 seconds, not {self.budget_s}")
+        if self.replay_tiles < 0:
+            raise CocoPathError("replay tiles cannot be negative")
 
     @classmethod
     def for_device(cls, device: str = "auto", **overrides: Any) -> RoundSettings:
-        """Settings sized for where the round runs: the defaults on a GPU; on a CPU a batch of 4,
-        80 student steps and 15 teacher / paraphraser steps. Measured on the 2-core development
-        machine (CPU seconds, 256² patches, batch 4, mobile-unet student, unet-resnet34 teacher,
-        coco-full): a student step 5.3 s (2.9 s of it the adversarial critic), a teacher step
-        2.7 s, a paraphraser step 0.9 s: about 480 CPU-s, ~5 min on two cores; the defaults
-        (batch 8, 150 steps) need about four times that."""
-        name = device
-        if device == "auto":
-            import importlib.util
-
-            name = "cpu"
-            if importlib.util.find_spec("torch") is not None:
-                import torch
-
-                name = "cuda" if torch.cuda.is_available() else "cpu"
+        """Settings sized for where the round runs. The anchored method needs nothing: its budget
+        sizes it. A distillation method on a CPU gets a batch of 4 and 15 teacher / paraphraser
+        steps (measured on the 2-core development machine, 256² patches, mobile-unet student,
+        unet-resnet34 teacher, coco-full: a student step 5.3 s, a teacher step 2.7 s, a
+        paraphraser step 0.9 s)."""
         sized: dict[str, Any] = {"device": device}
-        if name == "cpu":
-            sized.update(batch_size=4, steps=80, teacher_steps=15, paraphraser_steps=15)
+        if device_name(device) == "cpu" and overrides.get("method", cls.method) != ANCHORED:
+            sized.update(batch_size=4, teacher_steps=15, paraphraser_steps=15)
         return cls(**{**sized, **overrides})
+
+    def budget_for(self, device: str) -> float:
+        """The round's wall-clock budget on ``device`` ("cpu" or "cuda")."""
+        if self.budget_s is not None:
+            return float(self.budget_s)
+        return DEFAULT_BUDGET_S["cuda" if str(device).startswith("cuda") else "cpu"]
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.method == ANCHORED else 3e-4)
+
+    @property
+    def nominal_steps(self) -> int:
+        """The student's steps for a distillation method (budget-sized ones are known only later)."""
+        return self.steps if self.steps is not None else 80
 
     @property
     def adapt_steps(self) -> int:
-        return self.teacher_steps if self.teacher_steps is not None else max(1, self.steps // 5)
+        return self.teacher_steps if self.teacher_steps is not None else max(1, self.nominal_steps // 5)
 
     @property
     def para_steps(self) -> int:
-        return self.paraphraser_steps if self.paraphraser_steps is not None else max(1, self.steps // 5)
+        return self.paraphraser_steps if self.paraphraser_steps is not None else max(1, self.nominal_steps // 5)
 
     @property
     def eval_interval(self) -> int:
-        return self.eval_every if self.eval_every else max(1, self.steps // 5)
+        return self.eval_every if self.eval_every else max(1, self.nominal_steps // 5)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -185,6 +200,7 @@ class _State:
                                        "terms": {}, "batch_size": []}
         self.plan: dict[str, int] = {}
         self._stage_t0: dict[str, float] = {}
+        self.deadline: float | None = None  # a budgeted round: the ETA is the time left until then
 
     def emit(self, stage: str, step: int, total: int, metrics: dict[str, float] | None = None,
              message: str = "") -> None:
@@ -193,11 +209,28 @@ class _State:
         now = time.perf_counter()
         t0 = self._stage_t0.setdefault(stage, now)
         m = dict(metrics or {})
-        if stage in self.plan and step > 0:
+        if "eta_s" in m:
+            pass
+        elif stage in self.plan and step > 0:
             rate = (now - t0) / step
             later = list(self.plan)[list(self.plan).index(stage) + 1:]
             m["eta_s"] = rate * (total - step + sum(self.plan[s] for s in later))
+        elif self.deadline is not None:
+            m["eta_s"] = max(0.0, self.deadline - now)
         self.progress(Progress(stage, step, total, m, message))
+
+
+def device_name(device: str) -> str:
+    """"cpu" or "cuda" for a device setting ("auto" asks torch, when it is installed)."""
+    if device != "auto":
+        return "cuda" if device.startswith("cuda") else "cpu"
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _resolve_teacher(settings: RoundSettings, registry: Any) -> Path | None:
@@ -243,13 +276,17 @@ def _run(project_dir: Path, settings: RoundSettings, state: _State, cancel: Canc
     registry = ModelRegistry.of_project(project_dir)
     current = _current_model(registry)
     state.parent = current.version
-    r = _Round(project_dir, settings, state, cancel, registry, current)
+    r = _Round(project_dir, settings, state, cancel, registry, current, t0)
+    if settings.method == ANCHORED:  # a budgeted round: its ETA is the time left of the budget
+        state.deadline = t0 + settings.budget_for(device_name(settings.device))
     if not r.gather():
         where = "the chosen slides" if settings.slides is not None else "any slide of the project"
         return RoundResult("nothing-to-learn", None, current.version, {}, {}, False,
                            time.perf_counter() - t0,
                            f"nothing to learn: no correction ROI on {where}; draw one (O) around "
                            f"a region you reviewed", state.curves, {})
+    if settings.method == ANCHORED:
+        return r.publish(r.train_anchored(), t0)
     r.prepare()
     teacher = r.teacher()
     after = r.train_student(teacher)
@@ -260,7 +297,7 @@ class _Round:
     """The steps of :func:`run_round` over shared state (heavy imports happen here, not at import)."""
 
     def __init__(self, project_dir: Path, settings: RoundSettings, state: _State,
-                 cancel: CancelToken | None, registry: Any, current: Any) -> None:
+                 cancel: CancelToken | None, registry: Any, current: Any, t0: float | None = None) -> None:
         from engine.training.checkpoints import load_model
 
         self.project_dir, self.settings, self.state, self.cancel = project_dir, settings, state, cancel
@@ -273,6 +310,9 @@ class _Round:
         self.std = inp.get("std") or (0.229, 0.224, 0.225)
         self.notes: list[str] = []
         self.batch = settings.batch_size
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self.replay: tuple[dict | None, dict | None] = (None, None)
+        self.best_step: int | None = None  # the anchored method's kept step (0: the parent itself)
 
     def gather(self) -> bool:
         """Cut the round's patches; False when there is nothing to learn."""
@@ -280,7 +320,7 @@ class _Round:
 
         s, state = self.settings, self.state
         state.emit("gather", 0, 1, message="reading the correction ROIs")
-        opts = GatherOptions(s.patch, s.holdout, s.unlabelled_per_roi, s.seed, s.slides)
+        opts = GatherOptions(s.patch, s.holdout, s.unlabelled_per_roi, s.seed, s.slides, s.force)
         self.data = gather(self.project_dir, self.card, opts,
                            lambda p: state.emit(p.stage, p.step, p.total, message=p.message), self.cancel)
         if self.data is None:
@@ -303,7 +343,7 @@ class _Round:
         self.config = finetune_config(s.method, s.para_steps)
         has_para = any(c.kind == "paraphraser" for c in self.config.connectors)
         state.plan = {"teacher": s.adapt_steps if self.teacher_path else 0,
-                      "paraphraser": self.config.paraphraser_steps if has_para else 0, "student": s.steps}
+                      "paraphraser": self.config.paraphraser_steps if has_para else 0, "student": s.nominal_steps}
         state.data.update(device=str(self.device), parent=self.current.version)
         check(self.cancel)
         state.emit("evaluate", 0, 1, message=f"measuring {self.current.version} on the held-out ROIs")
@@ -345,7 +385,7 @@ class _Round:
             state.emit("teacher", step, total, _loss_terms(terms))
 
         res = train_stage(PartialSupervised(teacher), self.batcher, stage="teacher", steps=s.adapt_steps,
-                          batch_size=self.batch, lr=s.lr, device=self.device, cancel=self.cancel, mix=False,
+                          batch_size=self.batch, lr=s.learning_rate, device=self.device, cancel=self.cancel, mix=False,
                           on_step=on_step, on_backoff=self._backoff("teacher"))
         self.batch = res.batch_size
         self.notes.insert(0, f"teacher {Path(self.teacher_path).name} adapted for {s.adapt_steps} steps")
@@ -377,34 +417,146 @@ class _Round:
                     state.curves["heldout_miou"].append((step, last[step]["miou"]))
                     state.emit(EVAL_STAGE, step, total, {"heldout_miou": last[step]["miou"]})
 
-            res = train_stage(objective, self.batcher, stage="student", steps=s.steps, batch_size=self.batch,
-                              lr=s.lr, device=self.device, cancel=self.cancel, mix=True, on_step=on_step,
+            res = train_stage(objective, self.batcher, stage="student", steps=s.nominal_steps, batch_size=self.batch,
+                              lr=s.learning_rate, device=self.device, cancel=self.cancel, mix=True, on_step=on_step,
                               on_backoff=self._backoff("student"))
         finally:
             objective.close()
         state.data["batch_size"] = res.batch_size
-        after = last.get(s.steps) or self.scores(res.batch_size)
+        after = last.get(s.nominal_steps) or self.scores(res.batch_size)
         check(self.cancel)  # the last moment a cancel leaves the registry as it was
         return after
+
+    def train_anchored(self) -> dict:
+        """The anchored method (:mod:`engine.finetune.anchored`) within the round's time budget;
+        returns the kept step's held-out scores (the parent's when no step beat it)."""
+        from engine.finetune.anchored import CAPS, AnchoredTrainer, Pools, StepPlan, build_cache, check_anchorable, limit
+        from engine.finetune.loop import check
+        from engine.finetune.replay import replay_sample
+        from engine.training.trainer import pick_device, seed_everything
+
+        s, state = self.settings, self.state
+        check_anchorable(self.student)
+        self.device = pick_device(s.device)
+        seed_everything(s.seed)
+        where = "cuda" if self.device.type == "cuda" else "cpu"
+        budget = s.budget_for(where)
+        state.deadline = self.t0 + budget
+        caps = CAPS[where]
+        state.emit("cache", 0, 1, message="reading the replay sample of the model's training data")
+        replay = replay_sample(self.card, s.patch, s.replay_tiles, s.seed)
+        self.notes.append(replay.note)
+        sets = {"heldout": (limit(self.data.heldout, caps["heldout"], s.seed), False, "none"),
+                "train": (limit(self.data.train, caps["train"], s.seed), True, "unlabelled"),
+                "tissue": (limit(self.data.unlabelled, caps["tissue"], s.seed), True, "unlabelled"),
+                "replay": (replay.patches, False, "labelled")}
+        total, done = sum(len(v[0]) for v in sets.values()), 0
+
+        def on_batch(n: int) -> None:
+            nonlocal done
+            done += n
+            state.emit("cache", done, total, message="computing what stays frozen (encoder, parent)")
+
+        caches = {k: build_cache(self.student, v[0], self.mean, self.std, self.device, supervise=v[1], kd=v[2],
+                                 batch=s.batch_size, cancel=self.cancel, on_batch=on_batch)
+                  for k, v in sets.items()}
+        pools = Pools(**caches)
+        trainer = AnchoredTrainer(self.student, pools, self.classes, self.device, lr=s.learning_rate,
+                                  batch_size=s.batch_size, seed=s.seed)
+        plan = StepPlan(deadline=state.deadline, steps=s.steps)
+        state.data.update(device=str(self.device), parent=self.current.version, batch_size=s.batch_size)
+
+        def on_step(step: int, steps: int, terms: dict[str, float]) -> None:
+            state.curves["loss"].append(terms["total"])
+            for k, v in _loss_terms(terms).items():
+                state.curves["terms"].setdefault(k, []).append(v)
+            state.emit("student", step, steps, {**_loss_terms(terms), "eta_s": plan.eta(step)})
+
+        def on_score(step: int, steps: int, held: float, rep: float | None) -> None:
+            state.curves["heldout_miou"].append((step, held))
+            if rep is not None:
+                state.curves.setdefault("replay_miou", []).append((step, rep))
+            m = {"heldout_miou": held, "eta_s": plan.eta(step)}
+            if rep is not None:
+                m["replay_miou"] = rep
+            state.emit(EVAL_STAGE, step, steps, m)
+
+        res = trainer.run(plan, self.cancel, on_step, on_score)
+        state.before = res.before
+        self.replay = (res.replay_before, res.replay_after)
+        self.best_step = res.best_step
+        state.curves["heldout_miou"].insert(0, (0, res.before["miou"]))
+        state.data["anchored"] = {
+            "best_step": res.best_step, "steps": res.steps, "train_seconds": res.seconds,
+            "budget_s": budget, "cache_mb": round(sum(c.nbytes for c in caches.values()) / 2**20, 1),
+            "patches": {k: len(c) for k, c in caches.items()}, "step_s": plan.step_s, "score_s": plan.score_s,
+            "lr": s.learning_rate, "frozen": "encoder (and every normalisation layer's statistics)",
+            "replay_sources": replay.sources}
+        if res.best_step == 0:
+            self.notes.append(f"no step beat {self.current.version} on the held-out ROIs"
+                              + ("" if res.replay_before is None else " without losing on the replay sample"))
+        else:
+            self.notes.append(f"kept step {res.best_step} of {res.steps} (best on the held-out ROIs)")
+        check(self.cancel)  # the last moment a cancel leaves the registry as it was
+        return res.after
+
+    def guard(self, after: dict) -> dict[str, Any]:
+        """Parent and new version on the held-out ROIs and on the replay sample: which is worse."""
+        from engine.finetune.anchored import REPLAY_TOLERANCE
+
+        before = self.state.before
+        rep_b, rep_a = self.replay
+        held = {"before": before["miou"], "after": after["miou"], "ok": after["miou"] >= before["miou"]}
+        rep = None
+        if rep_b is not None and rep_a is not None:
+            rep = {"before": rep_b["miou"], "after": rep_a["miou"], "tolerance": REPLAY_TOLERANCE,
+                   "ok": rep_a["miou"] >= rep_b["miou"] - REPLAY_TOLERANCE}
+        if not held["ok"]:
+            reason = (f"worse on the held-out ROIs (mIoU {held['before']:.3f} → {held['after']:.3f})")
+        elif rep is not None and not rep["ok"]:
+            reason = (f"worse on the replay sample of its training data (mIoU {rep['before']:.3f} → "
+                      f"{rep['after']:.3f})")
+        else:
+            reason = ""
+        return {"heldout": held, "replay": rep, "reason": reason}
 
     def publish(self, after: dict, t0: float) -> RoundResult:
         s, state, parent = self.settings, self.state, self.current.version
         before = state.before
-        activate = s.activate == "always" or (s.activate == "if-not-worse" and after["miou"] >= before["miou"])
+        guard = self.guard(after)
+        not_worse = not guard["reason"]
+        activate = s.activate == "always" or (s.activate == "if-not-worse" and not_worse)
+        if self.best_step == 0:
+            guard.update(activated=False, reason=f"no step beat {parent} on the held-out ROIs")
+            state.data["guard"] = guard
+            message = (f"nothing new: no step of the round beat {parent} on the held-out ROIs "
+                       f"(mIoU {before['miou']:.3f} on {before['pixels']} px); {parent} stays as it was. "
+                       + "; ".join(self.notes))
+            state.emit("publish", 1, 1, message=message)
+            return RoundResult("done", None, parent, before, after, False, time.perf_counter() - t0, message,
+                               state.curves, {**state.data, "notes": self.notes})
+        guard["activated"] = activate
+        state.data["guard"] = guard
         summary = self.data.summary()
         n, held, slides = len(summary["train_rois"]), len(summary["heldout_rois"]), len(self.data.slides)
         note = (f"fine-tuned on {n} ROI{'s' if n != 1 else ''} of {slides} slide{'s' if slides != 1 else ''}"
                 f" ({held} held out)")
-        meta = _card(self.card, self.student, s, state.data, before, after, parent, self.notes)
+        meta = _card(self.card, self.student, s, state.data, before, after, parent, self.notes, self.replay)
         metrics = {"heldout_miou": after["miou"], "heldout_miou_parent": before["miou"],
                    "heldout_dice": after["dice"], "heldout_dice_parent": before["dice"],
                    "heldout_pixels": after["pixels"]}
+        if guard["replay"] is not None:
+            metrics.update(replay_miou=guard["replay"]["after"], replay_miou_parent=guard["replay"]["before"])
         state.emit("publish", 0, 1, message="publishing the new version")
         version = self.registry.publish(self.student.cpu(), meta, parent, metrics, note, activate)
-        verdict = ("active" if activate else "not activated (worse on the held-out ROIs)"
+        verdict = ("active" if activate else f"not activated ({guard['reason']})"
                    if s.activate == "if-not-worse" else "not activated")
+        if activate and guard["reason"]:
+            verdict += f" although {guard['reason']} (activate: always)"
+        rep = guard["replay"]
+        replay_text = "" if rep is None else f"; replay sample {rep['before']:.3f} → {rep['after']:.3f}"
         message = (f"{version.version} from {parent}: held-out mIoU {before['miou']:.3f} → "
-                   f"{after['miou']:.3f} on {after['pixels']} px; {verdict}. " + "; ".join(self.notes))
+                   f"{after['miou']:.3f} on {after['pixels']} px{replay_text}; {verdict}. " + "; ".join(self.notes))
         state.emit("publish", 1, 1, message=message)
         return RoundResult("done", version.version, parent, before, after, activate,
                            time.perf_counter() - t0, message, state.curves,
@@ -417,10 +569,14 @@ def _loss_terms(terms: dict[str, float]) -> dict[str, float]:
 
 
 def _card(card: dict[str, Any], student: Any, settings: RoundSettings, data: dict[str, Any],
-          before: dict, after: dict, parent: str, notes: list[str]) -> dict[str, Any]:
+          before: dict, after: dict, parent: str, notes: list[str],
+          replay: tuple[dict | None, dict | None] = (None, None)) -> dict[str, Any]:
     keep = {k: v for k, v in card.items()
             if k not in ("version", "registry", "imported_from", "metrics", "finetune", "format")}
+    metrics: dict[str, Any] = {"heldout": after, "heldout_parent": before}
+    if replay[0] is not None and replay[1] is not None:
+        metrics.update(replay=replay[1], replay_parent=replay[0])
     return {**keep, "role": "student", "model": student.config,
-            "metrics": {"heldout": after, "heldout_parent": before},
+            "metrics": metrics,
             "finetune": {"parent": parent, "method": settings.method, "settings": settings.to_dict(),
                          "data": data, "notes": notes}}

@@ -68,6 +68,7 @@ def test_progress_becomes_progress_and_eval_events() -> None:
                   patch=128, unlabelled_per_roi=0, seed=7, device="cpu", activate="always", lr=1e-3,
                   method="coco", teacher_steps=5, paraphraser_steps=3, eval_every=10),
     RoundSettings(teacher="/models/teacher.safetensors", activate="never"),
+    RoundSettings(budget_s=45.0, replay_tiles=0, force=True, device="cpu"),
 ])
 def test_finetune_argv_runs_the_same_round(settings: RoundSettings) -> None:
     argv = finetune_argv(Path("/projects/p 1"), settings)
@@ -75,7 +76,7 @@ def test_finetune_argv_runs_the_same_round(settings: RoundSettings) -> None:
     args = build_parser().parse_args(argv[3:])
     assert args.project == Path("/projects/p 1") and args.events
     # sizes left at their defaults are chosen by the round's process for its device (smaller on a CPU)
-    default, sized = RoundSettings(), RoundSettings.for_device(settings.device)
+    default, sized = RoundSettings(), RoundSettings.for_device(settings.device, method=settings.method)
     expected = replace(settings, **{k: getattr(sized, k) for k in ("steps", "batch_size", "teacher_steps",
                                                                      "paraphraser_steps")
                                     if getattr(settings, k) == getattr(default, k)})
@@ -84,10 +85,13 @@ def test_finetune_argv_runs_the_same_round(settings: RoundSettings) -> None:
 
 def test_explicit_settings_are_passed_even_at_their_default() -> None:
     default = RoundSettings()
-    assert "--steps" not in finetune_argv(Path("/p"), default)  # sized by the round's process
-    argv = finetune_argv(Path("/p"), default, explicit=("steps",))
-    assert argv[argv.index("--steps") + 1] == str(default.steps)
-    assert settings_from_args(build_parser().parse_args(argv[3:])).steps == default.steps
+    argv = finetune_argv(Path("/p"), default)
+    assert "--steps" not in argv and "--budget" not in argv  # sized by the round's process
+    argv = finetune_argv(Path("/p"), default, explicit=("replay_tiles",))
+    assert argv[argv.index("--replay-tiles") + 1] == str(default.replay_tiles)
+    argv = finetune_argv(Path("/p"), RoundSettings(budget_s=30.0))
+    assert argv[argv.index("--budget") + 1] == "30.0"
+    assert settings_from_args(build_parser().parse_args(argv[3:])).budget_s == 30.0
 
 
 def test_settings_dict_round_trip_and_validation() -> None:
@@ -95,14 +99,20 @@ def test_settings_dict_round_trip_and_validation() -> None:
     assert RoundSettings.from_dict({**s.to_dict(), "unknown": 1}) == s
     for bad, why in ((dict(steps=0), "steps"), (dict(holdout=1.0), "held-out"), (dict(patch=100), "multiple of 32"),
                      (dict(activate="maybe"), "activate"), (dict(batch_size=0), "batch size"),
-                     (dict(lr=0.0), "learning rate")):
+                     (dict(lr=0.0), "learning rate"), (dict(budget_s=0.0), "budget"),
+                     (dict(replay_tiles=-1), "replay")):
         with pytest.raises(Exception, match=why):
             RoundSettings(**bad).validate()
 
 
 def test_settings_for_the_cpu_are_smaller_and_overridable() -> None:
-    cpu = RoundSettings.for_device("cpu")
-    assert (cpu.batch_size, cpu.steps, cpu.adapt_steps, cpu.para_steps) == (4, 80, 15, 15)
-    assert RoundSettings.for_device("cuda") == RoundSettings(device="cuda")
+    # the anchored method (default) is sized by its budget: a minute on a CPU, 20 s on a GPU
+    anchored = RoundSettings.for_device("cpu")
+    assert anchored == RoundSettings(device="cpu") and anchored.steps is None
+    assert (anchored.budget_for("cpu"), anchored.budget_for("cuda"), anchored.learning_rate) == (60.0, 20.0, 1e-3)
+    assert RoundSettings(budget_s=12.5).budget_for("cpu") == 12.5
+    cpu = RoundSettings.for_device("cpu", method="coco-full")
+    assert (cpu.batch_size, cpu.nominal_steps, cpu.adapt_steps, cpu.para_steps, cpu.learning_rate) == (4, 80, 15, 15, 3e-4)
+    assert RoundSettings.for_device("cuda", method="coco-full") == RoundSettings(device="cuda", method="coco-full")
     assert RoundSettings.for_device("cpu", steps=10, seed=3).steps == 10
     cpu.validate()
