@@ -11,6 +11,7 @@ from engine.slide import sample
 from engine.slide.cache import ByteBoundedCache, default_cache_bytes
 from engine.slide.pyramid import build_pyramid_tiff
 from engine.slide.request import RegionRequest, TileGrid, TileId, best_level_for_downsample
+from engine.slide.resolution import resolution_problem
 from engine.slide.sample import SampleDownloadError, download_sample, local_sample
 from engine.slide.source import OpenSlideSource, SlideInfo, SlideSource, open_slide
 from engine.slide.tissue import TissueMask, detect_tissue
@@ -56,6 +57,7 @@ _FINETUNE = {
     "RoundResult": "engine.finetune.round", "FinetuneEvent": "engine.finetune.job",
     "finetune_argv": "engine.finetune.job", "parse_event": "engine.finetune.job",
     "ReviewRegion": "engine.finetune.review", "rank_regions": "engine.finetune.review",
+    "class_lut": "engine.finetune.data",
 }
 
 
@@ -97,5 +99,6 @@ __all__ = [
     "download_sample",
     "local_sample",
     "open_slide",
+    "resolution_problem",
     "sample",
 ]
