@@ -58,7 +58,8 @@ def check(cancel: CancelToken | None) -> None:
 
 def normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """H×W×3 uint8 → 3×H×W float32 normalised with the model card's mean / std."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    arr = np.ascontiguousarray(rgb)
+    x = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1).float().div_(255.0)
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 

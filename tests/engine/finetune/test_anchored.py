@@ -1,0 +1,263 @@
+"""The anchored round (the default): learns within its budget from cached activations, keeps the
+best step, never ends worse than its parent, and reads classes by name."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from finetune_fixtures import ROI_BOXES, card, halve_rgb, slide_rgb, tiny_model, tumour_shapes
+from PIL import Image
+
+from shapely.geometry import box
+
+from engine.annotations import Annotation, AnnotationClass, Kind, Project
+from engine.finetune import anchored
+from engine.finetune.anchored import MIN_STEPS, StepPlan
+from engine.finetune.registry import ModelRegistry
+from engine.finetune.replay import replay_sample
+from engine.finetune.round import RoundSettings, run_round
+from engine.shared_data import SharedDataMissing
+from engine.training.checkpoints import load_model, save_model
+from engine.training.evaluate import predict_logits
+
+
+def fast(**kw) -> RoundSettings:
+    base = dict(patch=64, batch_size=4, unlabelled_per_roi=2, device="cpu", budget_s=6.0)
+    return RoundSettings(**{**base, **kw})
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_step_plan_sizes_the_steps_to_the_budget_and_its_eta_adds_up() -> None:
+    clock = FakeClock()
+    plan = StepPlan(deadline=30.0, clock=clock, reserve_s=1.0)
+    assert plan.planned(0) == MIN_STEPS and plan.eta(0) == 30.0  # nothing measured: the budget
+    clock.now = 2.0  # set-up took 2 s
+    step = 0
+    while step < plan.planned(step):
+        clock.now += 0.5  # every step 0.5 s
+        step += 1
+        plan.record_step(0.5)
+        if step % 8 == 0:  # a scoring every few steps, 0.25 s
+            clock.now += 0.25
+            plan.score_s = 0.25
+    # the steps fill what is left of the budget, less the reserve and the scorings
+    assert 40 <= step <= 56 and clock.now <= 30.0 - 0.5
+    plan2 = StepPlan(deadline=10.0, clock=FakeClock(), steps=17)
+    assert plan2.planned(3) == 17  # a fixed step count wins over the budget
+    late = StepPlan(deadline=1.0, clock=FakeClock())
+    late.clock.now = 5.0  # the budget was spent before training began
+    late.record_step(0.5)
+    assert late.planned(1) == MIN_STEPS  # a few steps all the same
+    mid = StepPlan(deadline=100.0, clock=FakeClock(), reserve_s=1.0)
+    mid.record_step(1.0)
+    total = mid.planned(1)
+    assert math.isclose(mid.eta(1), 100.0 - mid.clock(), rel_tol=0.2)  # ETA ≈ time left when planned
+    assert total > 80
+
+
+def _write_seg(root: Path, name: str, stems: list[str], size: int, tumour: bool) -> None:
+    (root / name / "images").mkdir(parents=True)
+    (root / name / "masks").mkdir(parents=True)
+    for i, stem in enumerate(stems):
+        rgb = np.full((size, size, 3), 200 - 10 * i, np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        if tumour:
+            mask[: size // 2] = 255
+        Image.fromarray(rgb).save(root / name / "images" / f"{stem}.png")
+        Image.fromarray(mask).save(root / name / "masks" / f"{stem}.png")
+
+
+def test_replay_sample_takes_training_cases_half_without_tumour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seg = tmp_path / "seg"
+    _write_seg(seg, "pos", [f"GT{c}-1-400-{i}" for c in (1, 2, 3) for i in range(3)], 80, True)
+    _write_seg(seg, "neg", [f"GT{c}-1-400-{i}" for c in (1, 2, 4) for i in range(3)], 40, False)
+    meta = {"input": {"mean": [0.5, 0.5, 0.5]},
+            "data": {"folders": ["pos", "neg"], "negatives": ["neg"], "group_regex": r"^(.*?)-\d+-400-\d+$",
+                     "train_cases": ["GT1", "GT2"], "mask_mode": "binary"}}
+    sample = replay_sample(meta, 64, tiles=8, seed=0, root=tmp_path)
+    assert sample.sources == {"pos": 4, "neg": 4}
+    assert all(p.region.split("/")[1].split("-")[0] in ("GT1", "GT2") for p in sample.patches)  # no GT3, GT4
+    for p in sample.patches:
+        assert p.rgb.shape == (64, 64, 3) and p.label.shape == (64, 64)
+        if p.region.startswith("replay:neg"):  # 40² padded: the padding is unknown, the tile background
+            assert (p.label == 255).sum() == 64 * 64 - 40 * 40 and set(np.unique(p.label)) == {0, 255}
+        else:  # 80² cropped to 64²: every pixel known, tumour in the top half of the tile
+            assert (p.label != 255).all()
+    again = replay_sample(meta, 64, tiles=8, seed=0, root=tmp_path)
+    assert [p.region for p in again.patches] == [p.region for p in sample.patches]  # seeded
+    assert "names no training data" in replay_sample({}, 64).note
+    assert "none of pos, neg" in replay_sample(meta, 64).note  # the shared data here has no such folders
+
+    def missing() -> Path:
+        raise SharedDataMissing("no shared data")
+    monkeypatch.setattr("engine.shared_data.data_root", missing)
+    assert "not on this machine" in replay_sample(meta, 64).note
+    assert "none of pos, neg" in replay_sample(meta, 64, root=tmp_path / "elsewhere").note
+
+
+def test_anchored_round_learns_from_cached_activations_within_its_budget(
+        project_dir: Path, checkpoints: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = ModelRegistry.of_project(project_dir)
+    reg.import_model(checkpoints["broken"])  # says "background" everywhere
+    calls = {"encoder": 0}
+    real = anchored.build_cache
+
+    def counting(model, patches, *a, **kw):  # the encoder runs only while the cache is built
+        enc = model.encoder
+        orig = enc.forward
+
+        def fwd(x):
+            calls["encoder"] += 1
+            return orig(x)
+        enc.forward = fwd
+        try:
+            return real(model, patches, *a, **kw)
+        finally:
+            del enc.forward
+    monkeypatch.setattr(anchored, "build_cache", counting)
+    events = []
+    result = run_round(project_dir, fast(), events.append)
+    assert result.status == "done", result.message
+    assert (result.version, result.parent, result.activated) == ("v0002", "v0001", True)
+    assert result.after["miou"] > result.before["miou"] + 0.2, (result.before, result.after)
+    a = result.data["anchored"]
+    assert 0 < a["best_step"] <= a["steps"] and a["steps"] >= MIN_STEPS
+    assert calls["encoder"] == sum(math.ceil(n / 4) for n in a["patches"].values() if n)
+    assert result.data["guard"]["heldout"] == {"before": result.before["miou"], "after": result.after["miou"],
+                                               "ok": True}
+    assert result.data["guard"]["activated"] and result.data["guard"]["reason"] == ""
+    assert "no replay sample" in result.message  # the tiny model's card names no training data
+    # the kept step is the best held-out measurement, not the last
+    assert result.after["miou"] == pytest.approx(max(m for _, m in result.curves["heldout_miou"]))
+    assert result.curves["heldout_miou"][0] == (0, result.before["miou"])
+    stages = [e.stage for e in events]
+    assert stages.index("gather") < stages.index("cache") < stages.index("student") < stages.index("publish")
+    assert all("eta_s" in e.metrics for e in events if e.stage in ("student", "heldout", "cache"))
+    v = reg.get("v0002")
+    assert v.card["finetune"]["settings"]["method"] == "anchored"
+    assert v.metrics["heldout_miou_parent"] == pytest.approx(result.before["miou"])
+    # only the decoder and the head changed
+    old, _ = load_model(reg.get("v0001").path)
+    new, _ = load_model(v.path)
+    so, sn = old.state_dict(), new.state_dict()
+    assert all(torch.equal(so[k], sn[k]) for k in so if k.startswith("encoder."))
+    assert any(not torch.equal(so[k], sn[k]) for k in so if k.startswith("decoder."))
+
+
+def test_a_sabotaged_round_never_ends_worse_than_its_parent(
+        project_dir: Path, checkpoints: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = ModelRegistry.of_project(project_dir)
+    reg.import_model(checkpoints["student"])
+    real_step = anchored.AnchoredTrainer.step
+
+    def wrecking_step(self, step, total):  # every step ends with a head that calls everything tumour
+        out = real_step(self, step, total)
+        with torch.no_grad():
+            self.model.head.weight.zero_()
+            self.model.head.bias.copy_(torch.tensor([-10.0, 10.0]))
+        return out
+    monkeypatch.setattr(anchored.AnchoredTrainer, "step", wrecking_step)
+    before_files = sorted(p.name for p in reg.root.rglob("*") if p.is_file())
+    result = run_round(project_dir, fast(steps=6))
+    assert result.status == "done" and result.version is None and not result.activated
+    assert "nothing new" in result.message and result.after == result.before
+    assert result.data["anchored"]["best_step"] == 0
+    assert reg.active().version == "v0001" and [v.version for v in reg.versions()] == ["v0001"]
+    assert sorted(p.name for p in reg.root.rglob("*") if p.is_file()) == before_files
+
+
+def test_a_step_worse_on_the_replay_sample_is_never_kept(
+        project_dir: Path, checkpoints: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seg = tmp_path / "data" / "seg"
+    _write_seg(seg, "pos", [f"GT{c}-1-400-0" for c in range(4)], 64, True)
+    _write_seg(seg, "neg", [f"GT{c}-1-400-0" for c in range(4)], 64, False)
+    monkeypatch.setenv("COCO_DATA", str(tmp_path / "data"))
+    model = tiny_model(1, broken=True)
+    meta = {**card(model), "data": {"folders": ["pos", "neg"], "negatives": ["neg"],
+                                    "group_regex": r"^(.*?)-\d+-400-\d+$", "train_cases": ["GT0", "GT1", "GT2", "GT3"]}}
+    path = save_model(tmp_path / "m.safetensors", model, meta)
+    reg = ModelRegistry.of_project(project_dir)
+    reg.import_model(path)
+    real_score = anchored.score_cache
+
+    def replay_collapses(model, cache, classes, device, batch=16):  # any trained step forgets the replay tiles
+        s = real_score(model, cache, classes, device, batch)
+        if model is not None and cache is pools_seen[0]:
+            s = {**s, "miou": s["miou"] - 0.5}
+        return s
+    pools_seen: list = [None]
+    real_init = anchored.AnchoredTrainer.__init__
+
+    def init(self, model, pools, *a, **kw):
+        pools_seen[0] = pools.replay
+        real_init(self, model, pools, *a, **kw)
+    monkeypatch.setattr(anchored, "score_cache", replay_collapses)
+    monkeypatch.setattr(anchored.AnchoredTrainer, "__init__", init)
+    result = run_round(project_dir, fast(steps=8, replay_tiles=8))
+    assert "replay sample: 8 tiles" in result.message
+    rep, guard = result.curves["replay_miou"], result.data["guard"]
+    assert rep and all(m < guard["replay"]["before"] - 0.005 for _, m in rep)
+    assert result.version is None and result.data["anchored"]["best_step"] == 0  # held-out gains do not count
+    assert "without losing on the replay sample" in result.message
+    assert reg.active().version == "v0001"
+
+
+def _tumour_share(model: torch.nn.Module) -> float:
+    img = halve_rgb(slide_rgb())  # the slide at the model's 1 µm/px
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1).float().div(255)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    model.eval()
+    with torch.no_grad():
+        return float((predict_logits(model, x[None], 32).argmax(1) == 1).float().mean())
+
+
+def test_a_stroma_only_correction_never_raises_the_tumour_area(tmp_path: Path, tumour_slide: Path) -> None:
+    model = tiny_model(2)
+    with torch.no_grad():  # a start that calls much of the tissue tumour
+        model.head.bias.copy_(torch.tensor([-0.5, 0.5]))
+    start = save_model(tmp_path / "start.safetensors", model, card(model))
+    folder = tmp_path / "project"
+    project = Project.create(folder)
+    rec = project.add_slide(tumour_slide)
+    project.set_class(AnnotationClass("Stroma", (0, 160, 0), "2"))
+    store = project.store(rec)
+    # the pathologist outlines Stroma (a class the model does not have) inside correction ROIs
+    store.add([Annotation(g, "Stroma") for g in tumour_shapes()]
+              + [Annotation(box(*b), kind=Kind.ROI) for b in ROI_BOXES])
+    project.close()
+    reg = ModelRegistry.of_project(folder)
+    reg.import_model(start)
+    before = _tumour_share(load_model(start)[0])
+    assert before > 0.2
+    result = run_round(folder, fast(activate="always"))
+    assert result.status == "done", result.message
+    assert "class 'Stroma' is taken as 'background' (not tumour)" in result.message
+    assert result.version == "v0002" and result.data["anchored"]["best_step"] > 0
+    after = _tumour_share(load_model(reg.get(result.version).path)[0])
+    assert after < before - 0.1, (before, after)
+    assert _tumour_share(load_model(reg.active().path)[0]) <= before
+
+
+def test_a_slide_far_coarser_than_the_model_is_refused_unless_forced(
+        project_dir: Path, tmp_path: Path) -> None:
+    model = tiny_model(2)
+    fine = save_model(tmp_path / "fine.safetensors", model, card(model, mpp=0.2))  # reads 0.2 µm/px
+    reg = ModelRegistry.of_project(project_dir)
+    reg.import_model(fine)
+    result = run_round(project_dir, fast())
+    assert result.status == "failed" and reg.versions()[-1].version == "v0001"
+    assert "this slide is 0.5 µm/px; the model reads 0.2 µm/px" in result.message and "--force" in result.message
+    forced = run_round(project_dir, fast(force=True, activate="never", steps=MIN_STEPS))
+    assert forced.status == "done", forced.message
+    assert "fine-tuned on it anyway" in forced.message
