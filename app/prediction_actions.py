@@ -23,7 +23,7 @@ from app.state.inference_run import RunFinished, RunStarted, open_existing
 from app.state.predictions import PredictionStyle, level_choices, level_note, summary_csv
 from app.state.viewport import Viewport
 from engine.api import (CocoPathError, ModelSpec, PredictionCache, Progress, default_level,
-                        load_spec, needs_level)
+                        load_spec, needs_level, resolution_problem)
 
 if TYPE_CHECKING:
     from app.main_window import MainWindow
@@ -223,6 +223,7 @@ class PredictionActions(QObject):
         self.summary.set_summary(None)
         self.panel.set_progress(0, 0, "")
         self.panel.set_levels([], 0, "")
+        self.panel.set_warning("")
         self._update_enabled()
 
     def _show_existing(self) -> None:
@@ -246,6 +247,8 @@ class PredictionActions(QObject):
         engine's default selected."""
         source, spec = self.window.source, self.spec
         info = source.info if source is not None else None  # type: ignore[attr-defined]
+        self.panel.set_warning(warning_text(info.mpp if info is not None else None,
+                                            spec.mpp if spec is not None else None))
         if info is None or spec is None or not needs_level(info, spec.mpp):
             self.panel.set_levels([], 0, "")
             return
@@ -305,6 +308,15 @@ def _scrolled(widget: QWidget) -> QScrollArea:
     area.setWidgetResizable(True)
     area.setFrameShape(QScrollArea.Shape.NoFrame)
     return area
+
+
+def warning_text(slide_mpp: tuple[float, float] | float | None, model_mpp: float | None) -> str:
+    """The resolution guard's sentence for the panels ("This slide is 29 µm/px; …."), or "" when
+    the slide's finest level is fine for the model (or either pixel size is unknown)."""
+    if isinstance(slide_mpp, tuple):
+        slide_mpp = slide_mpp[0]
+    problem = resolution_problem(slide_mpp, model_mpp)
+    return "" if problem is None else f"{problem[0].upper()}{problem[1:]}."
 
 
 def _rect(vp: Viewport) -> tuple[float, float, float, float]:

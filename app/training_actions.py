@@ -3,32 +3,40 @@
 * Training: a fine-tuning round of the project's active model on its correction ROIs runs in a
   subprocess (``engine.api.finetune_argv``, driven by :class:`~app.finetune_bridge.FinetuneProcess`:
   the GUI thread only reads its output lines); its events draw the curves; its result offers Accept
-  (activate the new version) or Keep old (activate the version it started from).
+  (activate the new version; a version worse than its parent on the held-out ROIs or the replay
+  sample asks first, both figures shown) or Keep old (activate the version it started from).
+  Before a round the panel lists the slides with their ROI counts, the class plan and a warning for
+  a slide too coarse for the model (:mod:`app.round_plan_actions`).
 * Models: the project's model registry (``<project>/models``); Activate, Rollback, Export, Import.
   Whenever the active version changes here, the Model panel's model becomes that version and the
   open slide is re-predicted, visible region first (prediction caches are per model version, so a
   version that predicted this slide before shows its predictions at once).
-* Review next: regions of the open slide where the active model is least sure (or disagrees most
-  with the version it came from), ranked off the GUI thread from the prediction cache, reviewed
-  regions (correction ROIs) left out; a click takes the view there.
+* Review next (:mod:`app.review_actions`): regions of the open slide to correct first; a click
+  takes the view there and outlines the region.
+* Which version is active is said in one sentence (:func:`app.state.versions.active_sentence`),
+  the same in the Training, Models and Model panels.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
-from PySide6.QtWidgets import QFileDialog, QScrollArea, QWidget
+from PySide6.QtWidgets import QScrollArea, QWidget
 
+from app import model_files
 from app.finetune_bridge import FinetuneProcess
-from app.panels.models import ModelsPanel
+from app.panels.models import ModelsPanel, ask_worse
 from app.panels.review import ReviewPanel
 from app.panels.training import TrainingPanel
-from app.state.predictions import prediction_folder
-from app.state.training import RoundEnd, card_text, model_rows, review_viewport
+from app.review_actions import ReviewActions
+from app.round_plan_actions import RoundPlan, card_model
+from app.state.training import RoundEnd, card_text, model_rows, result_comparisons
+from app.state.versions import (Comparison, active_sentence, checkpoint_of,
+                                comparisons_from_metrics, is_worse)
 from engine.api import CocoPathError
 
 if TYPE_CHECKING:
@@ -36,29 +44,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_FILTER = "CoCoPath models (*.safetensors)"
-REVIEW_REGIONS = 10
-REVIEW_DEBOUNCE_MS = 3000  # while a run fills the cache, "Review next" re-ranks at most this often
 PROJECT_POLL_MS = 1000  # File ▸ Open project has no signal: the project is compared this often
 MIN_DOCK_HEIGHT = 24  # the docks' own minimum: a third group in the column costs the window little
 TRAINING_DOCK_HEIGHT = 560  # of the right-hand column, below the slide info / model tabs
 STARTUP_DELAY_MS = 1500  # with no slide frame by then, the docks get ready anyway
-
-
-def checkpoint_of(version: Any) -> Path:
-    """The .safetensors file of a registry version (its ``path``, or the one file in its folder)."""
-    p = Path(version.path)
-    if p.is_dir():
-        files = sorted(p.glob("*.safetensors"))
-        named = [f for f in files if f.stem in ("model", "student")]
-        if named or files:
-            return (named or files)[0]
-        raise CocoPathError(f"model version {version.version}: no .safetensors file in {p}")
-    return p
-
-
-class _ReviewSignals(QObject):
-    done = Signal(int, object, str)  # request id, regions, error message ("" when fine)
 
 
 class TrainingActions(QObject):
@@ -105,25 +94,15 @@ class TrainingActions(QObject):
         self.models.export_requested.connect(self.export_dialog)
         self.models.import_requested.connect(self.import_dialog)
         self.models.selected.connect(self._show_card)
-        # review
-        self._review_id = 0
-        self._review_dirty = True
-        self._review_signals = _ReviewSignals(self)
-        self._review_signals.done.connect(self._on_ranked)
-        self._review_timer = QTimer(self)
-        self._review_timer.setSingleShot(True)
-        self._review_timer.setInterval(REVIEW_DEBOUNCE_MS)
-        self._review_timer.timeout.connect(self._review_changed)
-        self.review.refresh_requested.connect(self.refresh_review)
-        self.review.region_chosen.connect(self.go_to_region)
-        self.review_dock.visibilityChanged.connect(self._review_visible)
+        # review next, the round's plan
+        self.reviewing = ReviewActions(window, self.review, self)
+        self.reviewing.set_dock(self.review_dock)
+        self.plan = RoundPlan(window, self.panel, self._round_model)
         self._rerun_after_measure = False
+        self._sentence_key: tuple | None = None  # what the active sentence was made from
         pa = window.predictions
         pa.bridge.finished.connect(self._on_prediction_finished)
-        pa.bridge.tile_done.connect(lambda *_: self._review_timer.isActive()
-                                    or self._review_timer.start())
         window.slide_opened.connect(self._on_slide)
-        window.view.annotator.document.changed.connect(self._on_annotations_changed)
         self._poll = QTimer(self)
         self._poll.setInterval(PROJECT_POLL_MS)
         self._poll.timeout.connect(self._poll_changes)
@@ -144,6 +123,7 @@ class TrainingActions(QObject):
         if self.ready:
             return
         self.ready = True
+        self.plan.enabled = True
         self.panel.ensure_plots()
         self._on_slide("")
         self._poll.start()
@@ -198,6 +178,7 @@ class TrainingActions(QObject):
             return
         stamp = self._registry_stamp()
         if stamp == self._stamp:
+            self._update_sentence()  # the Model panel may hold another model now
             return
         self.refresh_models()
         active = self._active()
@@ -230,20 +211,47 @@ class TrainingActions(QObject):
         name = self.project_folder.name if self.project_folder is not None else None
         self.models.set_rows(model_rows(versions, active.version if active is not None else None),
                              name, can_edit=not self.process.running)
+        self._sentence_key = None
+        self._update_sentence()
+
+    def _update_sentence(self) -> None:
+        """Say which version is active, in the same words in the Training, Models and Model panels."""
+        if self.registry is None:
+            return
+        active = self._active()
+        spec = self.window.predictions.spec
+        shown = None
+        if active is not None and spec is not None:
+            try:
+                same = Path(spec.checkpoint).resolve() == checkpoint_of(active).resolve()
+            except CocoPathError:
+                same = False
+            shown = None if same else spec.name
+        key = (active.version if active else None, active.parent if active else None, shown)
+        if key == self._sentence_key:
+            return
+        self._sentence_key = key
+        sentence = active_sentence(*key)
+        self.panel.set_active(sentence)
+        self.models.set_sentence(sentence)
+        if active is not None and shown is None:
+            self.window.predictions.panel.status.setText(sentence)
 
     def refresh_slides(self) -> None:
         """The project's slides with their correction ROI counts, for the round's settings."""
-        project = self.window.annotations.project
-        rows: list[tuple[str, str, int]] = []
-        if project is not None:
-            try:
-                for rec in project.slides():
-                    rows.append((rec.path, rec.name, len(project.store(rec).rois())))
-            except CocoPathError as exc:
-                log.warning("slides of the project not listed: %s", exc)
-        source = self.window.source
-        self.panel.set_slides(rows, source.info.path if source is not None else None)  # type: ignore[attr-defined]
+        self.plan.refresh()
         self._update_enabled()
+
+    def _round_model(self) -> tuple[list[str], float | None] | None:
+        """The classes and µm/px of the model a round would start from: the active version, else
+        the Model panel's model."""
+        active = self._active()
+        if active is not None:
+            found = card_model(active.card)
+            if found is not None:
+                return found
+        spec = self.window.predictions.spec
+        return (list(spec.classes), spec.mpp) if spec is not None else None
 
     def _show_card(self, version: str) -> None:
         if self.registry is None:
@@ -255,9 +263,13 @@ class TrainingActions(QObject):
 
     # -- the active version ------------------------------------------------------------------------
 
-    def activate(self, version: str) -> bool:
-        """Make ``version`` the project's active model; the slide is re-predicted with it."""
+    def activate(self, version: str, ask: bool = True) -> bool:
+        """Make ``version`` the project's active model; the slide is re-predicted with it. With
+        ``ask``, a version worse than its parent (held-out ROIs or replay sample) asks first; the
+        answer "keep" leaves the active version as it is (False)."""
         if self.registry is None:
+            return False
+        if ask and not self._confirm(version):
             return False
         try:
             self.registry.activate(version)
@@ -276,6 +288,33 @@ class TrainingActions(QObject):
             self.window.show_error(str(exc))
             return False
         return self._activated()
+
+    def _comparisons(self, version: str) -> tuple[str | None, list[Comparison]]:
+        """``version``'s parent and how it compares with it: the last round's guard for the version
+        that round made, else the registry's metrics."""
+        end = self.last_end
+        if end is not None and end.result is not None and end.result.get("version") == version:
+            return end.result.get("parent"), result_comparisons(end.result)
+        try:
+            v = self.registry.get(version)
+        except CocoPathError:
+            return None, []
+        return v.parent, comparisons_from_metrics(v.metrics)
+
+    def _confirm(self, version: str) -> bool:
+        """True to go on: ``version`` is not worse than its parent, is active already, or the user
+        chose to use it anyway."""
+        active = self._active()
+        if active is not None and active.version == version:
+            return True
+        parent, comps = self._comparisons(version)
+        if not is_worse(comps):
+            return True
+        return self.ask_worse(version, parent, comps)
+
+    def ask_worse(self, version: str, parent: str | None, comps: Sequence[Comparison]) -> bool:
+        """The question before a worse version becomes active; keeping the old one is the default."""
+        return ask_worse(self.window, version, parent, comps)
 
     def _activated(self) -> bool:
         self.refresh_models()
@@ -300,8 +339,10 @@ class TrainingActions(QObject):
             if not pa.load_model(str(path), quiet=quiet):
                 return False
         self.active_changed.emit(version.version)
-        self._review_dirty = True
-        self._update_other()
+        self.reviewing.dirty = True
+        self.reviewing.update_other()
+        self._sentence_key = None
+        self._update_sentence()
         if predict and self.window.source is not None:
             self._predict()
         return True
@@ -327,7 +368,7 @@ class TrainingActions(QObject):
                 QTimer.singleShot(0, self.window.predictions.run)
         else:
             self._rerun_after_measure = False
-        self._review_changed()
+        self.reviewing.changed()
 
     # -- a round -----------------------------------------------------------------------------------
 
@@ -348,18 +389,18 @@ class TrainingActions(QObject):
         if self._active() is None and not self._seed():
             return False
         self.refresh_slides()
-        slides = self.panel.chosen_slides()
+        slides = self.plan.chosen()
         if not slides:
             self._round_error("Tick at least one slide: the round learns from its correction ROIs.")
             return False
         try:
             from engine.api import RoundSettings, finetune_argv
 
-            # "auto" (0) leaves the steps out: the round's process sizes them for its device
-            steps = self.panel.steps.value()
-            settings = RoundSettings(steps=steps or RoundSettings().steps, slides=tuple(slides),
+            # "auto" (0) leaves the budget out: the round's process takes its device's default
+            budget = self.panel.budget.value()
+            settings = RoundSettings(budget_s=float(budget) if budget else None, slides=tuple(slides),
                                      use_teacher=self.panel.teacher.isChecked())
-            argv = finetune_argv(project.folder, settings, explicit=("steps",) if steps else ())
+            argv = finetune_argv(project.folder, settings, explicit=("budget_s",) if budget else ())
         except CocoPathError as exc:
             self._round_error(str(exc))
             return False
@@ -412,8 +453,12 @@ class TrainingActions(QObject):
     def _on_ended(self, end: RoundEnd) -> None:
         self.last_end = end
         self.panel.finished(end)
+        area = self.training_dock.widget()
+        if isinstance(area, QScrollArea):  # the verdict and the choice at the top, in sight
+            area.verticalScrollBar().setValue(0)
         self._update_enabled()
         self.refresh_models()
+        self.refresh_slides()
         if end.status == "failed":
             self.window.show_error(end.message)
             return
@@ -439,7 +484,15 @@ class TrainingActions(QObject):
         return True
 
     def accept(self) -> bool:
-        """Accept: the round's new version becomes active."""
+        """Accept: the round's new version becomes active (asking first when it is worse than its
+        parent; answering "keep" is Keep old)."""
+        end = self.last_end
+        if end is None or end.result is None or not end.result.get("version"):
+            return False
+        if not self._same_project():
+            return False
+        if not self._confirm(str(end.result["version"])):
+            return self.keep_old()
         return self._choose("version")
 
     def keep_old(self) -> bool:
@@ -453,148 +506,33 @@ class TrainingActions(QObject):
             return False
         if not self._same_project():
             return False
-        version = str(end.result[key])
-        ok = self.activate(version)
+        ok = self.activate(str(end.result[key]), ask=False)
         if ok:
-            self.panel.choice_made(version)
+            self.panel.choice_made()
         return ok
 
-    # -- import / export -------------------------------------------------------------------------
+    # -- import / export (app.model_files) ---------------------------------------------------------
 
     def import_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.window, "Import a model", "", MODEL_FILTER)
-        if path:
-            self.import_model(path)
+        model_files.import_dialog(self)
 
     def import_model(self, path: str | Path) -> str | None:
         """Add a .safetensors model to the project's versions (not activated); its version."""
-        self.become_ready()
-        self.sync_project()
-        if self.registry is None:
-            self.window.show_error("Open a slide first: model versions belong to a project.")
-            return None
-        p = Path(path)
-        if p.suffix.lower() != ".safetensors":
-            self.window.show_error(f"{p.name}: not a model file. Only .safetensors models can be "
-                                   f"imported (pickled .pt/.pth files are refused for safety).")
-            return None
-        try:
-            v = self.registry.import_model(p, note=f"imported from {p.name}")
-        except CocoPathError as exc:
-            self.window.show_error(str(exc))
-            return None
-        self.refresh_models()
-        self.models.select_version(v.version)
-        self.window.statusBar().showMessage(f"Imported {p.name} as {v.version}", 6000)
-        return str(v.version)
+        return model_files.import_model(self, path)
 
     def export_dialog(self, version: str) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.window, "Export a model version",
-                                              f"{version}.safetensors", MODEL_FILTER)
-        if path:
-            self.export_model(version, path if path.endswith(".safetensors")
-                              else path + ".safetensors")
+        model_files.export_dialog(self, version)
 
     def export_model(self, version: str, dest: str | Path) -> bool:
-        if self.registry is None:
-            return False
-        try:
-            self.registry.export_model(version, Path(dest))
-        except CocoPathError as exc:
-            self.window.show_error(str(exc))
-            return False
-        except OSError as exc:
-            self.window.show_error(f"{dest}: could not be written ({exc.strerror or exc}).")
-            return False
-        self.window.statusBar().showMessage(f"Exported {version} to {dest}", 6000)
-        return True
+        return model_files.export_model(self, version, dest)
 
-    # -- review next -------------------------------------------------------------------------------
-
-    def _review_visible(self, visible: bool) -> None:
-        if visible and self._review_dirty:
-            self.refresh_review()
-
-    def _review_changed(self) -> None:
-        self._review_dirty = True
-        if self.review_dock.isVisible() and not self.review_dock.visibleRegion().isEmpty():
-            self.refresh_review()
-
-    def _on_annotations_changed(self, _step: object) -> None:
-        self._review_timer.start()  # ROIs drawn or removed: rank again (debounced)
-
-    def _update_other(self) -> None:
-        """Offer "disagreement" when the active version's parent has predicted this slide too."""
-        self.review.set_other(self._other_root()[1])
-
-    def _other_root(self) -> tuple[Path | None, str | None]:
-        source, active = self.window.source, self._active()
-        if source is None or active is None or not active.parent or self.registry is None:
-            return None, None
-        try:
-            from engine.api import load_spec
-
-            parent = self.registry.get(active.parent)
-            spec = load_spec(checkpoint_of(parent))
-        except CocoPathError:
-            return None, None
-        root = prediction_folder(source.info.path, spec.version)  # type: ignore[attr-defined]
-        return (root, parent.version) if (root / "cache.json").is_file() else (None, None)
+    # -- review next (app.review_actions) ------------------------------------------------------------
 
     def refresh_review(self) -> None:
-        """Rank the open slide's regions in a worker thread (newer requests supersede older)."""
-        self._review_dirty = False
-        self._review_id += 1
-        cache = self.window.view.predictions.cache
-        source = self.window.source
-        if cache is None or source is None:
-            self.review.set_regions([], None)
-            return
-        info = source.info  # type: ignore[attr-defined]
-        mpp = info.mpp[0] if isinstance(info.mpp, tuple) else info.mpp
-        self.review.set_units(bool(mpp))
-        region_px = round(self.review.size.value() / mpp) if mpp else self.review.size.value()
-        store = self.window.view.annotator.store
-        exclude = []
-        if store is not None:
-            for roi in store.rois():
-                x0, y0, x1, y1 = roi.geometry.bounds
-                exclude.append((int(x0), int(y0), int(x1 - x0) + 1, int(y1 - y0) + 1))
-        other = self._other_root()[0] if self.review.mode() == "disagreement" else None
-        self.review.set_busy("Ranking regions…")
-        rid, root = self._review_id, Path(cache.root)
-        threading.Thread(target=self._rank, args=(rid, root, region_px, tuple(exclude), other),
-                         name="review-rank", daemon=True).start()
-
-    def _rank(self, rid: int, root: Path, region_px: int, exclude: tuple, other: Path | None) -> None:
-        try:
-            from engine.api import PredictionCache, rank_regions
-
-            other_cache = PredictionCache(other) if other is not None else None
-            regions = rank_regions(PredictionCache(root), region_px, n=REVIEW_REGIONS,
-                                   exclude=exclude, other=other_cache)
-            self._review_signals.done.emit(rid, regions, "")
-        except CocoPathError as exc:
-            self._review_signals.done.emit(rid, [], str(exc))
-        except Exception as exc:  # noqa: BLE001 - said in the panel, logged in full
-            log.exception("ranking review regions failed")
-            self._review_signals.done.emit(rid, [], f"Regions could not be ranked "
-                                                    f"({type(exc).__name__}: {exc}).")
-
-    def _on_ranked(self, rid: int, regions: list, error: str) -> None:
-        if rid != self._review_id:
-            return  # a newer ranking is on its way
-        source = self.window.source
-        info = source.info if source is not None else None  # type: ignore[attr-defined]
-        mpp = None if info is None else (info.mpp[0] if isinstance(info.mpp, tuple) else info.mpp)
-        self.review.set_regions(regions, mpp, error)
+        self.reviewing.refresh()
 
     def go_to_region(self, region: Any) -> None:
-        """Centre the view on ``region``, magnified so that it fills most of the view."""
-        view = self.window.view
-        vp = view.viewport
-        if vp is not None:
-            view.set_viewport(review_viewport(region, vp))
+        self.reviewing.go_to_region(region)
 
     # -- slide, window -----------------------------------------------------------------------------
 
@@ -603,8 +541,8 @@ class TrainingActions(QObject):
             return  # become_ready() follows the first frame of this slide
         self.sync_project()
         self.refresh_slides()
-        self._update_other()
-        self._review_changed()
+        self.reviewing.update_other()
+        self.reviewing.changed()
 
     def _update_enabled(self) -> None:
         running = self.process.running

@@ -15,6 +15,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, Q
 from app.state.predictions import PredictionStyle
 from engine.api import ModelSpec
 
+WARNING_STYLE = ("color: #8a4b00; background: #fff3cd; border: 1px solid #e0b252; "
+                 "border-radius: 3px; padding: 3px; font-weight: bold")
 NO_MODEL = ("No model loaded, and CoCoPath's default model is not installed (it is looked for in "
             "resources/models/, or where $COCOPATH_DEFAULT_MODEL points): choose a model file "
             "(.safetensors) trained with CoCoPath.")
@@ -50,6 +52,10 @@ class ModelPanel(QWidget):
         level_form.addRow("Run at", self.level_box)
         level_form.addRow(self.level_note)
         self._level_needed = False
+        self.warning = QLabel("")  # the slide is far coarser than the model reads
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet(WARNING_STYLE)
+        self.warning.setVisible(False)
         self.choose_button = QPushButton("Choose model…")
         self.run_button = QPushButton("Run on this slide")
         self.cancel_button = QPushButton("Cancel")
@@ -80,6 +86,7 @@ class ModelPanel(QWidget):
         lay.addWidget(self.choose_button)
         lay.addLayout(form)
         lay.addWidget(self.level_group)
+        lay.addWidget(self.warning)
         lay.addLayout(buttons)
         lay.addWidget(self.progress)
         lay.addWidget(self.progress_label)
@@ -124,6 +131,11 @@ class ModelPanel(QWidget):
         self.level_note.setText(note)
         self._level_needed = bool(choices)
         self.level_group.setVisible(self._level_needed)
+
+    def set_warning(self, text: str) -> None:
+        """A warning shown above Run (the open slide is too coarse for the model); "" hides it."""
+        self.warning.setText(text)
+        self.warning.setVisible(bool(text))
 
     def chosen_level(self) -> int | None:
         """The slide level picked for a run, or None when the model's µm/px decides."""

@@ -10,10 +10,12 @@ from collections.abc import Sequence
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import (QAbstractItemView, QBoxLayout, QGridLayout, QLabel, QPlainTextEdit, QPushButton,
-                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QBoxLayout, QGridLayout, QLabel, QMessageBox,
+                               QPlainTextEdit, QPushButton, QTableWidget, QTableWidgetItem,
+                               QVBoxLayout, QWidget)
 
 from app.state.training import ModelRow
+from app.state.versions import Comparison, worse_question
 
 COLUMNS = ("", "Version", "Held-out mIoU", "Parent", "Created", "Note")
 ACTIVE_MARK = "●"
@@ -32,6 +34,8 @@ class ModelsPanel(QWidget):
         super().__init__(parent)
         self.rows: list[ModelRow] = []
         self._can_edit = True
+        self._count = ""
+        self._sentence = ""
         self.note = QLabel(NO_REGISTRY)
         self.note.setWordWrap(True)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -119,10 +123,15 @@ class ModelsPanel(QWidget):
         elif not rows:
             self.note.setText(NO_REGISTRY)
         else:
-            active = self.active_version()
-            self.note.setText(f"{len(rows)} version{'s' if len(rows) != 1 else ''} in {project}; "
-                              f"active: {active or 'none'}.")
+            self._count = f"{len(rows)} version{'s' if len(rows) != 1 else ''} in {project}."
+            self.note.setText(f"{self._count} {self._sentence}".strip())
         self.set_enabled(can_edit and project is not None)
+
+    def set_sentence(self, sentence: str) -> None:
+        """The one sentence about the active version (app.state.versions.active_sentence)."""
+        self._sentence = sentence
+        if self.rows:
+            self.note.setText(f"{self._count} {sentence}".strip())
 
     def set_enabled(self, can_edit: bool) -> None:
         has = bool(self.rows)
@@ -170,3 +179,17 @@ class ModelsPanel(QWidget):
     def cell(self, row: int, col: int) -> str:
         item = self.table.item(row, col)
         return item.text() if item is not None else ""
+
+
+def ask_worse(parent: QWidget, version: str, old: str | None, comps: Sequence[Comparison]) -> bool:
+    """Ask before ``version``, worse than ``old`` (both figures in ``comps``), becomes active; the
+    default answer keeps the old one. True: use ``version`` anyway."""
+    box = QMessageBox(QMessageBox.Icon.Warning, "A worse version", worse_question(version, old, comps),
+                      parent=parent)
+    box.setObjectName("worse-version")
+    keep = box.addButton(f"Keep {old or 'the old version'}", QMessageBox.ButtonRole.RejectRole)
+    use = box.addButton(f"Use {version} anyway", QMessageBox.ButtonRole.AcceptRole)
+    box.setDefaultButton(keep)
+    box.setEscapeButton(keep)
+    box.exec()
+    return box.clickedButton() is use

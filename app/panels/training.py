@@ -1,6 +1,9 @@
-"""The training dock: a fine-tuning round's settings, Fine-tune / Cancel, live curves (pyqtgraph),
-progress and time left, the result (before / after on held-out ROIs) with Accept / Keep old, and
-errors with the process's stderr under "Details".
+"""The training dock: which model version is active (one sentence), a round's result (verdict,
+Accept / Keep old, before / after on the held-out ROIs and the replay sample) at the top where it is
+seen without scrolling, the round's settings (time budget, teacher, ticked slides with their ROI
+counts, how the classes map, a warning for a slide too coarse for the model), Fine-tune / Cancel,
+progress and time left, live curves (pyqtgraph), and errors with the process's stderr under
+"Details".
 
 A thin widget: :mod:`app.training_actions` starts the round and feeds it the round's events.
 """
@@ -11,11 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QBoxLayout, QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar,
-                               QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QToolButton,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QBoxLayout, QCheckBox, QFormLayout, QGroupBox, QHBoxLayout,
+                               QHeaderView, QLabel, QListWidget, QListWidgetItem, QPlainTextEdit,
+                               QProgressBar, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
+                               QToolButton, QVBoxLayout, QWidget)
 
+from app.panels.model import WARNING_STYLE
+from app.state.round_plan import SlideRow, roi_text
 from app.state.training import (RoundCurves, RoundEnd, format_change, format_score, result_rows,
                                 verdict)
 
@@ -41,11 +46,16 @@ def _plot(title: str, left: str) -> Any:
     return w
 
 
+BUDGET_TIP = ("The round's wall-clock time, in seconds: it measures how long a training step takes "
+              "and trains as many steps as fit. auto: 60 s on a CPU, 20 s on a GPU")
+
+
 class TrainingPanel(QWidget):
     finetune_requested = Signal()
     cancel_requested = Signal()
     accept_requested = Signal()
     keep_old_requested = Signal()
+    ticks_changed = Signal(str, bool)  # a slide's path, ticked: the user ticked or unticked it
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -54,14 +64,17 @@ class TrainingPanel(QWidget):
         self.result: Mapping[str, Any] | None = None
         self.intro = QLabel(IDLE)
         self.intro.setWordWrap(True)
+        self.active_label = QLabel("")  # the one sentence about the active version
+        self.active_label.setWordWrap(True)
+        self.active_label.setStyleSheet("font-weight: bold")
         # settings
-        self.steps = QSpinBox()
-        self.steps.setRange(0, 20000)
-        self.steps.setSingleStep(50)
-        self.steps.setSpecialValueText("auto")
-        self.steps.setValue(0)
-        self.steps.setToolTip("Training steps of the student (the round takes longer with more). "
-                              "auto: sized for where it runs, a few minutes on a CPU")
+        self.budget = QSpinBox()
+        self.budget.setRange(0, 3600)
+        self.budget.setSingleStep(10)
+        self.budget.setSpecialValueText("auto")
+        self.budget.setSuffix(" s")
+        self.budget.setValue(0)
+        self.budget.setToolTip(BUDGET_TIP)
         self.teacher = QCheckBox("Distil from the teacher")
         self.teacher.setChecked(True)
         self.teacher.setToolTip("On: the teacher is adapted to your corrections first, then the "
@@ -69,15 +82,24 @@ class TrainingPanel(QWidget):
                                 "corrections and from its current self's predictions")
         self.slides = QListWidget()
         self.slides.setMaximumHeight(64)
-        self.slides.setToolTip("The slides whose correction ROIs the round learns from")
+        self.slides.setToolTip("The slides whose correction ROIs the round learns from: the open "
+                               "one is ticked; tick others to learn from them too")
+        self.slides.itemChanged.connect(self._ticked)
+        self.plan = QLabel("")  # how the classes drawn map to the model's
+        self.plan.setWordWrap(True)
+        self.plan.setStyleSheet("color: #404040")
+        self.warning = QLabel("")  # a ticked slide too coarse for the model
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet(WARNING_STYLE)
+        self.warning.setVisible(False)
         settings = QGroupBox("Round")
         form = QFormLayout(settings)
         form.setContentsMargins(6, 4, 6, 4)
-        top = QHBoxLayout()
-        top.addWidget(self.steps)
-        top.addWidget(self.teacher)
-        form.addRow("Steps", top)
+        form.addRow("Time budget", self.budget)
+        form.addRow(self.teacher)
         form.addRow("Slides", self.slides)
+        form.addRow(self.plan)
+        form.addRow(self.warning)
         self.finetune_button = QPushButton("Fine-tune")
         self.finetune_button.setToolTip("Train a new version of the active model on the corrections")
         self.cancel_button = QPushButton("Cancel")
@@ -100,13 +122,18 @@ class TrainingPanel(QWidget):
         self.plots_layout.setContentsMargins(0, 0, 0, 0)
         self.plots.setMinimumHeight(240)
         self.plots.setMinimumWidth(240)
-        # result
-        self.result_box = QGroupBox("Result on the held-out ROIs")
+        # result: the verdict and the choice first, the figures under them
+        self.result_box = QGroupBox("The round's new version")
         self.table = QTableWidget(len(result_rows({})), 4)
         self.table.setHorizontalHeaderLabels(["", "Before", "After", "Change"])
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.setMaximumHeight(90)
+        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.verdict = QLabel("")
         self.verdict.setWordWrap(True)
         self.accept_button = QPushButton("Accept new version")
@@ -120,9 +147,10 @@ class TrainingPanel(QWidget):
         choice.addWidget(self.accept_button)
         choice.addWidget(self.keep_button)
         rl = QVBoxLayout(self.result_box)
-        rl.addWidget(self.table)
+        rl.setContentsMargins(6, 4, 6, 4)
         rl.addWidget(self.verdict)
         rl.addLayout(choice)
+        rl.addWidget(self.table)
         # errors
         self.error = QLabel("")
         self.error.setWordWrap(True)
@@ -149,11 +177,17 @@ class TrainingPanel(QWidget):
             cl.addWidget(w)
         cl.addStretch(0)
         self.controls = controls
-        # vertical in a side dock; controls | curves | result side by side at the top or bottom
+        head = QWidget()  # the active version and the round's verdict: seen without scrolling
+        hl = QVBoxLayout(head)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(self.active_label)
+        hl.addWidget(self.result_box)
+        self.head = head
+        # stacked in a side dock; head | controls | curves side by side at the top or bottom
         self.box = QBoxLayout(QBoxLayout.Direction.TopToBottom, self)
+        self.box.addWidget(head)
         self.box.addWidget(controls)
         self.box.addWidget(self.plots, 3)
-        self.box.addWidget(self.result_box)
         self.reset()
         self.set_running(False)
 
@@ -162,35 +196,62 @@ class TrainingPanel(QWidget):
         self.box.setDirection(QBoxLayout.Direction.LeftToRight if wide
                               else QBoxLayout.Direction.TopToBottom)
         self.controls.setMaximumWidth(360 if wide else 16777215)
-        self.result_box.setMaximumWidth(320 if wide else 16777215)
+        self.head.setMaximumWidth(320 if wide else 16777215)
 
     # -- settings ------------------------------------------------------------------------------
 
-    def set_slides(self, slides: Sequence[tuple[str, str, int]], current: str | None = None) -> None:
-        """The project's slides as (path, name, ROI count); those with ROIs start checked (else the
-        open one)."""
-        checked = {self.slides.item(i).data(Qt.ItemDataRole.UserRole): self.slides.item(i).checkState()
-                   for i in range(self.slides.count())}
+    def set_slides(self, rows: Sequence[SlideRow], ticked: set[str]) -> None:
+        """The project's slides by name with their ROI counts; those in ``ticked`` checked."""
+        self.slides.blockSignals(True)
         self.slides.clear()
-        any_rois = any(n for _, _, n in slides)
-        for path, name, rois in slides:
-            item = QListWidgetItem(f"{name} — {rois} ROI{'s' if rois != 1 else ''}")
-            item.setData(Qt.ItemDataRole.UserRole, path)
-            item.setToolTip(path)
+        for row in rows:
+            item = QListWidgetItem(roi_text(row))
+            item.setData(Qt.ItemDataRole.UserRole, row.path)
+            item.setToolTip(row.path)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            default = rois > 0 if any_rois else path == current
-            state = checked.get(path, Qt.CheckState.Checked if default else Qt.CheckState.Unchecked)
-            item.setCheckState(state)
+            item.setCheckState(Qt.CheckState.Checked if row.path in ticked else Qt.CheckState.Unchecked)
             self.slides.addItem(item)
+        self.slides.blockSignals(False)
+
+    def set_roi_count(self, row: SlideRow) -> bool:
+        """Show ``row``'s ROI count (a correction ROI drawn, deleted, undone); False when the slide
+        is not listed."""
+        for i in range(self.slides.count()):
+            item = self.slides.item(i)
+            if item.data(Qt.ItemDataRole.UserRole) == row.path:
+                self.slides.blockSignals(True)
+                item.setText(roi_text(row))
+                self.slides.blockSignals(False)
+                return True
+        return False
+
+    def slide_texts(self) -> list[str]:
+        return [self.slides.item(i).text() for i in range(self.slides.count())]
 
     def chosen_slides(self) -> list[str]:
         return [self.slides.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.slides.count())
                 if self.slides.item(i).checkState() == Qt.CheckState.Checked]
 
+    def _ticked(self, item: QListWidgetItem) -> None:
+        self.ticks_changed.emit(str(item.data(Qt.ItemDataRole.UserRole)),
+                                item.checkState() == Qt.CheckState.Checked)
+
+    def set_plan(self, text: str) -> None:
+        self.plan.setText(text)
+        self.plan.setVisible(bool(text))
+
+    def set_warning(self, text: str) -> None:
+        """A one-line warning in the panel (a ticked slide too coarse for the model); "" hides it."""
+        self.warning.setText(text)
+        self.warning.setVisible(bool(text))
+
+    def set_active(self, sentence: str) -> None:
+        self.active_label.setText(sentence)
+
     def set_running(self, running: bool, can_start: bool = True) -> None:
         self.finetune_button.setEnabled(not running and can_start)
         self.cancel_button.setEnabled(running)
-        for w in (self.steps, self.teacher, self.slides):
+        for w in (self.budget, self.teacher, self.slides):
             w.setEnabled(not running)
 
     # -- a round -------------------------------------------------------------------------------
@@ -314,7 +375,9 @@ class TrainingPanel(QWidget):
 
     def show_result(self, result: Mapping[str, Any]) -> None:
         self.result = result
-        for i, row in enumerate(result_rows(result)):
+        rows = result_rows(result)
+        self.table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
             cells = (row.name, format_score(row.before), format_score(row.after),
                      format_change(row.change))
             for j, text in enumerate(cells):
@@ -322,17 +385,19 @@ class TrainingPanel(QWidget):
                 if j:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(i, j, item)
-        self.table.resizeColumnsToContents()
+        self.table.setFixedHeight(self.table.horizontalHeader().sizeHint().height()
+                                  + sum(self.table.rowHeight(i) for i in range(len(rows)))
+                                  + 2 * self.table.frameWidth())
         self.verdict.setText(verdict(result))
+        notes = (result.get("data") or {}).get("notes") if isinstance(result.get("data"), Mapping) else None
+        self.verdict.setToolTip("\n".join(map(str, notes)) if notes else "")
         has_new = bool(result.get("version"))
         self.accept_button.setEnabled(has_new)
         self.keep_button.setEnabled(has_new and bool(result.get("parent")))
         self.result_box.setVisible(True)
 
-    def choice_made(self, active: str) -> None:
-        """Accept or Keep old was applied: say which version is active, disable both buttons."""
-        if self.result is not None:
-            self.verdict.setText(verdict(self.result, active))
+    def choice_made(self) -> None:
+        """Accept or Keep old was applied (the active sentence says which): disable both buttons."""
         self.accept_button.setEnabled(False)
         self.keep_button.setEnabled(False)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.state.versions import Comparison, comparisons_from_guard
 from app.state.viewport import Viewport
 
 #: Held-out measures shown before / after, in this order, with their display names.
@@ -115,11 +116,33 @@ class ResultRow:
 
 
 def result_rows(result: Mapping[str, Any]) -> list[ResultRow]:
-    """Before / after held-out mIoU and Dice of a round's result (``RoundResult.to_dict()``)."""
+    """Before / after held-out mIoU and Dice of a round's result (``RoundResult.to_dict()``), and
+    the replay sample's mIoU when the round measured one (its ``data["guard"]``)."""
     before = result.get("before") or {}
     after = result.get("after") or {}
-    return [ResultRow(name, _number(before.get(key)), _number(after.get(key)))
+    rows = [ResultRow(name, _number(before.get(key)), _number(after.get(key)))
             for key, name in RESULT_METRICS]
+    replay = [c for c in comparisons_from_guard(_guard(result)) if c.part == "replay"]
+    if replay:
+        rows.append(ResultRow("Replay mIoU", replay[0].before, replay[0].after))
+    return rows
+
+
+def _guard(result: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    data = result.get("data")
+    guard = data.get("guard") if isinstance(data, Mapping) else None
+    return guard if isinstance(guard, Mapping) else None
+
+
+def result_comparisons(result: Mapping[str, Any]) -> list[Comparison]:
+    """The round's new version against its parent (held-out ROIs, replay sample), from its guard;
+    without one, from the held-out before / after."""
+    comps = comparisons_from_guard(_guard(result))
+    if comps:
+        return comps
+    rows = result_rows(result)
+    b, a = rows[0].before, rows[0].after
+    return [] if b is None or a is None else [Comparison("heldout", "held-out ROIs", b, a, a < b)]
 
 
 def format_score(v: float | None) -> str:
@@ -130,15 +153,17 @@ def format_change(v: float | None) -> str:
     return "" if v is None else f"{v:+.3f}"
 
 
-def verdict(result: Mapping[str, Any], active: str | None = None) -> str:
-    """What the round did and which version is active now (``active`` once the user chose)."""
+def verdict(result: Mapping[str, Any]) -> str:
+    """What the round made and how it compares with its parent. Which version is active is said
+    in one place only (:func:`app.state.versions.active_sentence`), never here."""
     status = str(result.get("status") or "")
     version, parent = result.get("version"), result.get("parent")
     message = str(result.get("message") or "")
     if status not in ("done", "ok", "published") and not version:
         return message or f"The round ended: {status or 'no new version'}."
-    rows = result_rows(result)
-    change = rows[0].change
+    if not version:
+        return message or "The round made no new version."
+    change = result_rows(result)[0].change
     if change is None:
         how = "Held-out mIoU could not be measured"
     elif change > 1e-4:
@@ -147,10 +172,13 @@ def verdict(result: Mapping[str, Any], active: str | None = None) -> str:
         how = f"Held-out mIoU dropped by {-change:.3f}"
     else:
         how = "Held-out mIoU is unchanged"
-    if active is None:
-        active = version if result.get("activated") else parent
-    return (f"{how}. New version {version} (from {parent or 'nothing'}); "
-            f"{active or 'no version'} is active.") + (f" {message}" if message else "")
+    text = f"{how}: new version {version} (from {parent or 'nothing'})."
+    worse = [c for c in result_comparisons(result) if c.worse]
+    if worse:
+        where = " and on the ".join(c.label for c in worse)
+        text += (f" It is worse than {parent or 'its parent'} on the {where}: keeping "
+                 f"{parent or 'the old version'} is advised.")
+    return text
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from app.state.viewport import (SlideGeometry, Viewport, available_presets, fit_
                                 nice_scale_bar)
 from app.viewer.annotator import Annotator
 from app.viewer.prediction_overlay import PredictionOverlay
+from app.viewer.review_box import paint_review_box
 from app.viewer.tile_loader import FINER, RING, TileLoader
 from app.viewer.tile_painter import ScaledTiles, draw_part
 from engine.api import ByteBoundedCache
@@ -104,6 +105,7 @@ class SlideView(QWidget):
         self.predictions = PredictionOverlay(self)  # the model's prediction layer, under annotations
         self.predictions.updated.connect(self.update)
         self._tool_down = False
+        self.review_box: tuple[float, float, float, float] | None = None  # "Review next" outline
 
     # -- slide -------------------------------------------------------------------------------------
 
@@ -114,6 +116,7 @@ class SlideView(QWidget):
         """
         self.source = source
         self.thumbnail = thumbnail
+        self.review_box = None
         self.scaled.clear()
         self._failed.clear()
         self.loader.set_source(source)
@@ -153,6 +156,12 @@ class SlideView(QWidget):
         """Complete, and no idle work left that would still change the picture (smooth repaint
         after an interaction, tiles pre-scaled for this zoom)."""
         return self.is_complete() and not self.fast_paint and not self._prescale_timer.isActive()
+
+    def set_review_box(self, box: tuple[float, float, float, float] | None) -> None:
+        """Outline ``box`` (level-0 x, y, w, h: the region "Review next" went to); None: no outline."""
+        if box != self.review_box:
+            self.review_box = box
+            self.update()
 
     def set_viewport(self, viewport: Viewport, force: bool = False) -> None:
         """Move the view; starts a new request (older ones go stale) and schedules a repaint.
@@ -296,6 +305,8 @@ class SlideView(QWidget):
             drawn.add(key)
         self.predictions.paint(p, vp)
         self.annotator.paint(p, vp)
+        if self.review_box is not None:
+            paint_review_box(p, vp, self.review_box)
         self._paint_overlays(p, vp, geo)
         p.end()
         complete = missing == 0

@@ -16,6 +16,7 @@ from PySide6.QtTest import QTest
 
 import app.finetune_bridge as bridge_module
 import engine.api
+from engine.finetune.job import finetune_argv as real_finetune_argv
 from engine.finetune.registry import ModelRegistry
 from app_students import open_registry, publish_student, save_student
 
@@ -64,12 +65,17 @@ def _start(qtbot, ta) -> None:
 def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
     ta = training
     panel = ta.panel
-    panel.steps.setValue(40)
+    assert panel.budget.text() == "auto" and "60 s on a CPU, 20 s on a GPU" in panel.budget.toolTip()
+    panel.budget.setValue(45)
     panel.teacher.setChecked(False)
     _start(qtbot, ta)
     (project, settings), = ta.state["settings"]
     assert project == Path(ta.window.annotations.project.folder)
-    assert settings.steps == 40 and settings.use_teacher is False and ta.state["explicit"] == ("steps",)
+    assert settings.budget_s == 45.0 and settings.steps is None and settings.use_teacher is False
+    assert ta.state["explicit"] == ("budget_s",)
+    # the engine's own command line passes the budget on to the round's process
+    real = real_finetune_argv(project, settings, explicit=ta.state["explicit"])
+    assert real[real.index("--budget") + 1] in ("45.0", "45") and "--steps" not in real
     assert [Path(s).name for s in settings.slides] == ["cmu-1-small-region.svs"]
     assert not panel.finetune_button.isEnabled() and panel.cancel_button.isEnabled()
     # every event before the fake waits for GO: the curves fill while the process still runs
@@ -92,6 +98,7 @@ def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
     assert [panel.cell(0, c) for c in range(4)] == ["Held-out mIoU", "0.500", "0.625", "+0.125"]
     assert [panel.cell(1, c) for c in range(4)] == ["Held-out Dice", "0.600", "0.700", "+0.100"]
     assert "improved by 0.125" in panel.verdict.text()
+    assert panel.active_label.text().startswith("Active version: v0001;")
     assert panel.accept_button.isEnabled() and panel.keep_button.isEnabled()
     assert panel.finetune_button.isEnabled() and not panel.cancel_button.isEnabled()
 
@@ -107,7 +114,10 @@ def test_accept_activates_the_new_version_and_keep_old_its_parent(qtbot, trainin
     assert reg.active_name() == "v0002"
     assert Path(pa.spec.checkpoint) == reg.get("v0002").path.resolve()
     assert [ta.models.cell(r, 1) for r in range(2) if ta.models.cell(r, 0) == "●"] == ["v0002"]
-    assert not ta.panel.accept_button.isEnabled() and "v0002 is active" in ta.panel.verdict.text()
+    assert not ta.panel.accept_button.isEnabled()
+    sentence = "Active version: v0002 (fine-tuned from v0001); it predicts, and the next round starts from it."
+    assert ta.panel.active_label.text() == sentence
+    assert ta.models.note.text().endswith(sentence) and "active" not in ta.panel.verdict.text()
     qtbot.waitUntil(lambda: not pa.bridge.running, timeout=120000)  # the re-prediction
     # a second round whose new version the pathologist does not want
     _start(qtbot, ta)
@@ -115,7 +125,7 @@ def test_accept_activates_the_new_version_and_keep_old_its_parent(qtbot, trainin
     QTest.mouseClick(ta.panel.keep_button, Qt.MouseButton.LeftButton)
     assert reg.active_name() == "v0001"
     assert Path(pa.spec.checkpoint) == reg.get("v0001").path.resolve()
-    assert "v0001 is active" in ta.panel.verdict.text()
+    assert ta.panel.active_label.text().startswith("Active version: v0001;")
     qtbot.waitUntil(lambda: not pa.bridge.running, timeout=120000)
 
 
@@ -123,9 +133,11 @@ def test_cancel_stops_the_process_and_leaves_the_registry(qtbot, training):
     ta = training
     ta.state["mode"] = "forever"
     before = [v.version for v in ta.reg.versions()], ta.reg.active_name()
-    assert ta.panel.steps.text() == "auto"
+    assert ta.panel.budget.text() == "auto"
     _start(qtbot, ta)
-    assert ta.state["explicit"] == ()  # auto: the round's process sizes the steps for its device
+    (_, settings), = ta.state["settings"]
+    assert settings.budget_s is None and ta.state["explicit"] == ()  # auto: the device's default
+    assert "--budget" not in real_finetune_argv(Path("/p"), settings)
     qtbot.waitUntil(lambda: ta.panel.point_counts().get("total", 0) >= 3, timeout=20000)
     pid = ta.process.pid
     with qtbot.waitSignal(ta.process.ended, timeout=10000):

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from app.state.training import (RoundCurves, TextTail, card_text, format_seconds, model_rows,
-                                region_text, result_rows, review_viewport, round_end, verdict)
+                                region_text, result_comparisons, result_rows, review_viewport,
+                                round_end, verdict)
+from app.state.versions import active_sentence, comparisons_from_metrics, is_worse, worse_question
 from app.state.viewport import Viewport
 
 
@@ -56,12 +58,56 @@ def test_result_rows_and_verdict():
     assert [r.name for r in rows] == ["Held-out mIoU", "Held-out Dice"]
     assert rows[0].before == 0.5 and rows[0].after == 0.625 and rows[0].change == pytest.approx(0.125)
     text = verdict(RESULT)
-    assert "improved by 0.125" in text and "v0002 is active" in text
-    assert "v0001 is active" in verdict({**RESULT, "activated": False})
-    assert "v0001 is active" in verdict(RESULT, active="v0001")
+    assert text == "Held-out mIoU improved by 0.125: new version v0002 (from v0001)."
+    assert "active" not in verdict({**RESULT, "activated": False})  # said in one place only
     worse = {**RESULT, "after": {"miou": 0.4, "dice": 0.5}, "activated": False}
-    assert "dropped by 0.100" in verdict(worse)
+    assert verdict(worse) == ("Held-out mIoU dropped by 0.100: new version v0002 (from v0001). It "
+                              "is worse than v0001 on the held-out ROIs: keeping v0001 is advised.")
     assert result_rows({})[0].change is None
+    nothing = {"status": "done", "version": None, "parent": "v0001",
+               "message": "nothing new: no step of the round beat v0001 on the held-out ROIs"}
+    assert verdict(nothing) == nothing["message"]
+
+
+GUARD = {"heldout": {"before": 0.5, "after": 0.625, "ok": True},
+         "replay": {"before": 0.7, "after": 0.64, "tolerance": 0.01, "ok": False},
+         "activated": False, "reason": "worse on the replay sample of its training data"}
+
+
+def test_the_replay_sample_gets_a_row_and_a_worse_one_is_said():
+    result = {**RESULT, "activated": False, "data": {"guard": GUARD}}
+    rows = result_rows(result)
+    assert [r.name for r in rows] == ["Held-out mIoU", "Held-out Dice", "Replay mIoU"]
+    assert (rows[2].before, rows[2].after) == (0.7, 0.64)
+    assert verdict(result).endswith("It is worse than v0001 on the replay sample: keeping v0001 "
+                                    "is advised.")
+    comps = result_comparisons(result)
+    assert [(c.part, c.worse) for c in comps] == [("heldout", False), ("replay", True)]
+    within = {**GUARD, "replay": {**GUARD["replay"], "after": 0.695, "ok": True}}
+    assert not is_worse(result_comparisons({**RESULT, "data": {"guard": within}}))
+
+
+def test_registry_metrics_compare_a_version_with_its_parent():
+    assert comparisons_from_metrics({"heldout_miou": 0.6}) == []  # no parent figure: unknown
+    comps = comparisons_from_metrics({"heldout_miou": 0.33, "heldout_miou_parent": 0.404,
+                                      "replay_miou": 0.61, "replay_miou_parent": 0.6})
+    assert [(c.part, c.before, c.after, c.worse) for c in comps] == [
+        ("heldout", 0.404, 0.33, True), ("replay", 0.6, 0.61, False)]
+    question = worse_question("v0002", "v0001", comps)
+    assert question.splitlines()[:3] == [
+        "v0002 is worse than v0001:",
+        "• mIoU on the held-out ROIs: 0.404 (v0001) → 0.330 (v0002), worse",
+        "• mIoU on the replay sample: 0.600 (v0001) → 0.610 (v0002), not worse"]
+    assert "anyway" in question.splitlines()[-1]
+
+
+def test_one_sentence_says_which_version_is_active():
+    assert active_sentence("v0002", "v0001") == ("Active version: v0002 (fine-tuned from v0001); it "
+                                                 "predicts, and the next round starts from it.")
+    assert active_sentence("v0001") == ("Active version: v0001; it predicts, and the next round "
+                                        "starts from it.")
+    assert "No model version" in active_sentence(None)
+    assert "Model panel shows another model (mobile-unet)" in active_sentence("v0001", None, "mobile-unet")
 
 
 def test_round_end_judges_each_way_a_process_can_end():

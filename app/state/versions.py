@@ -1,0 +1,113 @@
+"""Model versions in words, Qt-free: the one sentence about which version is active, and whether a
+version is worse than the one it was fine-tuned from (so that making it active asks first).
+
+A round measures its new version and the parent on the held-out ROIs and, when a replay sample of
+the base training data is available, on that sample too. The round's result carries this as
+``data["guard"]`` (``{"heldout": {"before", "after", "ok"}, "replay": {…} or None, …}``); the registry
+keeps it in the version's ``metrics`` (``heldout_miou`` / ``heldout_miou_parent``, ``replay_miou`` /
+``replay_miou_parent``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.api import CocoPathError
+
+#: The measures compared, in order: (key, how the question names it).
+PARTS = (("heldout", "held-out ROIs"), ("replay", "replay sample"))
+
+
+def _number(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The parent's and the new version's mIoU on one measure; ``worse`` as the round judged it
+    (its guard's ``ok``, which allows the replay sample a small tolerance) or, with no judgement
+    recorded, whenever the new one is lower."""
+
+    part: str  # "heldout" | "replay"
+    label: str
+    before: float
+    after: float
+    worse: bool
+
+
+def comparisons_from_guard(guard: Mapping[str, Any] | None) -> list[Comparison]:
+    """The held-out and replay comparisons of a round's ``data["guard"]`` (those it measured)."""
+    out = []
+    for key, label in PARTS:
+        part = (guard or {}).get(key)
+        if not isinstance(part, Mapping):
+            continue
+        before, after = _number(part.get("before")), _number(part.get("after"))
+        if before is None or after is None:
+            continue
+        ok = part.get("ok")
+        worse = (ok is False) if isinstance(ok, bool) else after < before
+        out.append(Comparison(key, label, before, after, worse))
+    return out
+
+
+def comparisons_from_metrics(metrics: Mapping[str, Any] | None) -> list[Comparison]:
+    """The same comparisons from a registry version's ``metrics`` (no judgement recorded there: a
+    lower score is worse)."""
+    out = []
+    for key, label in PARTS:
+        before = _number((metrics or {}).get(f"{key}_miou_parent"))
+        after = _number((metrics or {}).get(f"{key}_miou"))
+        if before is not None and after is not None:
+            out.append(Comparison(key, label, before, after, after < before))
+    return out
+
+
+def is_worse(comparisons: Sequence[Comparison]) -> bool:
+    return any(c.worse for c in comparisons)
+
+
+def worse_question(version: str, parent: str | None, comparisons: Sequence[Comparison]) -> str:
+    """The confirmation asked before a worse version becomes active: both figures, parent → new."""
+    old = parent or "the version it came from"
+    lines = [f"{version} is worse than {old}:"]
+    for c in comparisons:
+        mark = "worse" if c.worse else "not worse"
+        lines.append(f"• mIoU on the {c.label}: {c.before:.3f} ({old}) → {c.after:.3f} ({version}), {mark}")
+    lines.append("")
+    lines.append(f"Make {version} the active model anyway? Its masks may be worse than {old}'s.")
+    return "\n".join(lines)
+
+
+def active_sentence(active: str | None, parent: str | None = None, shown: str | None = None) -> str:
+    """The one sentence, shown wherever the active version is named, about which version predicts
+    and which one the next round starts from. ``shown``: the name of a model the Model panel holds
+    instead (the user chose another file there), or None when it holds the active version."""
+    if active is None:
+        return ("No model version in this project yet: the first round starts from the Model "
+                "panel's model and registers it.")
+    origin = f" (fine-tuned from {parent})" if parent else ""
+    if shown:
+        return (f"Active version: {active}{origin}; the next round starts from it. The Model panel "
+                f"shows another model ({shown}).")
+    return f"Active version: {active}{origin}; it predicts, and the next round starts from it."
+
+
+def checkpoint_of(version: Any) -> Path:
+    """The .safetensors file of a registry version (its ``path``, or the one file in its folder)."""
+    p = Path(version.path)
+    if p.is_dir():
+        files = sorted(p.glob("*.safetensors"))
+        named = [f for f in files if f.stem in ("model", "student")]
+        if named or files:
+            return (named or files)[0]
+        raise CocoPathError(f"model version {version.version}: no .safetensors file in {p}")
+    return p
