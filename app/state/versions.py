@@ -81,7 +81,8 @@ def worse_question(version: str, parent: str | None, comparisons: Sequence[Compa
     lines = [f"{version} is worse than {old}:"]
     for c in comparisons:
         mark = "worse" if c.worse else "not worse"
-        lines.append(f"• mIoU on the {c.label}: {c.before:.3f} ({old}) → {c.after:.3f} ({version}), {mark}")
+        lines.append(f"• mIoU on the {c.label}: {c.before:.3f} ({old}) → {c.after:.3f} "
+                     f"({version}), {mark}")
     lines.append("")
     lines.append(f"Make {version} the active model anyway? Its masks may be worse than {old}'s.")
     return "\n".join(lines)

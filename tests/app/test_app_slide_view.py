@@ -197,3 +197,25 @@ def test_coarse_tiles_stand_in_while_fine_ones_load(qtbot, view, app_pyramid) ->
     assert diff.mean() < 12, "the stand-in is the same place, only blurrier"
     view.loader.load_delay_s = 0.0
     wait_drawn(qtbot, view, timeout=20000)
+
+
+def test_the_review_box_is_outlined_over_its_region_until_cleared(qtbot, view, app_pyramid) -> None:
+    source = open_slide(app_pyramid)
+    view.set_source(source)
+    show_at(qtbot, view, source, 1000, 1000, 2.0)
+    plain = grab_rgb(view)
+    box = (1100.0, 1100.0, 400.0, 300.0)  # on screen: x 50..250, y 50..200
+    view.set_review_box(box)
+    wait_drawn(qtbot, view)
+    drawn = grab_rgb(view)
+    yellow = (drawn[..., 0] > 200) & (drawn[..., 1] > 170) & (drawn[..., 2] < 80)
+    assert yellow[50, 100:200].all() and yellow[200, 100:200].all()  # top and bottom edges
+    assert yellow[80:170, 50].all() and yellow[80:170, 250].all()  # left and right edges
+    assert not yellow[60:190, 60:240].any()  # an outline: the region itself stays visible
+    assert (drawn[60:190, 60:240] == plain[60:190, 60:240]).all()
+    view.set_review_box(None)
+    wait_drawn(qtbot, view)
+    assert (grab_rgb(view)[:-BAR_MARGIN] == plain[:-BAR_MARGIN]).all()
+    view.set_review_box(box)
+    view.set_source(open_slide(app_pyramid))  # another slide: no box
+    assert view.review_box is None

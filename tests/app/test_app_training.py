@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtTest import QTest
 
 import app.finetune_bridge as bridge_module
@@ -115,7 +115,8 @@ def test_accept_activates_the_new_version_and_keep_old_its_parent(qtbot, trainin
     assert Path(pa.spec.checkpoint) == reg.get("v0002").path.resolve()
     assert [ta.models.cell(r, 1) for r in range(2) if ta.models.cell(r, 0) == "●"] == ["v0002"]
     assert not ta.panel.accept_button.isEnabled()
-    sentence = "Active version: v0002 (fine-tuned from v0001); it predicts, and the next round starts from it."
+    sentence = ("Active version: v0002 (fine-tuned from v0001); it predicts, and the next round "
+                "starts from it.")
     assert ta.panel.active_label.text() == sentence
     assert ta.models.note.text().endswith(sentence) and "active" not in ta.panel.verdict.text()
     qtbot.waitUntil(lambda: not pa.bridge.running, timeout=120000)  # the re-prediction
@@ -224,3 +225,83 @@ def test_the_round_yields_the_cpu_to_the_gui(qtbot, training):
         assert os.sched_getscheduler(ta.process.pid) == os.SCHED_IDLE
     with qtbot.waitSignal(ta.process.ended, timeout=10000):
         ta.cancel()
+
+
+WORSE_GUARD = {"heldout": {"before": 0.404, "after": 0.33, "ok": False},
+               "replay": {"before": 0.61, "after": 0.6, "tolerance": 0.01, "ok": True},
+               "activated": False, "reason": "worse on the held-out ROIs (mIoU 0.404 → 0.330)"}
+
+
+def answer_dialog(qtbot, button: str, seen: list) -> None:
+    """When the next modal dialog opens, note its text, default button and buttons, then press
+    the button whose text starts with ``button``."""
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    def answer() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, answer)
+            return
+        seen.append((box.text(), box.defaultButton().text(), [b.text() for b in box.buttons()]))
+        [target] = [b for b in box.buttons() if b.text().startswith(button)]
+        target.click()
+
+    QTimer.singleShot(0, answer)
+
+
+def _worse_round(qtbot, ta) -> None:
+    ta.state["result"] = {**ta.state["result"], "before": {"miou": 0.404, "dice": 0.52},
+                          "after": {"miou": 0.33, "dice": 0.47}, "data": {"guard": WORSE_GUARD}}
+    ta.state["go"].touch()
+    _start(qtbot, ta)
+    qtbot.waitUntil(lambda: ta.last_end is not None and not ta.process.running, timeout=20000)
+
+
+def test_accepting_a_worse_version_asks_and_keep_old_keeps_it(qtbot, training):
+    ta = training
+    _worse_round(qtbot, ta)
+    panel = ta.panel
+    assert "worse than v0001 on the held-out ROIs" in panel.verdict.text()
+    assert [panel.cell(2, c) for c in range(4)] == ["Replay mIoU", "0.610", "0.600", "-0.010"]
+    seen: list = []
+    answer_dialog(qtbot, "Keep v0001", seen)
+    QTest.mouseClick(panel.accept_button, Qt.MouseButton.LeftButton)
+    [(text, default, buttons)] = seen
+    assert "0.404 (v0001) → 0.330 (v0002), worse" in text  # held-out, parent → new
+    assert "0.610 (v0001) → 0.600 (v0002), not worse" in text  # and the replay sample
+    assert default == "Keep v0001" and sorted(buttons) == ["Keep v0001", "Use v0002 anyway"]
+    assert ta.reg.active_name() == "v0001"  # kept: as Keep old
+    assert not panel.accept_button.isEnabled() and not panel.keep_button.isEnabled()
+    assert panel.active_label.text().startswith("Active version: v0001;")
+
+
+def test_a_worse_version_becomes_active_only_when_the_user_says_so(qtbot, training):
+    ta = training
+    _worse_round(qtbot, ta)
+    seen: list = []
+    answer_dialog(qtbot, "Use v0002 anyway", seen)
+    QTest.mouseClick(ta.panel.accept_button, Qt.MouseButton.LeftButton)
+    assert len(seen) == 1 and ta.reg.active_name() == "v0002"
+    assert ta.panel.active_label.text().startswith("Active version: v0002 (fine-tuned from v0001)")
+    qtbot.waitUntil(lambda: not ta.window.predictions.bridge.running, timeout=120000)
+
+
+def test_activating_a_worse_version_in_the_models_panel_asks_too(qtbot, training):
+    ta = training
+    v3 = publish_student(ta.reg, 3, parent="v0001", note="round 2",
+                         metrics={"heldout_miou": 0.33, "heldout_miou_parent": 0.404,
+                                  "replay_miou": 0.58, "replay_miou_parent": 0.61})
+    ta.refresh_models()
+    assert ta.models.select_version(v3.version)
+    seen: list = []
+    answer_dialog(qtbot, "Keep v0001", seen)
+    QTest.mouseClick(ta.models.activate_button, Qt.MouseButton.LeftButton)
+    [(text, default, _)] = seen
+    assert "0.404 (v0001) → 0.330 (v0003), worse" in text
+    assert "0.610 (v0001) → 0.580 (v0003), worse" in text
+    assert default == "Keep v0001" and ta.reg.active_name() == "v0001"
+    # a version that is not worse (v0002 has no parent figures) is activated without a question
+    assert ta.models.select_version("v0002")
+    QTest.mouseClick(ta.models.activate_button, Qt.MouseButton.LeftButton)
+    assert ta.reg.active_name() == "v0002" and len(seen) == 1
+    qtbot.waitUntil(lambda: not ta.window.predictions.bridge.running, timeout=120000)

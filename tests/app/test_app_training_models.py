@@ -14,7 +14,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
 from app_students import open_registry, publish_student, save_student
-from qt_probe import drag, wait_drawn
+from qt_probe import drag, grab_rgb, screen, wait_drawn
 
 ROUND_METRICS = {"before": {"miou": 0.5, "dice": 0.6}, "after": {"miou": 0.625, "dice": 0.7}}
 
@@ -148,6 +148,21 @@ def test_review_next_lists_regions_and_a_click_moves_the_view(qtbot, with_regist
     x0, y0, x1, y1 = vp.visible_rect()
     assert x0 <= first.x and y0 <= first.y and x1 >= first.x + first.w and y1 >= first.y + first.h
     assert vp.downsample < 2.5  # zoomed in from the fitted view (about 6) to the region
+    # the region is outlined in the view until the next jump (or until it is no longer listed)
+    assert view.review_box == (first.x, first.y, first.w, first.h)
+    wait_drawn(qtbot, view)
+    rgb = grab_rgb(view)
+    left, top = screen(view, first.x, first.y).x(), screen(view, first.x, first.y).y()
+    right = screen(view, first.x + first.w, first.y).x()
+    edge = rgb[top - 1:top + 2, left + 10:right - 10]
+    yellow = (edge[..., 0] > 200) & (edge[..., 1] > 170) & (edge[..., 2] < 80)
+    assert yellow.any(axis=0).mean() > 0.9, "the box's top edge is not drawn"
+    second = regions[1]
+    QTest.mouseClick(review.list.viewport(), Qt.MouseButton.LeftButton,
+                     pos=review.list.visualItemRect(review.list.item(1)).center())
+    assert view.review_box == (second.x, second.y, second.w, second.h)  # one box: the last jump
+    QTest.mouseClick(review.list.viewport(), Qt.MouseButton.LeftButton,  # back to the first
+                     pos=review.list.visualItemRect(item).center())
     # the pathologist marks the first region reviewed (a correction ROI, drawn with O): it is
     # never proposed again
     wait_drawn(qtbot, view)
@@ -156,6 +171,7 @@ def test_review_next_lists_regions_and_a_click_moves_the_view(qtbot, with_regist
                 (first.x + first.w - 2, first.y + first.h - 2)])
     assert len(view.annotator.store.rois()) == 1
     qtbot.waitUntil(lambda: review.regions and review.regions[0] != first, timeout=20000)
+    assert view.review_box is None  # reviewed: no longer listed, no longer outlined
     for r in review.regions:
         overlap_w = min(r.x + r.w, first.x + first.w) - max(r.x, first.x)
         overlap_h = min(r.y + r.h, first.y + first.h) - max(r.y, first.y)
