@@ -217,6 +217,9 @@ class TrainingActions(QObject):
     def _update_sentence(self) -> None:
         """Say which version is active, in the same words in the Training, Models and Model panels."""
         if self.registry is None:
+            self._sentence_key = None
+            self.panel.set_active("")
+            self.models.set_sentence("")
             return
         active = self._active()
         spec = self.window.predictions.spec

@@ -83,10 +83,10 @@ class ModelPanel(QWidget):
         self.legend = QVBoxLayout()
         lay = QVBoxLayout(self)
         lay.addWidget(self.status)
+        lay.addWidget(self.warning)  # first thing seen, before Run
         lay.addWidget(self.choose_button)
         lay.addLayout(form)
         lay.addWidget(self.level_group)
-        lay.addWidget(self.warning)
         lay.addLayout(buttons)
         lay.addWidget(self.progress)
         lay.addWidget(self.progress_label)

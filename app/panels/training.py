@@ -81,14 +81,16 @@ class TrainingPanel(QWidget):
                                 "student learns from both. Off: the student learns from your "
                                 "corrections and from its current self's predictions")
         self.slides = QListWidget()
-        self.slides.setMaximumHeight(64)
+        self.slides.setMaximumHeight(84)
+        self.slides.setWordWrap(True)  # a long name (a DICOM folder and file) wraps, its count shown
+        self.slides.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.slides.setToolTip("The slides whose correction ROIs the round learns from: the open "
                                "one is ticked; tick others to learn from them too")
         self.slides.itemChanged.connect(self._ticked)
         self.plan = QLabel("")  # how the classes drawn map to the model's
         self.plan.setWordWrap(True)
         self.plan.setStyleSheet("color: #404040")
-        self.warning = QLabel("")  # a ticked slide too coarse for the model
+        self.warning = QLabel("")  # a ticked slide too coarse for the model (shown at the top)
         self.warning.setWordWrap(True)
         self.warning.setStyleSheet(WARNING_STYLE)
         self.warning.setVisible(False)
@@ -99,7 +101,6 @@ class TrainingPanel(QWidget):
         form.addRow(self.teacher)
         form.addRow("Slides", self.slides)
         form.addRow(self.plan)
-        form.addRow(self.warning)
         self.finetune_button = QPushButton("Fine-tune")
         self.finetune_button.setToolTip("Train a new version of the active model on the corrections")
         self.cancel_button = QPushButton("Cancel")
@@ -181,6 +182,7 @@ class TrainingPanel(QWidget):
         hl = QVBoxLayout(head)
         hl.setContentsMargins(0, 0, 0, 0)
         hl.addWidget(self.active_label)
+        hl.addWidget(self.warning)
         hl.addWidget(self.result_box)
         self.head = head
         # stacked in a side dock; head | controls | curves side by side at the top or bottom
@@ -246,7 +248,9 @@ class TrainingPanel(QWidget):
         self.warning.setVisible(bool(text))
 
     def set_active(self, sentence: str) -> None:
+        """The one sentence about the active version ("" hides it: no project)."""
         self.active_label.setText(sentence)
+        self.active_label.setVisible(bool(sentence))
 
     def set_running(self, running: bool, can_start: bool = True) -> None:
         self.finetune_button.setEnabled(not running and can_start)

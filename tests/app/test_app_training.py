@@ -305,3 +305,25 @@ def test_activating_a_worse_version_in_the_models_panel_asks_too(qtbot, training
     QTest.mouseClick(ta.models.activate_button, Qt.MouseButton.LeftButton)
     assert ta.reg.active_name() == "v0002" and len(seen) == 1
     qtbot.waitUntil(lambda: not ta.window.predictions.bridge.running, timeout=120000)
+
+
+def _fully_visible(widget) -> bool:
+    """Shown on screen whole: not hidden, not scrolled away, not clipped by the dock."""
+    region = widget.visibleRegion()
+    return widget.isVisible() and not region.isEmpty() and region.boundingRect() == widget.rect()
+
+
+@pytest.mark.parametrize("size", [(1400, 900), (1280, 800)])  # the app's default, a laptop
+def test_the_verdict_and_the_choice_are_seen_without_scrolling(qtbot, training, size):
+    ta = training
+    ta.window.resize(*size)
+    ta.training_dock.raise_()
+    _worse_round(qtbot, ta)
+    panel = ta.panel
+    qtbot.waitUntil(lambda: _fully_visible(panel.accept_button), timeout=5000)
+    for w in (panel.active_label, panel.verdict, panel.accept_button, panel.keep_button):
+        assert _fully_visible(w), w
+    bar = ta.training_dock.widget().verticalScrollBar()
+    assert bar.value() == 0 and bar.maximum() > 0  # the panel is taller than the dock: it scrolls
+    bar.setValue(bar.maximum())  # scrolled to the curves, the choice is out of sight (as it was
+    assert not _fully_visible(panel.accept_button)  # before: at the bottom of the panel)

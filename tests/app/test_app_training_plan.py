@@ -103,12 +103,12 @@ def test_a_coarse_slide_is_warned_of_in_the_model_and_training_panels(qtbot, win
     wait_drawn(qtbot, window.view)
     sentence = "this slide is 10 µm/px; the model reads 1 µm/px: its predictions here are not meaningful"
     pa.model_dock.raise_()
-    assert pa.panel.warning.isVisible()
+    qtbot.waitUntil(lambda: not pa.panel.warning.visibleRegion().isEmpty(), timeout=5000)  # in sight
     assert pa.panel.warning.text() == sentence[0].upper() + sentence[1:] + "."
     assert pa.panel.run_button.isEnabled()  # a warning, not a refusal: the user decides
     qtbot.waitUntil(lambda: ticked_names(ta) == ["coarse.tif"], timeout=5000)
     ta.training_dock.raise_()
-    qtbot.waitUntil(lambda: ta.panel.warning.isVisible(), timeout=5000)
+    qtbot.waitUntil(lambda: not ta.panel.warning.visibleRegion().isEmpty(), timeout=5000)
     assert ta.panel.warning.text() == f"coarse.tif: {sentence}. A round refuses it: untick it."
     assert "\n" not in ta.panel.warning.text()
     ta.panel.slides.item(1).setCheckState(Qt.CheckState.Unchecked)  # untick it: no warning
