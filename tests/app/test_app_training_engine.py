@@ -43,7 +43,7 @@ def _state(reg: ModelRegistry) -> tuple[list[str], str | None, list[str]]:
 def test_the_engine_says_there_is_nothing_to_learn(qtbot, dock):
     ta = dock
     before = _state(ta.reg)
-    ta.panel.steps.setValue(5)
+    ta.panel.budget.setValue(10)  # passed to the real engine as --budget 10
     with qtbot.waitSignal(ta.process.ended, timeout=120000):
         QTest.mouseClick(ta.panel.finetune_button, Qt.MouseButton.LeftButton)
     end = ta.last_end
