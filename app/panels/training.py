@@ -393,8 +393,12 @@ class TrainingPanel(QWidget):
                                   + sum(self.table.rowHeight(i) for i in range(len(rows)))
                                   + 2 * self.table.frameWidth())
         self.verdict.setText(verdict(result))
-        notes = (result.get("data") or {}).get("notes") if isinstance(result.get("data"), Mapping) else None
+        data = result.get("data")
+        notes = data.get("notes") if isinstance(data, Mapping) else None
         self.verdict.setToolTip("\n".join(map(str, notes)) if notes else "")
+        if notes:  # what the round chose and noticed, under Details
+            self.details.appendPlainText("Notes: " + "; ".join(map(str, notes)))
+            self.details_button.setVisible(True)
         has_new = bool(result.get("version"))
         self.accept_button.setEnabled(has_new)
         self.keep_button.setEnabled(has_new and bool(result.get("parent")))
