@@ -1,8 +1,15 @@
 """The simulated pathologist of ``bench finetune``: slides with known truth, corrections, scoring.
 
-- :func:`unseen_pairs`: the EBHI adenocarcinoma images of the **test** cases of the split by case
-  (regex ``^(.*?)-\\d+-400-\\d+$``, seed 0, 70/15/15, as ``engine.training.datasets`` makes it),
-  minus any case the model's card says it trained or validated on.
+- :func:`unseen_pairs`: the images of one image/mask folder (the layout of ``shared/data/seg/*``)
+  whose case the model never saw: with a card that lists its cases (``train_cases`` /
+  ``val_cases``, e.g. the shipped student's mixture split by case over six folders), every image
+  whose case is in neither list, by the card's own case regex (EBHI folders share case ids, so a
+  patient whose normal tiles were trained on is left out of the adenocarcinoma slide too); with a
+  card that lists none, the **test** part of the folder's own split by case (regex
+  ``^(.*?)-\\d+-400-\\d+$``, seed 0, 70/15/15, as ``engine.training.datasets`` makes it).
+- :func:`is_negative`: a folder the card trained on as a *negative* (benign or pre-malignant
+  epithelium, polyps): its masks outline something that is not tumour, so its truth is all
+  background, as the model learnt it.
 - :func:`build_slide`: a pyramidal JPEG-tiled TIFF (OpenSlide reads it as a generic tiled TIFF)
   whose level 0 is a mosaic of real H&E tiles on glass, with the tumour truth of every pixel.
 - :func:`candidate_regions` / :func:`random_regions`: where a pathologist could look.
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,32 +59,74 @@ class SimSlide:
         return self.truth.shape[1], self.truth.shape[0]
 
 
+def _case(stem: str, pattern: re.Pattern[str]) -> str | None:
+    try:
+        return case_of(stem, pattern)
+    except CocoPathError:
+        return None
+
+
 def unseen_pairs(folder: Path, card: dict[str, Any] | None = None, regex: str = DEFAULT_GROUP_REGEX,
                  seed: int = 0) -> tuple[list[Pair], dict[str, Any]]:
-    """Test-split pairs of ``folder`` (split by case) that the model's card does not train on."""
-    import re
-
+    """The pairs of ``folder`` whose case the model never trained or validated on, and how they
+    were chosen (see the module docstring). An image whose name carries no case id (the regex does
+    not match) is its own case."""
+    folder = Path(folder)
     pairs = find_pairs([folder])
-    split = split_by_case([p.stem for p in pairs], regex, (0.7, 0.15, 0.15), seed)
-    test = set(split["test"])  # type: ignore[arg-type]
     data = (card or {}).get("data") or {}
-    seen = set(data.get("train_cases") or []) | set(data.get("val_cases") or [])
-    pattern = re.compile(regex)
-    chosen = [p for p in pairs if p.stem in test and case_of(p.stem, pattern) not in seen]
-    dropped = sorted({case_of(p.stem, pattern) for p in pairs if p.stem in test} & seen)
-    if dropped:
-        log.warning("%d test case(s) are among the model's training cases, left out: %s",
-                    len(dropped), ", ".join(dropped))
+    train, val = data.get("train_cases") or [], data.get("val_cases") or []
+    info: dict[str, Any] = {"folder": folder.name, "path": str(folder)}
+    if train or val:
+        pattern = re.compile(data.get("group_regex") or regex)
+        seen = set(train) | set(val)
+        test = set(data.get("test_cases") or [])
+        cases = {p.stem: _case(p.stem, pattern) or p.stem for p in pairs}
+        chosen = [p for p in pairs if cases[p.stem] not in seen]
+        kept = sorted({cases[p.stem] for p in chosen})
+        dropped = sorted({cases[p.stem] for p in pairs} & seen)
+        info.update({"from": "the card's case lists (images of cases it neither trained nor "
+                             "validated on)", "group_regex": pattern.pattern,
+                     "cases": kept, "test_cases": sorted(set(kept) & test),
+                     "unlisted_cases": sorted(set(kept) - test),
+                     "no_case_id": sum(1 for p in pairs if _case(p.stem, pattern) is None),
+                     "left_out_seen_cases": dropped,
+                     "left_out_images": len(pairs) - len(chosen)})
+    else:
+        pattern = re.compile(regex)
+        ids = {_case(p.stem, pattern) for p in pairs}
+        if None not in ids and len(ids) >= 3:
+            split = split_by_case([p.stem for p in pairs], regex, (0.7, 0.15, 0.15), seed)
+            test = set(split["test"])  # type: ignore[arg-type]
+            chosen = [p for p in pairs if p.stem in test]
+            info.update({"from": "the test part of the folder's own split by case (the card lists "
+                                 "no cases)", "group_regex": regex, "split_seed": seed,
+                         "fractions": [0.7, 0.15, 0.15],
+                         "cases": sorted(split["test_cases"]),  # type: ignore[arg-type]
+                         "test_cases": sorted(split["test_cases"]),  # type: ignore[arg-type]
+                         "left_out_seen_cases": [], "left_out_images": len(pairs) - len(chosen)})
+        else:
+            chosen = list(pairs)
+            info.update({"from": "every image (the card lists no cases, and the names carry no "
+                                 "case id or too few cases to split)", "group_regex": regex,
+                         "cases": sorted(c for c in ids if c is not None), "test_cases": [],
+                         "left_out_seen_cases": [], "left_out_images": 0})
+    if info["left_out_seen_cases"]:
+        log.info("%s: %d case(s) the model trained or validated on left out (%d images)",
+                 folder.name, len(info["left_out_seen_cases"]), info["left_out_images"])
     if not chosen:
-        raise CocoPathError(f"{folder}: no test-split image left that the model never trained on")
-    info = {"folder": folder.name, "group_regex": regex, "split_seed": seed,
-            "fractions": [0.7, 0.15, 0.15], "test_cases": sorted(split["test_cases"]),  # type: ignore[arg-type]
-            "left_out_seen_cases": dropped, "images": len(chosen)}
+        raise CocoPathError(f"{folder}: no image left whose case the model never trained on")
+    info["images"] = len(chosen)
     return chosen, info
 
 
-def load_tiles(pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray]:
-    """(n, CELL, CELL, 3) uint8 images and (n, CELL, CELL) bool tumour masks (threshold 127)."""
+def is_negative(folder: Path, card: dict[str, Any] | None) -> bool:
+    """Whether the card trained on ``folder`` (by name) as a negative: its truth is background."""
+    return Path(folder).name in set(((card or {}).get("data") or {}).get("negatives") or ())
+
+
+def load_tiles(pairs: Sequence[Pair], negative: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(n, CELL, CELL, 3) uint8 images and (n, CELL, CELL) bool tumour masks (threshold 127; all
+    False for a ``negative`` folder)."""
     from PIL import Image
 
     from engine.training.datasets import load_pair
@@ -84,7 +134,7 @@ def load_tiles(pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray]:
     imgs = np.empty((len(pairs), CELL, CELL, 3), np.uint8)
     masks = np.empty((len(pairs), CELL, CELL), bool)
     for i, pair in enumerate(pairs):
-        rgb, mask = load_pair(pair)
+        rgb, mask = load_pair(pair, negative=negative)
         if rgb.shape[:2] != (CELL, CELL):
             side = min(rgb.shape[:2])
             rgb, mask = rgb[:side, :side], mask[:side, :side]
@@ -123,13 +173,14 @@ def write_pyramid(path: Path, rgb: np.ndarray, mpp: float, tile: int = 256, qual
 
 
 def build_slide(out: Path, name: str, pairs: Sequence[Pair], *, mpp: float, border: int = 64,
-                source: str = "", seed: int = 0) -> SimSlide:
-    """A slide of the ``pairs`` tiles in a square mosaic (shuffled by ``seed``) on glass."""
+                source: str = "", seed: int = 0, negative: bool = False) -> SimSlide:
+    """A slide of the ``pairs`` tiles in a square mosaic (shuffled by ``seed``) on glass; the truth
+    is the masks', or all background for a ``negative`` folder."""
     if not pairs:
         raise CocoPathError(f"slide {name}: no tiles to build it from")
     order = np.random.default_rng(seed).permutation(len(pairs))
     pairs = [pairs[i] for i in order]
-    imgs, masks = load_tiles(pairs)
+    imgs, masks = load_tiles(pairs, negative)
     cols = math.ceil(math.sqrt(len(pairs)))
     rows = math.ceil(len(pairs) / cols)
     w, h = cols * CELL + 2 * border, rows * CELL + 2 * border

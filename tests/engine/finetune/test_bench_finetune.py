@@ -1,10 +1,13 @@
-"""bench finetune: the simulated pathologist's slides, corrections and scoring, and a tiny run of the
-whole benchmark (tiny slides, tiny model, two round steps) through the command line."""
+"""bench finetune: the simulated pathologist's slides (of images whose case the model never saw),
+corrections and scoring, ``--data`` folders and seeds, the verdicts computed from the numbers, and a
+tiny run of the whole benchmark (tiny slides, tiny model, short rounds) through the command line."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +17,17 @@ from engine.annotations import Project
 from engine.annotations.rois import IGNORE, partial_label_mask
 from engine.errors import CocoPathError
 from engine.finetune.simulate import (CELL, build_slide, candidate_regions, confusion,
-                                      random_regions, roi_mask, summarize, unseen_pairs,
-                                      write_corrections)
+                                      is_negative, random_regions, roi_mask, summarize,
+                                      unseen_pairs, write_corrections)
 from engine.inference.cache import PredictionCache
 from engine.inference.geometry import PredictionGrid
 from engine.shared_data import data_path
 from engine.slide import open_slide
 from engine.slide.request import RegionRequest
-from engine.training.datasets import DEFAULT_GROUP_REGEX, find_pairs, split_by_case
+from engine.training.datasets import DEFAULT_GROUP_REGEX, case_of, find_pairs, split_by_case
+
+REPO = Path(__file__).resolve().parents[3]
+STUDENT_CARD = REPO / "resources" / "models" / "cocopath-student-tumour.json"
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +41,75 @@ def small_slide(tmp_path_factory: pytest.TempPathFactory, adeno: Path):
     return build_slide(tmp_path_factory.mktemp("slide"), "tiny", pairs[:4], mpp=1.0, border=32)
 
 
-def test_only_test_cases_and_never_a_case_the_card_trained_on(adeno: Path) -> None:
+def tile_folder(root: Path, source: Path, count: int, prefix: str = "tile") -> Path:
+    """A folder of the shared seg/ layout holding ``count`` real tiles of ``source``, renamed so
+    that their names carry no case id."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, pair in enumerate(find_pairs([source])[:count]):
+        shutil.copy(pair.image, root / "images" / f"{prefix}{i}{pair.image.suffix}")
+        shutil.copy(pair.mask, root / "masks" / f"{prefix}{i}{pair.mask.suffix}")
+    return root
+
+
+def test_without_case_lists_the_folders_own_test_cases(adeno: Path) -> None:
     stems = [p.stem for p in find_pairs([adeno])]
     split = split_by_case(stems, DEFAULT_GROUP_REGEX, (0.7, 0.15, 0.15), 0)
     case = re.compile(DEFAULT_GROUP_REGEX)
     pairs, info = unseen_pairs(adeno)
     assert {p.stem for p in pairs} == set(split["test"])
     assert not {case.match(p.stem).group(1) for p in pairs} & set(split["train_cases"] + split["val_cases"])
-    # a card whose training cases include a test case: that case is left out
-    seen = split["test_cases"][0]
-    fewer, info2 = unseen_pairs(adeno, {"data": {"train_cases": [seen]}})
-    assert seen in info2["left_out_seen_cases"]
-    assert all(case.match(p.stem).group(1) != seen for p in fewer) and len(fewer) < len(pairs)
+    assert info["images"] == len(pairs) and "test part" in info["from"]
+
+
+def test_the_shipped_students_case_lists_decide_what_is_unseen(adeno: Path) -> None:
+    """The student trained on a mixture split by case over six folders: every image of a case it
+    trained or validated on is left out, in every folder (EBHI folders share case ids), and what is
+    left of its own folders is exactly its test cases."""
+    card = json.loads(STUDENT_CARD.read_text())
+    data = card["data"]
+    seen = set(data["train_cases"]) | set(data["val_cases"])
+    pattern = re.compile(data["group_regex"])
+    for name in ("ebhi-adenocarcinoma", "ebhi-polyp", "camelyon-tumour"):
+        folder = data_path("seg", name)
+        pairs, info = unseen_pairs(folder, card)
+        cases = {case_of(p.stem, pattern) for p in pairs}
+        assert pairs and not cases & seen, name
+        assert cases <= set(data["test_cases"]) and info["unlisted_cases"] == []
+        every = {case_of(p.stem, pattern) for p in find_pairs([folder])}
+        assert set(info["left_out_seen_cases"]) == every & seen
+        assert info["images"] + info["left_out_images"] == len(find_pairs([folder]))
+    # the folder's own split would have kept cases the student trained on
+    own, _ = unseen_pairs(adeno)
+    assert {case_of(p.stem, pattern) for p in own} & seen
+    # a card that lists one case: every other image of the folder is unseen
+    one = sorted(seen & {case_of(p.stem, pattern) for p in find_pairs([adeno])})[0]
+    rest, info = unseen_pairs(adeno, {"data": {"train_cases": [one], "group_regex": data["group_regex"]}})
+    assert info["left_out_seen_cases"] == [one]
+    assert len(rest) == len(find_pairs([adeno])) - info["left_out_images"] > 0
     with pytest.raises(CocoPathError, match="never trained on"):
-        unseen_pairs(adeno, {"data": {"train_cases": split["test_cases"]}})
+        unseen_pairs(adeno, {"data": {"train_cases": sorted(every_case(adeno, pattern))}})
+
+
+def every_case(folder: Path, pattern: re.Pattern[str]) -> set[str]:
+    return {case_of(p.stem, pattern) for p in find_pairs([folder])}
+
+
+def test_names_without_a_case_id_and_negative_folders(tmp_path: Path, adeno: Path) -> None:
+    folder = tile_folder(tmp_path / "mine", adeno, 3)
+    pairs, info = unseen_pairs(folder)
+    assert len(pairs) == 3 and "every image" in info["from"]
+    card = json.loads(STUDENT_CARD.read_text())
+    pairs, info = unseen_pairs(folder, card)  # no case id: each image its own, never seen
+    assert len(pairs) == 3 and info["no_case_id"] == 3
+    assert is_negative(data_path("seg", "ebhi-polyp"), card)
+    assert not is_negative(adeno, card) and not is_negative(folder, card)
+    assert not is_negative(data_path("seg", "ebhi-polyp"), None)
+    # a negative folder's truth is background whatever its masks outline
+    negative = build_slide(tmp_path / "s", "neg", pairs, mpp=1.0, border=16, negative=True)
+    positive = build_slide(tmp_path / "s", "pos", pairs, mpp=1.0, border=16)
+    assert positive.truth.any() and not negative.truth.any()
+    assert np.array_equal(negative.known, positive.known)
 
 
 def test_the_slide_shows_the_tiles_and_carries_their_truth(small_slide, adeno: Path) -> None:
@@ -150,16 +211,121 @@ def tiny_model(path: Path) -> Path:
     return save_model(path, model, meta)
 
 
-def test_review_next_takes_each_slides_list_in_turn() -> None:
-    """Slide 1's scores are all lower (a confidently wrong, stain-shifted slide), yet its best
-    region comes second, before slide 0's second best; a slide whose list runs out drops out."""
-    from engine.finetune.bench import interleave
+def parser() -> argparse.ArgumentParser:
+    from engine.finetune.bench import register_bench
 
-    a = [(0, "a1", 0.9), (0, "a2", 0.8), (0, "a3", 0.7)]
-    b = [(1, "b1", 0.3)]
-    c = [(2, "c1", 0.5), (2, "c2", 0.4)]
-    assert [t[1] for t in interleave([a, b, c])] == ["a1", "c1", "b1", "a2", "c2", "a3"]
-    assert interleave([]) == [] and interleave([[], a[:1]]) == a[:1]
+    p = argparse.ArgumentParser()
+    register_bench(p.add_subparsers().add_parser("bench").add_subparsers())
+    return p
+
+
+def test_data_folders_seeds_and_round_settings_from_the_command_line(tmp_path: Path,
+                                                                     adeno: Path) -> None:
+    from engine.finetune.bench import config_from_args, round_settings, slide_folders
+
+    a = tile_folder(tmp_path / "a" / "set", adeno, 2)
+    b = tile_folder(tmp_path / "b" / "set", adeno, 2)  # same folder name: the slides get two names
+    args = parser().parse_args(["bench", "finetune", "--data", f"{a},{b},camelyon-tumour",
+                                "--seeds", "2", "--seed", "5", "--budget", "12"])
+    cfg = config_from_args(args)
+    assert cfg.data == (a, b, data_path("seg", "camelyon-tumour"))
+    assert cfg.seed_list == [5, 6]
+    assert [n for n, _ in slide_folders(cfg)] == ["set-unseen", "set-unseen-2", "camelyon-tumour-unseen"]
+    rs = round_settings(cfg, seed=6)
+    assert rs.budget_s == 12.0 and rs.seed == 6 and rs.steps is None  # steps only when given
+    rs = round_settings(config_from_args(parser().parse_args(["bench", "finetune", "--steps", "3"])))
+    assert rs.steps == 3 and rs.budget_s is None
+    default = config_from_args(parser().parse_args(["bench", "finetune"]))
+    assert [n for n, _ in slide_folders(default)] == ["adenocarcinoma-unseen", "ebhi-polyp-shift"]
+    assert default.seed_list == [0, 1, 2] and default.data == ()
+    quick = config_from_args(parser().parse_args(["bench", "finetune", "--quick"]))
+    assert quick.seed_list == [0] and round_settings(quick).steps is None  # the budget sizes it
+    for bad, match in ((["--data", str(tmp_path / "nowhere")], "no such folder"),
+                       (["--data", str(tmp_path / "a")], "images/ and masks/"),
+                       (["--data", str(a), "--shift", "camelyon-tumour"], "--shift"),
+                       (["--seeds", "0"], "at least 1"), (["--budget", "-1"], "positive")):
+        with pytest.raises(CocoPathError, match=match):
+            config_from_args(parser().parse_args(["bench", "finetune", *bad]))
+
+
+def fake_run(before: float, gain: float | str | None, activated: bool = True,
+             wall: float = 30.0) -> dict:
+    """A round's record: ``gain`` None (it failed) or "kept" (done, no step beat the parent)."""
+    kept = gain == "kept"
+    return {"miou_after": None if gain is None or kept else before + gain,  # type: ignore[operator]
+            "activated": activated and not kept, "kept_parent": kept, "round_s": wall - 1,
+            "round_wall_s": wall, "status": "failed" if gain is None else "done"}
+
+
+def fake_k(gains_review, gains_random, before: float = 0.5, walls=(30.0, 40.0),
+           activated=(True, True)) -> dict:
+    from engine.finetune.bench import _k_entry, _seed_entry
+
+    seeds = []
+    for i, (g, r) in enumerate(zip(gains_review, gains_random)):
+        runs = {"review": fake_run(before, g, activated[0], walls[0]),
+                "random": fake_run(before, r, activated[1], walls[1])}
+        errors = {"review": {"wrong_px": 100 + i}, "random": {"wrong_px": 50}}
+        seeds.append(_seed_entry(i, {"miou": before, "dice": 0.6, "pixels": 1000,
+                                     "per_slide": {}, "tumour_called": {}}, runs, errors))
+    return _k_entry(seeds, [0.3], [{"slide": "s", "rect": [0, 0, 8, 8]}], "cpu")
+
+
+def test_the_verdicts_come_from_the_numbers() -> None:
+    from engine.finetune.bench import GAIN_TARGET, NOT_WORSE_TOLERANCE, beats, targets
+
+    good = fake_k([0.06, 0.08, 0.07], [0.01, 0.02, 0.03])
+    assert good["gain"] == pytest.approx(0.07) and good["gain_sd"] == pytest.approx(0.01)
+    assert good["gain_random"] == pytest.approx(0.02) and good["gain_random_sd"] == pytest.approx(0.01)
+    assert good["miou_after"] == pytest.approx(0.57) and good["miou_before"] == pytest.approx(0.5)
+    b = good["review_beats_random"]
+    assert b["margin"] == pytest.approx(0.05) and b["sd"] == pytest.approx(0.01) and b["beats"] is True
+    assert good["not_worse"] is True and good["roi_errors"] == pytest.approx(101)
+    assert good["round_wall_s"]["max"] == 40.0 and good["round_within_target"] is True
+    t = targets({"1": fake_k([0.0, 0.01, 0.0], [0.0, 0.0, -0.004]), "10": good}, "cpu")
+    assert t["every_round_not_worse"] is True and t["mean_gain_target_met"] is True
+    assert t["mean_gain_at_target_k"] == pytest.approx(0.07) and t["gain_target"] == GAIN_TARGET
+    assert t["review_beats_random"] == {"1": False, "10": True}
+    assert t["rounds"] == 12 and t["round_within_target"] is True
+    # a round that loses more than the tolerance, a small gain, no better than random, too slow
+    bad = fake_k([0.02, -0.01, 0.03], [0.03, 0.02, 0.01], walls=(90.0, 30.0), activated=(False, True))
+    assert bad["not_worse"] is False and bad["worst_change"]["change"] == pytest.approx(-0.01)
+    assert bad["worst_change"]["strategy"] == "review" and bad["worst_change"]["seed"] == 1
+    assert bad["not_worse_active"] is True  # not activated: the active model stayed as it was
+    assert bad["gain_active"] == 0.0 and bad["review_beats_random"]["beats"] is False
+    t = targets({"10": bad}, "cpu")
+    assert t["every_round_not_worse"] is False and t["mean_gain_target_met"] is False
+    assert t["worst_round"]["change"] < -NOT_WORSE_TOLERANCE and t["round_within_target"] is False
+    # one seed: no sd, so no verdict on beating random; a round without a version is counted
+    one = fake_k([0.1], [None])
+    assert one["review_beats_random"]["beats"] is None and one["rounds_without_version"] == 1
+    # a round that kept its parent (no step beat it) scores the parent: a gain of 0, not a gap
+    kept = fake_k(["kept", 0.02], [0.01, "kept"])
+    assert kept["gain"] == pytest.approx(0.01) and kept["gain_random"] == pytest.approx(0.005)
+    assert kept["rounds_kept_parent"] == 2 and kept["rounds_without_version"] == 0
+    assert kept["seeds"][0]["miou_after"] == kept["seeds"][0]["miou_before"]
+    assert beats([0.1, None], [0.0, 0.0])["beats"] is None
+    assert targets({"3": one}, "cpu")["mean_gain_target_met"] is None  # no k = 10
+
+
+def test_the_report_reads_as_markdown_and_figures() -> None:
+    from engine.finetune.bench import figures, markdown, targets
+
+    results = {"10": fake_k([0.06, 0.08, 0.07], [0.01, 0.02, 0.03])}
+    report = {"quick": False, "model": {"name": "m", "version": "v"}, "device": "cpu",
+              "cpu_threads": 2, "cpu_count": 2, "settings": {"seed_list": [0, 1, 2]},
+              "slides": [{"name": "s", "source": "f", "tiles": 4, "size": [100, 100],
+                          "truth": "masks", "tumour_fraction": 0.5,
+                          "split": {"from": "x", "cases": ["a"], "left_out_seen_cases": []}}],
+              "protocol": "p", "k": results, "targets": targets(results, "cpu"),
+              "predict_s": 1.0, "rank_s": 0.1, "total_s": 10.0}
+    md = markdown(report)
+    assert "| 10 | Review next | 0.5000 | 0.5700 | +0.0700 ± 0.0100 |" in md
+    assert "| 10 | random | 0.5000 | 0.5200 | +0.0200 ± 0.0100 |" in md
+    assert "Mean gain at k = 10 ≥ +0.05: yes" in md and "k = 10: yes" in md
+    lines = figures(report)
+    assert lines[0].startswith("k=10: mIoU 0.5000 → 0.5700 (+0.0700 ± 0.0100)")
+    assert "beats random by > 1 sd: yes" in lines[0] and lines[-1].startswith("targets:")
 
 
 def test_the_model_predicts_the_slide_and_review_next_picks_from_it(small_slide, tmp_path: Path) -> None:
@@ -174,59 +340,70 @@ def test_the_model_predicts_the_slide_and_review_next_picks_from_it(small_slide,
     assert m.sum() == s.known.sum()
     picked = review_next([cache, cache], 128, 3, 0.5)
     assert len(picked) == 3
-    assert {p[0] for p in picked[:2]} == {0, 1}  # each slide's best before any slide's second
-    assert picked[0][2] == picked[1][2] >= picked[2][2]
+    assert {p[0] for p in picked[:2]} == {0, 1}  # each slide's first before any slide's second
     assert all(0.0 <= p[2] <= 1.0 for p in picked)
+    for _, (x, y, w, h), _ in picked:  # tissue only: the real tiles, not the glass around them
+        assert s.known[y:y + h, x:x + w].mean() >= 0.5
+    assert review_next([cache, cache], 128, 3, 0.5) == picked  # deterministic
     with pytest.raises(CocoPathError, match="only"):
         review_next([cache], 128, 100, 0.5)
 
 
 @pytest.mark.slow
-def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path, tiny_method: str,
+def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path, adeno: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """Tiny slides (2 tiles each), a tiny untrained student, two round steps of 64-pixel patches with
-    a small critic: the harness runs end to end and writes the JSON (miou_before / miou_after for k)
-    and the table."""
-    import argparse
-
-    from engine.finetune.bench import register_bench
-
+    """A ``--data`` folder of real tiles (three), a tiny untrained student, two seeds of k = 1,
+    rounds of a few seconds: the harness runs end to end and writes the JSON (per k the means,
+    sds and verdicts, per seed before / after) and the table."""
     model = tiny_model(tmp_path / "tiny.safetensors")
-    parser = argparse.ArgumentParser()
-    bench = parser.add_subparsers().add_parser("bench").add_subparsers()
-    register_bench(bench)
+    a = tile_folder(tmp_path / "d" / "alpha", adeno, 3, "a")
     out = tmp_path / "out" / "finetune.json"
-    args = parser.parse_args(["bench", "finetune", "--model", str(model), "--k", "1", "--steps", "2",
-                              "--batch-size", "2", "--patch", "64", "--method", tiny_method, "--no-teacher", "--device", "cpu",
-                              "--region-px", "128", "--tiles", "2", "--workdir", str(tmp_path / "w"),
-                              "--out", str(out)])
+    args = parser().parse_args(["bench", "finetune", "--model", str(model), "--data", str(a),
+                                "--k", "1", "--seeds", "2", "--budget", "2", "--batch-size", "2",
+                                "--patch", "64", "--no-teacher", "--device", "cpu",
+                                "--region-px", "128", "--workdir", str(tmp_path / "w"),
+                                "--out", str(out)])
     assert args.func(args) == 0
-    said = capsys.readouterr().err
-    for line in ("k1-review: student 2/2", "k1-random: student 2/2", "k1-review: publish 1/1"):
-        assert line in said, said  # the round's progress reaches the console
+    said = capsys.readouterr()
+    assert "k1-s0-review:" in said.err and "k1-s1-random:" in said.err  # the rounds' progress
+    assert said.out.splitlines()[-1].startswith("targets:")
     report = json.loads(out.read_text())
-    assert set(report["k"]) == {"1"}
-    for k, e in report["k"].items():
+    assert [s["name"] for s in report["slides"]] == ["alpha-unseen"]
+    assert all(s["tiles"] == 3 and "every image" in s["split"]["from"] for s in report["slides"])
+    assert report["settings"]["seed_list"] == [0, 1] and report["settings"]["round"]["budget_s"] == 2.0
+    assert report["settings"]["round"]["steps"] is None and report["device"] == "cpu"
+    e = report["k"]["1"]
+    assert [s["seed"] for s in e["seeds"]] == [0, 1]
+    gains, gains_random = [], []
+    for s in e["seeds"]:
+        assert s["review"]["status"] == s["random"]["status"] == "done", s
         for key in ("miou_before", "miou_after", "miou_after_random", "miou_active_after"):
-            assert 0.0 <= e[key] <= 1.0, (k, key)
-        assert len(e["review"]["rois"]) == len(e["random"]["rois"]) == int(k)
-        assert e["review"]["status"] == e["random"]["status"] == "done"
-        assert e["review"]["version"] == e["random"]["version"] == "v0002"  # v0001: the start
-        assert e["eval_pixels"] > 0 and e["round_s"] > 0
-        assert e["gain"] == pytest.approx(e["miou_after"] - e["miou_before"])
-        rois = [tuple(r["rect"]) for r in e["review"]["rois"] + e["random"]["rois"]]
-        assert all(w == h == 128 for _, _, w, h in rois)
-    slides = {s["name"]: s for s in report["slides"]}
-    assert slides["adenocarcinoma-unseen"]["tiles"] == 2 and slides["ebhi-polyp-shift"]["tiles"] == 2
-    assert report["settings"]["round"]["steps"] == 2 and report["device"] == "cpu"
-    assert report["settings"]["round"]["method"] == tiny_method
+            assert 0.0 <= s[key] <= 1.0, key  # a round that kept its parent scores the parent
+        for run in (s["review"], s["random"]):
+            assert (run["miou_after"] is None) == run["kept_parent"]
+        assert s["gain"] == pytest.approx(s["miou_after"] - s["miou_before"])
+        assert len(s["review"]["rois"]) == len(s["random"]["rois"]) == 1
+        assert s["review"]["rois"] == e["review_rois"]  # Review next's regions do not change with the seed
+        assert s["review"]["round_wall_s"] > 0 and s["eval_pixels"] > 0
+        gains.append(s["gain"])
+        gains_random.append(s["gain_random"])
+    assert e["gain"] == pytest.approx(np.mean(gains)) and e["gain_sd"] == pytest.approx(np.std(gains, ddof=1))
+    assert e["gain_random"] == pytest.approx(np.mean(gains_random))
+    margin = np.mean(gains) - np.mean(gains_random)
+    sd = max(np.std(gains, ddof=1), np.std(gains_random, ddof=1))
+    assert e["review_beats_random"]["beats"] == bool(margin > sd)
+    t = report["targets"]
+    changes = gains + gains_random
+    assert t["every_round_not_worse"] == all(g >= -0.005 for g in changes)
+    assert t["mean_gain_target_met"] is None  # no k = 10 here
+    walls = [s[r]["round_wall_s"] for s in e["seeds"] for r in ("review", "random")]
+    assert t["round_wall_s"]["max"] == pytest.approx(max(walls)) and t["round_wall_s"]["n"] == 4
     table = out.with_suffix(".md").read_text()
-    assert "| 1 |" in table and "Review next" in table
-    # each k's projects hold the corrections and both versions
+    assert "| 1 | Review next |" in table and "## Targets" in table and "| 1 | 1 |" in table
     from engine.finetune.registry import ModelRegistry
 
-    for tag in ("k1-review", "k1-random"):
+    for tag, run in (("k1-s0-review", e["seeds"][0]["review"]), ("k1-s1-random", e["seeds"][1]["random"])):
         reg = ModelRegistry.of_project(tmp_path / "w" / "projects" / tag)
-        assert [v.version for v in reg.versions()] == ["v0001", "v0002"]
+        assert [v.version for v in reg.versions()] == (["v0001"] if run["kept_parent"] else ["v0001", "v0002"])
         with Project.open(tmp_path / "w" / "projects" / tag) as project:
             assert sum(len(project.store(s).rois()) for s in project.slides()) == 1
