@@ -270,8 +270,9 @@ def region_text(index: int, region: Any, mpp: float | None) -> tuple[str, str]:
     else:
         size = f"{region.w:.0f} × {region.h:.0f} px"
     cx, cy = (f"{v:,.0f}".replace(",", " ") for v in (region.x + region.w / 2, region.y + region.h / 2))
-    return (f"{index}. {what} {float(region.score):.2f} at ({cx}, {cy})",
-            f"{size} centred at ({cx}, {cy}) in slide pixels; {what} {float(region.score):.3f}")
+    value = float(getattr(region, "uncertainty", region.score))  # the score is the rank's worth
+    return (f"{index}. {what} {value:.2f} at ({cx}, {cy})",
+            f"{size} centred at ({cx}, {cy}) in slide pixels; {what} {value:.3f}")
 
 
 class TextTail:

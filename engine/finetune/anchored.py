@@ -43,6 +43,8 @@ from engine.training.metrics import ConfusionMatrix
 #: The replay guard's tolerance: a version is "not worse" on the replay sample when its mIoU there
 #: is at least the parent's minus this (the bench's target for every round, ``before − 0.005``).
 REPLAY_TOLERANCE = 0.005
+#: Weight of the pixel distillation to the parent, by patch set (see :class:`Pools`).
+KD_WEIGHTS = {"train": 1.0, "tissue": 1.0, "replay": 1.0}
 #: Fewest steps a round takes even when its budget is spent before training starts.
 MIN_STEPS = 5
 #: Held-out / replay scorings per round (besides the parent's, which comes from the cache).
@@ -57,17 +59,28 @@ def check_anchorable(model: nn.Module) -> None:
     for part in ("encoder", "decoder", "head"):
         if not isinstance(getattr(model, part, None), nn.Module):
             raise RoundError(f"the anchored method needs an encoder-decoder model; this one has no {part}")
+    if not hasattr(model.decoder, "run") or not hasattr(model.decoder, "blocks"):
+        raise RoundError("the anchored method needs a U-Net decoder (blocks that can run from any one)")
+
+
+def first_trainable(model: nn.Module, blocks: int) -> int:
+    """The index of the first decoder block that learns when the last ``blocks`` do (0: all)."""
+    n = len(model.decoder.blocks)
+    return max(0, n - max(0, int(blocks)))
 
 
 @dataclass
 class FeatureCache:
-    """Encoder activations (fp16) and parent logits of a set of patches, with their labels.
+    """What the frozen front computes for a set of patches (fp16), the parent's logits, and labels.
 
-    ``label``: supervision (class index, IGNORE where unknown); ``kd``: pixels where the parent is
-    the target; ``truth``: what scores the set (held-out and replay), IGNORE where unknown.
+    ``feats``: the input of the first trainable decoder block, then the skip features of the blocks
+    from there on (``has_skip`` says which blocks take one). ``label``: supervision (class index,
+    IGNORE where unknown); ``kd``: pixels where the parent is the target; ``truth``: what scores the
+    set (held-out and replay), IGNORE where unknown.
     """
 
-    feats: list[Tensor]  # per encoder output after the input: N×C×h×w, fp16
+    feats: list[Tensor]  # N×C×h×w each, fp16
+    has_skip: tuple[bool, ...]
     parent: Tensor  # N×K×H×W fp16
     label: Tensor  # N×H×W uint8
     kd: Tensor  # N×H×W bool
@@ -85,27 +98,46 @@ class FeatureCache:
         return [f.index_select(0, i).to(device).float() for f in self.feats]
 
 
+def _front(model: nn.Module, x: Tensor, first: int) -> tuple[list[Tensor], tuple[bool, ...], Tensor]:
+    """The frozen part on ``x``: the cached features and the parent's logits."""
+    dec = model.decoder
+    pyramid = model.encoder(x)
+    skips = dec.skips(pyramid)
+    h = dec.run(pyramid[-1], skips[:first], 0, first)
+    rest = skips[first:]
+    logits = model.head(dec.run(h, rest, first))
+    return [h, *[t for t in rest if t is not None]], tuple(t is not None for t in rest), logits
+
+
+def _decode(model: nn.Module, first: int, feats: list[Tensor], has_skip: Sequence[bool]) -> Tensor:
+    it = iter(feats[1:])
+    skips = [next(it) if flag else None for flag in has_skip]
+    return model.head(model.decoder.run(feats[0], skips, first))
+
+
 @torch.no_grad()
 def build_cache(model: nn.Module, patches: Sequence[Patch], mean: Sequence[float], std: Sequence[float],
-                device: torch.device, *, supervise: bool, kd: str, batch: int = 8,
+                device: torch.device, *, supervise: bool, kd: str, first: int = 0, batch: int = 8,
                 cancel: CancelToken | None = None, on_batch: Callable[[int], None] | None = None) -> FeatureCache:
-    """Run the frozen encoder and the parent over ``patches`` once.
+    """Run the frozen front (encoder and decoder blocks before ``first``) and the parent once.
 
     ``supervise``: the patches' labels are a training target (else only scored); ``kd``: where the
     parent is the target: ``"unlabelled"`` (pixels without a label), ``"labelled"`` (pixels with
     one: a replay tile, not its padding) or ``"none"``.
     """
+    if kd not in ("unlabelled", "labelled", "none"):
+        raise ValueError(f"unknown kd region {kd!r}")
     model.eval().to(device)
     feats: list[list[Tensor]] = []
     logits: list[Tensor] = []
+    has_skip: tuple[bool, ...] = ()
     i, size = 0, max(1, batch)
     while i < len(patches):
         check(cancel)
         chunk = patches[i:i + size]
         x = torch.stack([normalise(p.rgb, mean, std) for p in chunk]).to(device)
         try:
-            enc = model.encoder(x)
-            out = model.head(model.decoder(enc))
+            front, has_skip, out = _front(model, x, first)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
             if not is_oom(exc) or size == 1:
                 raise
@@ -113,29 +145,24 @@ def build_cache(model: nn.Module, patches: Sequence[Patch], mean: Sequence[float
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             continue
-        feats.append([f.half().cpu() for f in enc[1:]])
+        feats.append([f.half().cpu() for f in front])
         logits.append(out.half().cpu())
         i += len(chunk)
         if on_batch is not None:
             on_batch(len(chunk))
-    labels = torch.from_numpy(np.stack([p.label for p in patches])) if patches else torch.zeros(0, 1, 1, dtype=torch.uint8)
-    unknown = labels == IGNORE
-    if kd not in ("unlabelled", "labelled", "none"):
-        raise ValueError(f"unknown kd region {kd!r}")
-    kd_mask = unknown if kd == "unlabelled" else ~unknown if kd == "labelled" else torch.zeros_like(unknown)
     if not patches:
-        return FeatureCache([], torch.zeros(0), labels, kd_mask, labels)
-    return FeatureCache([torch.cat(level) for level in zip(*feats)], torch.cat(logits),
+        empty = torch.zeros(0, 1, 1, dtype=torch.uint8)
+        return FeatureCache([], (), torch.zeros(0), empty, empty.bool(), empty)
+    labels = torch.from_numpy(np.stack([p.label for p in patches]))
+    unknown = labels == IGNORE
+    kd_mask = unknown if kd == "unlabelled" else ~unknown if kd == "labelled" else torch.zeros_like(unknown)
+    return FeatureCache([torch.cat(level) for level in zip(*feats)], has_skip, torch.cat(logits),
                         labels if supervise else torch.full_like(labels, IGNORE), kd_mask, labels)
-
-
-def _decode(model: nn.Module, feats: list[Tensor]) -> Tensor:
-    return model.head(model.decoder([feats[0], *feats]))  # the decoder never reads the input (index 0)
 
 
 @torch.no_grad()
 def score_cache(model: nn.Module | None, cache: FeatureCache, classes: Sequence[str], device: torch.device,
-                batch: int = 16) -> dict[str, Any]:
+                batch: int = 16, first: int = 0) -> dict[str, Any]:
     """mIoU / Dice over the labelled ``truth`` pixels; ``model`` None scores the cached parent."""
     cm = ConfusionMatrix(len(classes))
     truth = cache.truth.numpy()
@@ -146,7 +173,7 @@ def score_cache(model: nn.Module | None, cache: FeatureCache, classes: Sequence[
         else:
             was = model.training
             model.eval()
-            pred = _decode(model, cache.batch(idx, device)).argmax(1).cpu().numpy()
+            pred = _decode(model, first, cache.batch(idx, device), cache.has_skip).argmax(1).cpu().numpy()
             model.train(was)
         for y, p in zip(truth[idx], pred):
             cm.update(y, p)
@@ -205,8 +232,9 @@ class Pools:
 
     train: FeatureCache  # correction patches: labels + KD outside the ROIs
     tissue: FeatureCache  # unreviewed tissue of the same slides: KD
-    replay: FeatureCache  # base training data: KD (scored with its truth)
+    replay: FeatureCache  # tiles of the base training data: KD
     heldout: FeatureCache  # held-out ROIs: scored only
+    check: FeatureCache  # other tiles of the base training data: scored only (the replay guard)
 
 
 @dataclass
@@ -222,32 +250,36 @@ class AnchoredResult:
 
 
 class AnchoredTrainer:
-    """Trains ``model``'s decoder and head on :class:`Pools` (see the module docstring)."""
+    """Trains the head and the decoder blocks from ``first`` on (see the module docstring); the
+    pools must have been cached with the same ``first``."""
 
     def __init__(self, model: nn.Module, pools: Pools, classes: Sequence[str], device: torch.device, *,
-                 lr: float = 1e-3, batch_size: int = 8, kd_weight: float = 1.0, dice_weight: float = 1.0,
-                 seed: int = 0, weight_decay: float = 1e-4) -> None:
+                 first: int = 0, lr: float = 1e-3, batch_size: int = 8,
+                 kd_weights: dict[str, float] | None = None, dice_weight: float = 1.0, seed: int = 0,
+                 weight_decay: float = 1e-4) -> None:
         check_anchorable(model)
         self.model, self.pools, self.classes, self.device = model, pools, list(classes), device
-        self.lr, self.batch_size, self.kd_weight, self.dice_weight = lr, batch_size, kd_weight, dice_weight
-        self.seed = seed
+        self.lr, self.batch_size, self.dice_weight = lr, batch_size, dice_weight
+        self.kd_weights = {**KD_WEIGHTS, **(kd_weights or {})}
+        self.seed, self.first = seed, first
         for p in model.parameters():
             p.requires_grad_(False)
-        self.params = [p for part in (model.decoder, model.head) for p in part.parameters()]
+        self.trained = [*list(model.decoder.blocks)[first:], model.head]
+        self.params = [p for m in self.trained for p in m.parameters()]
         for p in self.params:
             p.requires_grad_(True)
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
 
-    def _composition(self, batch: int) -> list[tuple[FeatureCache, int]]:
+    def _composition(self, batch: int) -> list[tuple[str, FeatureCache, int]]:
         """Half correction patches, the rest shared by tissue and replay (those present)."""
         p = self.pools
-        others = [c for c in (p.tissue, p.replay) if len(c)]
+        others = [(name, c) for name, c in (("tissue", p.tissue), ("replay", p.replay)) if len(c)]
         n_train = batch if not others else max(1, (batch + 1) // 2)
         rest = batch - n_train
-        parts = [(p.train, n_train)]
-        for j, c in enumerate(others):
-            parts.append((c, rest // len(others) + (1 if j < rest % len(others) else 0)))
-        return [(c, n) for c, n in parts if n]
+        parts = [("train", p.train, n_train)]
+        for j, (name, c) in enumerate(others):
+            parts.append((name, c, rest // len(others) + (1 if j < rest % len(others) else 0)))
+        return [part for part in parts if part[2]]
 
     def step(self, step: int, total: int) -> dict[str, float]:
         rng = np.random.default_rng((self.seed, 104729, step))
@@ -258,10 +290,10 @@ class AnchoredTrainer:
         terms: dict[str, Tensor] = {}
         total_loss: Tensor | None = None
         parts = self._composition(self.batch_size)
-        n_all = sum(n for _, n in parts)
-        for cache, n in parts:
+        n_all = sum(n for _, _, n in parts)
+        for name, cache, n in parts:
             idx = rng.integers(0, len(cache), n).tolist()
-            logits = _decode(self.model, cache.batch(idx, self.device))
+            logits = _decode(self.model, self.first, cache.batch(idx, self.device), cache.has_skip)
             i = torch.as_tensor(idx, dtype=torch.long)
             label = cache.label.index_select(0, i).to(self.device).long()
             loss = logits.new_zeros(())
@@ -270,9 +302,10 @@ class AnchoredTrainer:
                     terms[k] = terms.get(k, 0) + v.detach() * n / n_all
                     loss = loss + v
             mask = cache.kd.index_select(0, i).to(self.device)
-            if self.kd_weight and bool(mask.any()):
+            weight = self.kd_weights[name]
+            if weight and bool(mask.any()):
                 parent = cache.parent.index_select(0, i).to(self.device).float()
-                kd = masked_kd_loss(logits, parent, mask)["loss_kd"] * self.kd_weight
+                kd = masked_kd_loss(logits, parent, mask)["loss_kd"] * weight
                 terms["loss_kd"] = terms.get("loss_kd", 0) + kd.detach() * n / n_all
                 loss = loss + kd
             loss = loss * (n / n_all)
@@ -286,8 +319,9 @@ class AnchoredTrainer:
         return out
 
     def scores(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        held = score_cache(self.model, self.pools.heldout, self.classes, self.device)
-        rep = score_cache(self.model, self.pools.replay, self.classes, self.device) if len(self.pools.replay) else None
+        held = score_cache(self.model, self.pools.heldout, self.classes, self.device, first=self.first)
+        rep = (score_cache(self.model, self.pools.check, self.classes, self.device, first=self.first)
+               if len(self.pools.check) else None)
         return held, rep
 
     def run(self, plan: StepPlan, cancel: CancelToken | None = None,
@@ -295,7 +329,7 @@ class AnchoredTrainer:
             on_score: Callable[[int, int, float, float | None], None] | None = None) -> AnchoredResult:
         t0 = plan.clock()
         before = score_cache(None, self.pools.heldout, self.classes, self.device)
-        rep_before = score_cache(None, self.pools.replay, self.classes, self.device) if len(self.pools.replay) else None
+        rep_before = score_cache(None, self.pools.check, self.classes, self.device) if len(self.pools.check) else None
         floor = None if rep_before is None else rep_before["miou"] - REPLAY_TOLERANCE
         best = (before["miou"], 0, before, rep_before, self._snapshot())
         curve: list[tuple[int, float, float | None]] = [(0, before["miou"], None if rep_before is None else rep_before["miou"])]
@@ -326,12 +360,12 @@ class AnchoredTrainer:
         self._restore(best[4])
         return AnchoredResult(best[1], step, before, best[2], rep_before, best[3], curve, plan.clock() - t0)
 
-    def _snapshot(self) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for part in ("decoder", "head")
-                for k, v in getattr(self.model, part).state_dict(prefix=f"{part}.").items()}
+    def _snapshot(self) -> list[dict[str, Tensor]]:
+        return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.trained]
 
-    def _restore(self, snap: dict[str, Tensor]) -> None:
-        self.model.load_state_dict(snap, strict=False)
+    def _restore(self, snap: list[dict[str, Tensor]]) -> None:
+        for m, state in zip(self.trained, snap):
+            m.load_state_dict(state)
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -345,4 +379,4 @@ def limit(patches: Sequence[Patch], n: int, seed: int) -> list[Patch]:
 
 
 __all__ = ["CAPS", "AnchoredResult", "AnchoredTrainer", "FeatureCache", "Pools", "REPLAY_TOLERANCE", "StepPlan",
-           "build_cache", "check_anchorable", "limit", "score_cache"]
+           "build_cache", "check_anchorable", "first_trainable", "limit", "score_cache"]

@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                         "corrected) or a distillation config (coco-full, kd, …)")
     p.add_argument("--replay-tiles", type=int, default=d.replay_tiles,
                    help="tiles of the model's training data replayed and checked (anchored; 0: none)")
+    p.add_argument("--trainable-blocks", type=int, default=d.trainable_blocks,
+                   help="anchored: how many of the decoder's last blocks learn, with the head (the rest "
+                        "is frozen and computed once)")
     p.add_argument("--force", action="store_true",
                    help="fine-tune even on a slide far coarser than the model reads")
     p.add_argument("--teacher-steps", type=int, default=None, help="teacher adaptation steps")
@@ -127,7 +130,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         use_teacher=not args.no_teacher, teacher=args.teacher, holdout=args.holdout,
         patch=args.patch, unlabelled_per_roi=args.unlabelled_per_roi,
         seed=args.seed, activate=args.activate, method=args.method, eval_every=args.eval_every,
-        replay_tiles=args.replay_tiles, force=args.force)
+        replay_tiles=args.replay_tiles, trainable_blocks=args.trainable_blocks, force=args.force)
 
 
 class _Printer:

@@ -110,7 +110,8 @@ def finetune_argv(project_dir: Path, settings: RoundSettings, explicit: Collecti
                ("patch", "--patch"), ("unlabelled_per_roi", "--unlabelled-per-roi"), ("seed", "--seed"),
                ("device", "--device"), ("activate", "--activate"), ("lr", "--lr"), ("method", "--method"),
                ("teacher_steps", "--teacher-steps"), ("paraphraser_steps", "--paraphraser-steps"),
-               ("eval_every", "--eval-every"), ("budget_s", "--budget"), ("replay_tiles", "--replay-tiles"))
+               ("eval_every", "--eval-every"), ("budget_s", "--budget"), ("replay_tiles", "--replay-tiles"),
+               ("trainable_blocks", "--trainable-blocks"))
     for name, flag in options:
         value = getattr(settings, name)
         if value is not None and (value != getattr(d, name) or name in explicit):

@@ -64,6 +64,7 @@ class RoundSettings:
     eval_every: int | None = None  # held-out measurement during training (None: 5 times a round)
     budget_s: float | None = None  # wall-clock seconds of the whole round (None: 60 on CPU, 20 on GPU)
     replay_tiles: int = 32  # tiles of the base training data kept and checked (anchored)
+    trainable_blocks: int = 2  # anchored: the last decoder blocks that learn, with the head
     force: bool = False  # fine-tune on a slide far coarser than the model reads
 
     def validate(self) -> None:
@@ -86,6 +87,8 @@ class RoundSettings:
             raise CocoPathError(f"the time budget must be between 0 and 86400 seconds, not {self.budget_s}")
         if self.replay_tiles < 0:
             raise CocoPathError("replay tiles cannot be negative")
+        if self.trainable_blocks < 0:
+            raise CocoPathError("trainable decoder blocks cannot be negative")
 
     @classmethod
     def for_device(cls, device: str = "auto", **overrides: Any) -> RoundSettings:
@@ -313,6 +316,7 @@ class _Round:
         self.t0 = time.perf_counter() if t0 is None else t0
         self.replay: tuple[dict | None, dict | None] = (None, None)
         self.best_step: int | None = None  # the anchored method's kept step (0: the parent itself)
+        self.kd_weights: dict[str, float] | None = None  # anchored: KD weight by patch set (None: defaults)
 
     def gather(self) -> bool:
         """Cut the round's patches; False when there is nothing to learn."""
@@ -430,7 +434,8 @@ class _Round:
     def train_anchored(self) -> dict:
         """The anchored method (:mod:`engine.finetune.anchored`) within the round's time budget;
         returns the kept step's held-out scores (the parent's when no step beat it)."""
-        from engine.finetune.anchored import CAPS, AnchoredTrainer, Pools, StepPlan, build_cache, check_anchorable, limit
+        from engine.finetune.anchored import (CAPS, AnchoredTrainer, Pools, StepPlan, build_cache, check_anchorable,
+                                              first_trainable, limit)
         from engine.finetune.loop import check
         from engine.finetune.replay import replay_sample
         from engine.training.trainer import pick_device, seed_everything
@@ -444,12 +449,15 @@ class _Round:
         state.deadline = self.t0 + budget
         caps = CAPS[where]
         state.emit("cache", 0, 1, message="reading the replay sample of the model's training data")
-        replay = replay_sample(self.card, s.patch, s.replay_tiles, s.seed)
-        self.notes.append(replay.note)
+        # twice the tiles: one half is distilled on, the other (never trained on) checks
+        replay = replay_sample(self.card, s.patch, 2 * s.replay_tiles, s.seed)
+        self.notes.append(replay.note.replace(f"{len(replay.patches)} tiles",
+                                              f"{len(replay.patches[0::2])} + {len(replay.patches[1::2])} tiles"))
         sets = {"heldout": (limit(self.data.heldout, caps["heldout"], s.seed), False, "none"),
                 "train": (limit(self.data.train, caps["train"], s.seed), True, "unlabelled"),
                 "tissue": (limit(self.data.unlabelled, caps["tissue"], s.seed), True, "unlabelled"),
-                "replay": (replay.patches, False, "labelled")}
+                "replay": (replay.patches[0::2], False, "labelled"),
+                "check": (replay.patches[1::2], False, "none")}
         total, done = sum(len(v[0]) for v in sets.values()), 0
 
         def on_batch(n: int) -> None:
@@ -457,12 +465,16 @@ class _Round:
             done += n
             state.emit("cache", done, total, message="computing what stays frozen (encoder, parent)")
 
+        first = first_trainable(self.student, s.trainable_blocks)
+        t_cache = time.perf_counter()
         caches = {k: build_cache(self.student, v[0], self.mean, self.std, self.device, supervise=v[1], kd=v[2],
-                                 batch=s.batch_size, cancel=self.cancel, on_batch=on_batch)
+                                 first=first, batch=s.batch_size, cancel=self.cancel, on_batch=on_batch)
                   for k, v in sets.items()}
+        cache_s = time.perf_counter() - t_cache
         pools = Pools(**caches)
-        trainer = AnchoredTrainer(self.student, pools, self.classes, self.device, lr=s.learning_rate,
-                                  batch_size=s.batch_size, seed=s.seed)
+        trainer = AnchoredTrainer(self.student, pools, self.classes, self.device, first=first,
+                                  lr=s.learning_rate, batch_size=s.batch_size, seed=s.seed,
+                                  kd_weights=self.kd_weights)
         plan = StepPlan(deadline=state.deadline, steps=s.steps)
         state.data.update(device=str(self.device), parent=self.current.version, batch_size=s.batch_size)
 
@@ -490,7 +502,9 @@ class _Round:
             "best_step": res.best_step, "steps": res.steps, "train_seconds": res.seconds,
             "budget_s": budget, "cache_mb": round(sum(c.nbytes for c in caches.values()) / 2**20, 1),
             "patches": {k: len(c) for k, c in caches.items()}, "step_s": plan.step_s, "score_s": plan.score_s,
-            "lr": s.learning_rate, "frozen": "encoder (and every normalisation layer's statistics)",
+            "lr": s.learning_rate, "cache_s": cache_s, "setup_s": t_cache - self.t0,
+            "trained": f"the last {len(trainer.trained) - 1} decoder block(s) and the head",
+            "frozen": "the encoder, the decoder blocks before them, every normalisation layer's statistics",
             "replay_sources": replay.sources}
         if res.best_step == 0:
             self.notes.append(f"no step beat {self.current.version} on the held-out ROIs"

@@ -46,12 +46,20 @@ class UNetDecoder(nn.Module):
         )
         self.out_channels = tuple(channels)
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        skips = feats[1:-1][::-1] + [None]
-        x = feats[-1]
-        for block, skip in zip(self.blocks, skips):
+    @staticmethod
+    def skips(feats: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """The skip feature of each block (from the encoder's pyramid ``feats``; None: no skip)."""
+        return feats[1:-1][::-1] + [None]
+
+    def run(self, x: torch.Tensor, skips: Sequence[torch.Tensor | None], start: int = 0,
+            stop: int | None = None) -> torch.Tensor:
+        """Blocks ``start`` … ``stop - 1`` on ``x``; ``skips[i]`` is block ``start + i``'s skip."""
+        for block, skip in zip(list(self.blocks)[start:stop], skips):
             x = block(x, skip)
         return x
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.run(feats[-1], self.skips(feats))
 
 
 class SegmentationModel(nn.Module):
