@@ -4,9 +4,11 @@ A round learns from a few corrections; left alone it can forget what the model k
 The replay sample is a few tiles of the data the model was trained on (its card names the folders,
 the case lists and which folders hold no tumour), read from the shared data folder
 (:func:`engine.shared_data.data_root`, ``$COCO_DATA``) when this machine has it. In training the
-parent's own predictions on these tiles are the target (distillation: keep answering as before); in
-the guard the tiles' true masks score parent and new version, and a version that scores lower on
-them is not activated.
+parent's own predictions on tiles of its *training* cases are the target (distillation: keep
+answering as before). The guard scores parent and new version against the true masks of tiles of
+its *validation* cases: never trained on by either, so the parent is not favoured by having
+memorised them (and never the test cases, which benchmarks keep for themselves); a version that
+scores lower there is not activated.
 
 Tiles are drawn seeded, half from folders with tumour and half from those without (the balance the
 model was trained with), only from the card's training cases, and brought to the round's patch size
@@ -59,38 +61,43 @@ def _fit(rgb: np.ndarray, mask: np.ndarray, size: int, fill: np.ndarray,
 
 
 def replay_sample(card: dict[str, Any], size: int, tiles: int = DEFAULT_TILES, seed: int = 0,
-                  root: Path | None = None) -> ReplaySample:
-    """Up to ``tiles`` tiles of the card's training data (see the module docstring); an empty
-    sample with a note saying why when the data is not on this machine or the card names none."""
+                  root: Path | None = None, part: str = "train") -> ReplaySample:
+    """Up to ``tiles`` tiles of the card's ``part`` ("train" or "val") cases (see the module
+    docstring); an empty sample with a note saying why when the data is not on this machine or the
+    card names none."""
     from engine.shared_data import SharedDataMissing, data_root
     from engine.training.datasets import DatasetError, case_of, find_pairs, load_pair
 
     d = card.get("data") or {}
     names = [Path(f).name for f in d.get("folders") or ()]
     if tiles <= 0:
-        return ReplaySample([], {}, "no replay sample (none asked for)")
+        return ReplaySample([], {}, "none (none asked for)")
     if not names:
-        return ReplaySample([], {}, "no replay sample: the model's card names no training data")
+        return ReplaySample([], {}, "none (the model's card names no training data)")
     try:
         seg = (root or data_root()) / "seg"
     except SharedDataMissing:
-        return ReplaySample([], {}, "no replay sample: the model's training data is not on this machine "
-                                    f"(set $COCO_DATA to the folder holding seg/{names[0]}/…)")
+        return ReplaySample([], {}, "none (the model's training data is not on this machine: "
+                                    f"set $COCO_DATA to the folder holding seg/{names[0]}/…)")
     folders = [seg / n for n in names if (seg / n).is_dir()]
     if not folders:
-        return ReplaySample([], {}, f"no replay sample: none of {', '.join(names)} is in {seg}")
+        return ReplaySample([], {}, f"none (none of {', '.join(names)} is in {seg})")
     try:
         pairs = find_pairs(folders, qualified=len(folders) > 1)
     except DatasetError as exc:
-        return ReplaySample([], {}, f"no replay sample: {exc}")
-    train_cases = set(d.get("train_cases") or ())
-    if train_cases:
+        return ReplaySample([], {}, f"none ({exc})")
+    if part not in ("train", "val"):
+        raise ValueError(f"unknown part {part!r}")
+    cases = set(d.get(f"{part}_cases") or ())
+    if cases:
         pattern = re.compile(d.get("group_regex") or r"^(.*?)-\d+-400-\d+$")
-        pairs = [p for p in pairs if case_of(p.stem, pattern) in train_cases]
+        pairs = [p for p in pairs if case_of(p.stem, pattern) in cases]
+    elif part == "val":
+        return ReplaySample([], {}, "none (the model's card lists no validation cases)")
     negatives = set(d.get("negatives") or ())
     pos = [p for p in pairs if Path(p.source).name not in negatives]
     neg = [p for p in pairs if Path(p.source).name in negatives]
-    rng = np.random.default_rng((seed, 4099))
+    rng = np.random.default_rng((seed, 4099, part == "val"))
     n_neg = min(len(neg), tiles // 2) if pos else min(len(neg), tiles)
     n_pos = min(len(pos), tiles - n_neg)
     picks = ([pos[int(i)] for i in rng.permutation(len(pos))[:n_pos]]
@@ -110,8 +117,9 @@ def replay_sample(card: dict[str, Any], size: int, tiles: int = DEFAULT_TILES, s
         patches.append(Patch(rgb, mask, -1, f"replay:{p.key}", 0, 0, float(size)))
         sources[folder] = sources.get(folder, 0) + 1
     if not patches:
-        return ReplaySample([], {}, "no replay sample: no tile of the training cases could be read")
-    note = (f"replay sample: {len(patches)} tiles of the model's training data "
+        return ReplaySample([], {}, "none (no tile of those cases could be read)")
+    what = "training" if part == "train" else "validation"
+    note = (f"{len(patches)} tiles of the model's {what} cases "
             f"({', '.join(f'{k} {v}' for k, v in sorted(sources.items()))})")
     return ReplaySample(patches, sources, note)
 

@@ -317,6 +317,8 @@ class _Round:
         self.replay: tuple[dict | None, dict | None] = (None, None)
         self.best_step: int | None = None  # the anchored method's kept step (0: the parent itself)
         self.kd_weights: dict[str, float] | None = None  # anchored: KD weight by patch set (None: defaults)
+        self.shares: dict[str, float] | None = None  # anchored: batch share by patch set (None: defaults)
+        self.replay_truth = True  # anchored: the replay tiles' true masks are a target too
 
     def gather(self) -> bool:
         """Cut the round's patches; False when there is nothing to learn."""
@@ -449,15 +451,14 @@ class _Round:
         state.deadline = self.t0 + budget
         caps = CAPS[where]
         state.emit("cache", 0, 1, message="reading the replay sample of the model's training data")
-        # twice the tiles: one half is distilled on, the other (never trained on) checks
-        replay = replay_sample(self.card, s.patch, 2 * s.replay_tiles, s.seed)
-        self.notes.append(replay.note.replace(f"{len(replay.patches)} tiles",
-                                              f"{len(replay.patches[0::2])} + {len(replay.patches[1::2])} tiles"))
+        replay = replay_sample(self.card, s.patch, s.replay_tiles, s.seed, part="train")
+        checked = replay_sample(self.card, s.patch, s.replay_tiles, s.seed, part="val")
+        self.notes += [f"replay: {replay.note}", f"replay check: {checked.note}"]
         sets = {"heldout": (limit(self.data.heldout, caps["heldout"], s.seed), False, "none"),
                 "train": (limit(self.data.train, caps["train"], s.seed), True, "unlabelled"),
                 "tissue": (limit(self.data.unlabelled, caps["tissue"], s.seed), True, "unlabelled"),
-                "replay": (replay.patches[0::2], False, "labelled"),
-                "check": (replay.patches[1::2], False, "none")}
+                "replay": (replay.patches, self.replay_truth, "labelled"),
+                "check": (checked.patches, False, "none")}
         total, done = sum(len(v[0]) for v in sets.values()), 0
 
         def on_batch(n: int) -> None:
@@ -474,7 +475,7 @@ class _Round:
         pools = Pools(**caches)
         trainer = AnchoredTrainer(self.student, pools, self.classes, self.device, first=first,
                                   lr=s.learning_rate, batch_size=s.batch_size, seed=s.seed,
-                                  kd_weights=self.kd_weights)
+                                  kd_weights=self.kd_weights, shares=self.shares)
         plan = StepPlan(deadline=state.deadline, steps=s.steps)
         state.data.update(device=str(self.device), parent=self.current.version, batch_size=s.batch_size)
 
@@ -505,7 +506,7 @@ class _Round:
             "lr": s.learning_rate, "cache_s": cache_s, "setup_s": t_cache - self.t0,
             "trained": f"the last {len(trainer.trained) - 1} decoder block(s) and the head",
             "frozen": "the encoder, the decoder blocks before them, every normalisation layer's statistics",
-            "replay_sources": replay.sources}
+            "replay_sources": replay.sources, "check_sources": checked.sources}
         if res.best_step == 0:
             self.notes.append(f"no step beat {self.current.version} on the held-out ROIs"
                               + ("" if res.replay_before is None else " without losing on the replay sample"))

@@ -86,7 +86,7 @@ def test_replay_sample_takes_training_cases_half_without_tumour(tmp_path: Path, 
     _write_seg(seg, "neg", [f"GT{c}-1-400-{i}" for c in (1, 2, 4) for i in range(3)], 40, False)
     meta = {"input": {"mean": [0.5, 0.5, 0.5]},
             "data": {"folders": ["pos", "neg"], "negatives": ["neg"], "group_regex": r"^(.*?)-\d+-400-\d+$",
-                     "train_cases": ["GT1", "GT2"], "mask_mode": "binary"}}
+                     "train_cases": ["GT1", "GT2"], "val_cases": ["GT3"], "mask_mode": "binary"}}
     sample = replay_sample(meta, 64, tiles=8, seed=0, root=tmp_path)
     assert sample.sources == {"pos": 4, "neg": 4}
     assert all(p.region.split("/")[1].split("-")[0] in ("GT1", "GT2") for p in sample.patches)  # no GT3, GT4
@@ -99,6 +99,10 @@ def test_replay_sample_takes_training_cases_half_without_tumour(tmp_path: Path, 
     again = replay_sample(meta, 64, tiles=8, seed=0, root=tmp_path)
     assert [p.region for p in again.patches] == [p.region for p in sample.patches]  # seeded
     assert "names no training data" in replay_sample({}, 64).note
+    val = replay_sample(meta, 64, tiles=8, seed=0, root=tmp_path, part="val")
+    assert val.sources == {"pos": 3} and "validation cases" in val.note  # GT3 (pos only); neg has GT4
+    assert "lists no validation cases" in replay_sample({**meta, "data": {**meta["data"], "val_cases": []}}, 64,
+                                                        root=tmp_path, part="val").note
     assert "none of pos, neg" in replay_sample(meta, 64).note  # the shared data here has no such folders
 
     def missing() -> Path:
@@ -139,7 +143,7 @@ def test_anchored_round_learns_from_cached_activations_within_its_budget(
     assert result.data["guard"]["heldout"] == {"before": result.before["miou"], "after": result.after["miou"],
                                                "ok": True}
     assert result.data["guard"]["activated"] and result.data["guard"]["reason"] == ""
-    assert "no replay sample" in result.message  # the tiny model's card names no training data
+    assert "replay: none (the model's card names no training data)" in result.message
     # the kept step is the best held-out measurement, not the last
     assert result.after["miou"] == pytest.approx(max(m for _, m in result.curves["heldout_miou"]))
     assert result.curves["heldout_miou"][0] == (0, result.before["miou"])
@@ -190,7 +194,8 @@ def test_a_step_worse_on_the_replay_sample_is_never_kept(
     monkeypatch.setenv("COCO_DATA", str(tmp_path / "data"))
     model = tiny_model(1, broken=True)
     meta = {**card(model), "data": {"folders": ["pos", "neg"], "negatives": ["neg"],
-                                    "group_regex": r"^(.*?)-\d+-400-\d+$", "train_cases": ["GT0", "GT1", "GT2", "GT3"]}}
+                                    "group_regex": r"^(.*?)-\d+-400-\d+$", "train_cases": ["GT0", "GT1"],
+                                    "val_cases": ["GT2", "GT3"]}}
     path = save_model(tmp_path / "m.safetensors", model, meta)
     reg = ModelRegistry.of_project(project_dir)
     reg.import_model(path)
@@ -209,8 +214,9 @@ def test_a_step_worse_on_the_replay_sample_is_never_kept(
         real_init(self, model, pools, *a, **kw)
     monkeypatch.setattr(anchored, "score_cache", replay_collapses)
     monkeypatch.setattr(anchored.AnchoredTrainer, "__init__", init)
-    result = run_round(project_dir, fast(steps=8, replay_tiles=8))
-    assert "replay sample: 4 + 4 tiles" in result.message  # half distilled on, half checking
+    result = run_round(project_dir, fast(steps=8, replay_tiles=4))
+    assert "replay: 4 tiles of the model's training cases (neg 2, pos 2)" in result.message
+    assert "replay check: 4 tiles of the model's validation cases (neg 2, pos 2)" in result.message
     rep, guard = result.curves["replay_miou"], result.data["guard"]
     assert rep and all(m < guard["replay"]["before"] - 0.005 for _, m in rep)
     assert result.version is None and result.data["anchored"]["best_step"] == 0  # held-out gains do not count
