@@ -401,8 +401,9 @@ class TrainingActions(QObject):
 
             # "auto" (0) leaves the budget out: the round's process takes its device's default
             budget = self.panel.budget.value()
+            distil = self.panel.teacher.isChecked()  # CoCo distillation from the teacher, else anchored
             settings = RoundSettings(budget_s=float(budget) if budget else None, slides=tuple(slides),
-                                     use_teacher=self.panel.teacher.isChecked())
+                                     method="coco-full" if distil else "anchored", use_teacher=distil)
             argv = finetune_argv(project.folder, settings, explicit=("budget_s",) if budget else ())
         except CocoPathError as exc:
             self._round_error(str(exc))

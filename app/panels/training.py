@@ -75,11 +75,13 @@ class TrainingPanel(QWidget):
         self.budget.setSuffix(" s")
         self.budget.setValue(0)
         self.budget.setToolTip(BUDGET_TIP)
-        self.teacher = QCheckBox("Distil from the teacher")
-        self.teacher.setChecked(True)
-        self.teacher.setToolTip("On: the teacher is adapted to your corrections first, then the "
-                                "student learns from both. Off: the student learns from your "
-                                "corrections and from its current self's predictions")
+        self.teacher = QCheckBox("Distil from the teacher (slower, not timed)")
+        self.teacher.setChecked(False)
+        self.teacher.setToolTip("Off (default): the round learns your corrections within its time budget, "
+                                "keeping the current version's answers everywhere you did not correct. "
+                                "On: CoCo distillation instead: the shipped teacher is adapted to your "
+                                "corrections, then the student learns from both for a fixed number of "
+                                "steps (minutes on a CPU; the time budget does not apply)")
         self.slides = QListWidget()
         self.slides.setMaximumHeight(84)
         self.slides.setWordWrap(True)  # a long name (a DICOM folder and file) wraps, its count shown

@@ -290,7 +290,7 @@ def _experiment(cfg: BenchConfig, work: Path, tag: str, slides: Sequence[Any], m
     mats = [confusion(predict(s.path, path, work / "cache" / tag / s.name, device=cfg.device),
                       s, w, len(classes)) for s, w in zip(slides, where)]
     after = _scores(mats, [s.name for s in slides], classes)
-    out.update({"version": result.version, "miou_after": after["miou"], "dice_after": after["dice"],
+    out.update({"version": result.version, "kept_parent": False, "miou_after": after["miou"], "dice_after": after["dice"],
                 "per_slide_after": after["per_slide"], "tumour_called_after": after["tumour_called"]})
     say(f"  {tag}: round {result.seconds:.0f} s ({result.status}, wall {wall:.0f} s), "
         f"mIoU after {after['miou']:.4f}")

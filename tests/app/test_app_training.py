@@ -67,11 +67,12 @@ def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
     panel = ta.panel
     assert panel.budget.text() == "auto" and "60 s on a CPU, 20 s on a GPU" in panel.budget.toolTip()
     panel.budget.setValue(45)
-    panel.teacher.setChecked(False)
+    assert not panel.teacher.isChecked()  # the anchored round by default
     _start(qtbot, ta)
     (project, settings), = ta.state["settings"]
     assert project == Path(ta.window.annotations.project.folder)
     assert settings.budget_s == 45.0 and settings.steps is None and settings.use_teacher is False
+    assert settings.method == "anchored"
     assert ta.state["explicit"] == ("budget_s",)
     # the engine's own command line passes the budget on to the round's process
     real = real_finetune_argv(project, settings, explicit=ta.state["explicit"])
