@@ -20,8 +20,10 @@ only the trainable part:
 - **The best step, not the last.** The held-out ROIs and the replay check (tiles of the base
   data's *validation* cases, never trained on) are scored from the cache every few steps; the
   kept weights are those with the best held-out mIoU among the steps that are not worse than the
-  parent on the replay check (step 0, the parent itself, included: when no step beats it, the
-  round says so and changes nothing).
+  parent on the replay check (step 0, the parent itself, included). When every step that gained
+  on the held-out ROIs lost on the replay check, the best of those is kept and published *not
+  activated* (the guard says why; the pathologist may still accept it, after a second question);
+  when no step gained at all, the round says so and publishes nothing.
 - **A wall-clock budget.** :class:`StepPlan` sizes the number of steps from the measured step and
   scoring times so that the round ends by its deadline, re-planning after every step; the ETA it
   reports is the time those steps take.
@@ -256,6 +258,8 @@ class AnchoredResult:
     replay_after: dict[str, Any] | None
     curve: list[tuple[int, float, float | None]]  # (step, held-out mIoU, replay mIoU)
     seconds: float
+    passed_replay: bool = True  # False: no step gained without losing on the replay check; the
+    # kept step is the held-out's best, worse on the replay check
 
 
 class AnchoredTrainer:
@@ -350,6 +354,7 @@ class AnchoredTrainer:
         rep_before = score_cache(None, self.pools.check, self.classes, self.device) if len(self.pools.check) else None
         floor = None if rep_before is None else rep_before["miou"] - REPLAY_TOLERANCE
         best = (before["miou"], 0, before, rep_before, self._snapshot())
+        best_any = best  # the best on the held-out ROIs whatever the replay check says
         curve: list[tuple[int, float, float | None]] = [(0, before["miou"], None if rep_before is None else rep_before["miou"])]
         step, total = 0, plan.planned(0)
         last_scored = 0
@@ -374,9 +379,15 @@ class AnchoredTrainer:
                 eligible = floor is None or (rep is not None and rep["miou"] >= floor)
                 if eligible and held["miou"] > best[0] + 1e-6:
                     best = (held["miou"], step, held, rep, self._snapshot())
+                elif not eligible and held["miou"] > max(best_any[0], best[0]) + 1e-6:
+                    best_any = (held["miou"], step, held, rep, self._snapshot())
                 total = plan.planned(step)
-        self._restore(best[4])
-        return AnchoredResult(best[1], step, before, best[2], rep_before, best[3], curve, plan.clock() - t0)
+        # a step that passes the replay check if there is one; else the held-out's best, which the
+        # guard will refuse to activate (published, so the pathologist can see it and decide)
+        kept = best if best[1] or not best_any[1] else best_any
+        self._restore(kept[4])
+        return AnchoredResult(kept[1], step, before, kept[2], rep_before, kept[3], curve, plan.clock() - t0,
+                              passed_replay=kept is best)
 
     def _snapshot(self) -> list[dict[str, Tensor]]:
         return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.trained]

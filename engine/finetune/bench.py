@@ -553,7 +553,41 @@ def targets(results: dict[str, Any], device: str) -> dict[str, Any]:
         "round_wall_s": {"mean": statistics.fmean(walls) if walls else None,
                          "max": max(walls) if walls else None, "n": len(walls)},
         "round_within_target": bool(walls) and max(walls) <= target,
+        "guard": guard_rates(results),
     }
+
+
+def _guard_lines(g: dict[str, Any] | None) -> list[str]:
+    if not g:
+        return []
+    return [f"- The guard against the truth: {g['published_refused']} published version(s) not activated, "
+            f"{g['false_rejections']} of them better on the unreviewed area (false-rejection rate "
+            f"{_fmt(g['false_rejection_rate'], '.2f')}); {g['published_activated']} activated, "
+            f"{g['false_acceptances']} of them worse (false-acceptance rate "
+            f"{_fmt(g['false_acceptance_rate'], '.2f')})."]
+
+
+def guard_rates(results: dict[str, Any]) -> dict[str, Any]:
+    """How the round's guard decided against what the slides' truth says: a published version it
+    did not activate although it was better on the unreviewed area (a false rejection), and one
+    it activated although it was worse there (a false acceptance), beyond the tolerance."""
+    refused = accepted = false_rejections = false_acceptances = 0
+    for e in results.values():
+        for s in e["seeds"]:
+            for strategy, suffix in (("review", ""), ("random", "_random")):
+                run, gain = s[strategy], s.get(f"gain{suffix}")
+                if not run.get("version") or gain is None:
+                    continue
+                if run.get("activated"):
+                    accepted += 1
+                    false_acceptances += gain < -NOT_WORSE_TOLERANCE
+                else:
+                    refused += 1
+                    false_rejections += gain > NOT_WORSE_TOLERANCE
+    return {"published_refused": refused, "published_activated": accepted,
+            "false_rejections": false_rejections, "false_acceptances": false_acceptances,
+            "false_rejection_rate": false_rejections / refused if refused else None,
+            "false_acceptance_rate": false_acceptances / accepted if accepted else None}
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -624,6 +658,7 @@ def markdown(report: dict[str, Any]) -> str:
               f"- Round wall time ≤ {t['round_target_s']:.0f} s on {report['device']}: "
               f"{_yes(t['round_within_target'])} (mean {_fmt(t['round_wall_s']['mean'], '.0f')} s, "
               f"max {_fmt(t['round_wall_s']['max'], '.0f')} s over {t['round_wall_s']['n']} rounds).",
+              *_guard_lines(t.get("guard")),
               "", "## Every seed", "",
               "| k | seed | mIoU before | after (Review next) | after (random) | activated "
               "(review / random) | round wall s (review / random) |", "|---|---|---|---|---|---|---|"]

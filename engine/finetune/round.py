@@ -508,8 +508,10 @@ class _Round:
             "frozen": "the encoder, the decoder blocks before them, every normalisation layer's statistics",
             "replay_sources": replay.sources, "check_sources": checked.sources}
         if res.best_step == 0:
-            self.notes.append(f"no step beat {self.current.version} on the held-out ROIs"
-                              + ("" if res.replay_before is None else " without losing on the replay sample"))
+            self.notes.append(f"no step beat {self.current.version} on the held-out ROIs")
+        elif not res.passed_replay:
+            self.notes.append(f"kept step {res.best_step} of {res.steps}: the best on the held-out ROIs, but every "
+                              f"step that gained there lost on the replay check")
         else:
             self.notes.append(f"kept step {res.best_step} of {res.steps} (best on the held-out ROIs)")
         check(self.cancel)  # the last moment a cancel leaves the registry as it was

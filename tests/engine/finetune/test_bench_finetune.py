@@ -407,3 +407,18 @@ def test_the_whole_benchmark_runs_from_the_command_line(tmp_path: Path, adeno: P
         assert [v.version for v in reg.versions()] == (["v0001"] if run["kept_parent"] else ["v0001", "v0002"])
         with Project.open(tmp_path / "w" / "projects" / tag) as project:
             assert sum(len(project.store(s).rois()) for s in project.slides()) == 1
+
+
+def test_guard_rates_count_refusals_and_acceptances_against_the_truth() -> None:
+    from engine.finetune.bench import guard_rates
+
+    def seed(review, random):
+        return {"review": review[0], "random": random[0], "gain": review[1], "gain_random": random[1]}
+    published, kept = {"version": "v2", "activated": False}, {"activated": False}
+    active = {"version": "v2", "activated": True}
+    results = {"3": {"seeds": [seed((published, 0.04), (published, -0.02)), seed((active, 0.1), (kept, 0.0))]},
+               "10": {"seeds": [seed((active, -0.03), (published, 0.001))]}}
+    g = guard_rates(results)
+    assert (g["published_refused"], g["false_rejections"], g["published_activated"], g["false_acceptances"]) == (3, 1, 2, 1)
+    assert g["false_rejection_rate"] == pytest.approx(1 / 3) and g["false_acceptance_rate"] == pytest.approx(0.5)
+    assert guard_rates({"1": {"seeds": [seed((kept, 0.0), (kept, 0.0))]}})["false_rejection_rate"] is None
