@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.state.versions import Comparison, comparisons_from_guard
+from app.state.versions import Comparison, finite_number, comparisons_from_guard
 from app.state.viewport import Viewport
 
 #: Held-out measures shown before / after, in this order, with their display names.
@@ -31,14 +31,6 @@ def format_seconds(seconds: float | None) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
-
-
-def _number(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 @dataclass
@@ -71,23 +63,23 @@ class RoundCurves:
         stage = str(data.get("stage") or "training")
         metrics = data.get("metrics") or {}
         terms = {str(k): v for k, v in (metrics.items() if isinstance(metrics, Mapping) else ())
-                 if _number(v) is not None}
+                 if finite_number(v) is not None}
         if terms and stage not in self.stages:  # a stage that trains (data, publish: no curves)
             self.stages.append(stage)
             if len(self.stages) == 2:  # from now on terms carry their stage: rename the first's
                 first = self.stages[0]
                 self.losses = {f"{first}: {k}": v for k, v in self.losses.items()}
         self.stage = stage
-        self.step = int(_number(data.get("step")) or 0)
-        self.total = int(_number(data.get("total")) or 0)
-        self.eta_s = _number(data.get("eta_s"))
+        self.step = int(finite_number(data.get("step")) or 0)
+        self.total = int(finite_number(data.get("total")) or 0)
+        self.eta_s = finite_number(data.get("eta_s"))
         self.message = str(data.get("message") or "")
         self.x += 1
         for term, value in terms.items():
             self.losses.setdefault(self.label(stage, term), []).append((self.x, float(value)))
 
     def add_eval(self, data: Mapping[str, Any]) -> None:
-        v = _number(data.get("heldout_miou"))
+        v = finite_number(data.get("heldout_miou"))
         if v is not None:
             self.heldout.append((self.x, v))
 
@@ -120,7 +112,7 @@ def result_rows(result: Mapping[str, Any]) -> list[ResultRow]:
     the replay sample's mIoU when the round measured one (its ``data["guard"]``)."""
     before = result.get("before") or {}
     after = result.get("after") or {}
-    rows = [ResultRow(name, _number(before.get(key)), _number(after.get(key)))
+    rows = [ResultRow(name, finite_number(before.get(key)), finite_number(after.get(key)))
             for key, name in RESULT_METRICS]
     replay = [c for c in comparisons_from_guard(_guard(result)) if c.part == "replay"]
     if replay:
@@ -196,12 +188,12 @@ class ModelRow:
 def heldout_miou(metrics: Mapping[str, Any]) -> float | None:
     """The held-out mIoU in a version's metrics (``after``/``miou`` of its round, or a flat key)."""
     for key in ("heldout_miou", "miou"):
-        v = _number(metrics.get(key))
+        v = finite_number(metrics.get(key))
         if v is not None:
             return v
     after = metrics.get("after")
     if isinstance(after, Mapping):
-        return _number(after.get("miou"))
+        return finite_number(after.get("miou"))
     return None
 
 
@@ -213,8 +205,8 @@ def model_rows(versions: Iterable[Any], active: str | None) -> list[ModelRow]:
         metrics = v.metrics or {}
         miou = heldout_miou(metrics)
         text = format_score(miou)
-        if miou is None and _number(metrics.get("val_miou")) is not None:
-            text = f"{format_score(_number(metrics.get('val_miou')))} (val)"
+        if miou is None and finite_number(metrics.get("val_miou")) is not None:
+            text = f"{format_score(finite_number(metrics.get('val_miou')))} (val)"
         created = str(v.created or "").replace("T", " ")[:16]
         rows.append(ModelRow(v.version, v.parent or "—", created, text, v.note or "",
                              v.version == active))

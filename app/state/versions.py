@@ -22,7 +22,7 @@ from engine.api import CocoPathError
 PARTS = (("heldout", "held-out ROIs"), ("replay", "replay sample"))
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -50,7 +50,7 @@ def comparisons_from_guard(guard: Mapping[str, Any] | None) -> list[Comparison]:
         part = (guard or {}).get(key)
         if not isinstance(part, Mapping):
             continue
-        before, after = _number(part.get("before")), _number(part.get("after"))
+        before, after = finite_number(part.get("before")), finite_number(part.get("after"))
         if before is None or after is None:
             continue
         ok = part.get("ok")
@@ -64,8 +64,8 @@ def comparisons_from_metrics(metrics: Mapping[str, Any] | None) -> list[Comparis
     lower score is worse)."""
     out = []
     for key, label in PARTS:
-        before = _number((metrics or {}).get(f"{key}_miou_parent"))
-        after = _number((metrics or {}).get(f"{key}_miou"))
+        before = finite_number((metrics or {}).get(f"{key}_miou_parent"))
+        after = finite_number((metrics or {}).get(f"{key}_miou"))
         if before is not None and after is not None:
             out.append(Comparison(key, label, before, after, after < before))
     return out

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from engine.finetune.data import Patch
 from engine.finetune.losses import IGNORE, masked_kd_loss, partial_label_loss
-from engine.finetune.loop import RoundError, check, is_oom, normalise
+from engine.finetune.loop import RoundError, check, oom_batches
 from engine.jobs import CancelToken
 from engine.training.metrics import ConfusionMatrix
 
@@ -142,23 +142,10 @@ def build_cache(model: nn.Module, patches: Sequence[Patch], mean: Sequence[float
     feats: list[list[Tensor]] = []
     logits: list[Tensor] = []
     has_skip: tuple[bool, ...] = ()
-    i, size = 0, max(1, batch)
-    while i < len(patches):
-        check(cancel)
-        chunk = patches[i:i + size]
-        x = torch.stack([normalise(p.rgb, mean, std) for p in chunk]).to(device)
-        try:
-            front, has_skip, out = _front(model, x, first)
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
-            if not is_oom(exc) or size == 1:
-                raise
-            size //= 2
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
+    for chunk, (front, has_skip, out) in oom_batches(patches, mean, std, device, batch,
+                                                     lambda x: _front(model, x, first), cancel):
         feats.append([f.half().cpu() for f in front])
         logits.append(out.half().cpu())
-        i += len(chunk)
         if on_batch is not None:
             on_batch(len(chunk))
     if not patches:

@@ -170,6 +170,28 @@ def train_stage(objective: nn.Module, batcher: Batcher, *, stage: str, steps: in
     return out
 
 
+def oom_batches(patches: Sequence[Patch], mean: Sequence[float], std: Sequence[float], device: torch.device,
+                batch: int, fn: Callable[[Tensor], Any], cancel: CancelToken | None = None) -> Iterator[tuple[Sequence[Patch], Any]]:
+    """``fn`` on the normalised images of ``patches``, ``batch`` at a time: (chunk, its result) in
+    order; a chunk that runs out of (GPU) memory is retried with half as many, down to one."""
+    i, size = 0, max(1, batch)
+    while i < len(patches):
+        check(cancel)
+        chunk = patches[i:i + size]
+        x = torch.stack([normalise(p.rgb, mean, std) for p in chunk]).to(device)
+        try:
+            out = fn(x)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not is_oom(exc) or size == 1:
+                raise
+            size //= 2
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        yield chunk, out
+        i += len(chunk)
+
+
 @torch.no_grad()
 def heldout_scores(model: nn.Module, patches: Sequence[Patch], mean: Sequence[float],
                    std: Sequence[float], device: torch.device, class_names: Sequence[str],
@@ -179,25 +201,14 @@ def heldout_scores(model: nn.Module, patches: Sequence[Patch], mean: Sequence[fl
     model.eval().to(device)
     cm = ConfusionMatrix(len(class_names))
     stride = int(getattr(model, "stride", 32))
-    i, size = 0, max(1, batch)
     try:
-        while i < len(patches):
-            check(cancel)
-            chunk = patches[i:i + size]
-            x = torch.stack([normalise(p.rgb, mean, std) for p in chunk]).to(device)
-            try:
-                with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                    pred = predict_logits(model, x, stride).argmax(1).cpu().numpy()
-            except Exception as exc:  # noqa: BLE001
-                if not is_oom(exc) or size == 1:
-                    raise
-                size //= 2
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
+        def run(x: Tensor) -> np.ndarray:
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                return predict_logits(model, x, stride).argmax(1).cpu().numpy()
+
+        for chunk, pred in oom_batches(patches, mean, std, device, batch, run, cancel):
             for p, y in zip(chunk, pred):
                 cm.update(p.label, y)  # IGNORE (255) is outside the classes: not counted
-            i += len(chunk)
     finally:
         model.train(was)
     s = cm.summary(list(class_names))
