@@ -212,14 +212,13 @@ class _State:
         now = time.perf_counter()
         t0 = self._stage_t0.setdefault(stage, now)
         m = dict(metrics or {})
-        if "eta_s" in m:
-            pass
-        elif stage in self.plan and step > 0:
-            rate = (now - t0) / step
-            later = list(self.plan)[list(self.plan).index(stage) + 1:]
-            m["eta_s"] = rate * (total - step + sum(self.plan[s] for s in later))
-        elif self.deadline is not None:
-            m["eta_s"] = max(0.0, self.deadline - now)
+        if "eta_s" not in m:  # the caller's own estimate wins
+            if stage in self.plan and step > 0:
+                rate = (now - t0) / step
+                later = list(self.plan)[list(self.plan).index(stage) + 1:]
+                m["eta_s"] = rate * (total - step + sum(self.plan[s] for s in later))
+            elif self.deadline is not None:
+                m["eta_s"] = max(0.0, self.deadline - now)
         self.progress(Progress(stage, step, total, m, message))
 
 
