@@ -103,7 +103,8 @@ def test_replay_sample_takes_training_cases_half_without_tumour(tmp_path: Path, 
     assert val.sources == {"pos": 3} and "validation cases" in val.note  # GT3 (pos only); neg has GT4
     assert "lists no validation cases" in replay_sample({**meta, "data": {**meta["data"], "val_cases": []}}, 64,
                                                         root=tmp_path, part="val").note
-    assert "none of pos, neg" in replay_sample(meta, 64).note  # the shared data here has no such folders
+    monkeypatch.setattr("engine.shared_data.data_root", lambda: tmp_path / "empty")
+    assert "none of pos, neg" in replay_sample(meta, 64).note  # a data folder without those sets
 
     def missing() -> Path:
         raise SharedDataMissing("no shared data")
