@@ -25,6 +25,41 @@ def app_pyramid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_pyramid_tiff(tmp_path_factory.mktemp("pyramid") / "pyramid.tif", 6000, 4000, seed=3)
 
 
+#: A modal dialog left open this long means nobody in the test will answer it.
+STRANDED_DIALOG_S = 20.0
+
+
+@pytest.fixture(autouse=True)
+def _no_stranded_dialogs(qapp) -> Iterator[None]:
+    """A modal dialog that no test code answers would block its ``exec()`` for ever (a hung
+    suite): a watchdog closes any message box or dialog shown for longer than
+    :data:`STRANDED_DIALOG_S`, and the test then fails naming it."""
+    import time
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QDialog
+
+    first_seen: dict[int, float] = {}
+    stranded: list[str] = []
+
+    def watch() -> None:
+        now = time.monotonic()
+        shown = [w for w in QApplication.topLevelWidgets() if isinstance(w, QDialog) and w.isVisible()
+                 and w.isModal()]
+        for w in shown:
+            seen = first_seen.setdefault(id(w), now)
+            if now - seen > STRANDED_DIALOG_S:
+                stranded.append(f"{type(w).__name__} {w.windowTitle()!r}")
+                w.reject()
+
+    timer = QTimer()
+    timer.timeout.connect(watch)
+    timer.start(500)
+    yield
+    timer.stop()
+    assert not stranded, f"modal dialog(s) left open with nobody to answer them: {stranded}"
+
+
 @pytest.fixture
 def settings(tmp_path: Path):
     from PySide6.QtCore import QSettings

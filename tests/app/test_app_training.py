@@ -239,8 +239,10 @@ def answer_dialog(qtbot, button: str, seen: list) -> None:
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     def answer() -> None:
-        box = QApplication.activeModalWidget()
-        if not isinstance(box, QMessageBox):
+        # the visible message box, whether or not the offscreen platform made it the active one
+        boxes = [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()]
+        box = boxes[0] if boxes else None
+        if box is None:
             QTimer.singleShot(20, answer)
             return
         seen.append((box.text(), box.defaultButton().text(), [b.text() for b in box.buttons()]))
