@@ -7,3 +7,8 @@ class CocoPathError(Exception):
 
 class SlideError(CocoPathError):
     """A slide cannot be opened or read (missing, not a slide, corrupt, unsupported)."""
+
+
+class FileProblem(CocoPathError):
+    """A path given as an input file cannot be read as one: missing, a folder, a FIFO or device,
+    unreadable, or larger than the limit for what it should hold."""
