@@ -28,8 +28,8 @@ from shapely.geometry import MultiPolygon, Polygon
 
 from engine.annotations.model import (Annotation, AnnotationClass, ExportResult, Kind,
                                       ParsedAnnotations, color_from_hex, color_to_hex, parse_uuid)
-from engine.annotations.reading import (Collector, Problem, number, parse_xml, polygon, read_bytes,
-                                        ring)
+from engine.annotations.reading import (Collector, Problem, coordinate, number, parse_xml, polygon,
+                                        read_bytes, ring)
 from engine.annotations.writing import atomic_write_bytes
 
 FORMAT = "ASAP XML"
@@ -87,7 +87,7 @@ def _read_annotation(col: Collector, el: ET.Element, where: str, groups: dict[st
         w = f"{where} coordinate {j}"
         order = c.get("Order")
         coords.append((number(order, w + " Order") if order is not None else float(j),
-                       number(c.get("X"), w + " X"), number(c.get("Y"), w + " Y")))
+                       coordinate(c.get("X"), w + " X"), coordinate(c.get("Y"), w + " Y")))
     coords.sort(key=lambda t: t[0])
     shape = polygon(ring([(x, y) for _, x, y in coords]))
     group = (el.get("PartOfGroup") or "").strip()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -86,7 +87,7 @@ def _bench(args: argparse.Namespace) -> int:
     except SharedDataMissing as exc:
         raise CocoPathError(f"{exc}; or give --slide") from None
     result = run_bench(slide, n=args.n)
-    text = json.dumps(result, indent=2)
+    text = json.dumps(_strict(result), indent=2, allow_nan=False)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
@@ -99,10 +100,20 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _strict(value: object) -> object:
+    """``value`` with every NaN or infinity as null: what is printed is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def _emit(args: argparse.Namespace, data: dict, lines: list[str]) -> int:
     if args.json:
-        json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-        print()
+        print(json.dumps(_strict(data), indent=2, ensure_ascii=False, allow_nan=False))
     else:
         print("\n".join(lines))
     return 0

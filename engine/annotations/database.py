@@ -8,14 +8,18 @@ failing half-way. Spatial queries use an R*Tree virtual table keyed by the annot
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from engine.annotations.errors import (ProjectCorruptError, ProjectError, ProjectLockedError,
                                        ProjectMissingError)
+from engine.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,11 @@ def translate(exc: sqlite3.Error, path: Path) -> ProjectError:
     if any(m in low for m in _CORRUPT_MARKERS):
         return ProjectCorruptError(f"{path}: the project database is damaged ({text}); restore it "
                                    f"from a backup or create a new project")
+    if "disk is full" in low or "disk full" in low:
+        return ProjectError(f"{path}: the disk is full ({text}); free some space and try again")
+    if "disk i/o error" in low:  # e.g. no room for the WAL index when opening on a full disk
+        return ProjectError(f"{path}: the project database cannot be read or written ({text}: a "
+                            f"full disk or a failing drive?); free some space and try again")
     if "unable to open" in low or "readonly" in low or "read-only" in low:
         return ProjectError(f"{path}: the project database cannot be written ({text}); check the "
                             f"folder's permissions and free disk space")
@@ -150,8 +159,116 @@ def create_schema(conn: sqlite3.Connection, created: float) -> None:
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # a full disk may have rolled it back already
+            conn.execute("ROLLBACK")
         raise
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an OS call failed, in words a user acts on."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "the folder is read-only or not yours"
+    return exc.strerror or str(exc)
+
+
+def _side_files(path: Path) -> list[Path]:
+    return [path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal"),
+            path.with_name(path.name + "-shm")]
+
+
+def create_database(path: Path, created: float) -> None:
+    """Create the project database at ``path`` all or nothing: it is built and made durable under a
+    temporary name in the same folder, then linked to ``path`` (which must not exist). On any
+    failure (a full disk, a read-only folder) nothing is left behind and one ProjectError says
+    what happened; ``path`` never exists half-made."""
+    folder = path.parent
+    tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.creating"
+    try:
+        try:
+            conn = sqlite3.connect(str(tmp), isolation_level=None)
+            try:  # a rollback journal, not WAL: once COMMIT returns, everything is in ``tmp``
+                conn.execute("PRAGMA journal_mode = DELETE")
+                conn.execute("PRAGMA synchronous = FULL")
+                create_schema(conn, created)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise ProjectError(f"{folder}: cannot create the project ({sqlite_reason(exc)}); "
+                               f"nothing was left behind") from exc
+        try:
+            os.link(tmp, path)  # fails if ``path`` appeared meanwhile: never overwrites a project
+        except FileExistsError:
+            raise ProjectError(f"{folder}: already holds a CoCoPath project; open it "
+                               f"instead") from None
+        except OSError:  # a file system without hard links: rename, after checking again
+            if path.exists():
+                raise ProjectError(f"{folder}: already holds a CoCoPath project; open it "
+                                   f"instead") from None
+            os.replace(tmp, path)
+        fsync_dir(folder)
+    except OSError as exc:
+        raise ProjectError(f"{folder}: cannot create the project ({os_reason(exc)}); nothing was "
+                           f"left behind") from None
+    finally:
+        remove_database(tmp)
+
+
+def remove_database(path: Path) -> None:
+    """Delete a database file and its journal, WAL and shared-memory files (best effort)."""
+    for f in _side_files(path):
+        try:
+            f.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            log.warning("%s: cannot remove this file", f)
+
+
+def sqlite_reason(exc: sqlite3.Error) -> str:
+    return "the disk is full" if "full" in str(exc).lower() else str(exc)
+
+
+def is_unfinished(path: Path) -> bool:
+    """Whether ``path`` is a database that holds nothing at all: 0 bytes, or SQLite without a single
+    table (left by a creation that failed, e.g. on a full disk, before creation was made all or
+    nothing). Such a file can be replaced without losing anything."""
+    try:
+        if path.stat().st_size == 0:
+            return is_empty(path)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error):
+        return False
+
+
+def is_empty(path: Path) -> bool:
+    """Whether ``path`` and its write-ahead log hold no byte at all."""
+    try:
+        if path.stat().st_size:
+            return False
+        wal = path.with_name(path.name + "-wal")
+        return not wal.exists() or wal.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def discard_unfinished(path: Path) -> bool:
+    """Remove ``path`` (and its side files) when :func:`is_unfinished`; True when it is gone."""
+    if not is_unfinished(path):
+        return False
+    log.warning("%s: holds nothing (an earlier creation did not finish); replacing it", path)
+    try:
+        for f in _side_files(path):
+            f.unlink(missing_ok=True)
+    except OSError as exc:
+        raise ProjectError(f"{path}: holds no project but cannot be removed "
+                           f"({os_reason(exc)}); delete it by hand") from None
+    return True
 
 
 def check_schema(conn: sqlite3.Connection, path: Path, *, quick_check: bool) -> None:
@@ -162,6 +279,8 @@ def check_schema(conn: sqlite3.Connection, path: Path, *, quick_check: bool) -> 
             raise ProjectCorruptError(f"{path}: the project database is damaged ({rows[0]}); "
                                       f"restore it from a backup or create a new project")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        raise ProjectCorruptError(unfinished_message(path))
     if "meta" not in tables:
         raise ProjectCorruptError(f"{path}: is an SQLite file but not a CoCoPath project")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -175,6 +294,11 @@ def check_schema(conn: sqlite3.Connection, path: Path, *, quick_check: bool) -> 
     if missing:
         raise ProjectCorruptError(f"{path}: the project database lacks tables "
                                   f"{', '.join(sorted(missing))}; restore it from a backup")
+
+
+def unfinished_message(path: Path) -> str:
+    return (f"{path}: holds no project (its creation did not finish, on a full disk?); run "
+            f"`cocopath-engine project create {path.parent}` again, which replaces it")
 
 
 def database_file(folder: Path) -> Path:

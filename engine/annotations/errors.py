@@ -11,6 +11,12 @@ class AnnotationError(CocoPathError):
     """
 
 
+class ConflictError(AnnotationError):
+    """An edit was refused because the annotation is no longer in the state the caller saw: another
+    window or program changed or deleted it meanwhile. Nothing was written; reload and try again.
+    """
+
+
 class AnnotationFormatError(AnnotationError):
     """An annotation file is malformed or not in the format it claims; nothing of it was imported.
     """

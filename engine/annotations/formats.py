@@ -4,14 +4,16 @@ journalled step (undo removes the whole import), write a slide's annotations, an
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.annotations.errors import AnnotationError, AnnotationFormatError
-from engine.annotations.model import (Annotation, ExportResult, Kind, ParsedAnnotations,
-                                      color_to_hex, new_uuid)
+from engine.annotations.model import (MAX_COORDINATE, Annotation, ExportResult, Kind,
+                                      ParsedAnnotations, color_to_hex, coordinate_problem,
+                                      new_uuid)
 from engine.annotations.reading import parse_xml, read_bytes
 from engine.annotations.store import AnnotationStore
 
@@ -139,13 +141,35 @@ def _existing_uuids(store: AnnotationStore, uuids: list[str]) -> set[str]:
 def export_file(store: AnnotationStore, out: str | Path, fmt: str | None = None,
                 downsample: float = 1.0) -> ExportResult:
     """Write the slide's annotations (and ROIs, where the format can hold them) to ``out``."""
+    out = Path(out)
+    fmt = fmt or _format_from_suffix(out)
+    anns, left_out = _exportable(store.annotations(kind=None))
+    result = _write(store, out, fmt, anns, downsample)
+    if left_out:
+        return replace(result, warnings=(left_out, *result.warnings))
+    return result
+
+
+def _exportable(anns: list[Annotation]) -> tuple[list[Annotation], str | None]:
+    """The annotations a file can hold, and a warning naming those left out: coordinates beyond
+    any slide (stored by a CoCoPath before imports checked them) would give infinite areas and,
+    in JSON, a bare ``Infinity`` that QuPath refuses."""
+    bad = [a.uuid for a in anns if coordinate_problem(a.geometry) or not math.isfinite(a.area)]
+    if not bad:
+        return anns, None
+    skip = set(bad)
+    shown = ", ".join(bad[:3]) + (" …" if len(bad) > 3 else "")
+    return ([a for a in anns if a.uuid not in skip],
+            f"{len(bad)} annotation(s) left out: their coordinates are not finite positions within "
+            f"±{MAX_COORDINATE:,.0f} pixels ({shown}); delete them in the project")
+
+
+def _write(store: AnnotationStore, out: Path, fmt: str, anns: list[Annotation],
+           downsample: float) -> ExportResult:
     from engine.annotations.asap_io import write_asap
     from engine.annotations.geojson_io import write_geojson
     from engine.annotations.mask import write_mask_png, write_mask_tiff
 
-    out = Path(out)
-    fmt = fmt or _format_from_suffix(out)
-    anns = store.annotations(kind=None)
     classes = store.project.classes()
     slide = store.slide
     if fmt == "geojson":

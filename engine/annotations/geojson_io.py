@@ -20,9 +20,10 @@ from pathlib import Path
 
 from shapely.geometry import MultiPolygon, Polygon, mapping
 
+from engine.annotations.errors import AnnotationError
 from engine.annotations.model import (DEFAULT_COLOR, Annotation, AnnotationClass, Color,
                                       ExportResult, Kind, ParsedAnnotations, Source, parse_uuid)
-from engine.annotations.reading import (Collector, Problem, decode_text, number, polygon,
+from engine.annotations.reading import (Collector, Problem, coordinate, decode_text, polygon,
                                         read_bytes, ring)
 from engine.annotations.writing import atomic_write_bytes
 
@@ -47,17 +48,25 @@ def read_geojson(path: str | Path) -> ParsedAnnotations:
 def parse_geojson(text: str, path: Path) -> ParsedAnnotations:
     col = Collector(path, FORMAT)
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
         raise col.fail(f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except RecursionError:
         raise col.fail("JSON nested too deeply") from None
+    except (ValueError, MemoryError) as exc:
+        raise col.fail(f"unreadable JSON ({type(exc).__name__})") from None
     try:
         for i, feature in enumerate(_features(doc)):
             _read_feature(col, feature, f"feature {i}")
     except Problem as exc:
         raise col.fail(exc) from None
     return col.result()
+
+
+def _parse_int(text: str) -> int | float:
+    """A JSON integer; one of hundreds of digits is a float (infinite: refused where a coordinate
+    belongs), not a ValueError from Python's 4300-digit limit on int()."""
+    return int(text) if len(text) < 300 else float(text)
 
 
 def _features(doc: object) -> list:
@@ -165,7 +174,7 @@ def _ring(r: object, where: str) -> list[tuple[float, float]] | None:
         if not isinstance(pos, list) or len(pos) < 2:
             raise Problem(f"{where} position {j} is not [x, y] (or [x, y, z])")
         w = f"{where} position {j}"
-        pts.append((number(pos[0], w), number(pos[1], w)))
+        pts.append((coordinate(pos[0], w), coordinate(pos[1], w)))
     return ring(pts)
 
 
@@ -239,6 +248,16 @@ def feature(ann: Annotation, classes: dict[str, AnnotationClass],
             "properties": props}
 
 
+def strict_json(doc: object, path: Path, **kwargs: object) -> str:
+    """``doc`` as strict JSON: a NaN or an infinity (which QuPath and other strict readers refuse)
+    is an AnnotationError naming ``path``, never a bare ``NaN``/``Infinity`` in the file."""
+    try:
+        return json.dumps(doc, ensure_ascii=False, allow_nan=False, **kwargs)  # type: ignore[arg-type]
+    except ValueError:
+        raise AnnotationError(f"{path}: not written: a coordinate or a measurement is not a finite "
+                              f"number, which JSON cannot hold") from None
+
+
 def write_geojson(path: str | Path, annotations: Sequence[Annotation],
                   classes: Sequence[AnnotationClass], mpp: tuple[float, float] | None = None
                   ) -> ExportResult:
@@ -250,7 +269,7 @@ def write_geojson(path: str | Path, annotations: Sequence[Annotation],
     used = {a.class_name for a in annotations}
     if any(c.shortcut for c in classes if c.name in used):
         warnings.append("class shortcuts are not stored in GeoJSON")
-    atomic_write_bytes(path, json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+    atomic_write_bytes(path, strict_json(doc, path).encode("utf-8"))
     return ExportResult(str(path), FORMAT, len(annotations), tuple(warnings))
 
 

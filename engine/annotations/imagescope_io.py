@@ -23,8 +23,8 @@ from pathlib import Path
 from shapely.geometry import Polygon
 
 from engine.annotations.model import AnnotationClass, Color, ParsedAnnotations, polygonal
-from engine.annotations.reading import (Collector, Problem, number, parse_xml, polygon, read_bytes,
-                                        ring)
+from engine.annotations.reading import (Collector, Problem, coordinate, number, parse_xml, polygon,
+                                        read_bytes, ring)
 
 FORMAT = "ImageScope XML"
 AREA_TYPES = {"0": "free-hand", "1": "rectangle", "2": "ellipse", "5": "polygon"}
@@ -80,7 +80,8 @@ def _read_layer(col: Collector, layer: ET.Element, where: str) -> None:
         if rtype not in AREA_TYPES:
             col.skipped[f"region of unknown type {rtype[:10]!r}"] += 1
             continue
-        pts = [(number(v.get("X"), f"{w} vertex {k} X"), number(v.get("Y"), f"{w} vertex {k} Y"))
+        pts = [(coordinate(v.get("X"), f"{w} vertex {k} X"),
+                coordinate(v.get("Y"), f"{w} vertex {k} Y"))
                for k, v in enumerate(region.iterfind("./Vertices/Vertex"))]
         shape = _ellipse(pts) if rtype == "2" else polygon(ring(pts))
         if region.get("NegativeROA") == "1":

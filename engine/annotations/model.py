@@ -23,6 +23,10 @@ from engine.annotations.errors import AnnotationError
 
 Color = tuple[int, int, int]
 
+#: Coordinates are level-0 pixels; the largest slides are about 250 000 pixels wide, so a position
+#: beyond ±10 million pixels is nonsense (or an attack: 1e308 makes areas infinite).
+MAX_COORDINATE = 1e7
+
 #: Colour given to classes that arrive without one.
 DEFAULT_COLOR: Color = (255, 0, 0)
 
@@ -68,6 +72,18 @@ def polygonal(geometry: BaseGeometry) -> Polygon | MultiPolygon:
         merged = shapely.unary_union(parts)
         return merged if isinstance(merged, (Polygon, MultiPolygon)) else polygonal(merged)
     return multi
+
+
+def coordinate_problem(geometry: BaseGeometry) -> str | None:
+    """None when every coordinate of ``geometry`` is a finite number within ±:data:`MAX_COORDINATE`
+    pixels (so every area is finite too); else what is wrong, to follow "coordinates must be"."""
+    coords = shapely.get_coordinates(geometry)
+    if not np.isfinite(coords).all():
+        return "finite numbers"
+    if coords.size and np.abs(coords).max() > MAX_COORDINATE:
+        return (f"finite positions within ±{MAX_COORDINATE:,.0f} pixels, not "
+                f"{np.abs(coords).max():g}")
+    return None
 
 
 def new_uuid() -> str:
@@ -143,14 +159,18 @@ class Annotation:
         if not isinstance(self.geometry, BaseGeometry):
             raise AnnotationError(f"annotation geometry must be a shapely geometry, "
                                   f"not {type(self.geometry).__name__}")
-        if not np.isfinite(shapely.get_coordinates(self.geometry)).all():
-            raise AnnotationError("annotation coordinates must be finite numbers")
+        problem = coordinate_problem(self.geometry)
+        if problem:
+            raise AnnotationError(f"annotation coordinates must be {problem}")
         geom = self.geometry
         if not isinstance(geom, (Polygon, MultiPolygon)) or not geom.is_valid or geom.is_empty:
             geom = polygonal(geom)
         if geom.is_empty or geom.area <= 0:
             raise AnnotationError("an annotation needs an area: its outline is empty or has no "
                                   "area")
+        if not math.isfinite(geom.area):
+            raise AnnotationError("annotation coordinates must be finite positions (the area is "
+                                  "not finite)")
         object.__setattr__(self, "geometry", geom)
         canonical = parse_uuid(self.uuid)
         if canonical is None:
@@ -187,7 +207,16 @@ class Annotation:
                            ("name", name), ("created", float(created)),
                            ("modified", float(modified)), ("locked", bool(locked))):
             object.__setattr__(ann, key, value)
+        object.__setattr__(ann, "_seen", ann)
         return ann
+
+    @property
+    def seen(self) -> Annotation | None:
+        """The stored state this annotation was read as, or was derived from with :meth:`evolve`
+        (None for an annotation made anew). ``AnnotationStore.modify`` and friends compare the
+        database against it, so that a change another window or program committed since is reported
+        (ConflictError), never overwritten. Not a field: it takes no part in equality."""
+        return self.__dict__.get("_seen")
 
     @property
     def area(self) -> float:
@@ -199,8 +228,16 @@ class Annotation:
         return self.kind is Kind.ROI
 
     def evolve(self, **changes: object) -> Annotation:
-        """A copy with ``changes`` applied (validated again)."""
-        return replace(self, **changes)
+        """A copy with ``changes`` applied (validated again); it keeps the :attr:`seen` state."""
+        new = replace(self, **changes)
+        if self.seen is not None:
+            object.__setattr__(new, "_seen", self.seen)
+        return new
+
+
+def mark_seen(annotation: Annotation, stored: Annotation) -> None:
+    """Record that ``annotation`` now derives from the stored state ``stored`` (after a commit)."""
+    object.__setattr__(annotation, "_seen", stored)
 
 
 @dataclass(frozen=True)

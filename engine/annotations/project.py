@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.annotations import database as db
-from engine.annotations.errors import AnnotationError, ProjectError
+from engine.annotations.errors import AnnotationError, ProjectCorruptError, ProjectError
 from engine.annotations.model import AnnotationClass, Color
 
 if TYPE_CHECKING:
@@ -87,6 +87,13 @@ def slide_fingerprint(path: str | Path) -> tuple[int, str]:
         raise ProjectError(f"{p}: cannot be read ({exc.strerror or exc})") from None
 
 
+def _remove_empty_folder(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty after all (another program wrote into it): leave it
+        pass
+
+
 def _slide_from_row(row: Sequence) -> SlideRecord:
     sid, path, name, size, hsh, w, h, mx, my, added = row
     return SlideRecord(sid, path, name, size, hsh, w, h, (mx, my) if mx else None, added)
@@ -114,20 +121,26 @@ class Project:
         """Create a new project in ``folder`` (made if needed; it must not hold a project yet)."""
         folder = Path(folder).expanduser().resolve()
         path = db.database_file(folder)
-        if path.exists():
+        if path.exists() and not db.discard_unfinished(path):
             raise ProjectError(f"{folder}: already holds a CoCoPath project; open it instead")
+        made = not folder.exists()
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ProjectError(f"{folder}: cannot create the project folder "
-                               f"({exc.strerror or exc})") from None
-        with db.guarded(path):
-            conn = db.connect(path, timeout=timeout)
+                               f"({db.os_reason(exc)})") from None
+        try:
+            db.create_database(path, time.time())
             try:
-                db.create_schema(conn, time.time())
-            except BaseException:
-                conn.close()
-                raise
+                conn = db.connect(path, timeout=timeout)
+            except sqlite3.Error as exc:  # WAL files cannot be made (a full disk): undo it all
+                db.remove_database(path)
+                raise ProjectError(f"{folder}: cannot create the project "
+                                   f"({db.sqlite_reason(exc)}); nothing was left behind") from exc
+        except BaseException:
+            if made:
+                _remove_empty_folder(folder)
+            raise
         log.info("created project %s", folder)
         return cls(folder, conn, author or _default_author())
 
@@ -137,6 +150,8 @@ class Project:
         """Open an existing project; missing, locked and damaged databases raise a clear error."""
         folder = Path(folder).expanduser().resolve()
         path = db.require_folder(folder)
+        if db.is_empty(path):  # before connecting, which would write a header into it
+            raise ProjectCorruptError(db.unfinished_message(path))
         with db.guarded(path):
             conn = db.connect(path, timeout=timeout)
             try:

@@ -18,9 +18,12 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from engine.annotations.errors import AnnotationError, AnnotationFormatError
-from engine.annotations.model import Annotation, AnnotationClass, ParsedAnnotations
+from engine.annotations.model import (MAX_COORDINATE, Annotation, AnnotationClass,
+                                      ParsedAnnotations)
+from engine.files import read_regular
 
-#: Files larger than this are refused rather than read into memory.
+#: Files larger than this (1 GiB) are refused rather than read into memory: the largest real
+#: annotation files (a whole-slide nucleus segmentation in GeoJSON) are a few hundred MiB.
 MAX_FILE_BYTES = 1 << 30
 
 
@@ -29,17 +32,9 @@ class Problem(Exception):
 
 
 def read_bytes(path: str | Path) -> bytes:
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise AnnotationFormatError(f"{p}: is {size / 2**30:.1f} GiB, too large for an "
-                                        f"annotation file")
-        return p.read_bytes()
-    except IsADirectoryError:
-        raise AnnotationFormatError(f"{p}: is a folder, not an annotation file") from None
-    except OSError as exc:
-        raise AnnotationFormatError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    """The whole file; a FIFO, a device, a folder or a file over :data:`MAX_FILE_BYTES` is refused
+    (FileProblem, one line) before anything is read."""
+    return read_regular(Path(path), "annotation files", MAX_FILE_BYTES)
 
 
 def decode_text(data: bytes, path: Path) -> str:
@@ -62,28 +57,52 @@ def parse_xml(data: bytes, path: Path) -> ET.Element:
     except defusedxml.DefusedXmlException as exc:
         raise AnnotationFormatError(f"{path}: XML with entities or external references, refused "
                                     f"for safety ({type(exc).__name__})") from None
-    except (ValueError, UnicodeError, RecursionError) as exc:
+    except LookupError as exc:  # <?xml encoding="x-klingon"?>: Python knows no such codec
+        raise AnnotationFormatError(f"{path}: the XML declares a text encoding Python does not "
+                                    f"know ({str(exc).removeprefix('unknown encoding: ')[:40]!r}); "
+                                    f"save it as UTF-8") from None
+    except (ValueError, UnicodeError, RecursionError, MemoryError) as exc:
         raise AnnotationFormatError(f"{path}: unreadable XML ({type(exc).__name__})") from None
 
 
-def number(value: object, where: str) -> float:
-    """A finite float from a JSON number or an XML attribute, else a Problem naming ``where``."""
+def _float(value: object, where: str) -> float:
+    """A float from a JSON number or an XML attribute (possibly infinite or NaN), else a Problem."""
     if isinstance(value, bool):
         raise Problem(f"{where}: {value!r} is not a number")
     if isinstance(value, str):
         try:
-            f = float(value.strip())
+            return float(value.strip())
         except ValueError:
             raise Problem(f"{where}: {value[:40]!r} is not a number") from None
-    elif isinstance(value, (int, float)):
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
         try:
-            f = float(value)
-        except OverflowError:
-            raise Problem(f"{where}: number too large") from None
-    else:
-        raise Problem(f"{where}: {type(value).__name__} where a number belongs")
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            return math.inf if value > 0 else -math.inf
+    raise Problem(f"{where}: {type(value).__name__} where a number belongs")
+
+
+def _shown(value: object, f: float) -> str:
+    return value.strip()[:40] if isinstance(value, str) else f"{f:g}"
+
+
+def number(value: object, where: str) -> float:
+    """A finite float from a JSON number or an XML attribute, else a Problem naming ``where``."""
+    f = _float(value, where)
     if not math.isfinite(f):
-        raise Problem(f"{where}: {value!r} is not a finite number")
+        raise Problem(f"{where}: {_shown(value, f)} is not a finite number")
+    return f
+
+
+def coordinate(value: object, where: str) -> float:
+    """A position in level-0 pixels: a finite number within ±:data:`MAX_COORDINATE`, else a Problem
+    naming ``where`` (the feature or annotation, and the vertex)."""
+    f = _float(value, where)
+    if not math.isfinite(f) or abs(f) > MAX_COORDINATE:
+        raise Problem(f"{where}: coordinate {_shown(value, f)} is not a finite position within "
+                      f"±{MAX_COORDINATE:,.0f} pixels")
     return f
 
 

@@ -61,7 +61,7 @@ class State:
         attrs = {"uuid": ann.uuid, "kind": ann.kind.value, "class": ann.class_name,
                  "source": ann.source.value, "author": ann.author, "name": ann.name,
                  "created": ann.created, "modified": ann.modified, "locked": ann.locked}
-        return cls(json.dumps(attrs, sort_keys=True), to_wkb(ann))
+        return cls(json.dumps(attrs, sort_keys=True, allow_nan=False), to_wkb(ann))
 
     def annotation(self) -> Annotation:
         a = json.loads(self.attrs)

@@ -22,8 +22,8 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from engine.annotations import records
-from engine.annotations.errors import AnnotationError
-from engine.annotations.model import Annotation, AnnotationClass, Kind
+from engine.annotations.errors import AnnotationError, ConflictError
+from engine.annotations.model import Annotation, AnnotationClass, Kind, mark_seen
 from engine.annotations.records import State
 
 if TYPE_CHECKING:
@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Pair = tuple[Annotation | None, Annotation | None]
+Target = str | Annotation  # an annotation to edit: its uuid, or the Annotation the caller saw
+
+
+def _targets(targets: Target | Iterable[Target]) -> list[Target]:
+    return [targets] if isinstance(targets, (str, Annotation)) else list(targets)
 
 
 @dataclass(frozen=True)
@@ -136,33 +141,61 @@ class AnnotationStore:
         default = "add annotation" if len(anns) == 1 else f"add {len(anns)} annotations"
         return self.edit([(None, a) for a in stamped], label or default)
 
-    def remove(self, uuids: str | Iterable[str], label: str | None = None) -> Step:
-        ids = [uuids] if isinstance(uuids, str) else list(uuids)
-        default = "delete annotation" if len(ids) == 1 else f"delete {len(ids)} annotations"
-        return self.edit([(self.get(u), None) for u in ids], label or default)
+    def remove(self, targets: Target | Iterable[Target], label: str | None = None) -> Step:
+        """Delete annotations, given as uuids or as the Annotations the caller saw (then a change
+        made meanwhile by another window or program is a ConflictError, and nothing is deleted)."""
+        items = _targets(targets)
+        default = "delete annotation" if len(items) == 1 else f"delete {len(items)} annotations"
+        return self.edit([(self._before(t), None) for t in items], label or default)
 
-    def modify(self, annotation: Annotation, label: str = "edit annotation") -> Step:
-        """Replace the stored annotation of the same uuid by ``annotation`` (modified: now)."""
-        current = self.get(annotation.uuid)
-        return self.edit([(current, annotation.evolve(modified=time.time()))], label)
+    def modify(self, annotation: Annotation, label: str = "edit annotation",
+               expected: Annotation | None = None) -> Step:
+        """Replace the stored annotation of the same uuid by ``annotation`` (modified: now).
 
-    def set_geometry(self, uuid: str, geometry: BaseGeometry,
+        Optimistic concurrency, as :meth:`edit`: the database must still hold the state the caller
+        saw, ``expected``, by default the state ``annotation`` was read as or derived from with
+        ``evolve`` (:attr:`Annotation.seen`). If another window or program changed or deleted it
+        meanwhile, :class:`ConflictError` and nothing is written. Only an annotation made anew (no
+        seen state, no ``expected``) replaces whatever is stored.
+        """
+        before = expected or annotation.seen or self.get(annotation.uuid)
+        after = annotation.evolve(modified=time.time())
+        step = self.edit([(before, after)], label)
+        mark_seen(annotation, after)  # what the caller derives from it next starts from the commit
+        return step
+
+    def set_geometry(self, target: Target, geometry: BaseGeometry,
                      label: str = "change outline") -> Step:
-        return self.modify(self.get(uuid).evolve(geometry=geometry), label)
+        """Give one annotation (a uuid, or the Annotation the caller saw: compared as in
+        :meth:`modify`) a new outline."""
+        return self.edit(self._changed([target], geometry=geometry), label)
 
-    def reclass(self, uuids: str | Iterable[str], class_name: str | None,
+    def reclass(self, targets: Target | Iterable[Target], class_name: str | None,
                 label: str | None = None) -> Step:
-        ids = [uuids] if isinstance(uuids, str) else list(uuids)
-        now = time.time()
-        return self.edit([(a, a.evolve(class_name=class_name, modified=now))
-                          for a in (self.get(u) for u in ids)],
+        """Set the class of annotations (uuids, or the Annotations the caller saw)."""
+        return self.edit(self._changed(_targets(targets), class_name=class_name),
                          label or f"set class {class_name or '(none)'}")
 
-    def set_locked(self, uuids: str | Iterable[str], locked: bool = True) -> Step:
-        ids = [uuids] if isinstance(uuids, str) else list(uuids)
+    def set_locked(self, targets: Target | Iterable[Target], locked: bool = True) -> Step:
+        """Lock or unlock annotations (uuids, or the Annotations the caller saw)."""
+        return self.edit(self._changed(_targets(targets), locked=locked),
+                         "lock" if locked else "unlock")
+
+    def _before(self, target: Target) -> Annotation:
+        """The state an edit of ``target`` expects in the database: for an Annotation, the state
+        the caller saw (what it was read as, or itself); for a uuid, the state stored now."""
+        if isinstance(target, Annotation):
+            return target.seen or target
+        return self.get(target)
+
+    def _changed(self, targets: list[Target], **changes: object) -> list[Pair]:
         now = time.time()
-        return self.edit([(a, a.evolve(locked=locked, modified=now))
-                          for a in (self.get(u) for u in ids)], "lock" if locked else "unlock")
+        pairs = []
+        for t in targets:
+            before = self._before(t)
+            base = t if isinstance(t, Annotation) else before
+            pairs.append((before, base.evolve(**changes, modified=now)))
+        return pairs
 
     def edit(self, pairs: Sequence[Pair], label: str,
              classes: Sequence[AnnotationClass] = ()) -> Step:
@@ -207,6 +240,9 @@ class AnnotationStore:
                 changes.append(Change(op, uid, before, after))
             c.execute("INSERT INTO audit (step_id, action, author, at) VALUES (?, 'do', ?, ?)",
                       (step_id, author, now))
+        for _before, after in pairs:
+            if after is not None:
+                mark_seen(after, after)  # it is the stored state now
         log.debug("step %d %r: %d change(s)", step_id, label, len(changes))
         return Step(step_id, label, author, now, "applied", tuple(changes))
 
@@ -219,13 +255,16 @@ class AnnotationStore:
         if expected is None:
             if row is not None:
                 where = "this slide" if self._owned(c, uid) else "another slide"
-                raise AnnotationError(f"annotation {uid} already exists on {where}")
+                raise ConflictError(f"annotation {uid} already exists on {where}")
         else:
-            if row is None or not self._owned(c, uid):
+            if row is None:
+                raise ConflictError(f"annotation {uid} was deleted meanwhile (another window or "
+                                    f"program?); nothing was changed")
+            if not self._owned(c, uid):
                 raise AnnotationError(f"no annotation {uid} on slide {self.slide.name}")
             if State.of(records.from_row(row)) != State.of(expected):
-                raise AnnotationError(f"annotation {uid} was changed meanwhile (another window or "
-                                      f"program?); reload and try again")
+                raise ConflictError(f"annotation {uid} was changed meanwhile (another window or "
+                                    f"program?); nothing was changed: reload and try again")
         if target is None:
             records.delete(c, uid)
         elif expected is None:

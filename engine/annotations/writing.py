@@ -1,29 +1,32 @@
-"""What every writer shares: files appear whole or not at all."""
+"""What every writer shares: files appear whole or not at all, and failures are one sentence."""
 
 from __future__ import annotations
 
-import os
+import errno
 from collections.abc import Callable
 from pathlib import Path
 
 from engine.annotations.errors import AnnotationError
+from engine.atomic import atomic_replace
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then move ``tmp`` over ``path``; a failure leaves ``path`` untouched."""
+    """Call ``write(tmp)`` on a temporary file beside ``path`` then move it over ``path``; a failure
+    (disk full, read-only folder, ``path`` a folder) leaves ``path`` untouched, removes the temporary
+    file and raises one :class:`AnnotationError` naming ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
+    if path.is_dir():
+        raise AnnotationError(f"{path}: is a folder; give the name of the file to write")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_replace(path, write)
     except OSError as exc:
-        raise AnnotationError(f"{path}: cannot be written ({exc.strerror or exc})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = "the disk is full"
+        elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            why = "the folder is read-only or not yours"
+        else:
+            why = exc.strerror or str(exc)
+        raise AnnotationError(f"{path}: cannot be written ({why}); nothing was written") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
