@@ -3,8 +3,9 @@
 No Qt and no torch here: the viewer imports this at start-up.
 """
 
-from engine.annotations.errors import (AnnotationError, AnnotationFormatError, ProjectCorruptError,
-                                       ProjectError, ProjectLockedError, ProjectMissingError)
+from engine.annotations.errors import (AnnotationError, AnnotationFormatError, ConflictError,
+                                       ProjectCorruptError, ProjectError, ProjectLockedError,
+                                       ProjectMissingError)
 from engine.annotations.formats import (ClassSummary, ImportResult, export_file, guess_format,
                                         import_file, read_annotations, summarize)
 from engine.annotations.model import (Annotation, AnnotationClass, ExportResult, Kind,
@@ -14,7 +15,7 @@ from engine.annotations.store import AnnotationStore, AuditEntry, Change, Step
 
 __all__ = [
     "Annotation", "AnnotationClass", "AnnotationError", "AnnotationFormatError", "AnnotationStore",
-    "AuditEntry", "Change", "ClassSummary", "ExportResult", "ImportResult", "Kind",
+    "AuditEntry", "Change", "ClassSummary", "ConflictError", "ExportResult", "ImportResult", "Kind",
     "ParsedAnnotations", "Project", "ProjectCorruptError", "ProjectError", "ProjectLockedError",
     "ProjectMissingError", "SlideRecord", "Source", "Step", "export_file", "guess_format",
     "import_file", "polygonal", "read_annotations", "slide_fingerprint", "summarize",

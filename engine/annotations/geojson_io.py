@@ -248,11 +248,11 @@ def feature(ann: Annotation, classes: dict[str, AnnotationClass],
             "properties": props}
 
 
-def strict_json(doc: object, path: Path, **kwargs: object) -> str:
+def strict_json(doc: object, path: Path) -> str:
     """``doc`` as strict JSON: a NaN or an infinity (which QuPath and other strict readers refuse)
     is an AnnotationError naming ``path``, never a bare ``NaN``/``Infinity`` in the file."""
     try:
-        return json.dumps(doc, ensure_ascii=False, allow_nan=False, **kwargs)  # type: ignore[arg-type]
+        return json.dumps(doc, ensure_ascii=False, allow_nan=False)
     except ValueError:
         raise AnnotationError(f"{path}: not written: a coordinate or a measurement is not a finite "
                               f"number, which JSON cannot hold") from None

@@ -207,7 +207,7 @@ class Annotation:
                            ("name", name), ("created", float(created)),
                            ("modified", float(modified)), ("locked", bool(locked))):
             object.__setattr__(ann, key, value)
-        object.__setattr__(ann, "_seen", ann)
+        object.__setattr__(ann, "_stored", True)  # a flag, not a reference to itself: no cycle
         return ann
 
     @property
@@ -216,7 +216,8 @@ class Annotation:
         (None for an annotation made anew). ``AnnotationStore.modify`` and friends compare the
         database against it, so that a change another window or program committed since is reported
         (ConflictError), never overwritten. Not a field: it takes no part in equality."""
-        return self.__dict__.get("_seen")
+        state = self.__dict__
+        return self if state.get("_stored") else state.get("_seen")
 
     @property
     def area(self) -> float:
@@ -237,7 +238,13 @@ class Annotation:
 
 def mark_seen(annotation: Annotation, stored: Annotation) -> None:
     """Record that ``annotation`` now derives from the stored state ``stored`` (after a commit)."""
-    object.__setattr__(annotation, "_seen", stored)
+    state = annotation.__dict__
+    state.pop("_seen", None)
+    state.pop("_stored", None)
+    if annotation is stored:
+        state["_stored"] = True
+    else:
+        state["_seen"] = stored
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from engine.atomic import atomic_replace
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` then move it over ``path``; a failure
-    (disk full, read-only folder, ``path`` a folder) leaves ``path`` untouched, removes the temporary
-    file and raises one :class:`AnnotationError` naming ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path`` then move it over ``path``. A
+    failure (disk full, read-only folder, ``path`` a folder) leaves ``path`` untouched, removes
+    the temporary file and raises one :class:`AnnotationError` naming ``path``."""
     path = Path(path)
     if path.is_dir():
         raise AnnotationError(f"{path}: is a folder; give the name of the file to write")

@@ -84,7 +84,7 @@ def test_unknown_encoding_at_the_cli(tmp_path: Path, small_svs: Path,
     assert str(path) in err and "x-klingon" in err
 
 
-# -- 2. coordinates that are no positions -----------------------------------------------------------
+# -- 2. coordinates that are no positions ---------------------------------------------------------
 
 def _geojson(coords: list, n_before: int = 0) -> str:
     ok = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
