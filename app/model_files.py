@@ -1,5 +1,9 @@
 """Model files in and out of the project's registry: Import… adds a .safetensors model as a new
-version (never activated, pickles refused), Export… writes a version's weights to a file."""
+version (never activated, pickles refused), Export… writes a version's weights to a file.
+
+A chosen file's model card is checked before anything else (the engine's ``load_spec``: types,
+ranges, names; a card that names paths is refused), and every refusal is one line in an error
+box, never a traceback."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtWidgets import QFileDialog
 
-from engine.api import CocoPathError
+from engine.api import CocoPathError, load_spec
 
 if TYPE_CHECKING:
     from app.training_actions import TrainingActions
@@ -35,9 +39,13 @@ def import_model(ta: TrainingActions, path: str | Path) -> str | None:
                              f"imported (pickled .pt/.pth files are refused for safety).")
         return None
     try:
+        load_spec(p)  # the card checked before torch loads the weights
         v = ta.registry.import_model(p, note=f"imported from {p.name}")
     except CocoPathError as exc:
         ta.window.show_error(str(exc))
+        return None
+    except OSError as exc:
+        ta.window.show_error(f"{p}: could not be imported ({exc.strerror or exc}).")
         return None
     ta.refresh_models()
     ta.models.select_version(v.version)

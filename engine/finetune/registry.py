@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.atomic import atomic_replace, atomic_write, fsync_dir
 from engine.errors import CocoPathError
+from engine.model_card import ModelCardError
 from engine.slide.sample import sha256_of as file_sha256
 
 if TYPE_CHECKING:
@@ -53,6 +54,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 class RegistryError(CocoPathError):
     """The model registry cannot do what was asked (unknown version, nothing to roll back to, …)."""
+
+
+class RegistryWriteError(RegistryError, OSError):
+    """A registry file could not be written (full disk, read-only folder): one line for the user,
+    and still an :class:`OSError` for code that handles failed writes."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,9 @@ class ModelRegistry:
         if not model.is_file():
             log.warning("%s: no %s: skipped", folder, MODEL_FILE)
             return None
+        if not isinstance(record, dict) or not isinstance(card, dict):
+            log.warning("%s: its record or card is not a JSON object: skipped", folder)
+            return None
         return ModelVersion(folder.name, model, record.get("parent"), str(record.get("created", "")),
                             dict(record.get("metrics") or {}), card, str(record.get("note", "")))
 
@@ -212,7 +221,11 @@ class ModelRegistry:
         v = self.get(version)
         previous = self.active_name()
         record = {"version": v.version, "previous": previous, "at": utc_now()}
-        atomic_write(self.root / ACTIVE_FILE, json.dumps(record, indent=1).encode())
+        try:
+            atomic_write(self.root / ACTIVE_FILE, json.dumps(record, indent=1).encode())
+        except OSError as exc:
+            raise RegistryWriteError(f"{self.root / ACTIVE_FILE}: could not be written "
+                                f"({exc.strerror or exc}): the active version is unchanged") from None
         log.info("%s: active model %s (was %s)", self.root, v.version, previous)
         return v
 
@@ -259,6 +272,13 @@ class ModelRegistry:
         to the next free ``vNNNN`` (retrying if another writer took that number meanwhile)."""
         if parent is not None:
             self.get(parent)
+        try:
+            return self._write_version(write, parent, metrics, note)
+        except OSError as exc:  # a full disk, a read-only project: nothing half-written stays
+            raise RegistryWriteError(f"{self.root}: a new model version could not be written "
+                                f"({exc.strerror or exc})") from None
+
+    def _write_version(self, write: Any, parent: str | None, metrics: dict, note: str) -> ModelVersion:
         self.root.mkdir(parents=True, exist_ok=True)
         self.clean()
         for _ in range(100):
@@ -316,8 +336,11 @@ class ModelRegistry:
             raise RegistryError(f"{path}: only .safetensors checkpoints can be imported "
                                 f"(pickles and torch.save files are refused)")
         try:
-            model, meta = load_model(path)  # card present, weights fit the architecture (strict)
+            # the card checked (engine.model_card), weights finite and fitting the architecture
+            model, meta = load_model(path)
             tensors, _ = read_safetensors(path)
+        except ModelCardError as exc:  # already one line naming the file and the field
+            raise RegistryError(str(exc)) from None
         except (CheckpointError, KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"{path}: cannot be imported ({exc})") from exc
         del model
@@ -344,8 +367,22 @@ class ModelRegistry:
         dest = Path(dest).expanduser()
         if dest.suffix.lower() != ".safetensors":
             raise RegistryError(f"{dest}: the exported file's name must end in .safetensors")
-        atomic_replace(dest, lambda tmp: shutil.copyfile(v.path, tmp))
-        atomic_write(dest.with_suffix(".json"), json.dumps(v.card, indent=1).encode())
+        card = dest.with_suffix(".json")
+        for target in (dest, card):
+            if target.is_dir():
+                raise RegistryError(f"{target}: is a folder: the export needs a file name there")
+        if _within(dest, self.root):
+            raise RegistryError(f"{dest}: is inside the model registry {self.root}, whose versions "
+                                f"are never changed: export elsewhere")
+
+        def write_card(tmp_card: Path) -> None:  # the weights are renamed into place only once the
+            tmp_card.write_bytes(json.dumps(v.card, indent=1).encode())  # card is written too
+            atomic_replace(dest, lambda tmp: shutil.copyfile(v.path, tmp))
+
+        try:
+            atomic_replace(card, write_card)  # temporary files never stay behind
+        except OSError as exc:  # read-only folder, full disk
+            raise RegistryWriteError(f"{dest}: could not be written ({exc.strerror or exc})") from None
         return dest
 
     def ensure_seeded(self, default_model: Path | None) -> ModelVersion | None:
@@ -357,6 +394,15 @@ class ModelRegistry:
             return None
         v = self.import_model(Path(default_model), note=f"the default model {Path(default_model).name}")
         return self.activate(v.version)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, once links are resolved."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def card_metrics(meta: dict[str, Any]) -> dict[str, float]:

@@ -13,8 +13,10 @@ at once or, for a writer that batches them, at its next :meth:`PredictionCache.f
 inference writer flushes twice a second and at the end), so any level can be read while the map
 fills in. A parent older than a child (a run stopped in between) is rebuilt when the cache opens.
 Files are replaced atomically (temp + rename); a damaged file reads as missing. The whole map is
-never in memory. No torch here: the viewer reads caches through
-:meth:`PredictionCache.read_region` and :meth:`PredictionCache.done_tiles`.
+never in memory. Emptying a cache removes only a cache's own files (``cache.json``, ``tissue.npy``,
+``L<k>/`` tiles, temporary files): a folder that holds anything else, or is a link, is refused and
+left as it is, so a cache root named wrongly can never delete someone's folder. No torch here: the
+viewer reads caches through :meth:`PredictionCache.read_region` and :meth:`PredictionCache.done_tiles`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import threading
 import zlib
@@ -132,9 +135,9 @@ class PredictionCache:
         if not same:
             if have is not None:
                 log.info("%s: model version or grid changed: prediction cache emptied", root)
-            if root.exists():
-                shutil.rmtree(root)
-            root.mkdir(parents=True)
+            if root.exists() or root.is_symlink():
+                _empty(root)
+            root.mkdir(parents=True, exist_ok=True)
             np.save(root / "tissue.npy", tissue.astype(bool))
             _atomic(root / "cache.json",
                     json.dumps({**want, "model": model or {}}, indent=1).encode())
@@ -323,6 +326,36 @@ class PredictionCache:
             if self.level_downsample(k) <= downsample * 1.0001:
                 best = k
         return best
+
+
+_TILE = re.compile(r"-?\d+_-?\d+\.z")
+_TEMP = re.compile(r"\..+\.tmp")
+_LEVEL = re.compile(r"L\d+")
+_FILES = ("cache.json", "tissue.npy")
+
+
+def _empty(root: Path) -> None:
+    """Remove a prediction cache's own files from ``root``, which stays (empty). A link, a file, or a
+    folder holding anything a cache does not write raises :class:`CacheError` and nothing is
+    removed: only what is certainly a cache is ever deleted."""
+    if root.is_symlink() or not root.is_dir():
+        raise CacheError(f"{root}: is not a prediction cache folder (a link or a file): left as it is")
+    entries = list(root.iterdir())
+    for e in entries:
+        plain_file = e.is_file() and not e.is_symlink()
+        if plain_file and (e.name in _FILES or _TEMP.fullmatch(e.name)):
+            continue
+        if _LEVEL.fullmatch(e.name) and e.is_dir() and not e.is_symlink() and all(
+                f.is_file() and not f.is_symlink() and (_TILE.fullmatch(f.name) or _TEMP.fullmatch(f.name))
+                for f in e.iterdir()):
+            continue
+        raise CacheError(f"{root}: holds {e.name!r}, which a prediction cache never writes: the folder "
+                         f"is not emptied (move it away or choose another folder)")
+    for e in entries:
+        if e.is_dir():
+            shutil.rmtree(e)
+        else:
+            e.unlink()
 
 
 def _atomic(path: Path, data: bytes) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from engine.inference.spec import ModelSpec
+from engine.model_card import inside
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class OnnxRunner:
                  cache_dir: Path | None = None) -> None:
         import onnxruntime as ort
 
-        file = cache_dir / f"{spec.version}-{window}.onnx" if cache_dir else None
+        file = inside(cache_dir, f"{spec.version}-{window}.onnx") if cache_dir else None
         if file is not None and file.is_file():
             graph = file.read_bytes()  # exported before for this model version and input size
         else:
@@ -168,7 +169,7 @@ def make_runner(model: nn.Module, spec: ModelSpec, window: int, *, backend: str 
         return TorchRunner(model, spec, channels_last=True)
     if backend == "onnx":
         return OnnxRunner(model, spec, window, cache_dir)
-    choice = cache_dir / f"{spec.version}-{window}-b{batch_size}-t{cpu_threads()}.choice" \
+    choice = inside(cache_dir, f"{spec.version}-{window}-b{batch_size}-t{cpu_threads()}.choice") \
         if cache_dir else None
     if choice is not None and choice.is_file():
         name = choice.read_text().strip()

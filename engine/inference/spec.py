@@ -4,6 +4,8 @@ A :class:`ModelSpec` names the model and its version (the cache key), its classe
 it was trained at (µm/px; ``None`` when the card does not say) and its input normalisation. Reading
 it never imports torch: the JSON sidecar (``X.json``) is read when present, else the safetensors
 header, so the viewer can show the card and open prediction caches without loading the network.
+Every card is checked first (:func:`engine.model_card.check_card`): a card that names paths,
+absurd sizes or values of the wrong type is refused in one line before anything uses it.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import CocoPathError
+from engine.model_card import ModelCardError, check_card, is_plain_name, parse_card
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +49,18 @@ class ModelSpec:
     checkpoint: str = ""
 
     def __post_init__(self) -> None:
+        if not is_plain_name(self.version):  # it names cache folders and files
+            raise ModelError(f"model {self.name!r}: version {self.version!r} is not a plain name "
+                             f"(letters, digits, '.', '_', '-'): refused")
         if len(self.classes) < 2:
             raise ModelError(f"model {self.name!r}: needs at least two classes (background and one "
                              f"more), its card lists {list(self.classes)}")
-        if self.mpp is not None and not self.mpp > 0:
+        if self.mpp is not None and not (self.mpp > 0 and math.isfinite(self.mpp)):
             raise ModelError(f"model {self.name!r}: µm/px must be positive, not {self.mpp}")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(
+                math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
+            raise ModelError(f"model {self.name!r}: mean {self.mean} and std {self.std} must be 3 "
+                             f"finite numbers each, std above 0")
         if self.tile % 32 or self.tile < 64:
             raise ModelError(f"model {self.name!r}: tile {self.tile} is not a multiple of 32 ≥ 64")
 
@@ -79,24 +90,30 @@ def file_digest(path: Path, n: int = 16) -> str:
 
 
 def _header_meta(path: Path) -> dict[str, Any]:
-    """The ``cocopath`` JSON inside a safetensors header, without reading the tensors."""
+    """The ``cocopath`` card inside a safetensors header (checked), without reading the tensors."""
+    not_st = ModelError(f"{path}: not a safetensors checkpoint")
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise ModelError(f"{path}: not a safetensors checkpoint")
+            raise not_st
         (n,) = struct.unpack("<Q", head)
         if n > 100_000_000:
-            raise ModelError(f"{path}: not a safetensors checkpoint")
+            raise not_st
         raw = f.read(n)
     try:
         header = json.loads(raw)
-        return json.loads(header["__metadata__"]["cocopath"])
-    except (ValueError, KeyError, TypeError):
+        text = header["__metadata__"]["cocopath"]
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ModelError(f"{path}: not a CoCoPath safetensors checkpoint (no model card)") from None
+    if not isinstance(text, str):
+        raise ModelError(f"{path}: not a CoCoPath safetensors checkpoint (no model card)")
+    return parse_card(text, path)
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's metadata: its safetensors header (authoritative), else the JSON sidecar."""
+    """The checkpoint's checked card: its safetensors header (authoritative), else the JSON sidecar.
+    Raises :class:`ModelError` (no such file, not a checkpoint) or
+    :class:`~engine.model_card.ModelCardError` (a card field is wrong)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such checkpoint")
@@ -104,18 +121,27 @@ def read_card(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{path}: --model takes a .safetensors checkpoint")
     try:
         return _header_meta(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except ModelCardError:
+        raise
     except ModelError:
         side = path.with_suffix(".json")
         if side.is_file():
-            return json.loads(side.read_text())
+            try:
+                return parse_card(side.read_bytes(), side)
+            except OSError as exc:
+                raise ModelError(f"{side}: cannot be read ({exc.strerror or exc})") from None
         raise
 
 
 def spec_from_meta(meta: dict[str, Any], version: str, checkpoint: str = "") -> ModelSpec:
-    """Build the spec from a checkpoint's metadata (see ``engine.training.runs.model_meta``)."""
-    model = meta.get("model") or {}
+    """Build the spec from a checkpoint's metadata (see ``engine.training.runs.model_meta``),
+    checked first (:func:`engine.model_card.check_card`)."""
+    check_card(meta, checkpoint or "model")
+    model = meta["model"]
     name = str(model.get("name") or meta.get("name") or "model")
-    n_classes = int(model.get("classes", len(meta.get("classes") or []) or 2))
+    n_classes = int(model.get("classes") or len(meta.get("classes") or []) or 2)
     classes = tuple(meta.get("classes") or ["background"] + [f"class {i}" for i in range(1, n_classes)])
     inp = meta.get("input") or {}
     mpp = inp.get("mpp")
@@ -125,8 +151,8 @@ def spec_from_meta(meta: dict[str, Any], version: str, checkpoint: str = "") -> 
     return ModelSpec(
         name=name, version=str(meta.get("version") or version), classes=classes,
         mpp=float(mpp) if mpp is not None else None,
-        mean=tuple(inp.get("mean") or DEFAULT_MEAN),  # type: ignore[arg-type]
-        std=tuple(inp.get("std") or DEFAULT_STD),  # type: ignore[arg-type]
+        mean=tuple(float(v) for v in inp.get("mean") or DEFAULT_MEAN),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in inp.get("std") or DEFAULT_STD),  # type: ignore[arg-type]
         tile=int(inp.get("tile") or 512), checkpoint=checkpoint)
 
 
@@ -134,5 +160,8 @@ def load_spec(path: str | Path) -> ModelSpec:
     """The spec of a safetensors checkpoint; its version is the model name + a digest of the file."""
     path = Path(path)
     meta = read_card(path)
-    return spec_from_meta(meta, f"{(meta.get('model') or {}).get('name', 'model')}-{file_digest(path)}",
-                          str(path.resolve()))
+    try:
+        digest = file_digest(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return spec_from_meta(meta, f"{meta['model']['name']}-{digest}", str(path.resolve()))

@@ -5,11 +5,13 @@ Every model records ``{"name": …, **kwargs}`` in ``model.config`` so a checkpo
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.model_card import register_architecture
 from engine.models.mobilenet import MobileNetV2Encoder
 from engine.models.resnet import ResNetEncoder
 from engine.models.unet import SegmentationModel
@@ -23,6 +25,7 @@ _REGISTRY: dict[str, ModelFactory] = {}
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     def deco(fn: ModelFactory) -> ModelFactory:
         _REGISTRY[name] = fn
+        register_architecture(name, inspect.signature(fn).parameters)  # cards may name it
         return fn
 
     return deco
@@ -33,7 +36,9 @@ def model_names() -> list[str]:
 
 
 def create_model(name: str, **kw: Any) -> SegmentationModel:
-    """Build a registered model; ``encoder_weights`` may name a local safetensors file."""
+    """Build a registered model; ``encoder_weights`` may name a local safetensors file (given by the
+    caller, e.g. ``train --encoder-weights``: a model card never reaches here with one, see
+    :mod:`engine.model_card`)."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
     weights = kw.pop("encoder_weights", None)
@@ -52,7 +57,13 @@ def load_encoder_weights(model: SegmentationModel, path: Path) -> None:
 
     if path.suffix != ".safetensors":
         raise CocoPathError(f"{path}: encoder weights must be a .safetensors file (pickles are refused)")
-    state = load_file(str(path))
+    if not path.is_file():
+        raise CocoPathError(f"{path}: no such encoder weights file")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CocoPathError(f"{path}: not a readable safetensors file "
+                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     state = {k.removeprefix("encoder."): v for k, v in state.items()}
     own = model.encoder.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from engine.model_card import check_card
 from engine.training.checkpoints import atomic_write, load_model, save_model
 
 STUDENT_NAME = "cocopath-student-tumour"
@@ -143,6 +144,7 @@ def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str 
                 f"the new student scores mIoU {comparison['new']['miou']:.4f} against "
                 f"{comparison['previous_scores']['miou']:.4f} for {comparison['previous']} on "
                 f"{comparison['images']} test images neither trained on: not shipped (--force ships it anyway)")
+    check_card(meta, dest / f"{STUDENT_NAME}.safetensors")  # what the app will accept, before writing
     student_path = save_model(dest / f"{STUDENT_NAME}.safetensors", model, meta, half=True)
     shipped: dict[str, Any] = {"student": str(student_path), "method": method, "seed": seed,
                                "chosen": chosen is not None, "scale_tolerance": meta["scale_tolerance"],
@@ -153,6 +155,7 @@ def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str 
         t_meta = _card_meta(t_meta, report, "teacher", None)
         t_meta["metrics"] = {**(t_meta.get("metrics") or {}), "test": report["teacher"].get("test") or
                              {"miou": report["teacher"]["test_miou"], "dice": report["teacher"]["test_dice"]}}
+        check_card(t_meta, dest / f"{TEACHER_NAME}.safetensors")
         shipped["teacher"] = str(save_model(dest / f"{TEACHER_NAME}.safetensors", teacher, t_meta, half=True))
     else:
         shipped["teacher_not_shipped"] = (f"{report['teacher']['model']} is {teacher_bytes / 2**20:.0f} MiB as fp16, "
