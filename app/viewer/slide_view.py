@@ -202,6 +202,10 @@ class SlideView(QWidget):
             thumb_ds = geo.width / self.thumbnail.width()
             if eff >= thumb_ds and eff > 2 * geo.level_downsamples[plan.level]:
                 return TilePlan(-1, ())
+            # more tiles than half the cache holds (far out on a slide with no coarse level) would
+            # never all be loaded at once: the thumbnail, until the user zooms in
+            if len(plan.visible) * 4 * self.grid.tile_size ** 2 > self.cache.max_bytes / 2:
+                return TilePlan(-1, ())
         return plan
 
     # -- navigation --------------------------------------------------------------------------------

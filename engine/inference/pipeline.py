@@ -12,6 +12,7 @@ batches and leaves every written tile whole. Progress is tiles done / tiles of t
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -27,6 +28,7 @@ from engine.inference.cache import PredictionCache
 from engine.inference.geometry import PredictionGrid
 from engine.inference.order import TileScheduler
 from engine.jobs import CancelToken, Progress, Result
+from engine.slide.reduced import MAX_READ_PIXELS, read_reduced
 from engine.slide.source import SlideSource
 from engine.slide.tissue import TissueMask
 
@@ -49,13 +51,22 @@ def tissue_tiles(grid: PredictionGrid, tissue: TissueMask | None) -> np.ndarray:
 
 
 def read_window(slide: SlideSource, grid: PredictionGrid, col: int, row: int) -> np.ndarray:
-    """The network input for tile (col, row): (window, window, 3) uint8, resampled if needed."""
-    rgb = slide.read_rgb(grid.window_request(col, row))
+    """The network input for tile (col, row): (window, window, 3) uint8, resampled if needed.
+
+    A window far coarser than the level it is read from (a single-level slide, a model at low
+    resolution) is first averaged down by a whole factor in bounded pieces, never read whole."""
+    req = grid.window_request(col, row)
+    n, step = grid.window, 1
+    if grid.resampled and req.width * req.height > MAX_READ_PIXELS and req.width >= 2 * n:
+        step = req.width // n
+        rgb = read_reduced(slide, req.level, req.x, req.y, req.width, req.height, step,
+                           exact_pixels=math.inf)
+    else:
+        rgb = slide.read_rgb(req)
     if grid.resampled:
         from PIL import Image
 
-        n = grid.window
-        span = n * grid.downsample / grid.read_downsample  # the read size before rounding up
+        span = n * grid.downsample / grid.read_downsample / step  # the read size before rounding up
         rgb = np.asarray(Image.fromarray(rgb).resize((n, n), Image.Resampling.BILINEAR,
                                                       box=(0, 0, span, span)))
     return rgb

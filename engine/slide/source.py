@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 #: Typical scanner objective power for a given microns-per-pixel (10× ≈ 1 µm/px).
 MICRONS_AT_1X = 10.0
+#: Longest side a level may claim: 2^20 px is 26 cm at 0.25 µm/px, over three times a glass slide.
+MAX_SIDE = 1 << 20
+#: Largest tile (or associated image) a slide may claim, decoded: 256 MiB, a 8192² tile.
+MAX_TILE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -88,16 +92,62 @@ class SlideSource(Protocol):
 
 
 def resolve_slide_path(path: str | Path) -> Path:
-    """The file OpenSlide should open for ``path``; a folder must hold a DICOM slide (any .dcm)."""
+    """The file OpenSlide should open for ``path``; a folder must hold a DICOM slide (any .dcm).
+
+    Only regular files get through (:func:`check_slide_files`): OpenSlide would block forever
+    opening a FIFO, and a device or a socket is never a slide."""
     p = Path(path).expanduser()
     if not p.exists():
         raise SlideError(f"{p}: no such file")
     if p.is_dir():
-        dcm = sorted(p.glob("*.dcm")) or sorted(p.glob("*.DCM"))
+        dcm = _dicom_files(p)
         if not dcm:
             raise SlideError(f"{p}: is a folder with no DICOM (.dcm) files; open a slide file instead")
-        return dcm[0]
+        p = dcm[0]
+    check_slide_files(p)
     return p
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    """The folder's .dcm files (regular files, links followed; not dangling links)."""
+    return [f for f in sorted(folder.glob("*.dcm")) or sorted(folder.glob("*.DCM")) if f.is_file()]
+
+
+def check_slide_files(file: Path) -> None:
+    """Refuse, before OpenSlide opens anything, a slide that is not a regular file, or whose folder
+    OpenSlide would scan (DICOM: every file beside it; MIRAX: the .mrxs file's data folder) holding
+    something that is not (a FIFO there would block OpenSlide as surely): :class:`SlideError`."""
+    from engine.errors import FileProblem
+    from engine.files import regular_file
+
+    try:
+        regular_file(file, "slides")
+    except FileProblem as exc:
+        raise SlideError(str(exc)) from None
+    folder: Path | None = None
+    if file.suffix.lower() == ".mrxs":
+        folder = file.with_suffix("")
+    elif file.suffix.lower() == ".dcm" or _head(file)[128:132] == b"DICM":
+        folder = file.parent
+    if folder is None or not folder.is_dir():
+        return
+    for entry in sorted(folder.iterdir()):
+        if entry == file or entry.is_dir() or not entry.exists():  # (dangling links are skipped)
+            continue
+        try:
+            regular_file(entry, "slides")
+        except FileProblem as exc:
+            detail = str(exc).split(": ", 1)[-1].rstrip(".")
+            raise SlideError(f"{file}: OpenSlide reads every file in {folder}, and {entry.name} "
+                             f"there {detail}; move it out of that folder") from None
+
+
+def _head(file: Path, n: int = 132) -> bytes:
+    try:
+        with open(file, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
 
 
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -118,6 +168,20 @@ def _unsupported_message(file: Path) -> str:
                 f"corrupt, or an image that is not a tiled whole-slide pyramid")
     return (f"{file}: not a slide in any format OpenSlide reads "
             "(SVS, NDPI, MRXS, SCN, BIF, Philips TIFF, tiled TIFF, DICOM, …)")
+
+
+def _detail(exc: BaseException, limit: int = 300) -> str:
+    """OpenSlide's (libtiff's, libjpeg's) reason on one line, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split()).rstrip(".")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _parse_int(value: str | None) -> int:
+    """A non-negative integer property, 0 when missing or not a number."""
+    try:
+        return max(0, int(value)) if value else 0
+    except ValueError:
+        return 0
 
 
 def _parse_float(value: str | None) -> float | None:
@@ -141,29 +205,65 @@ class OpenSlideSource:
         except openslide.OpenSlideUnsupportedFormatError:
             raise SlideError(_unsupported_message(file)) from None
         except openslide.OpenSlideError as exc:
-            raise SlideError(f"{file}: the slide is corrupt or truncated ({exc})") from None
+            raise SlideError(f"{file}: the slide is corrupt or truncated ({_detail(exc)})") from None
         except OSError as exc:
             raise SlideError(f"{file}: cannot be read ({exc.strerror or exc})") from None
         self._closed = False
         self._readers = 0  # reads in flight: close() waits for them (OpenSlide aborts otherwise)
         self._idle = threading.Condition()
-        props = dict(self._slide.properties)
+        try:
+            self.info = self._read_info(file)
+            if self.info.mpp is None:
+                log.info("%s has no microns-per-pixel: physical units are unavailable", file)
+            self._check_readable()
+        except BaseException:
+            self._closed = True
+            self._slide.close()
+            raise
+
+    def _read_info(self, file: Path) -> SlideInfo:
+        """The slide's geometry and metadata, refused (:class:`SlideError`) where they could not be
+        a real slide's: OpenSlide would abort the whole process allocating a tile or an associated
+        image of the size a corrupt header claims."""
+        openslide = self._openslide
+        props = {}
+        for name in list(self._slide.properties):
+            try:
+                props[name] = self._slide.properties[name]
+            except (KeyError, UnicodeError):  # a name or value in no known encoding: left out
+                continue
+        dims = tuple(tuple(map(int, d)) for d in self._slide.level_dimensions)
+        for level, (w, h) in enumerate(dims):
+            if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+                raise SlideError(f"{file}: level {level} claims {w} × {h} px, beyond any glass "
+                                 f"slide (at most {MAX_SIDE} px a side); the file is corrupt")
+            tw = _parse_int(props.get(f"openslide.level[{level}].tile-width"))
+            th = _parse_int(props.get(f"openslide.level[{level}].tile-height"))
+            if tw * th * 4 > MAX_TILE_BYTES:
+                raise SlideError(f"{file}: level {level} claims tiles of {tw} × {th} px, far beyond "
+                                 "any slide's; the file is corrupt")
+        associated = []
+        for name in sorted(self._slide.associated_images.keys()):
+            aw = _parse_int(props.get(f"openslide.associated.{name}.width"))
+            ah = _parse_int(props.get(f"openslide.associated.{name}.height"))
+            if aw * ah * 4 > MAX_TILE_BYTES:  # never read: OpenSlide allocates it whole
+                log.warning("%s: its %s image claims %d × %d px; left out as corrupt", file, name,
+                            aw, ah)
+                continue
+            associated.append(name)
         mpp_x = _parse_float(props.get(openslide.PROPERTY_NAME_MPP_X))
         mpp_y = _parse_float(props.get(openslide.PROPERTY_NAME_MPP_Y))
         mpp = (mpp_x, mpp_y or mpp_x) if mpp_x else None
-        self.info = SlideInfo(
+        return SlideInfo(
             path=str(file),
             vendor=props.get(openslide.PROPERTY_NAME_VENDOR),
-            level_dimensions=tuple(tuple(map(int, d)) for d in self._slide.level_dimensions),
+            level_dimensions=dims,
             level_downsamples=tuple(float(d) for d in self._slide.level_downsamples),
             mpp=mpp,
             objective_power=_parse_float(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)),
             properties=MappingProxyType(props),
-            associated_images=tuple(sorted(self._slide.associated_images.keys())),
+            associated_images=tuple(associated),
         )
-        if mpp is None:
-            log.info("%s has no microns-per-pixel: physical units are unavailable", file)
-        self._check_readable()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -181,6 +281,18 @@ class OpenSlideSource:
         with self._reading():
             return self._read_argb_open(request)
 
+    def read_argb_rows(self, level: int, x: int, ys: list[int], width: int) -> np.ndarray:
+        """Rows of ``width`` pixels of ``level`` from level-0 ``x``, one per level-0 ``y`` in
+        ``ys``, as a (len(ys), width) ARGB array: many one-row reads at the cost of one."""
+        if level >= self.info.level_count:
+            raise SlideError(f"{self.info.path}: has no level {level} "
+                             f"(levels 0–{self.info.level_count - 1})")
+        out = np.empty((len(ys), width), dtype=np.uint32)
+        with self._reading():
+            for k, y in enumerate(ys):
+                self._read_argb_open(RegionRequest(self.info.path, level, x, y, width, 1), out[k])
+        return out
+
     @contextmanager
     def _reading(self) -> Iterator[None]:
         """Count one read in flight, so that ``close`` waits for it."""
@@ -196,8 +308,9 @@ class OpenSlideSource:
                 if self._readers == 0:
                     self._idle.notify_all()
 
-    def _read_argb_open(self, request: RegionRequest) -> np.ndarray:
-        buf = np.empty((request.height, request.width), dtype=np.uint32)
+    def _read_argb_open(self, request: RegionRequest, buf: np.ndarray | None = None) -> np.ndarray:
+        if buf is None:
+            buf = np.empty((request.height, request.width), dtype=np.uint32)
         lowlevel = self._openslide.lowlevel
         try:
             lowlevel._read_region(  # the public API would convert to PIL RGBA and back; skip that
@@ -207,9 +320,9 @@ class OpenSlideSource:
             )
         except self._openslide.OpenSlideError as exc:
             raise SlideError(f"{self.info.path}: the slide is corrupt or truncated; reading level "
-                             f"{request.level} at ({request.x}, {request.y}) failed ({exc})") from None
+                             f"{request.level} at ({request.x}, {request.y}) failed ({_detail(exc)})") from None
         except AttributeError:  # a future openslide-python without the private entry point
-            return self._read_argb_public(request)
+            buf[...] = self._read_argb_public(request).reshape(buf.shape)
         return buf
 
     def _read_argb_public(self, request: RegionRequest) -> np.ndarray:
@@ -234,20 +347,27 @@ class OpenSlideSource:
                 image = self._slide.associated_images[name].convert("RGBA")
             except self._openslide.OpenSlideError as exc:
                 raise SlideError(f"{self.info.path}: the {name} image cannot be read; the slide is "
-                                 f"corrupt or truncated ({exc})") from None
+                                 f"corrupt or truncated ({_detail(exc)})") from None
         rgba = np.asarray(image)
         a = rgba[..., 3:4].astype(np.uint16)
         return ((rgba[..., :3] * a + 255 * (255 - a)) // 255).astype(np.uint8)
 
     def thumbnail(self, max_size: int = 512) -> np.ndarray:
         """The whole slide as (h, w, 3) RGB fitting ``max_size``, from the best level for it."""
+        from PIL import Image
+
+        from engine.slide.reduced import read_reduced  # (it imports this module)
+
         w0, h0 = self.info.dimensions
         ds = max(w0, h0) / max_size
         level = self.info.best_level_for_downsample(max(ds, 1.0))
         lw, lh = self.info.level_dimensions[level]
-        rgb = self.read_rgb(RegionRequest(self.info.path, level, 0, 0, lw, lh))
-        from PIL import Image
-
+        scale = max(lw, lh) / max_size
+        # averaged down by a whole factor in bounded pieces (never the level whole in memory),
+        # then resized to fit exactly
+        step = max(1, int(scale))
+        rgb = read_reduced(self, level, 0, 0, lw, lh, step)
+        lw, lh = rgb.shape[1], rgb.shape[0]
         scale = max(lw, lh) / max_size
         if scale > 1:
             size = (max(1, round(lw / scale)), max(1, round(lh / scale)))
