@@ -79,11 +79,23 @@ class InferenceBridge(QObject):
             end = RunFinished("failed", None, str(exc))
         except Exception as exc:  # noqa: BLE001 - shown as one sentence, logged in full
             log.exception("inference failed")
-            end = RunFinished("failed", None, f"inference failed ({type(exc).__name__}: {exc})")
+            end = RunFinished("failed", None, failure_message(exc))
         self.finished.emit(end)
 
     def _started(self, info: RunStarted) -> None:
         self.started.emit(info)
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line for an error a run did not name itself: a full disk or read-only folder ("FILE: no
+    space left on device"), running out of memory, else the error's type and text."""
+    from engine.api import one_line
+
+    message = one_line(exc)
+    if message is not None:
+        return f"inference failed: {message}"
+    text = " ".join(str(exc).split())  # one line, whatever the error's text holds
+    return f"inference failed ({type(exc).__name__}: {text})" if text else f"inference failed ({type(exc).__name__})"
 
 
 def _spare_a_core() -> None:

@@ -45,6 +45,8 @@ _INFERENCE = {
     "load_model": "engine.training.checkpoints", "save_model": "engine.training.checkpoints",
     "create_model": "engine.models", "CancelToken": "engine.jobs",
     "Progress": "engine.jobs", "Result": "engine.jobs",
+    "open_cache": "engine.inference.job", "pick_runner": "engine.inference.job", "one_line": "engine.oserrors",
+    "WriteError": "engine.oserrors",
 }
 
 

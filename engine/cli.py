@@ -2,7 +2,9 @@
 
 Each feature module contributes its sub-commands through a ``register(subparsers, bench)`` function
 listed in :data:`COMMAND_MODULES`; ``bench`` is the sub-parser group of ``cocopath-engine bench …``.
-Every command returns an exit code; user errors become one line on stderr, never a traceback.
+Every command returns an exit code; user errors become one line on stderr, never a traceback: a
+:class:`~engine.errors.CocoPathError`'s message, and as a last resort a full disk, a read-only
+folder, a missing permission or running out of memory (:func:`engine.oserrors.one_line`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cocopath-engine: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # last resort: a full disk, a read-only folder, out of memory
+        from engine.oserrors import one_line
+
+        message = one_line(exc)
+        if message is None:
+            raise
+        logging.getLogger(__name__).debug("%s", message, exc_info=True)
+        print(f"cocopath-engine: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -91,14 +91,17 @@ class InferenceRun:
                     return RunFinished("cancelled", None)
                 return RunFinished("measured", self._summary(cache, tissue, info))
             grid = make_grid(info, spec.mpp, level=self.level, tile=spec.tile, margin=MARGIN)
-            cache = PredictionCache.open(root, grid, spec.version, len(spec.foreground),
-                                         tissue_tiles(grid, tissue), spec.card())
+            from engine.api import open_cache  # a full disk: one line, and no half-made cache left
+
+            cache = open_cache(root, grid, spec.version, len(spec.foreground), tissue_tiles(grid, tissue),
+                               spec.card())
             if self.cancel_token.cancelled:
                 return RunFinished("cancelled", None)
-            from engine.api import load_model, make_runner  # torch: only once a model is run
+            from engine.api import load_model, pick_runner  # torch: only once a model is run
 
             model, _ = load_model(spec.checkpoint)
-            runner = make_runner(model, spec, spec.tile, batch_size=self.batch_size,
+            # the fastest back-end; eager torch when measuring them runs out of memory
+            runner = pick_runner(model, spec, spec.tile, batch_size=self.batch_size,
                                  cache_dir=sample.user_data_dir() / "predictions" / "backends")
             job = SlideInference(slide, grid, cache, runner, batch_size=self.batch_size)
             with self._lock:

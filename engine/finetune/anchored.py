@@ -43,8 +43,9 @@ from torch import Tensor, nn
 
 from engine.finetune.data import Patch
 from engine.finetune.losses import IGNORE, masked_kd_loss, partial_label_loss
-from engine.finetune.loop import RoundError, check, oom_batches
+from engine.finetune.loop import RoundError, RoundOutOfMemory, check, oom_batches, oom_hint
 from engine.jobs import CancelToken
+from engine.oom import Backoff
 from engine.training.metrics import ConfusionMatrix
 
 #: The replay guard's tolerance: a version is "not worse" on the replay sample when its mIoU there
@@ -327,6 +328,10 @@ class AnchoredTrainer:
             raise RoundError(f"the loss became {out['total']} at step {step + 1}; lower the learning rate")
         return out
 
+    def _step_at(self, batch_size: int, step: int, total: int) -> dict[str, float]:
+        self.batch_size = batch_size  # halved after running out of memory (see run): for good
+        return self.step(step, total)
+
     def scores(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         held = score_cache(self.model, self.pools.heldout, self.classes, self.device, first=self.first)
         rep = (score_cache(self.model, self.pools.check, self.classes, self.device, first=self.first)
@@ -345,10 +350,12 @@ class AnchoredTrainer:
         curve: list[tuple[int, float, float | None]] = [(0, before["miou"], None if rep_before is None else rep_before["miou"])]
         step, total = 0, plan.planned(0)
         last_scored = 0
+        backoff = Backoff(self.batch_size, f"training: out of memory even with a batch of one patch; "
+                          f"{oom_hint(self.device)}", label="anchored step", error=RoundOutOfMemory)
         while step < total:
             check(cancel)
             ts = plan.clock()
-            terms = self.step(step, total)
+            terms = backoff.call(lambda size: self._step_at(size, step, total))
             step += 1
             plan.record_step(plan.clock() - ts)
             total = plan.planned(step)

@@ -3,9 +3,10 @@
 A stage (the teacher's adaptation, then the student's training) is a fixed number of steps on
 batches drawn from the round's patches (seeded by (seed, stage, step): the same settings give the
 same batches), AdamW with a poly-decaying learning rate, AMP (fp16 + GradScaler) on CUDA and fp32
-on CPU. When a step runs out of GPU memory, the step is retried with half the batch, down to one
-patch (:func:`train_stage`; :func:`is_oom` decides what counts). The cancel token is polled before
-every step; a cancelled stage raises :class:`RoundCancelled`.
+on CPU. When a step runs out of (GPU or CPU) memory, the step is retried with half the batch, down
+to one patch (:func:`train_stage`; :mod:`engine.oom` decides what counts and halves); so is every
+batched forward pass (:func:`oom_batches`). The cancel token is polled before every step; a
+cancelled stage raises :class:`RoundCancelled`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from engine.errors import CocoPathError
 from engine.finetune.data import Patch
 from engine.jobs import CancelToken
+from engine.oom import Backoff, OutOfMemory
 from engine.training.augment import AugmentConfig, augment
 from engine.training.evaluate import predict_logits
 from engine.training.metrics import ConfusionMatrix
@@ -44,11 +46,15 @@ class RoundError(CocoPathError):
     """A round cannot go on (no model, out of memory with a batch of one, a diverging loss, …)."""
 
 
-def is_oom(exc: BaseException) -> bool:
-    """Whether ``exc`` is running out of (GPU) memory, the one error a smaller batch can fix."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+class RoundOutOfMemory(RoundError, OutOfMemory):
+    """Out of memory even with a batch of one patch."""
+
+
+def oom_hint(device: torch.device) -> str:
+    """What to do when a batch of one patch does not fit in memory on ``device``."""
+    if device.type == "cuda":
+        return "use a smaller patch size or the CPU (--device cpu)"
+    return "use a smaller patch size or close other programs"
 
 
 def check(cancel: CancelToken | None) -> None:
@@ -136,31 +142,31 @@ def train_stage(objective: nn.Module, batcher: Batcher, *, stage: str, steps: in
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     out = StageResult(batch_size=batch_size)
+    at = [0]  # the step being run, for the back-off record
+
+    def halved(size: int) -> None:
+        out.batch_size = size
+        out.backoffs.append((at[0], size))
+        if on_backoff is not None:
+            on_backoff(at[0], size)
+
+    backoff = Backoff(batch_size, f"{stage}: out of memory even with a batch of one patch; {oom_hint(device)}",
+                      halved, label=stage, error=RoundOutOfMemory)
     for step in range(steps):
         check(cancel)
+        at[0] = step
         for g in opt.param_groups:
             g["lr"] = poly_lr(lr, step, steps)
-        while True:
-            images, target = batcher.draw(stage, step, out.batch_size, mix)
+
+        def attempt(size: int) -> dict[str, float]:
+            images, target = batcher.draw(stage, step, size, mix)
             try:
-                logged = _one_step(objective, opt, scaler, images, target, device)
-                break
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
-                if not is_oom(exc):
-                    raise
-                opt.zero_grad(set_to_none=True)
-                del images, target
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if out.batch_size <= 1:
-                    raise RoundError(f"{stage}: out of GPU memory even with a batch of one patch; "
-                                     f"use a smaller patch size or the CPU (--device cpu)") from None
-                out.batch_size //= 2
-                out.backoffs.append((step, out.batch_size))
-                log.warning("%s: out of memory at step %d: batch halved to %d", stage, step,
-                            out.batch_size)
-                if on_backoff is not None:
-                    on_backoff(step, out.batch_size)
+                return _one_step(objective, opt, scaler, images, target, device)
+            except Exception:
+                opt.zero_grad(set_to_none=True)  # a half-done step leaves no gradient behind
+                raise
+
+        logged = backoff.call(attempt)
         if not math.isfinite(logged["total"]):
             raise RoundError(f"{stage}: the loss became {logged['total']} at step {step + 1}; "
                              f"lower the learning rate")
@@ -173,23 +179,14 @@ def train_stage(objective: nn.Module, batcher: Batcher, *, stage: str, steps: in
 def oom_batches(patches: Sequence[Patch], mean: Sequence[float], std: Sequence[float], device: torch.device,
                 batch: int, fn: Callable[[Tensor], Any], cancel: CancelToken | None = None) -> Iterator[tuple[Sequence[Patch], Any]]:
     """``fn`` on the normalised images of ``patches``, ``batch`` at a time: (chunk, its result) in
-    order; a chunk that runs out of (GPU) memory is retried with half as many, down to one."""
-    i, size = 0, max(1, batch)
-    while i < len(patches):
-        check(cancel)
-        chunk = patches[i:i + size]
-        x = torch.stack([normalise(p.rgb, mean, std) for p in chunk]).to(device)
-        try:
-            out = fn(x)
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
-            if not is_oom(exc) or size == 1:
-                raise
-            size //= 2
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        yield chunk, out
-        i += len(chunk)
+    order; a chunk that runs out of (GPU or CPU) memory is retried with half as many, down to one
+    (then :class:`~engine.oom.OutOfMemory`)."""
+    def run(chunk: Sequence[Patch]) -> Any:
+        return fn(torch.stack([normalise(p.rgb, mean, std) for p in chunk]).to(device))
+
+    backoff = Backoff(batch, f"out of memory even with one patch at a time; {oom_hint(device)}", label="forward",
+                      error=RoundOutOfMemory)
+    yield from backoff.chunks(run, patches, lambda: check(cancel))
 
 
 @torch.no_grad()

@@ -24,7 +24,9 @@ from engine.distill.config import DistillConfig, load_config
 from engine.distill.distiller import Distiller
 from engine.distill.recorders import FeatureRecorder
 from engine.finetune.losses import IGNORE, masked_kd_loss, partial_label_loss
+from engine.finetune.loop import RoundOutOfMemory, oom_hint
 from engine.jobs import CancelToken, Progress
+from engine.oom import Backoff
 from engine.training.trainer import SupervisedObjective
 
 
@@ -87,9 +89,28 @@ class FinetuneObjective(nn.Module):
     def after_step(self) -> dict[str, float]:
         return self.distiller.after_step()
 
-    def prepare(self, images: Iterable[Tensor], cancel: CancelToken | None = None,
-                progress: Callable[[Progress], None] | None = None) -> dict[str, float]:
-        return self.distiller.prepare(images, cancel, progress)
+    def prepare(self, images: Iterable[Tensor] | Callable[[int], Iterable[Tensor]],
+                cancel: CancelToken | None = None, progress: Callable[[Progress], None] | None = None,
+                batch: int = 1, on_backoff: Callable[[int], None] | None = None) -> dict[str, float]:
+        """Pre-train the paraphrasers on ``images``: the batches, or a function from a batch size to
+        them (``batch`` first). With a function, a pre-training that runs out of (GPU or CPU)
+        memory starts over from where it started with half the batch, down to one patch
+        (``on_backoff(size)`` is told each new size); then :class:`~engine.oom.OutOfMemory`."""
+        if not callable(images):
+            return self.distiller.prepare(images, cancel, progress)
+        connectors = self.distiller.connectors
+        start = {k: v.detach().clone() for k, v in connectors.state_dict().items()}
+
+        def attempt(size: int) -> dict[str, float]:
+            try:
+                return self.distiller.prepare(images(size), cancel, progress)
+            except Exception:
+                connectors.load_state_dict(start)  # the retry starts where this one did
+                raise
+
+        device = next(self.distiller.student.parameters()).device
+        return Backoff(batch, f"paraphraser: out of memory even with a batch of one patch; {oom_hint(device)}",
+                       on_backoff, label="paraphraser", error=RoundOutOfMemory).call(attempt)
 
     def close(self) -> None:
         self._rec_s.detach()

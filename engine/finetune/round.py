@@ -29,6 +29,7 @@ from typing import Any
 
 from engine.errors import CocoPathError
 from engine.jobs import CancelToken, Progress
+from engine.oserrors import one_line, writing
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,8 @@ def run_round(project_dir: Path, settings: RoundSettings, progress: ProgressFn |
               cancel: CancelToken | None = None) -> RoundResult:
     """Run one round on the project in ``project_dir`` (see the module docstring). User errors
     (no model, a missing slide, classes that do not fit, …) give a "failed" result whose message
-    says what to do; only programming errors raise."""
+    says what to do, as do a full disk, a read-only folder and running out of memory (one line);
+    only programming errors raise."""
     from engine.finetune.data import GatherCancelled
     from engine.finetune.loop import RoundCancelled
 
@@ -185,10 +187,13 @@ def run_round(project_dir: Path, settings: RoundSettings, progress: ProgressFn |
         return RoundResult("cancelled", None, state.parent, state.before, {}, False,
                            time.perf_counter() - t0, "cancelled: the model registry is unchanged",
                            state.curves, state.data)
-    except CocoPathError as exc:
-        log.info("round failed: %s", exc)
+    except Exception as exc:  # a full disk or out of memory where no step names it: still one line
+        message = str(exc) if isinstance(exc, CocoPathError) else one_line(exc)
+        if message is None:
+            raise
+        log.info("round failed: %s", message, exc_info=not isinstance(exc, CocoPathError))
         return RoundResult("failed", None, state.parent, state.before, {}, False,
-                           time.perf_counter() - t0, str(exc), state.curves, state.data)
+                           time.perf_counter() - t0, message, state.curves, state.data)
 
 
 class _State:
@@ -263,7 +268,8 @@ def _current_model(registry: Any) -> Any:
                             "(resources/models/cocopath-student-tumour.safetensors, or "
                             "$COCOPATH_DEFAULT_MODEL); import one with `cocopath-engine models "
                             "import FILE --project …`")
-    seeded = registry.ensure_seeded(default)
+    with writing(registry.root):
+        seeded = registry.ensure_seeded(default)
     if seeded is None:
         raise CocoPathError(f"{default}: the default model could not be added to the registry")
     return seeded
@@ -407,8 +413,9 @@ class _Round:
         objective = FinetuneObjective(self.config, teacher, self.student).to(self.device)
         last: dict[int, dict] = {}  # the latest held-out measurement, by step
         try:
-            objective.prepare(self.batcher.images(self.batch, self.device), self.cancel,
-                              lambda p: state.emit(p.stage, p.step, p.total, dict(p.metrics)))
+            objective.prepare(lambda size: self.batcher.images(size, self.device), self.cancel,
+                              lambda p: state.emit(p.stage, p.step, p.total, dict(p.metrics)),
+                              batch=self.batch, on_backoff=lambda size: self._backoff("paraphraser")(0, size))
             check(self.cancel)
 
             def on_step(step: int, total: int, terms: dict[str, float], size: int) -> None:
@@ -564,7 +571,8 @@ class _Round:
         if guard["replay"] is not None:
             metrics.update(replay_miou=guard["replay"]["after"], replay_miou_parent=guard["replay"]["before"])
         state.emit("publish", 0, 1, message="publishing the new version")
-        version = self.registry.publish(self.student.cpu(), meta, parent, metrics, note, activate)
+        with writing(self.registry.root):  # a failed write leaves no version (the registry's commit)
+            version = self.registry.publish(self.student.cpu(), meta, parent, metrics, note, activate)
         verdict = ("active" if activate else f"not activated ({guard['reason']})"
                    if s.activate == "if-not-worse" else "not activated")
         if activate and guard["reason"]:

@@ -3,7 +3,8 @@
 ``infer SLIDE… --model M.safetensors --out DIR [--json] [--level L]`` writes per slide a pyramidal
 mask TIFF, QuPath GeoJSON and a summary JSON; a second run resumes (finished slides are skipped,
 a stopped one continues from its cache). Under ``torchrun`` each rank takes every WORLD_SIZE-th
-slide (by RANK), so ranks never share a slide.
+slide (by RANK), so ranks never share a slide. A read-only ``--out``, a full disk or running out of
+memory is one line and exit status 1; every output is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from engine.errors import CocoPathError
+from engine.oserrors import WriteError, write_error, writing
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def shard(items: list[Path]) -> list[Path]:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from engine.inference.job import InferOptions, infer_slide, outputs_for
+    from engine.inference.job import InferOptions, infer_slide, outputs_for, pick_runner
     from engine.inference.spec import load_spec
 
     for s in args.slides:
@@ -73,12 +76,20 @@ def _infer(args: argparse.Namespace) -> int:
     spec = load_spec(args.model)
     slides = shard(list(args.slides))
     check_resolution(slides, spec.mpp, force=args.force)
-    from engine.inference.runner import make_runner
+    writable_folder(args.out)
     from engine.training.checkpoints import load_model
 
     model, _ = load_model(args.model)
-    runner = make_runner(model, spec, spec.tile, backend=args.backend, device=args.device,
-                         batch_size=args.batch_size, cache_dir=args.out / "cache" / "backends")
+    backends = args.out / "cache" / "backends"
+    try:
+        runner = pick_runner(model, spec, spec.tile, backend=args.backend, device=args.device,
+                             batch_size=args.batch_size, cache_dir=backends)
+    except OSError as exc:  # remembering the back-end failed (disk full): nothing half-written stays
+        leftovers = [*backends.glob(f".*.{os.getpid()}.tmp"),
+                     *(f for f in backends.glob("*.choice") if f.stat().st_size == 0)]
+        for f in leftovers:
+            f.unlink(missing_ok=True)
+        raise write_error(exc, backends) from None
     opts = InferOptions(level=args.level, batch_size=args.batch_size, simplify_um=args.simplify_um,
                         min_area_um2=args.min_area_um2)
     summaries = []
@@ -91,6 +102,18 @@ def _infer(args: argparse.Namespace) -> int:
         json.dump(summaries, sys.stdout, indent=1, ensure_ascii=False)
         print()
     return 0 if all(s.get("status") == "done" for s in summaries) else 1
+
+
+def writable_folder(out: Path) -> None:
+    """Create ``out`` if needed and check that files can be made in it: a read-only folder, a file
+    in the way or no permission is one line (:class:`~engine.oserrors.WriteError`) before any work."""
+    if out.exists() and not out.is_dir():
+        raise WriteError(f"cannot write {out}: it is a file, not a folder")
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cocopath-write-check-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
 
 
 def check_resolution(slides: list[Path], model_mpp: float | None, force: bool = False) -> None:

@@ -17,10 +17,11 @@ from shapely.geometry import Polygon
 
 from engine.annotations.geojson_io import write_geojson
 from engine.annotations.model import Annotation, AnnotationClass, Source
-from engine.annotations.writing import atomic_write
+from engine.atomic import atomic_replace
 from engine.inference.cache import PredictionCache
 from engine.inference.spec import ModelSpec
 from engine.inference.vectorize import labels_from_probs, mask_to_polygons, vector_level
+from engine.oserrors import writing
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ TIFF_TILE = 512
 
 def write_mask_tiff(cache: PredictionCache, path: str | Path,
                     slide_mpp: tuple[float, float] | None) -> Path:
-    """The cache's labels as a pyramidal TIFF (atomically; tile by tile, any size fits memory)."""
+    """The cache's labels as a pyramidal TIFF (atomically; tile by tile, any size fits memory). A
+    full disk or read-only folder raises :class:`~engine.oserrors.WriteError` naming ``path`` and
+    leaves nothing behind (no temporary file; an older file at ``path`` stays as it was)."""
     import tifffile
 
     path = Path(path)
@@ -53,7 +56,8 @@ def write_mask_tiff(cache: PredictionCache, path: str | Path,
                           photometric="minisblack", compression="zlib",
                           subfiletype=0 if level == 0 else 1, metadata=None, **kw)
 
-    atomic_write(path, write)
+    with writing(path):
+        atomic_replace(path, write)
     return path
 
 

@@ -3,7 +3,9 @@
 :func:`infer_slide` is what the CLI runs per slide (and what the app can run as a job). Outputs in
 ``out_dir``: ``<stem>.mask.tif``, ``<stem>.geojson``, ``<stem>.json`` (the summary, written last),
 and the prediction cache under ``cache/``. A slide whose summary names the same model version and
-whose outputs are all there is skipped; otherwise the cache resumes where the last run stopped.
+whose outputs are all there is skipped; otherwise the cache resumes where the last run stopped. A full
+disk or read-only folder stops with one line naming the file (:class:`~engine.oserrors.WriteError`);
+outputs are written atomically, so nothing is left half-written.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.annotations.writing import atomic_write_bytes
+from engine.atomic import atomic_write
 from engine.inference.cache import PredictionCache, slide_key
 from engine.inference.export import prediction_polygons, write_mask_tiff, write_prediction_geojson
 from engine.inference.geometry import make_grid
@@ -25,6 +28,8 @@ from engine.inference.regions import MIN_AREA_UM2, SIMPLIFY_UM, vector_tolerance
 from engine.inference.spec import ModelSpec
 from engine.inference.vectorize import measure
 from engine.jobs import CancelToken
+from engine.oom import free_memory, is_oom
+from engine.oserrors import write_error, writing
 from engine.slide import open_slide
 from engine.slide.tissue import detect_tissue
 
@@ -76,8 +81,8 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
         info = slide.info
         grid = make_grid(info, spec.mpp, level=options.level, tile=spec.tile, margin=options.margin)
         tissue = detect_tissue(slide)
-        cache = PredictionCache.open(out_dir / "cache" / slide_key(info.path), grid, spec.version,
-                                     len(spec.foreground), tissue_tiles(grid, tissue), spec.card())
+        cache = open_cache(out_dir / "cache" / slide_key(info.path), grid, spec.version,
+                           len(spec.foreground), tissue_tiles(grid, tissue), spec.card())
         job = SlideInference(slide, grid, cache, runner, batch_size=options.batch_size,
                              readers=options.readers)
         result = job.run(cancel, progress)
@@ -107,5 +112,38 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
         "outputs": {k: str(v) for k, v in paths.items()},
         "time_s": time.perf_counter() - t0,
     })
-    atomic_write_bytes(paths["summary"], json.dumps(summary, indent=1, ensure_ascii=False).encode())
+    with writing(paths["summary"]):
+        atomic_write(paths["summary"], json.dumps(summary, indent=1, ensure_ascii=False).encode())
     return summary
+
+
+def pick_runner(model: Any, spec: ModelSpec, window: int, **kw: Any) -> Any:
+    """``make_runner(model, spec, window, **kw)``; when measuring the back-ends (a batch on the CPU)
+    runs out of memory, eager torch on the CPU, whose batches the pipeline halves until they fit."""
+    from engine.inference.runner import TorchRunner, make_runner
+
+    try:
+        return make_runner(model, spec, window, **kw)
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+        if not is_oom(exc) or kw.get("device", "auto") not in ("auto", "cpu") or kw.get("backend", "auto") != "auto":
+            raise
+    free_memory()
+    log.warning("out of memory while choosing the inference back-end: eager torch on the CPU is used")
+    return TorchRunner(model, spec)
+
+
+def open_cache(root: Path, grid: Any, version: str, channels: int, tissue: Any,
+               card: dict[str, Any] | None = None) -> PredictionCache:
+    """:meth:`PredictionCache.open` for writing; when the disk is full or the folder read-only,
+    :class:`~engine.oserrors.WriteError` naming ``root``, and a cache left unreadable by the failed
+    attempt (a new one half made: no card, a cut tissue map) is removed, never left half-written."""
+    root = Path(root)
+    try:
+        return PredictionCache.open(root, grid, version, channels, tissue, card)
+    except OSError as exc:
+        error = write_error(exc, root)
+    try:
+        PredictionCache(root)  # still readable: its whole tiles are kept (a later run resumes)
+    except Exception:  # noqa: BLE001 - any damage: the cache is derived data, made again
+        shutil.rmtree(root, ignore_errors=True)
+    raise error

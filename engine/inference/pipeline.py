@@ -6,7 +6,9 @@ runs the current one (in the calling thread), and a writer thread blends its out
 writes the tiles that became final (with the levels above them). Only tissue tiles are run; tiles
 already in the cache are skipped (a stopped run resumes); the visible region goes first
 (:meth:`SlideInference.set_viewport`, any thread, any time); a :class:`CancelToken` stops between
-batches and leaves every written tile whole. Progress is tiles done / tiles of tissue.
+batches and leaves every written tile whole. Progress is tiles done / tiles of tissue. A batch that
+runs out of memory is run in halves (:mod:`engine.oom`); a full disk or read-only cache stops the
+run with one line naming the cache (:class:`~engine.oserrors.WriteError`), its written tiles whole.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from engine.inference.cache import PredictionCache
 from engine.inference.geometry import PredictionGrid
 from engine.inference.order import TileScheduler
 from engine.jobs import CancelToken, Progress, Result
+from engine.oom import Backoff
+from engine.oserrors import write_error
 from engine.slide.reduced import MAX_READ_PIXELS, read_reduced
 from engine.slide.source import SlideSource
 from engine.slide.tissue import TissueMask
@@ -99,6 +103,18 @@ class SlideInference:
         self.batch_size, self.readers, self.prefetch = max(1, batch_size), max(1, readers), prefetch
         self.scheduler = TileScheduler(grid, cache.tissue, cache.done_tiles())
         self.stats: RunStats | None = None
+        n = grid.window
+        on_gpu = getattr(getattr(runner, "device", None), "type", "cpu") != "cpu"
+        self.backoff = Backoff(  # the network's batch, halved while it runs out of memory
+            self.batch_size, f"{slide.info.path}: out of memory running the model even on one {n}×{n} px "
+            f"window at a time; close other programs or "
+            + ("run on the CPU (--device cpu)" if on_gpu else "use a model with a smaller input tile"),
+            label="inference")
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """The runner on ``batch``, in chunks of :attr:`backoff`'s size (halved on out-of-memory)."""
+        parts = [probs for _, probs in self.backoff.chunks(self.runner, batch)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def set_viewport(self, x: float, y: float, w: float, h: float) -> None:
         """Predict the level-0 rectangle (x, y, w, h) next, then outward from it."""
@@ -162,7 +178,7 @@ class SlideInference:
                     t = time.perf_counter()
                     batch = np.stack([f.result() for f in futures])
                     t1 = time.perf_counter()
-                    probs = self.runner(batch)
+                    probs = self.forward(batch)
                     fwd += time.perf_counter() - t1
                     wait += t1 - t
                     windows += len(ids)
@@ -173,8 +189,13 @@ class SlideInference:
                         f.cancel()
                 results.put(_STOP)
                 wt.join()
-                self.cache.flush()
-        if errors:
+                try:
+                    self.cache.flush()
+                except OSError as exc:
+                    errors.append(exc)
+        if errors:  # a full disk or read-only cache: every tile written is whole, the rest resumes
+            if isinstance(errors[0], OSError):
+                raise write_error(errors[0], self.cache.root)
             raise errors[0]
         self.stats = RunStats(windows, written[0], time.perf_counter() - t0, fwd, wait)
         metrics = {"tiles_done": float(done), "tiles_total": float(total), "windows": float(windows),

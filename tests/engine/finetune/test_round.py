@@ -124,7 +124,7 @@ def test_out_of_memory_with_one_patch_fails_clearly(project_dir: Path, checkpoin
         def forward(self, images, target):
             raise RuntimeError("CUDA error: out of memory")
 
-    with pytest.raises(RoundError, match="out of GPU memory even with a batch of one patch"):
+    with pytest.raises(RoundError, match="out of memory even with a batch of one patch"):
         train_stage(NoMemory(model), Batcher(data.train, [], (0.5,) * 3, (0.2,) * 3, 0), stage="student",
                     steps=2, batch_size=4, lr=1e-3, device=torch.device("cpu"))
 
