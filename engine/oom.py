@@ -24,8 +24,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: What an out-of-memory error says (lower case), whichever library raised it.
+#: ("could not create a primitive": oneDNN's convolution when its scratch memory cannot be had,
+#: measured under an address-space limit on the CPU.)
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
-               "failed to allocate memory", "bad_alloc", "bad allocation")
+               "failed to allocate memory", "bad_alloc", "bad allocation", "could not create a primitive")
 
 
 class OutOfMemory(CocoPathError):
@@ -49,9 +51,23 @@ def is_oom(exc: BaseException) -> bool:
 def free_memory() -> None:
     """Give back what a failed attempt held: garbage, and torch's cached GPU blocks."""
     gc.collect()
+    _malloc_trim()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+def _malloc_trim() -> None:
+    """Hand the C heap's free memory back to the system (glibc): after a failed large allocation
+    the heap keeps what the attempt had reserved, and the next, smaller attempt would not fit."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, …): nothing to trim
+        pass
 
 
 class Backoff:

@@ -63,6 +63,8 @@ def one_line(exc: BaseException) -> str | None:
         return f"{name}: {reason(exc)}" if name is not None else reason(exc)
     if is_oom(exc):
         return "out of memory: close other programs, or use a smaller batch or tile"
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return "cannot start a thread: the system is out of memory or threads; close other programs"
     return None
 
 

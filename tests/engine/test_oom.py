@@ -29,6 +29,7 @@ FakeOrtError.__module__ = "onnxruntime.capi.onnxruntime_pybind11_state"
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
                  "you tried to allocate 1073741824 bytes."),
     RuntimeError("MPS backend out of memory"),
+    RuntimeError("could not create a primitive"),  # oneDNN's convolution under a memory limit
     MemoryError(),
     FakeOrtError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"),
 ])
@@ -125,6 +126,7 @@ def test_write_errors_name_the_file_and_what_is_wrong(tmp_path) -> None:
     assert one_line(OSError(errno.ECONNRESET, "Connection reset by peer")) is None
     assert one_line(RuntimeError("boom")) is None
     assert "out of memory" in (one_line(MemoryError()) or "")
+    assert "cannot start a thread" in (one_line(RuntimeError("can't start new thread")) or "")
 
 
 @pytest.fixture
