@@ -165,16 +165,21 @@ def score_cache(model: nn.Module | None, cache: FeatureCache, classes: Sequence[
     """mIoU / Dice over the labelled ``truth`` pixels; ``model`` None scores the cached parent."""
     cm = ConfusionMatrix(len(classes))
     truth = cache.truth.numpy()
-    for i in range(0, len(cache), batch):
-        idx = list(range(i, min(i + batch, len(cache))))
+
+    def predict(idx: list[int]) -> np.ndarray:
         if model is None:
-            pred = cache.parent[idx].float().argmax(1).numpy()
-        else:
-            was = model.training
-            model.eval()
-            pred = _decode(model, first, cache.batch(idx, device), cache.has_skip).argmax(1).cpu().numpy()
+            return cache.parent[idx].float().argmax(1).numpy()
+        was = model.training
+        model.eval()
+        try:
+            return _decode(model, first, cache.batch(idx, device), cache.has_skip).argmax(1).cpu().numpy()
+        finally:
             model.train(was)
-        for y, p in zip(truth[idx], pred):
+
+    backoff = Backoff(batch, f"scoring: out of memory even with one patch at a time; {oom_hint(device)}",
+                      label="scoring", error=RoundOutOfMemory)
+    for chunk, pred in backoff.chunks(lambda c: predict(list(c)), range(len(cache))):
+        for y, p in zip(truth[list(chunk)], pred):
             cm.update(y, p)
     s = cm.summary(list(classes))
     return {"miou": s["miou"], "dice": s["dice"], "pixel_accuracy": s["pixel_accuracy"],
