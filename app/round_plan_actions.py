@@ -15,7 +15,7 @@ from PySide6.QtCore import QObject, QTimer
 
 from app.panels.training import TrainingPanel
 from app.state.round_plan import SlideRow, class_plan, slide_label, ticked_after_switch
-from engine.api import CocoPathError, Kind, class_lut, resolution_problem
+from engine.api import CocoPathError, Kind, class_lut, missing_classes, resolution_problem
 
 if TYPE_CHECKING:
     from app.main_window import MainWindow
@@ -48,6 +48,7 @@ class RoundPlan(QObject):
         self._timer.setInterval(PLAN_DEBOUNCE_MS)
         self._timer.timeout.connect(self.update_plan)
         panel.ticks_changed.connect(self._on_tick)
+        panel.options_changed.connect(self._timer.start)
         window.view.annotator.document.changed.connect(self._on_annotations)
 
     def _open_record_path(self) -> str | None:
@@ -125,18 +126,41 @@ class RoundPlan(QObject):
             self.panel.set_plan("")
             return
         try:
-            used: set[str] = set()
-            for path in chosen:
-                store = project.store(path)
-                if store.count(Kind.ROI):  # the round reads the slides that have ROIs
-                    used |= {a.class_name for a in store.annotations(Kind.REGION) if a.class_name}
+            used = self.used_classes(chosen)
             names = [c.name for c in project.classes()]
         except CocoPathError as exc:
             log.warning("class plan not made: %s", exc)
             self.panel.set_plan("")
             return
-        lut, notes = class_lut(names, card[0], used)
+        new = self.new_classes(card[0], names, used)
+        lut, notes = class_lut(names, card[0], used, new)
         self.panel.set_plan(class_plan(names, card[0], used, [int(v) for v in lut], notes))
+
+    def used_classes(self, chosen: list[str]) -> set[str]:
+        """The classes drawn on those of the ``chosen`` slides that have correction ROIs (the
+        slides a round reads)."""
+        project = self.window.annotations.project
+        used: set[str] = set()
+        for path in chosen:
+            store = project.store(path)
+            if store.count(Kind.ROI):
+                used |= {a.class_name for a in store.annotations(Kind.REGION) if a.class_name}
+        return used
+
+    def new_classes(self, model_classes: list[str], names: list[str], used: set[str]) -> list[str]:
+        """The drawn classes a round adds as new output classes: those the model lacks, when the
+        panel says so; none otherwise."""
+        if not self.panel.learns_new_classes():
+            return []
+        return missing_classes(model_classes, [n for n in names if n in used])
+
+    def round_new_classes(self) -> tuple[str, ...]:
+        """What :meth:`new_classes` says for the round about to start (the ticked slides)."""
+        card, project = self.model_card(), self.window.annotations.project
+        if card is None or project is None or not self.panel.learns_new_classes():
+            return ()
+        names = [c.name for c in project.classes()]
+        return tuple(self.new_classes(card[0], names, self.used_classes(self.chosen())))
 
     def _warning(self, chosen: list[str], model_mpp: float | None) -> str:
         """One line: the first ticked slide too coarse for the model (and how many more)."""

@@ -403,7 +403,8 @@ class TrainingActions(QObject):
             budget = self.panel.budget.value()
             distil = self.panel.teacher.isChecked()  # CoCo distillation from the teacher, else anchored
             settings = RoundSettings(budget_s=float(budget) if budget else None, slides=tuple(slides),
-                                     method="coco-full" if distil else "anchored", use_teacher=distil)
+                                     method="coco-full" if distil else "anchored", use_teacher=distil,
+                                     new_classes=self.plan.round_new_classes())
             argv = finetune_argv(project.folder, settings, explicit=("budget_s",) if budget else ())
         except CocoPathError as exc:
             self._round_error(str(exc))

@@ -59,7 +59,7 @@ _FINETUNE = {
     "RoundResult": "engine.finetune.round", "FinetuneEvent": "engine.finetune.job",
     "finetune_argv": "engine.finetune.job", "parse_event": "engine.finetune.job",
     "ReviewRegion": "engine.finetune.review", "rank_regions": "engine.finetune.review",
-    "class_lut": "engine.finetune.data",
+    "class_lut": "engine.finetune.data", "missing_classes": "engine.finetune.data",
 }
 
 

@@ -56,6 +56,7 @@ class TrainingPanel(QWidget):
     accept_requested = Signal()
     keep_old_requested = Signal()
     ticks_changed = Signal(str, bool)  # a slide's path, ticked: the user ticked or unticked it
+    options_changed = Signal()  # a setting that changes the class plan
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -82,6 +83,14 @@ class TrainingPanel(QWidget):
                                 "On: CoCo distillation instead: the shipped teacher is adapted to your "
                                 "corrections, then the student learns from both for a fixed number of "
                                 "steps (minutes on a CPU; the time budget does not apply)")
+        self.new_classes = QCheckBox("Learn classes it lacks as new classes")
+        self.new_classes.setChecked(False)
+        self.new_classes.setToolTip("Off (default): a class you draw that the model does not have (Stroma, "
+                                    "Necrosis, …) is learnt as not tumour. On: each such class becomes a "
+                                    "class of its own that the new version predicts and shows in its own "
+                                    "colour (learnt from your corrections alone; the time budget applies)")
+        self.new_classes.toggled.connect(lambda _on: self.options_changed.emit())
+        self.teacher.toggled.connect(self._teacher_toggled)
         self.slides = QListWidget()
         self.slides.setMaximumHeight(84)
         self.slides.setWordWrap(True)  # a long name (a DICOM folder and file) wraps, its count shown
@@ -101,6 +110,7 @@ class TrainingPanel(QWidget):
         form.setContentsMargins(6, 4, 6, 4)
         form.addRow("Time budget", self.budget)
         form.addRow(self.teacher)
+        form.addRow(self.new_classes)
         form.addRow("Slides", self.slides)
         form.addRow(self.plan)
         self.finetune_button = QPushButton("Fine-tune")
@@ -259,6 +269,17 @@ class TrainingPanel(QWidget):
         self.cancel_button.setEnabled(running)
         for w in (self.budget, self.teacher, self.slides):
             w.setEnabled(not running)
+        self.new_classes.setEnabled(not running and not self.teacher.isChecked())
+
+    def _teacher_toggled(self, distil: bool) -> None:
+        """Distillation cannot add classes: the teacher knows only the model's own."""
+        if distil:
+            self.new_classes.setChecked(False)
+        self.new_classes.setEnabled(not distil)
+        self.options_changed.emit()
+
+    def learns_new_classes(self) -> bool:
+        return self.new_classes.isChecked() and not self.teacher.isChecked()
 
     # -- a round -------------------------------------------------------------------------------
 

@@ -24,6 +24,11 @@ only the trainable part:
   on the held-out ROIs lost on the replay check, the best of those is kept and published *not
   activated* (the guard says why; the pathologist may still accept it, after a second question);
   when no step gained at all, the round says so and publishes nothing.
+- **New output classes.** A class the pathologist asks for that the model lacks (Stroma, …) gets
+  a new channel in the head (:func:`grow_head`: a copy of the background's, a little less likely,
+  so the parent's mask is unchanged at step 0). Where only the parent's classes exist — its cached
+  logits, the replay tiles' masks, the replay check — the new class counts as background
+  (:func:`merged_log_probs`): what it takes is learnt from the corrections alone.
 - **A wall-clock budget.** :class:`StepPlan` sizes the number of steps from the measured step and
   scoring times so that the round ends by its deadline, re-planning after every step; the ETA it
   reports is the time those steps take.
@@ -40,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from engine.finetune.data import Patch
 from engine.finetune.losses import IGNORE, masked_kd_loss, partial_label_loss
@@ -110,6 +116,40 @@ class FeatureCache:
         return [f.index_select(0, i).to(device).float() for f in self.feats]
 
 
+#: How much less likely (in logits) a new output class starts than the background it is copied from.
+NEW_CLASS_OFFSET = 1.0
+
+
+@torch.no_grad()
+def grow_head(model: nn.Module, extra: int, like: int = 0) -> None:
+    """Add ``extra`` output classes to ``model``'s head, each a copy of class ``like``'s filter with
+    its bias lowered by :data:`NEW_CLASS_OFFSET` (so the argmax, the parent's mask, is unchanged);
+    the model's ``classes`` and ``config`` follow, so the saved version rebuilds as it is."""
+    if extra <= 0:
+        return
+    old: nn.Conv2d = model.head
+    k = old.out_channels
+    new = nn.Conv2d(old.in_channels, k + extra, old.kernel_size, stride=old.stride, padding=old.padding,
+                    bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
+    new.weight[:k] = old.weight
+    new.weight[k:] = old.weight[like]
+    if old.bias is not None:
+        new.bias[:k] = old.bias
+        new.bias[k:] = old.bias[like] - NEW_CLASS_OFFSET
+    model.head = new
+    model.classes = k + extra
+    if isinstance(getattr(model, "config", None), dict):
+        model.config = {**model.config, "classes": k + extra}
+
+
+def merged_log_probs(logits: Tensor, merge: Sequence[int] | Tensor, classes: int) -> Tensor:
+    """Log-probabilities over ``classes`` classes from ``logits`` over more: class ``i`` of the
+    logits counts as class ``merge[i]`` (log-sum-exp of the log-softmax within each group)."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    index = torch.as_tensor(list(merge) if not torch.is_tensor(merge) else merge, device=logits.device)
+    return torch.stack([torch.logsumexp(log_p[:, index == j], dim=1) for j in range(classes)], dim=1)
+
+
 def _front(model: nn.Module, x: Tensor, first: int) -> tuple[list[Tensor], tuple[bool, ...], Tensor]:
     """The frozen part on ``x``: the cached features and the parent's logits."""
     dec = model.decoder
@@ -161,10 +201,13 @@ def build_cache(model: nn.Module, patches: Sequence[Patch], mean: Sequence[float
 
 @torch.no_grad()
 def score_cache(model: nn.Module | None, cache: FeatureCache, classes: Sequence[str], device: torch.device,
-                batch: int = 16, first: int = 0) -> dict[str, Any]:
-    """mIoU / Dice over the labelled ``truth`` pixels; ``model`` None scores the cached parent."""
+                batch: int = 16, first: int = 0, merge: Sequence[int] | None = None) -> dict[str, Any]:
+    """mIoU / Dice over the labelled ``truth`` pixels; ``model`` None scores the cached parent.
+    ``merge``: the model's class ``i`` is scored as ``classes[merge[i]]`` (a new output class on
+    data that knows only the parent's classes)."""
     cm = ConfusionMatrix(len(classes))
     truth = cache.truth.numpy()
+    lut = None if merge is None else np.asarray(merge, dtype=np.int64)
 
     def predict(idx: list[int]) -> np.ndarray:
         if model is None:
@@ -172,9 +215,10 @@ def score_cache(model: nn.Module | None, cache: FeatureCache, classes: Sequence[
         was = model.training
         model.eval()
         try:
-            return _decode(model, first, cache.batch(idx, device), cache.has_skip).argmax(1).cpu().numpy()
+            pred = _decode(model, first, cache.batch(idx, device), cache.has_skip).argmax(1).cpu().numpy()
         finally:
             model.train(was)
+        return pred if lut is None else lut[pred]
 
     backoff = Backoff(batch, f"scoring: out of memory even with one patch at a time; {oom_hint(device)}",
                       label="scoring", error=RoundOutOfMemory)
@@ -263,9 +307,14 @@ class AnchoredTrainer:
                  first: int = 0, lr: float = 1e-3, batch_size: int = 8,
                  kd_weights: dict[str, float] | None = None, shares: dict[str, float] | None = None,
                  dice_weight: float = 1.0, seed: int = 0,
-                 weight_decay: float = 1e-4) -> None:
+                 weight_decay: float = 1e-4, merge: Sequence[int] | None = None) -> None:
+        """``classes``: the model's (new output classes included); ``merge``: with new classes, the
+        parent's class that stands for each of the model's (see :func:`merged_log_probs`): the
+        parent's logits, the replay tiles and the replay check know only the parent's classes."""
         check_anchorable(model)
         self.model, self.pools, self.classes, self.device = model, pools, list(classes), device
+        self.merge = None if merge is None else list(merge)
+        self.parent_classes = self.classes if merge is None else self.classes[:max(merge) + 1]
         self.lr, self.batch_size, self.dice_weight = lr, batch_size, dice_weight
         self.kd_weights = {**KD_WEIGHTS, **(kd_weights or {})}
         self.shares = {**SHARES, **(shares or {})}
@@ -312,15 +361,19 @@ class AnchoredTrainer:
             i = torch.as_tensor(idx, dtype=torch.long)
             label = cache.label.index_select(0, i).to(self.device).long()
             loss = logits.new_zeros(())
+            # what knows only the parent's classes sees the new ones as the class they stand for
+            merged = (logits if self.merge is None else
+                      merged_log_probs(logits, self.merge, len(self.parent_classes)))
             if (label != IGNORE).any():
-                for k, v in partial_label_loss(logits, label, self.dice_weight).items():
+                target = merged if name == "replay" else logits  # replay masks: the parent's classes
+                for k, v in partial_label_loss(target, label, self.dice_weight).items():
                     terms[k] = terms.get(k, 0) + v.detach() * n / n_all
                     loss = loss + v
             mask = cache.kd.index_select(0, i).to(self.device)
             weight = self.kd_weights[name]
             if weight and bool(mask.any()):
                 parent = cache.parent.index_select(0, i).to(self.device).float()
-                kd = masked_kd_loss(logits, parent, mask)["loss_kd"] * weight
+                kd = masked_kd_loss(merged, parent, mask)["loss_kd"] * weight
                 terms["loss_kd"] = terms.get("loss_kd", 0) + kd.detach() * n / n_all
                 loss = loss + kd
             loss = loss * (n / n_all)
@@ -339,8 +392,8 @@ class AnchoredTrainer:
 
     def scores(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         held = score_cache(self.model, self.pools.heldout, self.classes, self.device, first=self.first)
-        rep = (score_cache(self.model, self.pools.check, self.classes, self.device, first=self.first)
-               if len(self.pools.check) else None)
+        rep = (score_cache(self.model, self.pools.check, self.parent_classes, self.device, first=self.first,
+                           merge=self.merge) if len(self.pools.check) else None)
         return held, rep
 
     def run(self, plan: StepPlan, cancel: CancelToken | None = None,
@@ -348,7 +401,8 @@ class AnchoredTrainer:
             on_score: Callable[[int, int, float, float | None], None] | None = None) -> AnchoredResult:
         t0 = plan.clock()
         before = score_cache(None, self.pools.heldout, self.classes, self.device)
-        rep_before = score_cache(None, self.pools.check, self.classes, self.device) if len(self.pools.check) else None
+        rep_before = (score_cache(None, self.pools.check, self.parent_classes, self.device)
+                      if len(self.pools.check) else None)
         floor = None if rep_before is None else rep_before["miou"] - REPLAY_TOLERANCE
         best = (before["miou"], 0, before, rep_before, self._snapshot())
         best_any = best  # the best on the held-out ROIs whatever the replay check says
@@ -407,4 +461,5 @@ def limit(patches: Sequence[Patch], n: int, seed: int) -> list[Patch]:
 
 
 __all__ = ["CAPS", "AnchoredResult", "AnchoredTrainer", "FeatureCache", "Pools", "REPLAY_TOLERANCE", "StepPlan",
-           "build_cache", "check_anchorable", "first_trainable", "limit", "score_cache"]
+           "build_cache", "check_anchorable", "first_trainable", "grow_head", "limit", "merged_log_probs",
+           "score_cache"]

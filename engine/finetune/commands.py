@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                         "is frozen and computed once)")
     p.add_argument("--force", action="store_true",
                    help="fine-tune even on a slide far coarser than the model reads")
+    p.add_argument("--new-class", dest="new_classes", action="append", default=[], metavar="CLASS",
+                   help="learn this project class as a new output class of the model when the model lacks "
+                        "it (repeatable; anchored method; else such a class is taken as not tumour)")
     p.add_argument("--teacher-steps", type=int, default=None, help="teacher adaptation steps")
     p.add_argument("--paraphraser-steps", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None, help="held-out measurement interval")
@@ -130,7 +133,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         use_teacher=not args.no_teacher, teacher=args.teacher, holdout=args.holdout,
         patch=args.patch, unlabelled_per_roi=args.unlabelled_per_roi,
         seed=args.seed, activate=args.activate, method=args.method, eval_every=args.eval_every,
-        replay_tiles=args.replay_tiles, trainable_blocks=args.trainable_blocks, force=args.force)
+        replay_tiles=args.replay_tiles, trainable_blocks=args.trainable_blocks, force=args.force,
+        new_classes=tuple(args.new_classes))
 
 
 class _Printer:

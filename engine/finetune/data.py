@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ class RoundData:
     slides: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
     mpp: float | None = None  # µm/px of the patches, when known
+    classes: list[str] = field(default_factory=list)  # the model's classes, then the new ones learnt
 
     def summary(self) -> dict[str, Any]:
         """What the round was trained and measured on (for the version's card)."""
@@ -104,7 +105,7 @@ class RoundData:
                         "heldout": len(self.heldout)},
             "pixels": {"labelled": sum(p.labelled_pixels for p in self.train),
                        "heldout": sum(p.labelled_pixels for p in self.heldout)},
-            "mpp": self.mpp, "notes": list(self.notes),
+            "mpp": self.mpp, "notes": list(self.notes), "classes": list(self.classes),
         }
 
 
@@ -116,26 +117,29 @@ def _norm(name: str) -> str:
 
 
 def class_lut(project_classes: Sequence[str], model_classes: Sequence[str],
-              used: set[str] | None = None) -> tuple[np.ndarray, list[str]]:
+              used: set[str] | None = None, new_classes: Sequence[str] = ()) -> tuple[np.ndarray, list[str]]:
     """A 256-entry table from project labels (0 background, i+1 = project class i, 255 unknown) to
     the model's class indices, and notes on the choices made (about the ``used`` classes only;
     default: all).
 
     Classes match by name only (case-insensitive; "tumor", "carcinoma", "cancer" count as
-    "tumour"), never by position nor because a class is the only one drawn. For a two-class model
-    (background + one class) a project class that matches neither — Stroma, Necrosis, Lesion — is
-    background ("not tumour"): what the pathologist outlined is learnt as not being the model's
-    class. For a larger model, unmatched classes are ignored.
+    "tumour"), never by position nor because a class is the only one drawn. ``new_classes``: project
+    classes the model lacks that the round adds as new output classes, after the model's own (see
+    :func:`extended_classes`). For a two-class model (background + one class) any other project
+    class that matches neither — Stroma, Necrosis, Lesion — is background ("not tumour"): what the
+    pathologist outlined is learnt as not being the model's class. For a larger model, unmatched
+    classes are ignored.
     """
     lut = np.full(256, IGNORE, dtype=np.uint8)
     lut[0] = 0
     used = set(project_classes) if used is None else set(used)
-    model_norm = [_norm(c) for c in model_classes]
+    binary = len(model_classes) == 2
+    added = extended_classes(model_classes, new_classes)[len(model_classes):]
+    model_norm = [_norm(c) for c in model_classes] + [_norm(c) for c in added]
     notes: list[str] = []
     matched = {i: model_norm.index(_norm(n)) for i, n in enumerate(project_classes)
                if _norm(n) in model_norm}
     active = [i for i, n in enumerate(project_classes) if n in used]
-    binary = len(model_classes) == 2
     if binary and active and not any(matched.get(i) == 1 for i in active):
         names = ", ".join(repr(project_classes[i]) for i in active)
         notes.append(f"no annotated class is named {model_classes[1]!r} ({names} drawn): the round "
@@ -143,6 +147,10 @@ def class_lut(project_classes: Sequence[str], model_classes: Sequence[str],
     for i, name in enumerate(project_classes):
         if i in matched:
             lut[i + 1] = matched[i]
+            if i in active and matched[i] >= len(model_classes):
+                notes.append(f"class {name!r} becomes a new output class of the model "
+                             f"(not {model_classes[1]} either)" if binary else
+                             f"class {name!r} becomes a new output class of the model")
         elif binary:
             lut[i + 1] = 0
             if i in active:
@@ -152,6 +160,33 @@ def class_lut(project_classes: Sequence[str], model_classes: Sequence[str],
             notes.append(f"class {name!r} is not one of the model's classes "
                          f"({', '.join(model_classes)}): its pixels are ignored")
     return lut, notes
+
+
+def missing_classes(model_classes: Sequence[str], names: Iterable[str]) -> list[str]:
+    """Those of ``names`` (project classes) that match none of the model's classes by name: what a
+    round may add as new output classes (in the order given)."""
+    have = {_norm(c) for c in model_classes}
+    return [n for n in names if _norm(n) not in have]
+
+
+def extended_classes(model_classes: Sequence[str], new_classes: Sequence[str]) -> list[str]:
+    """The model's classes followed by those of ``new_classes`` it lacks (by name, as
+    :func:`class_lut` matches them; in the order given, each once)."""
+    out = list(model_classes)
+    seen = {_norm(c) for c in out}
+    for name in new_classes:
+        if _norm(name) not in seen:
+            out.append(str(name))
+            seen.add(_norm(name))
+    return out
+
+
+def new_class_merge(model_classes: Sequence[str], extended: Sequence[str]) -> list[int]:
+    """For each class of ``extended``, the model class that stands for it where only the model's
+    own classes exist (the parent's predictions, the base training data's masks): itself for the
+    model's classes, background (0) for a new one — for a tumour/background model a new class is
+    not tumour."""
+    return [i if i < len(model_classes) else 0 for i in range(len(extended))]
 
 
 # -- regions and the held-out split -------------------------------------------------------------------
@@ -211,24 +246,69 @@ def split_region(region: Region, holdout: float, gap_share: float = 0.05) -> tup
             Region(region.key + "/heldout", region.slide_id, region.roi_ids, held), gap)
 
 
+#: Fewest reviewed regions from which whole regions are held out; with fewer, each is cut in two.
+MIN_WHOLE_REGIONS = 4
+
+
 def split_regions(regions: Sequence[Region], holdout: float, seed: int
                   ) -> tuple[list[Region], list[Region], float, str | None]:
-    """(train, held out, gap, note): whole regions held out (a seeded choice of
-    ``round(holdout·n)``, at least one each side); a single region is cut in two."""
+    """(train, held out, gap, note).
+
+    With :data:`MIN_WHOLE_REGIONS` or more regions, whole regions are held out: a seeded order is
+    walked and regions join the held-out side while its share of the ROIs' *area* stays near
+    ``holdout`` (at most 1.5×), at least one each side. Choosing by count instead let one large
+    region be held out with the small ones trained on (a real round on tcga-cr-7395: 87 % of the
+    drawn area held out, and a Stroma band never learnt). With fewer regions, or when no choice of
+    whole regions comes within half of ``holdout``, every region is cut across its longer side and
+    its last ``holdout`` held out (:func:`split_region`), so each class drawn is learnt and checked.
+    """
     if not 0 < holdout < 1:
         raise RoundDataError(f"the held-out share must be between 0 and 1, not {holdout}")
-    if len(regions) == 1:
-        train, held, gap = split_region(regions[0], holdout)
-        note = (f"a single reviewed region: its last {holdout:.0%} across its longer side is held "
-                f"out, with a gap of {gap:.0f} px")
-        return [train], [held], gap, note
     regions = sorted(regions, key=lambda r: (r.slide_id, r.geometry.bounds))  # not by random ids
     n = len(regions)
-    k = min(max(1, round(holdout * n)), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    held = sorted((regions[i] for i in order[:k]), key=lambda r: r.key)
-    train = sorted((regions[i] for i in order[k:]), key=lambda r: r.key)
-    return train, held, 0.0, None
+    if n >= MIN_WHOLE_REGIONS:
+        areas = np.array([r.geometry.area for r in regions], dtype=float)
+        total = float(areas.sum()) or 1.0
+        held_i: list[int] = []
+        share = 0.0
+        for i in np.random.default_rng(seed).permutation(n).tolist():
+            if share >= holdout or len(held_i) == n - 1:
+                break
+            if share + areas[i] / total <= 1.5 * holdout:
+                held_i.append(i)
+                share += areas[i] / total
+        if held_i and share >= holdout / 2:
+            held = sorted((regions[i] for i in held_i), key=lambda r: r.key)
+            train = sorted((r for i, r in enumerate(regions) if i not in held_i), key=lambda r: r.key)
+            return train, held, 0.0, None
+    return _cut_each(regions, holdout)
+
+
+def _cut_each(regions: Sequence[Region], holdout: float) -> tuple[list[Region], list[Region], float, str]:
+    train: list[Region] = []
+    held: list[Region] = []
+    gaps: list[float] = []
+    for region in regions:
+        try:
+            t, h, gap = split_region(region, holdout)
+        except RoundDataError:
+            if len(regions) == 1:
+                raise
+            train.append(region)  # too small to cut: learnt whole
+            continue
+        train.append(t)
+        held.append(h)
+        gaps.append(gap)
+    if not held:
+        raise RoundDataError("the correction ROIs are too small to hold part of them out; draw a larger one")
+    gap = max(gaps)
+    if len(regions) == 1:
+        note = (f"a single reviewed region: its last {holdout:.0%} across its longer side is held "
+                f"out, with a gap of {gap:.0f} px")
+    else:
+        note = (f"{len(regions)} reviewed regions: the last {holdout:.0%} of each across its longer side "
+                f"is held out, with a gap of up to {gap:.0f} px")
+    return train, held, gap, note
 
 
 # -- patches ---------------------------------------------------------------------------------------
@@ -346,6 +426,7 @@ class GatherOptions:
     seed: int = 0
     slides: tuple[str, ...] | None = None
     force: bool = False  # learn from a slide far coarser than the model reads (else refused)
+    new_classes: tuple[str, ...] = ()  # project classes learnt as new output classes (see class_lut)
 
 
 def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
@@ -379,9 +460,15 @@ def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
     if not per_slide:
         return None
     used = {a.class_name for _, _, anns in per_slide for a in anns if a.class_name}
-    lut, class_notes = class_lut([c.name for c in classes], model_classes, used)
+    new = [n for n in opts.new_classes if n in used]  # a class nobody drew cannot be learnt
+    for n in opts.new_classes:
+        if n not in used:
+            notes.append(f"class {n!r} is not drawn on the slides of the round: no new output class for it")
+    lut, class_notes = class_lut([c.name for c in classes], model_classes, used, new)
     notes += class_notes
-    return _cut_all(per_slide, classes, lut, card, model_mpp, opts, notes, progress, cancel)
+    data = _cut_all(per_slide, classes, lut, card, model_mpp, opts, notes, progress, cancel)
+    data.classes = extended_classes(model_classes, new)
+    return data
 
 
 def _cut_all(per_slide: list, classes: Sequence[Any], lut: np.ndarray, card: dict[str, Any],

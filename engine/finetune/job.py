@@ -118,5 +118,7 @@ def finetune_argv(project_dir: Path, settings: RoundSettings, explicit: Collecti
             argv += [flag, str(value)]
     if settings.force:
         argv.append("--force")
+    for name in settings.new_classes:
+        argv += ["--new-class", str(name)]
     argv.append("--events")
     return argv

@@ -67,6 +67,7 @@ class RoundSettings:
     replay_tiles: int = 32  # tiles of the base training data kept and checked (anchored)
     trainable_blocks: int = 2  # anchored: the last decoder blocks that learn, with the head
     force: bool = False  # fine-tune on a slide far coarser than the model reads
+    new_classes: tuple[str, ...] = ()  # project classes the model lacks, learnt as new output classes
 
     def validate(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -90,6 +91,10 @@ class RoundSettings:
             raise CocoPathError("replay tiles cannot be negative")
         if self.trainable_blocks < 0:
             raise CocoPathError("trainable decoder blocks cannot be negative")
+        if self.new_classes and self.method != ANCHORED:
+            raise CocoPathError(f"new output classes are learnt by the {ANCHORED} method only, not {self.method}")
+        if any(not str(n).strip() for n in self.new_classes):
+            raise CocoPathError("a new output class needs a name")
 
     @classmethod
     def for_device(cls, device: str = "auto", **overrides: Any) -> RoundSettings:
@@ -141,6 +146,8 @@ class RoundSettings:
         kw = {k: v for k, v in d.items() if k in names}
         if kw.get("slides") is not None:
             kw["slides"] = tuple(str(s) for s in kw["slides"])
+        if kw.get("new_classes") is not None:
+            kw["new_classes"] = tuple(str(s) for s in kw["new_classes"])
         return cls(**kw)
 
 
@@ -331,7 +338,7 @@ class _Round:
 
         s, state = self.settings, self.state
         state.emit("gather", 0, 1, message="reading the correction ROIs")
-        opts = GatherOptions(s.patch, s.holdout, s.unlabelled_per_roi, s.seed, s.slides, s.force)
+        opts = GatherOptions(s.patch, s.holdout, s.unlabelled_per_roi, s.seed, s.slides, s.force, s.new_classes)
         self.data = gather(self.project_dir, self.card, opts,
                            lambda p: state.emit(p.stage, p.step, p.total, message=p.message), self.cancel)
         if self.data is None:
@@ -443,7 +450,8 @@ class _Round:
         """The anchored method (:mod:`engine.finetune.anchored`) within the round's time budget;
         returns the kept step's held-out scores (the parent's when no step beat it)."""
         from engine.finetune.anchored import (CAPS, AnchoredTrainer, Pools, StepPlan, build_cache, check_anchorable,
-                                              first_trainable, limit)
+                                              first_trainable, grow_head, limit)
+        from engine.finetune.data import new_class_merge
         from engine.finetune.loop import check
         from engine.finetune.replay import replay_sample
         from engine.training.trainer import pick_device, seed_everything
@@ -479,9 +487,15 @@ class _Round:
                   for k, v in sets.items()}
         cache_s = time.perf_counter() - t_cache
         pools = Pools(**caches)
+        merge = None
+        if len(self.data.classes) > len(self.classes):  # new output classes, after the parent was cached
+            merge = new_class_merge(self.classes, self.data.classes)
+            grow_head(self.student, len(self.data.classes) - len(self.classes))
+            self.classes = list(self.data.classes)
+            state.data["new_classes"] = self.classes[max(merge) + 1:]
         trainer = AnchoredTrainer(self.student, pools, self.classes, self.device, first=first,
                                   lr=s.learning_rate, batch_size=s.batch_size, seed=s.seed,
-                                  kd_weights=self.kd_weights, shares=self.shares)
+                                  kd_weights=self.kd_weights, shares=self.shares, merge=merge)
         plan = StepPlan(deadline=state.deadline, steps=s.steps)
         state.data.update(device=str(self.device), parent=self.current.version, batch_size=s.batch_size)
 
@@ -565,6 +579,7 @@ class _Round:
         note = (f"fine-tuned on {n} ROI{'s' if n != 1 else ''} of {slides} slide{'s' if slides != 1 else ''}"
                 f" ({held} held out)")
         meta = _card(self.card, self.student, s, state.data, before, after, parent, self.notes, self.replay)
+        meta["classes"] = list(self.classes)
         metrics = {"heldout_miou": after["miou"], "heldout_miou_parent": before["miou"],
                    "heldout_dice": after["dice"], "heldout_dice_parent": before["dice"],
                    "heldout_pixels": after["pixels"]}

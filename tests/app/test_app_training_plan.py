@@ -135,3 +135,17 @@ def test_the_class_plan_shows_before_the_round(qtbot, annotating, tmp_path):
     drag(view, [(1020, 1000), (1050, 1050), (1080, 1100)])
     qtbot.waitUntil(lambda: ta.panel.plan.text() == f"Classes: class 'Tumour' is the model's "
                                                     f"'tumour'; {stroma}.", timeout=5000)
+    # the pathologist asks for the classes the model lacks as classes of their own: the plan says
+    # so before the start, and the round is told which
+    ta.panel.new_classes.setChecked(True)
+    new = "class 'Stroma' becomes a new output class of the model (not tumour either)"
+    qtbot.waitUntil(lambda: new in ta.panel.plan.text(), timeout=5000)
+    assert stroma not in ta.panel.plan.text()
+    assert ta.plan.round_new_classes() == ("Stroma",)
+    # distillation cannot add classes: ticking it unticks and greys the option, the plan follows
+    ta.panel.teacher.setChecked(True)
+    assert not ta.panel.new_classes.isChecked() and not ta.panel.new_classes.isEnabled()
+    qtbot.waitUntil(lambda: stroma in ta.panel.plan.text(), timeout=5000)
+    assert ta.plan.round_new_classes() == ()
+    ta.panel.teacher.setChecked(False)
+    assert ta.panel.new_classes.isEnabled()

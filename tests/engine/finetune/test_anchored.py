@@ -202,8 +202,8 @@ def test_a_version_worse_on_the_replay_check_is_published_but_never_activated(
     reg.import_model(path)
     real_score = anchored.score_cache
 
-    def replay_collapses(model, cache, classes, device, batch=16, first=0):  # a trained step forgets replay tiles
-        s = real_score(model, cache, classes, device, batch, first)
+    def replay_collapses(model, cache, classes, device, batch=16, first=0, **kw):  # a trained step forgets replay
+        s = real_score(model, cache, classes, device, batch, first, **kw)
         if model is not None and cache is pools_seen[0]:
             s = {**s, "miou": s["miou"] - 0.5}
         return s
@@ -265,6 +265,70 @@ def test_a_stroma_only_correction_never_raises_the_tumour_area(tmp_path: Path, t
     after = _tumour_share(load_model(reg.get(result.version).path)[0])
     assert after < before - 0.1, (before, after)
     assert _tumour_share(load_model(reg.active().path)[0]) <= before
+
+
+def _class_shares(model: torch.nn.Module) -> np.ndarray:
+    img = halve_rgb(slide_rgb())
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1).float().div(255)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    model.eval()
+    with torch.no_grad():
+        pred = predict_logits(model, x[None], 32).argmax(1).numpy()
+    return np.bincount(pred.ravel(), minlength=model.classes) / pred.size
+
+
+def test_a_class_the_model_lacks_can_become_a_new_output_class(tmp_path: Path, tumour_slide: Path) -> None:
+    model = tiny_model(2)
+    start = save_model(tmp_path / "start.safetensors", model, card(model))
+    folder = tmp_path / "project"
+    project = Project.create(folder)
+    rec = project.add_slide(tumour_slide)
+    project.set_class(AnnotationClass("Stroma", (0, 160, 0), "2"))
+    project.set_class(AnnotationClass("Necrosis", (90, 90, 90), "3"))
+    store = project.store(rec)
+    store.add([Annotation(g, "Stroma") for g in tumour_shapes()]
+              + [Annotation(box(*b), kind=Kind.ROI) for b in ROI_BOXES])
+    project.close()
+    reg = ModelRegistry.of_project(folder)
+    reg.import_model(start)
+    before = _class_shares(load_model(start)[0])
+    # Necrosis is asked for but drawn nowhere: the round says so and adds no class for it
+    result = run_round(folder, fast(activate="always", new_classes=("Stroma", "Necrosis")))
+    assert result.status == "done", result.message
+    assert "class 'Stroma' becomes a new output class of the model (not tumour either)" in result.message
+    assert "class 'Necrosis' is not drawn on the slides of the round" in result.message
+    assert result.data["new_classes"] == ["Stroma"]
+    v = reg.get(result.version)
+    assert v.card["classes"] == ["background", "tumour", "Stroma"]
+    new, meta = load_model(v.path)  # the saved version rebuilds with its third output
+    assert new.classes == 3 and meta["model"]["classes"] == 3 and new.head.out_channels == 3
+    after = _class_shares(new)
+    assert after[2] > 0.05, after  # it learnt to call the outlined shapes Stroma
+    assert after[1] <= before[1] + 0.01, (before, after)  # and never more tumour than before
+    from engine.inference.spec import load_spec
+    spec = load_spec(v.path)  # inference shows the new class as its own layer
+    assert spec.foreground == ("tumour", "Stroma")
+
+
+def test_a_new_class_starts_where_the_parent_was_and_counts_as_background_on_the_parent_s_data() -> None:
+    model = tiny_model(3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        old = model(x)
+        anchored.grow_head(model, 1)
+        new = model(x)
+    assert new.shape[1] == 3 and model.classes == 3 and model.config["classes"] == 3
+    assert torch.equal(new[:, :2], old[:, :2]) and torch.equal(new.argmax(1), old.argmax(1))
+    merged = anchored.merged_log_probs(new, [0, 1, 0], 2)
+    assert torch.allclose(merged.exp().sum(1), torch.ones(2, 64, 64), atol=1e-5)
+    p = new.softmax(1)
+    assert torch.allclose(merged.exp()[:, 0], p[:, 0] + p[:, 2], atol=1e-5)
+
+
+def test_new_classes_need_the_anchored_method() -> None:
+    from engine.errors import CocoPathError
+    with pytest.raises(CocoPathError, match="new output classes are learnt by the anchored method only"):
+        RoundSettings(method="coco-full", new_classes=("Stroma",)).validate()
 
 
 def test_a_slide_far_coarser_than_the_model_is_refused_unless_forced(

@@ -86,13 +86,39 @@ def test_heldout_split_has_no_leakage(tmp_path: Path, tumour_slide: Path, layout
 
 def test_touching_rois_form_one_region_held_out_together() -> None:
     rois = [Annotation(box(0, 0, 100, 100), kind=Kind.ROI), Annotation(box(100, 0, 200, 100), kind=Kind.ROI),
-            Annotation(box(120, 90, 180, 300), kind=Kind.ROI), Annotation(box(600, 600, 700, 700), kind=Kind.ROI)]
+            Annotation(box(120, 90, 180, 300), kind=Kind.ROI)]
+    rois += [Annotation(box(600 + 200 * i, 600, 700 + 200 * i, 700), kind=Kind.ROI) for i in range(4)]
     regions = cluster_rois(rois, slide_id=1, gap=10)
-    assert sorted(len(r.roi_ids) for r in regions) == [1, 3]
+    assert sorted(len(r.roi_ids) for r in regions) == [1, 1, 1, 1, 3]
     for seed in range(6):
-        train, held, _, note = split_regions(regions, 0.5, seed)
-        assert note is None and len(train) == len(held) == 1
+        train, held, _, note = split_regions(regions, 0.25, seed)
+        assert note is None and train and held
         assert not {i for r in train for i in r.roi_ids} & {i for r in held for i in r.roi_ids}
+        assert len({i for r in train + held for i in r.roi_ids}) == 7
+
+
+def test_whole_regions_are_held_out_by_area_not_by_count() -> None:
+    # one large region and four small ones: holding out "a quarter of the regions" by count could
+    # hold out the large one (most of what was drawn); by area the held-out share stays near 25 %
+    big = Region("1:big", 1, ("big",), box(0, 0, 1000, 1000))
+    small = [Region(f"1:s{i}", 1, (f"s{i}",), box(2000 + 400 * i, 0, 2300 + 400 * i, 300)) for i in range(4)]
+    total = 1000 * 1000 + 4 * 300 * 300
+    for seed in range(10):
+        train, held, _, note = split_regions([big, *small], 0.25, seed)
+        share = sum(r.geometry.area for r in held) / total
+        assert note is None and "1:big" in {r.key for r in train}, seed
+        assert 0 < share <= 0.375
+
+
+def test_few_regions_are_each_cut_so_every_class_is_learnt_and_checked() -> None:
+    regions = [Region("1:a", 1, ("a",), box(0, 0, 400, 100)), Region("1:b", 1, ("b",), box(1000, 0, 1100, 800)),
+               Region("1:c", 1, ("c",), box(3000, 0, 3001, 1))]  # c: too small to cut, learnt whole
+    train, held, gap, note = split_regions(regions, 0.25, 0)
+    assert note.startswith("3 reviewed regions: the last 25% of each") and gap > 0
+    assert [r.key for r in train] == ["1:a/train", "1:b/train", "1:c"]
+    assert [r.key for r in held] == ["1:a/heldout", "1:b/heldout"]
+    a = held[0].geometry.bounds
+    assert a[0] > 300 and held[1].geometry.bounds[1] > 600  # each across its longer side
 
 
 def test_a_single_roi_is_cut_in_two_with_a_gap() -> None:
