@@ -29,6 +29,8 @@ class InferenceBridge(QObject):
     progress = Signal(object)  # Progress (tiles done / tiles of tissue)
     tile_done = Signal(int, int)  # (col, row) of a final level-0 cache tile
     finished = Signal(object)  # RunFinished
+    tissue = Signal(object)  # the slide's TissueMask, as soon as the run has found it
+    backend = Signal(str)  # the back-end a background trial switched the run to
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -40,13 +42,18 @@ class InferenceBridge(QObject):
         return self._thread is not None and self._thread.is_alive()
 
     def start(self, slide_path: str, spec: ModelSpec, viewport: Rect | None = None,
-              measure_only: bool = False, level: int | None = None) -> bool:
+              measure_only: bool = False, level: int | None = None, trial_first: bool = False
+              ) -> bool:
         """Run ``spec`` on the slide in a worker thread (or only measure an earlier run's cache);
-        ``level``: the slide level to run at when the slide or the card lacks µm/px. False when a
-        run is still going."""
+        ``level``: the slide level to run at when the slide or the card lacks µm/px;
+        ``trial_first``: the back-end trial before the first window (benchmark baseline). False
+        when a run is still going."""
         if self.running:
             return False
-        run = InferenceRun(slide_path, spec, viewport, measure_only=measure_only, level=level)
+        run = InferenceRun(slide_path, spec, viewport, measure_only=measure_only, level=level,
+                           trial_first=trial_first)
+        run.on_tissue = self.tissue.emit
+        run.on_backend = self.backend.emit
         self._run = run
         self._thread = threading.Thread(target=self._work, args=(run,), name="infer-job",
                                         daemon=True)
@@ -57,6 +64,11 @@ class InferenceBridge(QObject):
         run = self._run
         if run is not None and self.running:
             run.set_viewport(rect)
+
+    @property
+    def run_timeline(self) -> dict[str, float]:
+        """Seconds from the start of the current (or last) run to its tissue, model, visible field."""
+        return dict(self._run.timeline) if self._run is not None else {}
 
     def cancel(self) -> None:
         if self._run is not None:

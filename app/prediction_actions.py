@@ -45,6 +45,7 @@ class PredictionActions(QObject):
         self.bridge = InferenceBridge(self)
         self.last_finished: RunFinished | None = None
         self._run_slide: str | None = None  # the slide the current (or last) run is on
+        self._tissue: tuple[str, object] | None = None  # (slide path, its TissueMask) once found
         self.panel = ModelPanel()
         self.model_dock = window._dock("Model", "model", _scrolled(self.panel))
         self.summary = SummaryPanel()
@@ -74,6 +75,8 @@ class PredictionActions(QObject):
         self.bridge.progress.connect(self._on_progress)
         self.bridge.tile_done.connect(self._on_tile)
         self.bridge.finished.connect(self._on_finished)
+        self.bridge.tissue.connect(self._on_tissue)
+        self.bridge.backend.connect(self._on_backend)
         window.slide_opened.connect(self._on_slide)
         window.view.viewport_changed.connect(self._on_viewport)
         remembered = str(window.settings.value("model/path", "") or "")
@@ -137,15 +140,16 @@ class PredictionActions(QObject):
 
     # -- running ---------------------------------------------------------------------------------
 
-    def run(self) -> bool:
-        """Run the active model on the open slide (visible region first); False if it cannot."""
+    def run(self, trial_first: bool = False) -> bool:
+        """Run the active model on the open slide (visible region first); False if it cannot.
+        ``trial_first``: the back-end trial before the first window (the benchmark's baseline)."""
         source = self.window.source
         if self.spec is None or source is None or self.bridge.running:
             return False
         vp = self.window.view.viewport
         path = source.info.path  # type: ignore[attr-defined]
         started = self.bridge.start(path, self.spec, _rect(vp) if vp is not None else None,
-                                    level=self.panel.chosen_level())
+                                    level=self.panel.chosen_level(), trial_first=trial_first)
         if started:
             self._run_slide = path
             self.last_finished = None
@@ -169,9 +173,31 @@ class PredictionActions(QObject):
         self.panel.fields["device"].setText(f"{info.device}, {info.backend}")
         self.panel.set_progress(info.tiles_done, info.tiles_total, info.note)
         try:
-            self.overlay.set_cache(PredictionCache(info.cache_root))
+            self.overlay.set_cache(PredictionCache(info.cache_root), self._slide_tissue(),
+                                   wait_for_tissue=True)
         except CocoPathError as exc:
             log.warning("prediction cache not shown: %s", exc)
+
+    def _slide_tissue(self) -> object | None:
+        """The open slide's tissue mask, when a run on it has found it."""
+        source = self.window.source
+        if self._tissue is None or source is None:
+            return None
+        path, mask = self._tissue
+        return mask if path == source.info.path else None  # type: ignore[attr-defined]
+
+    def _on_tissue(self, mask: object) -> None:
+        """The run found the slide's tissue: the overlay draws within it (nothing on glass)."""
+        if self._run_slide is None:
+            return
+        self._tissue = (self._run_slide, mask)
+        if self._shows_run():
+            self.overlay.set_tissue(mask)
+
+    def _on_backend(self, name: str) -> None:
+        if self._shows_run():
+            device = self.panel.fields["device"].text().split(",")[0] or "CPU"
+            self.panel.fields["device"].setText(f"{device}, {name} (measured)")
 
     def _on_progress(self, p: Progress) -> None:
         if not self._shows_run():
@@ -191,6 +217,8 @@ class PredictionActions(QObject):
     def _on_finished(self, end: RunFinished) -> None:
         self.last_finished = end
         self._refresh.stop()
+        if self.overlay.waiting_for_tissue:  # the run ended without finding it: draw unclipped
+            self.overlay.set_tissue(None)
         self.panel.set_running(False, self.window.source is not None)
         if not self._shows_run():  # a run on a slide since closed: its results are not shown
             self.panel.progress_label.setText("")
@@ -231,7 +259,8 @@ class PredictionActions(QObject):
         source = self.window.source
         cache = open_existing(source.info.path, self.spec) \
             if source is not None and self.spec is not None else None  # type: ignore[attr-defined]
-        self.overlay.set_cache(cache)
+        # drawn once the measuring run below has found the tissue (nothing painted on glass)
+        self.overlay.set_cache(cache, self._slide_tissue(), wait_for_tissue=True)
         if cache is None or source is None or self.spec is None:
             return
         path = source.info.path  # type: ignore[attr-defined]
@@ -262,7 +291,7 @@ class PredictionActions(QObject):
         self.bridge.set_viewport(_rect(vp))
 
     def _set_style(self, style: PredictionStyle) -> None:
-        self.overlay.set_style(style)
+        self.overlay.set_style(style, self.window.view.viewport)  # on screen at the next frame
 
     def set_overlay_visible(self, visible: bool) -> None:
         self.overlay.set_visible(bool(visible))

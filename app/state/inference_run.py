@@ -1,17 +1,27 @@
 """One model run on one slide, Qt-free; :mod:`app.engine_bridge` runs it in a worker thread.
 
-The run opens its own handle on the slide (the viewer's stays the viewer's), detects tissue,
-opens the prediction cache under the user data folder (per slide and model version: a finished
-cache is reused, one of another version emptied), loads the network (this is where torch is first
-imported), and fills the cache visible region first. ``set_viewport`` and ``cancel`` may be called
-from any thread at any time. At the end it measures the areas over the cache.
+The run opens its own handle on the slide (the viewer's stays the viewer's), loads the network in a
+thread of its own (this is where torch is first imported) while it detects tissue (handed to the
+overlay at once: nothing is drawn outside it), opens the prediction cache under the user data folder
+(per slide and model version: a finished cache is reused, one of another version emptied) and fills
+it visible region first. ``set_viewport`` and ``cancel`` may be called from any thread at any time.
+At the end it measures the areas over the cache.
+
+The first field never waits for a back-end trial: the run starts with the back-end remembered for
+this model file on this machine, else eager torch (``pick_runner(..., measure=False)``). Only once
+the visible field is predicted does a background thread measure the back-ends (the engine remembers
+the fastest in the user cache); the run then goes on with the winner. One trial at a time per
+process, and none when the choice is already remembered.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,18 +65,71 @@ def device_label(runner: Any) -> str:
     return "CPU" if kind == "cpu" else f"GPU ({kind})"
 
 
+def backends_dir() -> Path:
+    """Where the engine keeps exported graphs and the remembered back-end choices."""
+    return sample.user_data_dir() / "predictions" / "backends"
+
+
+_trial_lock = threading.Lock()  # one back-end trial at a time in this process
+_trial: threading.Thread | None = None
+
+
+def trial_running() -> bool:
+    """Whether a background back-end trial is measuring (benchmarks wait for it)."""
+    t = _trial
+    return t is not None and t.is_alive()
+
+
+def quick_runner(model: Any, spec: ModelSpec, batch_size: int) -> tuple[Any, bool]:
+    """A runner at once, no back-end trial: the remembered choice for this model on this machine,
+    else eager torch; and whether a trial is still due (no choice remembered yet)."""
+    from engine.api import pick_runner
+
+    if "measure" in inspect.signature(pick_runner).parameters:
+        runner = pick_runner(model, spec, spec.tile, batch_size=batch_size, cache_dir=backends_dir(),
+                             measure=False)
+        return runner, not bool(getattr(runner, "remembered", False))
+    from engine.api import make_runner  # an engine without measure=False: eager torch
+
+    return make_runner(model, spec, spec.tile, backend="torch", batch_size=batch_size), True
+
+
+def measured_runner(model: Any, spec: ModelSpec, batch_size: int) -> Any:
+    """Measure the back-ends (or take the remembered choice) and remember the fastest: slow."""
+    from engine.api import pick_runner
+
+    return pick_runner(model, spec, spec.tile, batch_size=batch_size, cache_dir=backends_dir())
+
+
+def _load(spec: ModelSpec, batch_size: int, trial_first: bool) -> tuple[Any, Any, bool]:
+    from engine.api import load_model  # torch: only once a model is run
+
+    model, _ = load_model(spec.checkpoint)
+    if trial_first:  # the behaviour before issue 14, kept for the benchmark's baseline
+        return model, measured_runner(model, spec, batch_size), False
+    return (model, *quick_runner(model, spec, batch_size))
+
+
 class InferenceRun:
-    """Fill the prediction cache of ``spec`` on ``slide_path``; ``run`` blocks (call it in a thread)."""
+    """Fill the prediction cache of ``spec`` on ``slide_path``; ``run`` blocks (call it in a thread).
+
+    ``trial_first``: measure the back-ends before the first window, as before (benchmarks only).
+    """
 
     def __init__(self, slide_path: str, spec: ModelSpec, viewport: Rect | None = None,
-                 batch_size: int = 4, measure_only: bool = False, level: int | None = None) -> None:
+                 batch_size: int = 4, measure_only: bool = False, level: int | None = None,
+                 trial_first: bool = False) -> None:
         self.slide_path, self.spec, self.batch_size = slide_path, spec, batch_size
         self.level = level  # the slide level to run at when the slide or the card lacks µm/px
         self.measure_only = measure_only  # an earlier run's cache: measure it, run no network
+        self.trial_first = trial_first
         self.cancel_token = CancelToken()
         self._lock = threading.Lock()
         self._viewport = viewport
         self._job: SlideInference | None = None
+        self.on_tissue: Callable[[Any], None] | None = None  # the TissueMask, once detected
+        self.on_backend: Callable[[str], None] | None = None  # the back-end a trial switched to
+        self.timeline: dict[str, float] = {}  # seconds from the start of run() (benchmarks)
 
     def set_viewport(self, rect: Rect) -> None:
         """Predict the level-0 rectangle (x, y, w, h) next (the user panned or zoomed)."""
@@ -78,14 +141,22 @@ class InferenceRun:
     def cancel(self) -> None:
         self.cancel_token.cancel()
 
+    def _mark(self, what: str, t0: float) -> None:
+        self.timeline.setdefault(what, round(time.perf_counter() - t0, 3))
+
     def run(self, started: Callable[[RunStarted], None], progress: Callable[[Progress], None],
             tile: Callable[[int, int], None]) -> RunFinished:
-        spec = self.spec
-        with open_slide(self.slide_path) as slide:
+        spec, t0 = self.spec, time.perf_counter()
+        with open_slide(self.slide_path) as slide, ThreadPoolExecutor(1, "infer-load") as pool:
             info = slide.info
+            loading: Future | None = None if self.measure_only else \
+                pool.submit(_load, spec, self.batch_size, self.trial_first)  # beside tissue detection
             tissue = detect_tissue(slide)
+            self._mark("tissue", t0)
+            if self.on_tissue is not None:
+                self.on_tissue(tissue)
             root = prediction_folder(info.path, spec.version)
-            if self.measure_only:  # the earlier run's cache as it is, whatever level it ran at
+            if loading is None:  # the earlier run's cache as it is, whatever level it ran at
                 cache = PredictionCache(root)
                 if self.cancel_token.cancelled:
                     return RunFinished("cancelled", None)
@@ -97,12 +168,8 @@ class InferenceRun:
                                spec.card())
             if self.cancel_token.cancelled:
                 return RunFinished("cancelled", None)
-            from engine.api import load_model, pick_runner  # torch: only once a model is run
-
-            model, _ = load_model(spec.checkpoint)
-            # the fastest back-end; eager torch when measuring them runs out of memory
-            runner = pick_runner(model, spec, spec.tile, batch_size=self.batch_size,
-                                 cache_dir=sample.user_data_dir() / "predictions" / "backends")
+            model, runner, trial_due = loading.result()
+            self._mark("model", t0)
             job = SlideInference(slide, grid, cache, runner, batch_size=self.batch_size)
             with self._lock:
                 self._job = job
@@ -111,10 +178,63 @@ class InferenceRun:
             started(RunStarted(str(root), getattr(runner, "name", type(runner).__name__),
                                device_label(runner), len(cache.done_tiles()), cache.tissue_tiles,
                                grid.note))
-            result = job.run(self.cancel_token, progress, tile)
+            on_tile = tile
+            if trial_due:
+                on_tile = self._trial_after_visible(job, model, tile, t0)
+            result = job.run(self.cancel_token, progress, on_tile)
             summary = self._summary(cache, tissue, info)
         log.info("%s on %s: %s", spec.version, self.slide_path, result.status)
         return RunFinished(result.status, summary)
+
+    def _trial_after_visible(self, job: SlideInference, model: Any, tile: Callable[[int, int], None],
+                             t0: float) -> Callable[[int, int], None]:
+        """``tile``, which also starts the back-end trial once the visible field is predicted."""
+        due = [True]
+
+        def on_tile(col: int, row: int) -> None:
+            tile(col, row)
+            if due[0] and self._visible_done(job):
+                due[0] = False
+                self._mark("visible", t0)
+                self._start_trial(job, model)
+
+        if self._visible_done(job):  # nothing to wait for (no viewport, or the field was done)
+            due[0] = False
+            self._start_trial(job, model)
+        return on_tile
+
+    @staticmethod
+    def _visible_done(job: SlideInference) -> bool:
+        want = job.scheduler.visible_tiles()
+        if not want:
+            return True
+        done = job.cache.done_tiles()
+        return all(not job.cache.tissue[r, c] or (c, r) in done for c, r in want)
+
+    def _start_trial(self, job: SlideInference, model: Any) -> None:
+        """Measure the back-ends in a background thread (the engine remembers the fastest) and go
+        on with the winner; skipped while another trial runs."""
+        global _trial
+        with _trial_lock:
+            if trial_running():
+                return
+            spec, batch = self.spec, self.batch_size
+
+            def measure() -> None:
+                try:
+                    runner = measured_runner(model, spec, batch)
+                except Exception:  # noqa: BLE001 - the run goes on with what it has
+                    log.exception("measuring the inference back-ends failed")
+                    return
+                name = getattr(runner, "name", type(runner).__name__)
+                if name != getattr(job.runner, "name", None) and not self.cancel_token.cancelled:
+                    job.runner = runner  # taken at the next batch
+                    log.info("inference goes on with %s (measured, remembered)", name)
+                    if self.on_backend is not None:
+                        self.on_backend(name)
+
+            _trial = threading.Thread(target=measure, name="infer-backend-trial", daemon=True)
+            _trial.start()
 
     def _summary(self, cache: PredictionCache, tissue: Any, info: Any) -> Summary:
         spec = self.spec

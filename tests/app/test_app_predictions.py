@@ -50,7 +50,10 @@ def predicted(qtbot, window, small_svs, model_file):
 
 
 def _tile_centres(cache, view, tissue: bool) -> list[tuple[int, int]]:
-    """Screen points at the centres of (non-)tissue cache tiles, well inside the view."""
+    """Screen points at the centres of (non-)tissue cache tiles, well inside the view; those of
+    tissue tiles only where the slide's tissue mask holds tissue all around (the overlay draws
+    nothing outside tissue, even inside a tile of tissue)."""
+    mask = view.predictions.tissue
     t, ds = cache.tile, cache.grid.downsample
     rows, cols = cache.tissue.shape
     out = []
@@ -60,6 +63,10 @@ def _tile_centres(cache, view, tissue: bool) -> list[tuple[int, int]]:
                 continue
             x = min((c + 0.5) * t * ds, cache.grid.slide_size[0] - 8)
             y = min((r + 0.5) * t * ds, cache.grid.slide_size[1] - 8)
+            if tissue and mask is not None:
+                mx, my = int(x // mask.downsample), int(y // mask.downsample)
+                if not mask.mask[max(0, my - 2):my + 3, max(0, mx - 2):mx + 3].all():
+                    continue
             sx, sy = view.viewport.to_screen(x, y)
             if 4 < sx < view.width() - 4 and 4 < sy < view.height() - 4:
                 out.append((round(sx), round(sy)))
