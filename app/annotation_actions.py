@@ -19,17 +19,34 @@ from PySide6.QtWidgets import QFileDialog, QLabel, QMenu, QMessageBox
 
 from app.panels.classes import ClassPalette
 from app.state import session
-from engine.api import CocoPathError, ImportResult, Project, export_file, import_file
+from engine.api import (CocoPathError, ImportResult, Project, annotation_formats, export_file,
+                        import_file)
 
 if TYPE_CHECKING:
     from app.main_window import MainWindow
 
 log = logging.getLogger(__name__)
 
-IMPORT_FILTER = ("Annotations (*.geojson *.json *.xml);;QuPath GeoJSON (*.geojson *.json);;"
-                 "ASAP or ImageScope XML (*.xml);;All files (*)")
-EXPORT_FILTERS = {"QuPath GeoJSON (*.geojson)": ("geojson", ".geojson"),
-                  "ASAP XML (*.xml)": ("asap", ".xml")}
+
+def _globs(extensions: tuple[str, ...]) -> str:
+    return " ".join(f"*{e}" for e in extensions)
+
+
+def _import_filter() -> str:
+    """Every format read, then one entry per set of endings (formats that share one, joined)."""
+    by_endings: dict[tuple[str, ...], list[str]] = {}
+    for f in annotation_formats("import"):
+        by_endings.setdefault(f.extensions, []).append(f.title)
+    every = tuple(dict.fromkeys(e for ends in by_endings for e in ends))
+    each = [f"{' or '.join(titles)} ({_globs(ends)})" for ends, titles in by_endings.items()]
+    return ";;".join([f"Annotations ({_globs(every)})", *each, "All files (*)"])
+
+
+# The file dialogs' filters come from the engine's table of formats (outlines only: the GUI does not
+# export label masks). Export: filter → (format name, ending added when the name has none).
+IMPORT_FILTER = _import_filter()
+EXPORT_FILTERS = {f"{f.title} (*{f.extensions[0]})": (f.name, f.extensions[0])
+                  for f in annotation_formats("export") if f.capabilities.outlines}
 
 
 class AnnotationActions(QObject):

@@ -19,10 +19,10 @@ from engine.slide.tissue import TissueMask, detect_tissue
 #: Annotation names (projects, store, formats), resolved on first use by the module ``__getattr__``
 #: below, so importing the facade alone does not load shapely and the store.
 _ANNOTATIONS = (
-    "Annotation", "AnnotationClass", "AnnotationError", "AnnotationFormatError", "AnnotationStore",
-    "Change", "ImportResult", "Kind", "Project", "ProjectError", "ProjectLockedError",
-    "ProjectMissingError", "SlideRecord", "Source", "Step", "export_file", "guess_format",
-    "import_file", "polygonal",
+    "Annotation", "AnnotationClass", "AnnotationError", "AnnotationFormat", "AnnotationFormatError",
+    "AnnotationStore", "Change", "ImportResult", "Kind", "Project", "ProjectError",
+    "ProjectLockedError", "ProjectMissingError", "SlideRecord", "Source", "Step",
+    "annotation_formats", "export_file", "guess_format", "import_file", "polygonal",
 )
 
 

@@ -1,4 +1,5 @@
-"""Annotations: the project store (SQLite, R*Tree, edit journal) and QuPath, ASAP, ImageScope files.
+"""Annotations: the project store (SQLite, R*Tree, edit journal) and QuPath, ASAP, ImageScope files
+(the formats by name: :mod:`engine.annotations.registry`).
 
 No Qt and no torch here: the viewer imports this at start-up.
 """
@@ -11,12 +12,15 @@ from engine.annotations.formats import (ClassSummary, ImportResult, export_file,
 from engine.annotations.model import (Annotation, AnnotationClass, ExportResult, Kind,
                                       ParsedAnnotations, Source, polygonal)
 from engine.annotations.project import Project, SlideRecord, slide_fingerprint
+from engine.annotations.registry import (AnnotationFormat, Capabilities, annotation_format,
+                                         annotation_formats)
 from engine.annotations.store import AnnotationStore, AuditEntry, Change, Step
 
 __all__ = [
-    "Annotation", "AnnotationClass", "AnnotationError", "AnnotationFormatError", "AnnotationStore",
-    "AuditEntry", "Change", "ClassSummary", "ConflictError", "ExportResult", "ImportResult", "Kind",
-    "ParsedAnnotations", "Project", "ProjectCorruptError", "ProjectError", "ProjectLockedError",
-    "ProjectMissingError", "SlideRecord", "Source", "Step", "export_file", "guess_format",
-    "import_file", "polygonal", "read_annotations", "slide_fingerprint", "summarize",
+    "Annotation", "AnnotationClass", "AnnotationError", "AnnotationFormat", "AnnotationFormatError",
+    "AnnotationStore", "AuditEntry", "Capabilities", "Change", "ClassSummary", "ConflictError",
+    "ExportResult", "ImportResult", "Kind", "ParsedAnnotations", "Project", "ProjectCorruptError",
+    "ProjectError", "ProjectLockedError", "ProjectMissingError", "SlideRecord", "Source", "Step",
+    "annotation_format", "annotation_formats", "export_file", "guess_format", "import_file",
+    "polygonal", "read_annotations", "slide_fingerprint", "summarize",
 ]

@@ -5,6 +5,8 @@
     cocopath-engine project relink DIR FOLDER…
     cocopath-engine annotations import DIR SLIDE FILE [--format geojson|asap|imagescope]
     cocopath-engine annotations export DIR SLIDE OUT [--format geojson|asap|mask] [--downsample N]
+
+(the ``--format`` choices are the names in :mod:`engine.annotations.registry`)
     cocopath-engine bench annotations [--slide SLIDE] [--n N] [--out JSON]
 
 Each takes ``--json`` for a machine-readable summary (counts, areas per class in px² and, when the
@@ -19,6 +21,8 @@ import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
+
+from engine.annotations.registry import annotation_formats, format_names, joined_titles
 
 
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -47,20 +51,20 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     asub = ann.add_subparsers(dest="annotations_command", metavar="ACTION")
     ann.set_defaults(func=lambda _a: _usage(ann))
 
-    p = asub.add_parser("import", help="import QuPath GeoJSON, ASAP XML or ImageScope XML")
+    p = asub.add_parser("import", help=f"import {joined_titles(annotation_formats('import'))}")
     p.add_argument("dir", type=Path)
     p.add_argument("slide", help="the slide: its path, file name or id in the project")
     p.add_argument("file", type=Path)
-    p.add_argument("--format", choices=("geojson", "asap", "imagescope"),
+    p.add_argument("--format", choices=format_names("import"),
                    help="default: guessed from the file's content")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_import)
 
-    p = asub.add_parser("export", help="export to QuPath GeoJSON, ASAP XML or a label mask")
+    p = asub.add_parser("export", help=f"export to {joined_titles(annotation_formats('export'))}")
     p.add_argument("dir", type=Path)
     p.add_argument("slide", help="the slide: its path, file name or id in the project")
-    p.add_argument("out", type=Path, help="output file (.geojson, .xml, mask .png or .tif)")
-    p.add_argument("--format", choices=("geojson", "asap", "mask"),
+    p.add_argument("out", type=Path, help=f"output file ({_endings()})")
+    p.add_argument("--format", choices=format_names("export"),
                    help="default: from the output's ending")
     p.add_argument("--downsample", type=float, default=1.0,
                    help="label masks: level-0 pixels per mask pixel (default 1)")
@@ -73,6 +77,11 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--n", type=int, default=10_000, help="annotations on the slide (default 10000)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.set_defaults(func=_bench)
+
+
+def _endings() -> str:
+    """".geojson, .json (QuPath GeoJSON); .xml (ASAP XML); …": each written format's endings."""
+    return "; ".join(f"{', '.join(f.extensions)} ({f.title})" for f in annotation_formats("export"))
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -1,5 +1,8 @@
 """Import and export by format name: guess a file's format, read it into a slide's store in one
-journalled step (undo removes the whole import), write a slide's annotations, and summarise them."""
+journalled step (undo removes the whole import), write a slide's annotations, and summarise them.
+
+Which formats exist, and which reader or writer each runs, is the table in
+:mod:`engine.annotations.registry`; this module holds no per-format branches."""
 
 from __future__ import annotations
 
@@ -15,14 +18,19 @@ from engine.annotations.model import (MAX_COORDINATE, Annotation, ExportResult, 
                                       ParsedAnnotations, color_to_hex, coordinate_problem,
                                       new_uuid)
 from engine.annotations.reading import parse_xml, read_bytes
+from engine.annotations.registry import (MASK_SUFFIXES, WriteContext, annotation_format,
+                                         annotation_formats, format_for_suffix, format_names,
+                                         joined_titles)
 from engine.annotations.store import AnnotationStore
 
 log = logging.getLogger(__name__)
 
-IMPORT_FORMATS = ("geojson", "asap", "imagescope")
-EXPORT_FORMATS = ("geojson", "asap", "mask")
+#: Names of the formats read and written (kept for callers of the former constants).
+IMPORT_FORMATS = format_names("import")
+EXPORT_FORMATS = format_names("export")
 _ROOT_TAG = re.compile(rb"<([A-Za-z_][A-Za-z0-9_.:-]*)")  # the first start tag: not <? or <!
-MASK_SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff"}
+__all__ = ["EXPORT_FORMATS", "IMPORT_FORMATS", "MASK_SUFFIXES", "ClassSummary", "ImportResult",
+           "export_file", "guess_format", "import_file", "read_annotations", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -45,38 +53,36 @@ class ImportResult:
 
 
 def guess_format(path: str | Path) -> str:
-    """'geojson', 'asap' or 'imagescope', from the file's content (not its name)."""
+    """The name of the format ``path`` is in ('geojson', 'asap' or 'imagescope'), from the file's
+    content (not its name): a JSON document, or the root element of an XML one."""
     path = Path(path)
     data = read_bytes(path)
     head = data[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
+    readable = annotation_formats("import")
     if head[:1] in (b"{", b"["):
-        return "geojson"
+        json_format = next((f for f in readable if f.json), None)
+        if json_format is not None:
+            return json_format.name
     if head[:1] == b"<":
+        xml_formats = [f for f in readable if f.xml_root]
         match = _ROOT_TAG.search(head)
         tag = match.group(1).decode("ascii") if match else None
         if tag is None:  # no start tag in the first 4 KiB: let the parser say what is wrong
             tag = parse_xml(data, path).tag
-        if tag == "ASAP_Annotations":
-            return "asap"
-        if tag == "Annotations":
-            return "imagescope"
-        raise AnnotationFormatError(f"{path}: XML with root <{tag[:40]}> is neither ASAP "
-                                    f"(<ASAP_Annotations>) nor ImageScope (<Annotations>)")
-    raise AnnotationFormatError(f"{path}: not an annotation file CoCoPath reads (QuPath GeoJSON, "
-                                f"ASAP XML or ImageScope XML)")
+        for f in xml_formats:
+            if tag == f.xml_root:
+                return f.name
+        known = " nor ".join(f"{f.title.removesuffix(' XML')} (<{f.xml_root}>)"
+                             for f in xml_formats)
+        raise AnnotationFormatError(f"{path}: XML with root <{tag[:40]}> is neither {known}")
+    raise AnnotationFormatError(f"{path}: not an annotation file CoCoPath reads "
+                                f"({joined_titles(readable)})")
 
 
 def read_annotations(path: str | Path, fmt: str | None = None) -> ParsedAnnotations:
-    """Read ``path`` as ``fmt`` (guessed from the content when None)."""
-    from engine.annotations.asap_io import read_asap
-    from engine.annotations.geojson_io import read_geojson
-    from engine.annotations.imagescope_io import read_imagescope
-
-    fmt = fmt or guess_format(path)
-    readers = {"geojson": read_geojson, "asap": read_asap, "imagescope": read_imagescope}
-    if fmt not in readers:
-        raise AnnotationError(f"unknown annotation format {fmt!r} (known: {', '.join(readers)})")
-    return readers[fmt](path)
+    """Read ``path`` as ``fmt`` (guessed from the content when None); an unknown name raises
+    :class:`AnnotationError` listing the formats read."""
+    return annotation_format(fmt or guess_format(path), "import").read(path)
 
 
 def summarize(annotations: Sequence[Annotation], mpp: tuple[float, float] | None
@@ -166,35 +172,17 @@ def _exportable(anns: list[Annotation]) -> tuple[list[Annotation], str | None]:
 
 def _write(store: AnnotationStore, out: Path, fmt: str, anns: list[Annotation],
            downsample: float) -> ExportResult:
-    from engine.annotations.asap_io import write_asap
-    from engine.annotations.geojson_io import write_geojson
-    from engine.annotations.mask import write_mask_png, write_mask_tiff
-
-    classes = store.project.classes()
+    writer = annotation_format(fmt, "export")
     slide = store.slide
-    if fmt == "geojson":
-        return write_geojson(out, anns, classes, slide.mpp)
-    if fmt == "asap":
-        return write_asap(out, anns, classes)
-    if fmt == "mask":
-        kind = MASK_SUFFIXES.get(out.suffix.lower())
-        if kind is None:
-            raise AnnotationError(f"{out}: a label mask is written as .png or .tif (pyramidal); "
-                                  f"give the file one of these endings")
-        size = (slide.width, slide.height)
-        if kind == "png":
-            return write_mask_png(out, anns, classes, size, downsample)
-        return write_mask_tiff(out, anns, classes, size, downsample, slide.mpp)
-    raise AnnotationError(f"unknown export format {fmt!r} (known: {', '.join(EXPORT_FORMATS)})")
+    context = WriteContext(tuple(store.project.classes()), (slide.width, slide.height), slide.mpp,
+                           downsample)
+    return writer.write(out, anns, context)
 
 
 def _format_from_suffix(out: Path) -> str:
-    suffix = out.suffix.lower()
-    if suffix in (".geojson", ".json"):
-        return "geojson"
-    if suffix == ".xml":
-        return "asap"
-    if suffix in MASK_SUFFIXES:
-        return "mask"
-    raise AnnotationError(f"{out}: cannot tell the format from the ending {suffix or '(none)'}; "
-                          f"give --format {'|'.join(EXPORT_FORMATS)}")
+    found = format_for_suffix(out, "export")
+    if found is None:
+        suffix = out.suffix.lower()
+        raise AnnotationError(f"{out}: cannot tell the format from the ending {suffix or '(none)'}; "
+                              f"give --format {'|'.join(format_names('export'))}")
+    return found.name
