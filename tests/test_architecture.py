@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import pkgutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import engine
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _contract(name_start: str) -> dict:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    return next(c for c in contracts if c["name"].startswith(name_start))
+
+
+def _engine_modules() -> set[str]:
+    return {f"engine.{m.name}" for m in pkgutil.iter_modules(engine.__path__)}
 
 
 def test_import_contracts_are_kept() -> None:
@@ -24,3 +38,16 @@ def test_engine_imports_without_qt_or_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_app_contract_forbids_every_engine_module_but_the_facade() -> None:
+    """A new engine module is behind the facade from the day it is written."""
+    forbidden = set(_contract("the app reaches the engine only")["forbidden_modules"])
+    assert _engine_modules() - {"engine.api"} <= forbidden
+    assert "engine.api" not in forbidden
+
+
+def test_every_engine_module_has_a_layer() -> None:
+    layers = _contract("engine layers")["layers"]
+    placed = {m.strip() for layer in layers for m in layer.split(":")}
+    assert placed == _engine_modules()

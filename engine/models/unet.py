@@ -98,7 +98,7 @@ class SegmentationModel(nn.Module):
         """Channels of a named feature layer, found by a tiny dry run (cached)."""
         cache: dict[str, int] = self.__dict__.setdefault("_chan_cache", {})
         if name not in cache:
-            from engine.distill.recorders import FeatureRecorder
+            from engine.models.recorders import FeatureRecorder
 
             was_training = self.training
             self.eval()
