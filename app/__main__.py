@@ -1,5 +1,6 @@
 """``cocopath [SLIDE]``: the GUI. Also ``--screenshot OUT.png``, ``--bench-viewer OUT.json``,
-``--bench-annotations OUT.json``, ``--bench-predictions OUT.json`` and ``--bench-training OUT.json``.
+``--bench-annotations OUT.json``, ``--bench-predictions OUT.json``, ``--bench-first-field OUT.json``
+and ``--bench-training OUT.json``.
 
 Start-up stays light: Qt and the slide engine only (torch is never imported here).
 """
@@ -34,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the annotation-layer benchmark (10 000 annotations), write JSON")
     p.add_argument("--bench-predictions", metavar="OUT.json",
                    help="run the prediction-overlay benchmark (a model run while panning), write JSON")
+    p.add_argument("--bench-first-field", metavar="OUT.json",
+                   help="run the first-field benchmark (Run → visible field of predictions on screen, "
+                        "cold and warm user cache, against the back-end trial first), write JSON")
     p.add_argument("--bench-training", metavar="OUT.json",
                    help="run the training benchmark (pan frames while a fine-tuning round trains "
                         "in its subprocess, against none), write JSON")
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     headless = bool(args.screenshot or args.bench_viewer or args.bench_annotations
-                    or args.bench_predictions or args.bench_training or args.first_frame_probe)
+                    or args.bench_predictions or args.bench_training or args.first_frame_probe
+                    or args.bench_first_field)
     if not _ensure_platform(interactive=not headless):
         return 1
     if args.bench_training:
@@ -115,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_training_benchmark(Path(args.bench_training), side=args.bench_size or 12_000,
                                       model=Path(args.bench_model) if args.bench_model else None)
+    if args.bench_first_field:
+        from app.bench_first_field import run_first_field_benchmark
+
+        return run_first_field_benchmark(Path(args.bench_first_field), side=args.bench_size or 12_000,
+                                         model=Path(args.bench_model) if args.bench_model else None)
     if args.bench_predictions:
         from app.bench_predictions import run_prediction_benchmark
 
