@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import CocoPathError
+from engine.resources import resource_path
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "resources" / "configs" / "distill"
+CONFIG_DIR = resource_path("configs", "distill")
 
 
 class DistillConfigError(CocoPathError):

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from engine.atomic import atomic_replace, atomic_write, fsync_dir
 from engine.errors import CocoPathError
 from engine.model_card import ModelCardError
+from engine.resources import resource_path
 from engine.slide.sample import sha256_of as file_sha256
 
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ RECORD_FILE = "version.json"
 ACTIVE_FILE = "active.json"
 TEMP_PREFIX = ".tmp-"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The shipped models (``resources/models``: package data, see :mod:`engine.resources`).
+SHIPPED_MODELS = resource_path("models")
 
 
 class RegistryError(CocoPathError):
@@ -85,8 +87,7 @@ class ModelVersion:
 
 def _shipped(env_var: str, pattern: str, what: str) -> Path | None:
     """``$env_var`` when set (None if it is not a file: what the user set wins, another model is
-    never used in its place), else the first ``resources/models/<pattern>`` of the repository, else
-    None."""
+    never used in its place), else the first shipped ``resources/models/<pattern>``, else None."""
     env = os.environ.get(env_var)
     if env:
         p = Path(env).expanduser()
@@ -94,14 +95,14 @@ def _shipped(env_var: str, pattern: str, what: str) -> Path | None:
             return p
         log.warning("%s=%s is not a file: no default %s", env_var, env, what)
         return None
-    found = sorted((REPO_ROOT / "resources" / "models").glob(pattern))
+    found = sorted(SHIPPED_MODELS.glob(pattern))
     return found[0] if found else None
 
 
 def default_model_path() -> Path | None:
     """The shipped default student: ``$COCOPATH_DEFAULT_MODEL`` when set (None if it is not a file:
     what the user set wins, another model is never used in its place), else the first
-    ``resources/models/*student*.safetensors`` of the repository, else None."""
+    shipped ``resources/models/*student*.safetensors``, else None."""
     return _shipped("COCOPATH_DEFAULT_MODEL", "*student*.safetensors", "model")
 
 

@@ -23,7 +23,7 @@ def _no_default_model(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
     missing = tmp_path_factory.mktemp("none") / "missing.safetensors"
     monkeypatch.setenv("COCOPATH_DEFAULT_MODEL", str(missing))
     monkeypatch.setenv("COCOPATH_DEFAULT_TEACHER", str(missing))
-    monkeypatch.setattr("engine.finetune.registry.REPO_ROOT", missing.parent)
+    monkeypatch.setattr("engine.finetune.registry.SHIPPED_MODELS", missing.parent)
 
 
 @pytest.fixture(scope="session")

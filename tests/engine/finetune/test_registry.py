@@ -206,7 +206,7 @@ def test_default_model_path_env_then_resources(tmp_path: Path, monkeypatch: pyte
 
     repo = tmp_path / "repo"
     (repo / "resources" / "models").mkdir(parents=True)
-    monkeypatch.setattr(registry, "REPO_ROOT", repo)
+    monkeypatch.setattr(registry, "SHIPPED_MODELS", repo / "resources" / "models")
     monkeypatch.delenv("COCOPATH_DEFAULT_MODEL", raising=False)
     assert default_model_path() is None
     shipped = save_tiny(repo / "resources" / "models" / "cocopath-student-ebhi.safetensors")
