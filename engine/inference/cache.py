@@ -77,6 +77,15 @@ def halve(a: np.ndarray) -> np.ndarray:
     return s.astype(np.uint8)
 
 
+def grid_dict(grid: PredictionGrid) -> dict[str, Any]:
+    """The grid as ``cache.json`` stores it; ``origin`` only where it is not 0, so caches written
+    before the field existed still match their grid (and are not emptied)."""
+    d = asdict(grid)
+    if not d.get("origin"):
+        d.pop("origin", None)
+    return d
+
+
 class PredictionCache:
     """A tiled multi-level probability map on disk. Thread-safe (one lock around tile files)."""
 
@@ -119,7 +128,7 @@ class PredictionCache:
              tissue: np.ndarray, model: dict[str, Any] | None = None) -> "PredictionCache":
         """Open the cache at ``root`` for writing; one of another version or grid is emptied first."""
         root = Path(root)
-        want = {"format": FORMAT, "version": version, "grid": asdict(grid), "channels": channels,
+        want = {"format": FORMAT, "version": version, "grid": grid_dict(grid), "channels": channels,
                 "levels": [list(d) for d in level_sizes(grid.size, grid.tile)]}
         if grid.tile % 2:
             raise CacheError(f"cache tiles must have an even size, not {grid.tile}")

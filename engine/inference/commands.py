@@ -33,9 +33,17 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                    help="slide level to run at when the slide or the model's card has no µm/px "
                         "(default: the level nearest the card's µm/px by the slide's objective "
                         "power, else level 0, the full resolution)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "channels_last", "onnx"))
+    p.add_argument("--backend", default="auto",
+                   choices=("auto", "torch", "channels_last", "onnx", "onnx-int8"))
+    p.add_argument("--backend-cache", type=Path, default=None, metavar="DIR",
+                   help="where the measured back-end choice and the ONNX graph are remembered "
+                        "(default: the user cache the app uses, shared by every --out)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--window", type=int, default=None,
+                   help="network input in px (default: 1.5x the card's tile, a multiple of 32)")
+    p.add_argument("--margin", type=int, default=None,
+                   help="overlap of neighbouring windows on each side, px (default: tile/8)")
     p.add_argument("--simplify-um", type=float, default=1.0, help="polygon simplification (µm)")
     p.add_argument("--min-area-um2", type=float, default=200.0, help="smallest island kept (µm²)")
     p.add_argument("--force", action="store_true",
@@ -61,6 +69,7 @@ def shard(items: list[Path]) -> list[Path]:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    from engine.inference.geometry import run_window
     from engine.inference.job import InferOptions, infer_slide, outputs_for, pick_runner
     from engine.inference.spec import load_spec
 
@@ -80,9 +89,14 @@ def _infer(args: argparse.Namespace) -> int:
     from engine.training.checkpoints import load_model
 
     model, _ = load_model(args.model)
-    backends = args.out / "cache" / "backends"
+    from engine.inference.runner import backend_cache_dir
+
+    backends = args.backend_cache if args.backend_cache is not None else backend_cache_dir()
+    window, margin = run_window(spec)
+    window = args.window if args.window is not None else window
+    margin = args.margin if args.margin is not None else margin
     try:
-        runner = pick_runner(model, spec, spec.tile, backend=args.backend, device=args.device,
+        runner = pick_runner(model, spec, window, backend=args.backend, device=args.device,
                              batch_size=args.batch_size, cache_dir=backends)
     except OSError as exc:  # remembering the back-end failed (disk full): nothing half-written stays
         leftovers = [*backends.glob(f".*.{os.getpid()}.tmp"),
@@ -90,7 +104,7 @@ def _infer(args: argparse.Namespace) -> int:
         for f in leftovers:
             f.unlink(missing_ok=True)
         raise write_error(exc, backends) from None
-    opts = InferOptions(level=args.level, batch_size=args.batch_size, simplify_um=args.simplify_um,
+    opts = InferOptions(level=args.level, window=window, margin=margin, batch_size=args.batch_size, simplify_um=args.simplify_um,
                         min_area_um2=args.min_area_um2)
     summaries = []
     for slide in slides:

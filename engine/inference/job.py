@@ -22,7 +22,7 @@ from typing import Any
 from engine.atomic import atomic_write
 from engine.inference.cache import PredictionCache, slide_key
 from engine.inference.export import prediction_polygons, write_mask_tiff, write_prediction_geojson
-from engine.inference.geometry import make_grid
+from engine.inference.geometry import make_grid, run_window
 from engine.inference.pipeline import ProgressFn, SlideInference, tissue_tiles
 from engine.inference.regions import MIN_AREA_UM2, SIMPLIFY_UM, vector_tolerances
 from engine.inference.spec import ModelSpec
@@ -41,7 +41,8 @@ class InferOptions:
     """How to run: slide level when µm/px is missing, tile margin, batching, vectorising."""
 
     level: int | None = None
-    margin: int = 32
+    window: int | None = None  # None: run_window(spec), with margin None: its margin too
+    margin: int | None = None
     batch_size: int = 4
     readers: int = 2
     simplify_um: float = SIMPLIFY_UM
@@ -79,7 +80,12 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
     paths = outputs_for(out_dir, slide_path)
     with open_slide(slide_path) as slide:
         info = slide.info
-        grid = make_grid(info, spec.mpp, level=options.level, tile=spec.tile, margin=options.margin)
+        window, margin = run_window(spec)
+        if options.window is not None:
+            window = options.window
+        if options.margin is not None:
+            margin = options.margin
+        grid = make_grid(info, spec.mpp, level=options.level, tile=window, margin=margin)
         tissue = detect_tissue(slide)
         cache = open_cache(out_dir / "cache" / slide_key(info.path), grid, spec.version,
                            len(spec.foreground), tissue_tiles(grid, tissue), spec.card())
@@ -117,19 +123,53 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
     return summary
 
 
-def pick_runner(model: Any, spec: ModelSpec, window: int, **kw: Any) -> Any:
-    """``make_runner(model, spec, window, **kw)``; when measuring the back-ends (a batch on the CPU)
-    runs out of memory, eager torch on the CPU, whose batches the pipeline halves until they fit."""
-    from engine.inference.runner import TorchRunner, make_runner
+def pick_runner(model: Any, spec: ModelSpec, window: int, *, backend: str = "auto",
+                device: str = "auto", batch_size: int = 4, cache_dir: Path | None = None,
+                measure: bool = True) -> Any:
+    """The runner for ``model`` on windows of ``window`` px: ``make_runner`` with the user cache.
 
+    ``pick_runner(model, spec, window, *, backend="auto", device="auto", batch_size=4,
+    cache_dir=None, measure=True) -> Runner``. ``cache_dir=None`` is the user cache
+    (:func:`~engine.inference.runner.backend_cache_dir`), shared by the app and every CLI run.
+    With ``measure=False`` it never waits on a trial: the choice remembered for this model hash,
+    machine, window and batch, else at once an unmeasured runner (ONNX Runtime when its graph
+    exports and agrees, else eager torch; see ``provisional_runner``); then call :func:`measure_backend_later`
+    off the GUI thread, so the next run gets the measured choice). When measuring the back-ends (a
+    batch on the CPU) runs out of memory: eager torch, whose batches the pipeline halves."""
+    from engine.inference.runner import TorchRunner, backend_cache_dir, make_runner
+
+    cache_dir = backend_cache_dir() if cache_dir is None else Path(cache_dir)
     try:
-        return make_runner(model, spec, window, **kw)
+        return make_runner(model, spec, window, backend=backend, device=device,
+                           batch_size=batch_size, cache_dir=cache_dir, measure=measure)
     except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
-        if not is_oom(exc) or kw.get("device", "auto") not in ("auto", "cpu") or kw.get("backend", "auto") != "auto":
+        if not is_oom(exc) or device not in ("auto", "cpu") or backend != "auto":
             raise
     free_memory()
     log.warning("out of memory while choosing the inference back-end: eager torch on the CPU is used")
     return TorchRunner(model, spec)
+
+
+def measure_backend_later(model: Any, spec: ModelSpec, window: int, *, batch_size: int = 4,
+                          cache_dir: Path | None = None) -> str | None:
+    """Measure and remember the back-end for the next run (blocking: call it from a worker thread
+    or process when the machine is idle); returns the chosen name, or the one already remembered
+    (nothing is measured twice), or None when measuring failed (out of memory: logged, nothing
+    remembered)."""
+    from engine.inference.runner import backend_cache_dir, measure_backend, remembered_backend
+
+    cache_dir = backend_cache_dir() if cache_dir is None else Path(cache_dir)
+    known = remembered_backend(model, window, batch_size, cache_dir)
+    if known is not None:
+        return known
+    try:
+        return measure_backend(model, spec, window, batch_size=batch_size, cache_dir=cache_dir).name
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is tolerated
+        if not is_oom(exc):
+            raise
+        free_memory()
+        log.warning("out of memory while measuring the inference back-ends: nothing remembered")
+        return None
 
 
 def open_cache(root: Path, grid: Any, version: str, channels: int, tissue: Any,

@@ -70,9 +70,8 @@ def read_window(slide: SlideSource, grid: PredictionGrid, col: int, row: int) ->
     if grid.resampled:
         from PIL import Image
 
-        span = n * grid.downsample / grid.read_downsample / step  # the read size before rounding up
-        rgb = np.asarray(Image.fromarray(rgb).resize((n, n), Image.Resampling.BILINEAR,
-                                                      box=(0, 0, span, span)))
+        box = tuple(v / step for v in grid.window_box(col, row))  # exact, sub-pixel
+        rgb = np.asarray(Image.fromarray(rgb).resize((n, n), Image.Resampling.BILINEAR, box=box))
     return rgb
 
 

@@ -3,16 +3,27 @@
 Every back-end takes a batch of windows as (B, N, N, 3) uint8 RGB and returns the foreground-class
 probabilities (B, C - 1, N, N) float32: normalisation and softmax are part of the graph
 (:class:`ProbabilityHead`), so each back-end does the same work and ONNX Runtime gets all of it.
-On the CPU, :func:`make_runner` with ``backend="auto"`` measures the candidates on the model's own
-input size and keeps the fastest whose outputs agree with eager torch (``AGREE_TOL``); torch stays
-the fallback. bfloat16 is never used on the CPU (about 10× slower there).
+On the CPU, ``backend="auto"`` uses the back-end chosen for this model on this machine: the choice
+is measured once (:func:`measure_backend`: the candidates on a few windows of the run's size, the
+fastest whose outputs agree with eager torch within ``AGREE_TOL``) and remembered in the user cache
+(:func:`backend_cache_dir`), keyed by the model's content hash (:func:`model_hash`, so a changed
+model is measured again), the CPU model and thread count, the window and the batch size. The ONNX
+graph is exported once per model hash, with free batch and spatial sizes. With ``measure=False`` a
+run never waits on a trial: it takes the remembered choice, or eager torch until one is measured.
+The int8 graph (onnxruntime's dynamic quantiser) is a candidate only where its accuracy verdict
+(:mod:`engine.inference.precision`: test-split mIoU within ``MAX_MIOU_DROP`` of float32) is on
+record for the model hash. bfloat16 is never used on the CPU (about 10× slower there).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
+import math
 import os
+import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -29,7 +40,10 @@ from engine.model_card import inside
 log = logging.getLogger(__name__)
 
 AGREE_TOL = 1e-4  # largest probability difference accepted between a back-end and eager torch
-BACKENDS = ("auto", "torch", "channels_last", "onnx")
+QUANT_TOL = 0.25  # a quantised graph further than this from eager torch on the probe is broken
+MAX_MIOU_DROP = 0.005  # largest test-split mIoU loss accepted for a reduced-precision variant
+BACKENDS = ("auto", "torch", "channels_last", "onnx", "onnx-int8")
+INT8 = "onnxruntime-int8"
 
 
 class Runner(Protocol):
@@ -94,35 +108,33 @@ class TorchRunner:
 
 
 class OnnxRunner:
-    """The same graph exported to ONNX and run by ONNX Runtime on the CPU."""
+    """The same graph exported to ONNX and run by ONNX Runtime on the CPU; ``int8``: its weights
+    quantised by onnxruntime's dynamic quantiser (only used where an accuracy verdict allows)."""
 
     def __init__(self, model: nn.Module, spec: ModelSpec, window: int,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, *, int8: bool = False) -> None:
         import onnxruntime as ort
 
-        file = inside(cache_dir, f"{spec.version}-{window}.onnx") if cache_dir else None
-        if file is not None and file.is_file():
-            graph = file.read_bytes()  # exported before for this model version and input size
-        else:
-            graph = export_onnx(model, spec, window)
-            if file is not None:
-                file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(graph)
-                os.replace(tmp, file)
+        graph = onnx_graph(model, spec, cache_dir, int8=int8)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = cpu_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-        self.name = "onnxruntime"
+        self.name = INT8 if int8 else "onnxruntime"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"rgb": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
 
 
-def export_onnx(model: nn.Module, spec: ModelSpec, window: int) -> bytes:
-    """The probability head of ``model`` as an ONNX graph (uint8 NHWC in, any batch size)."""
+#: The size the graph is traced at (batch, height and width stay free): small, so exporting is
+#: cheap in time and memory whatever window a run uses.
+EXPORT_SIZE = 128
+
+
+def export_onnx(model: nn.Module, spec: ModelSpec, window: int = EXPORT_SIZE) -> bytes:
+    """The probability head of ``model`` as an ONNX graph (uint8 NHWC in; any batch, any height and
+    width that the network's stride divides)."""
     head = ProbabilityHead(model, spec).eval()
     buf = io.BytesIO()
     x = torch.zeros(1, window, window, 3, dtype=torch.uint8)
@@ -130,8 +142,128 @@ def export_onnx(model: nn.Module, spec: ModelSpec, window: int) -> bytes:
         warnings.simplefilter("ignore")
         torch.onnx.export(head, (x,), buf, dynamo=False, input_names=["rgb"],
                           output_names=["probs"], opset_version=17,
-                          dynamic_axes={"rgb": {0: "batch"}, "probs": {0: "batch"}})
+                          dynamic_axes={"rgb": {0: "batch", 1: "height", 2: "width"},
+                                        "probs": {0: "batch", 2: "height", 3: "width"}})
     return buf.getvalue()
+
+
+def quantize_int8(graph: bytes) -> bytes:
+    """``graph`` with its weights quantised to int8 (onnxruntime's dynamic quantiser)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="cocopath-int8-") as tmp:
+        src, dst = Path(tmp) / "f32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(graph)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        return dst.read_bytes()
+
+
+def _store(file: Path, data: bytes) -> None:
+    """Write ``data`` to ``file`` atomically (temp file + rename)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def onnx_graph(model: nn.Module, spec: ModelSpec, cache_dir: Path | None = None, *,
+               int8: bool = False) -> bytes:
+    """The model's ONNX graph (int8: quantised), exported once per model hash into ``cache_dir``."""
+    key = model_hash(model)[:20]
+    file = inside(cache_dir, f"{key}{'-int8' if int8 else ''}.onnx") if cache_dir else None
+    if file is not None and file.is_file():
+        return file.read_bytes()
+    graph = quantize_int8(onnx_graph(model, spec, cache_dir)) if int8 else export_onnx(model, spec)
+    if file is not None:
+        _store(file, graph)
+    return graph
+
+
+# -- what the choice is keyed by ------------------------------------------------------------------
+
+_HASHES: dict[int, tuple[tuple, str]] = {}
+
+
+def model_hash(model: nn.Module) -> str:
+    """sha256 of the model's state dict (names, dtypes, shapes and bytes of every tensor): the
+    identity of its weights, whatever file they came from. Remembered per model object while its
+    tensors are unchanged (their versions and data pointers)."""
+    sd = model.state_dict()
+    stamp = tuple((k, v._version, v.data_ptr()) for k, v in sd.items())
+    hit = _HASHES.get(id(model))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    digest = h.hexdigest()
+    _HASHES[id(model)] = (stamp, digest)
+    return digest
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    """CPU model and thread count, as a short file-name-safe key."""
+    cpu = hashlib.sha1(cpu_model().encode()).hexdigest()[:8]
+    return f"t{cpu_threads()}-cpu{cpu}"
+
+
+def backend_cache_dir() -> Path:
+    """Where back-end choices and ONNX graphs are remembered: the user cache the app uses too
+    (``<user data>/predictions/backends``), shared by every run and every ``--out`` folder."""
+    from engine.slide.sample import user_data_dir
+
+    return user_data_dir() / "predictions" / "backends"
+
+
+def choice_file(model: nn.Module, window: int, batch_size: int, cache_dir: Path) -> Path:
+    return inside(cache_dir, f"{model_hash(model)[:20]}-w{window}-b{batch_size}-{machine_key()}.choice")
+
+
+def verdict_file(model: nn.Module, cache_dir: Path) -> Path:
+    return inside(cache_dir, f"{model_hash(model)[:20]}-int8.verdict.json")
+
+
+def int8_allowed(model: nn.Module, cache_dir: Path | None) -> bool:
+    """Whether the int8 graph's accuracy verdict for this model is on record and accepted."""
+    if cache_dir is None:
+        return False
+    try:
+        v = json.loads(verdict_file(model, cache_dir).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(v.get("accepted")) and float(v.get("miou_drop", 1.0)) <= MAX_MIOU_DROP
+
+
+def remembered_backend(model: nn.Module, window: int, batch_size: int = 4,
+                       cache_dir: Path | None = None) -> str | None:
+    """The back-end name measured before for this model, machine, window and batch, else None."""
+    cache_dir = backend_cache_dir() if cache_dir is None else cache_dir
+    try:
+        data = json.loads(choice_file(model, window, batch_size, cache_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    name = data.get("backend") if isinstance(data, dict) else None
+    return name if name in _BY_NAME else None
 
 
 def time_runner(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, repeats: int = 3
@@ -147,48 +279,83 @@ def time_runner(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, repe
     return float(min(times))
 
 
-def make_runner(model: nn.Module, spec: ModelSpec, window: int, *, backend: str = "auto",
-                device: str = "auto", batch_size: int = 4, cache_dir: Path | None = None) -> Runner:
-    """The back-end to run ``model`` with; ``auto`` measures on the CPU and keeps the fastest.
+def _build(name: str, model: nn.Module, spec: ModelSpec, window: int, cache_dir: Path | None) -> Runner:
+    if name in ("torch-eager", "torch"):
+        return TorchRunner(model, spec)
+    if name in ("torch-channels_last", "channels_last"):
+        return TorchRunner(model, spec, channels_last=True)
+    if name in ("onnxruntime", "onnx"):
+        return OnnxRunner(model, spec, window, cache_dir)
+    if name in (INT8, "onnx-int8"):
+        return OnnxRunner(model, spec, window, cache_dir, int8=True)
+    raise ValueError(f"unknown back-end {name!r}")
 
-    With ``cache_dir``, the exported ONNX graph and the measured choice are kept there per model
-    version, input size, batch size and thread count, so the next start skips both.
-    """
+
+_BY_NAME = ("torch-eager", "torch-channels_last", "onnxruntime", INT8)
+
+
+def make_runner(model: nn.Module, spec: ModelSpec, window: int, *, backend: str = "auto",
+                device: str = "auto", batch_size: int = 4, cache_dir: Path | None = None,
+                measure: bool = True) -> Runner:
+    """The back-end to run ``model`` with on windows of ``window`` px in batches of ``batch_size``.
+
+    ``backend="auto"`` on the CPU: the choice remembered in ``cache_dir`` for this model hash,
+    machine, window and batch; when there is none, ``measure=True`` measures it now
+    (:func:`measure_backend`, a few seconds) and ``measure=False`` returns at once
+    (:func:`provisional_runner`: ONNX Runtime unmeasured, else eager torch).
+    ``cache_dir=None`` remembers nothing (every ``auto`` call measures)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown back-end {backend!r}; valid: {', '.join(BACKENDS)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.eval()
     if device != "cpu":
-        if backend == "onnx":
-            raise ValueError("the onnx back-end runs on the CPU only")
+        if backend.startswith("onnx"):
+            raise ValueError("the onnx back-ends run on the CPU only")
         return TorchRunner(model, spec, device, channels_last=backend != "torch", amp=True)
-    if backend == "torch":
-        return TorchRunner(model, spec)
-    if backend == "channels_last":
-        return TorchRunner(model, spec, channels_last=True)
-    if backend == "onnx":
-        return OnnxRunner(model, spec, window, cache_dir)
-    choice = inside(cache_dir, f"{spec.version}-{window}-b{batch_size}-t{cpu_threads()}.choice") \
-        if cache_dir else None
-    if choice is not None and choice.is_file():
-        name = choice.read_text().strip()
+    if backend != "auto":
+        return _build(backend, model, spec, window, cache_dir)
+    name = remembered_backend(model, window, batch_size, cache_dir) if cache_dir else None
+    if name is not None:
         try:
-            if name in ("torch-eager", "torch-channels_last"):
-                return TorchRunner(model, spec, channels_last=name == "torch-channels_last")
-            if name == "onnxruntime":
-                return OnnxRunner(model, spec, window, cache_dir)
-        except Exception as exc:  # the remembered back-end is gone: measure again
+            return _build(name, model, spec, window, cache_dir)
+        except Exception as exc:  # the remembered back-end is gone (onnxruntime removed): again
             log.warning("remembered back-end %s unusable (%s)", name, exc)
-    best = _fastest(model, spec, window, batch_size, cache_dir)
-    if choice is not None:
-        choice.parent.mkdir(parents=True, exist_ok=True)
-        choice.write_text(best.name)
-    return best
+    if not measure:
+        return provisional_runner(model, spec, window, cache_dir)
+    return measure_backend(model, spec, window, batch_size=batch_size, cache_dir=cache_dir)
 
 
-def _fastest(model: nn.Module, spec: ModelSpec, window: int, batch_size: int,
-             cache_dir: Path | None = None) -> Runner:
+def provisional_runner(model: nn.Module, spec: ModelSpec, window: int,
+                       cache_dir: Path | None = None) -> Runner:
+    """A runner without a trial, for a run that must not wait: ONNX Runtime (float32) when its
+    graph exports (about 1 s, then cached by model hash) and agrees with eager torch on one small
+    window, else eager torch. Not measured: ONNX Runtime is the usual winner on a CPU, and the
+    measured choice replaces it once :func:`measure_backend` has run."""
+    eager = TorchRunner(model, spec)
+    try:
+        onnx = OnnxRunner(model, spec, window, cache_dir)
+        probe = np.random.default_rng(1).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+        if float(np.abs(onnx(probe) - eager(probe)).max()) <= AGREE_TOL:
+            log.info("no back-end measured yet for this model here: onnxruntime for now")
+            return onnx
+    except Exception as exc:  # noqa: BLE001 - no onnxruntime, or the graph does not export
+        if isinstance(exc, OSError):
+            raise  # the cache cannot be written: the caller says so
+        log.warning("ONNX Runtime unavailable (%s)", exc)
+    log.info("no back-end measured yet for this model here: eager torch for now")
+    return eager
+
+
+def measure_backend(model: nn.Module, spec: ModelSpec, window: int, *, batch_size: int = 4,
+                    cache_dir: Path | None = None) -> Runner:
+    """Measure the CPU back-ends for this model, window and batch, remember the fastest that agrees
+    with eager torch in ``cache_dir`` (see :func:`make_runner`) and return it. Meant to run once per
+    model and machine, e.g. in the background after the first run. Cheap: one batch per candidate
+    to check it agrees (and warm it up), then two interleaved timed rounds; a candidate over 1.5×
+    the best after the first round is dropped."""
+    t0 = time.perf_counter()
+    model = model.eval()
     rng = np.random.default_rng(0)
     probe = rng.integers(0, 256, (batch_size, window, window, 3), dtype=np.uint8)
     eager = TorchRunner(model, spec)
@@ -196,23 +363,34 @@ def _fastest(model: nn.Module, spec: ModelSpec, window: int, batch_size: int,
     candidates: list[Runner] = [eager, TorchRunner(model, spec, channels_last=True)]
     try:
         candidates.append(OnnxRunner(model, spec, window, cache_dir))
+        if int8_allowed(model, cache_dir):
+            candidates.append(OnnxRunner(model, spec, window, cache_dir, int8=True))
     except Exception as exc:  # no onnxruntime, or an operator it cannot export: torch it is
         log.warning("ONNX Runtime unavailable (%s): torch is used", exc)
-    usable = []
-    for cand in candidates:
+    usable = [eager]
+    for cand in candidates[1:]:
         diff = float(np.abs(cand(probe) - ref).max())  # also the warm-up call
-        if diff > AGREE_TOL:
+        tol = QUANT_TOL if cand.name == INT8 else AGREE_TOL
+        if diff > tol:
             log.warning("%s disagrees with eager torch by %.2g: not used", cand.name, diff)
         else:
             usable.append(cand)
     best_t = {c.name: float("inf") for c in usable}
-    for _ in range(3):  # interleaved rounds: a burst of other work hits every candidate alike
+    for rnd in range(2):  # interleaved rounds: a burst of other work hits every candidate alike
         for cand in usable:
             t = time.perf_counter()
             cand(probe)
             best_t[cand.name] = min(best_t[cand.name], time.perf_counter() - t)
-    for cand in usable:
-        log.info("back-end %s: %.1f ms/window", cand.name, 1e3 * best_t[cand.name] / len(probe))
+        if rnd == 0:
+            fastest = min(best_t.values())
+            usable = [c for c in usable if best_t[c.name] <= 1.5 * fastest]
     best = min(usable, key=lambda c: best_t[c.name])
-    log.info("inference back-end: %s", best.name)
+    ms = {k: 1e3 * v / len(probe) for k, v in best_t.items() if math.isfinite(v)}
+    log.info("inference back-end: %s (%s ms/window)", best.name,
+             ", ".join(f"{k} {v:.0f}" for k, v in ms.items()))
+    if cache_dir is not None:
+        record = {"backend": best.name, "ms_per_window": ms, "model_sha256": model_hash(model),
+                  "cpu": cpu_model(), "threads": cpu_threads(), "window": window,
+                  "batch_size": batch_size, "trial_s": time.perf_counter() - t0}
+        _store(choice_file(model, window, batch_size, cache_dir), json.dumps(record, indent=1).encode())
     return best

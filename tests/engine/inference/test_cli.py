@@ -61,7 +61,7 @@ def test_infer_resumes_a_stopped_slide_from_its_cache(capsys, checkpoint, small_
 
     model, _ = load_model(checkpoint)
     stopped = infer_slide(small_svs, spec, TorchRunner(model, spec), tmp_path, InferOptions(
-        batch_size=1), token, progress)
+        batch_size=1, window=spec.tile, margin=32), token, progress)
     assert stopped["status"] == "cancelled" and 3 <= stopped["tiles"]["done"] < stopped["tiles"]["tissue"]
     assert all(p.total == stopped["tiles"]["tissue"] for p in seen)
     assert not (tmp_path / "cmu-1-small-region.json").exists()

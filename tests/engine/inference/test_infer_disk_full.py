@@ -37,7 +37,7 @@ def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def infer(slide: Path, checkpoint: Path, out: Path, *extra: str) -> int:
     return main(["infer", str(slide), "--model", str(checkpoint), "--out", str(out), "--json",
-                 "--backend", "torch", *extra])
+                 "--backend", "torch", "--window", "128", "--margin", "32", *extra])
 
 
 def outputs(out: Path) -> tuple[list[np.ndarray], dict]:
@@ -122,7 +122,11 @@ def test_the_onnx_graph_cache_on_a_full_disk(slide: Path, checkpoint: Path, tmp_
     capsys.readouterr()
     DiskFull(monkeypatch, lambda p: ".onnx." in p.name or p.suffix == ".choice")
     assert infer(slide, checkpoint, tmp_path, "--backend", "onnx") == 1
-    one_line(capsys, "cannot write", "cache/backends", "no space left on device")
+    one_line(capsys, "cannot write", "predictions/backends", "no space left on device")
+    from engine.inference.runner import backend_cache_dir
+
+    backends = backend_cache_dir()  # the user cache, never one per --out folder
+    assert leftovers(backends) == [] and not list(backends.rglob("*.onnx"))
     assert leftovers(tmp_path) == [] and not list(tmp_path.rglob("*.onnx"))
 
 

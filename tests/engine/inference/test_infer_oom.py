@@ -98,7 +98,8 @@ def test_infer_on_the_command_line(pattern_slide: Path, tmp_path: Path, capsys, 
     model = create_model("mobile-unet-small", classes=2)
     ckpt = save_model(tmp_path / "m.safetensors", model, {"model": model.config, "classes": ["background", "tumour"],
                                                           "input": {"mpp": 2.0, "tile": 128}})
-    argv = ["infer", str(pattern_slide), "--model", str(ckpt), "--backend", "torch", "--batch-size", "4", "--json"]
+    argv = ["infer", str(pattern_slide), "--model", str(ckpt), "--backend", "torch", "--batch-size", "4", "--json",
+            "--window", "128", "--margin", "32"]
     assert main([*argv, "--out", str(tmp_path / "clean")]) == 0
     capsys.readouterr()
     real, sizes = ProbabilityHead.forward, []

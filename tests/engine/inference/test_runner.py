@@ -45,12 +45,14 @@ def test_auto_picks_an_agreeing_backend_and_never_reduced_precision_on_cpu():
     assert TorchRunner(m, SPEC, amp=True).amp is False  # no autocast on the CPU
 
 
-def test_the_exported_graph_and_the_choice_are_remembered_per_model_version(tmp_path):
+def test_the_exported_graph_and_the_choice_are_remembered_per_model_hash(tmp_path):
+    from engine.inference.runner import model_hash
+
     m = model()
     first = make_runner(m, SPEC, 64, backend="auto", device="cpu", batch_size=2, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.choice"))) == 1
-    assert (tmp_path / "v-64.onnx").is_file()
+    assert (tmp_path / f"{model_hash(m)[:20]}.onnx").is_file()  # one graph per model, any window
     again = make_runner(m, SPEC, 64, backend="auto", device="cpu", batch_size=2, cache_dir=tmp_path)
     assert again.name == first.name
-    onnx = OnnxRunner(m, SPEC, 64, tmp_path)  # loads the stored graph
-    assert np.abs(onnx(batch()) - TorchRunner(m, SPEC)(batch())).max() < 1e-5
+    onnx = OnnxRunner(m, SPEC, 96, tmp_path)  # loads the stored graph, at another window size
+    assert np.abs(onnx(batch(1, 96)) - TorchRunner(m, SPEC)(batch(1, 96))).max() < 1e-5
