@@ -101,6 +101,8 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
                        "note": grid.note},
         "tiles": {"done": int(result.metrics["tiles_done"]), "tissue": cache.tissue_tiles,
                   "all": int(cache.tissue.size)},
+        "windows": {"size": grid.window, "margin": grid.margin, "run": int(result.metrics["windows"]),
+                    "network_s": result.metrics["forward_s"], "slide_loop_s": result.metrics["wall_s"]},
         "cache": str(cache.root), "host": platform.node(),
     }
     if result.status != "done":
