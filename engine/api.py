@@ -47,7 +47,8 @@ _INFERENCE = {
     "Progress": "engine.jobs", "Result": "engine.jobs",
     "open_cache": "engine.inference.job", "pick_runner": "engine.inference.job", "one_line": "engine.oserrors",
     "WriteError": "engine.oserrors",
-    "run_window": "engine.inference.geometry", "measure_backend_later": "engine.inference.job",
+    "run_window": "engine.inference.geometry", "run_batch": "engine.inference.geometry",
+    "measure_backend_later": "engine.inference.job",
     "remembered_backend": "engine.inference.runner", "backend_cache_dir": "engine.inference.runner",
 }
 

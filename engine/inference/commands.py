@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                    help="where the measured back-end choice and the ONNX graph are remembered "
                         "(default: the user cache the app uses, shared by every --out)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per network batch (default: as many pixels as 4 windows of 512 px)")
     p.add_argument("--window", type=int, default=None,
                    help="network input in px (default: 1.5x the card's tile, a multiple of 32)")
     p.add_argument("--margin", type=int, default=None,
@@ -72,7 +73,7 @@ def shard(items: list[Path]) -> list[Path]:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from engine.inference.geometry import run_window
+    from engine.inference.geometry import run_batch, run_window
     from engine.inference.job import InferOptions, infer_slide, outputs_for, pick_runner
     from engine.inference.spec import load_spec
 
@@ -83,7 +84,7 @@ def _infer(args: argparse.Namespace) -> int:
     if len(set(stems)) != len(stems):
         raise CocoPathError("two slides share a file name: their outputs would collide; run them "
                             "into different --out folders")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise CocoPathError("--batch-size must be at least 1")
     spec = load_spec(args.model)
     slides = shard(list(args.slides))
@@ -98,6 +99,8 @@ def _infer(args: argparse.Namespace) -> int:
     window, margin = run_window(spec)
     window = args.window if args.window is not None else window
     margin = args.margin if args.margin is not None else margin
+    if args.batch_size is None:
+        args.batch_size = run_batch(window)
     try:
         runner = pick_runner(model, spec, window, backend=args.backend, device=args.device,
                              batch_size=args.batch_size, cache_dir=backends)

@@ -217,3 +217,9 @@ def run_window(spec_tile: int | object) -> tuple[int, int]:
     bring that under 0.7 % (the seam check, :mod:`engine.inference.seams`)."""
     tile = int(getattr(spec_tile, "tile", spec_tile))
     return 32 * math.ceil(1.5 * tile / 32), max(tile // 8, 0)
+
+
+def run_batch(window: int) -> int:
+    """Windows per network batch for a run with ``window`` px inputs: as many pixels as 4 windows
+    of 512 px, at least one (768 px: 2), which keeps a run's peak memory under 1 GB."""
+    return max(1, round(4 * (512 / window) ** 2))
