@@ -105,6 +105,7 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
                     "network_s": result.metrics["forward_s"], "slide_loop_s": result.metrics["wall_s"]},
         "cache": str(cache.root), "host": platform.node(),
     }
+    summary["peak_rss_mb"] = peak_rss_mb()
     if result.status != "done":
         summary["time_s"] = time.perf_counter() - t0
         return summary
@@ -123,6 +124,18 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
     with writing(paths["summary"]):
         atomic_write(paths["summary"], json.dumps(summary, indent=1, ensure_ascii=False).encode())
     return summary
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (MB): VmHWM, which belongs to the program
+    itself (``ru_maxrss`` would include the parent's memory at fork on Linux); None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def pick_runner(model: Any, spec: ModelSpec, window: int, *, backend: str = "auto",

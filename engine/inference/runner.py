@@ -4,12 +4,13 @@ Every back-end takes a batch of windows as (B, N, N, 3) uint8 RGB and returns th
 probabilities (B, C - 1, N, N) float32: normalisation and softmax are part of the graph
 (:class:`ProbabilityHead`), so each back-end does the same work and ONNX Runtime gets all of it.
 On the CPU, ``backend="auto"`` uses the back-end chosen for this model on this machine: the choice
-is measured once (:func:`measure_backend`: the candidates on a few windows of the run's size, the
+is measured once (:func:`measure_backend`: the candidates on one window of the run's size, the
 fastest whose outputs agree with eager torch within ``AGREE_TOL``) and remembered in the user cache
 (:func:`backend_cache_dir`), keyed by the model's content hash (:func:`model_hash`, so a changed
 model is measured again), the CPU model and thread count, the window and the batch size. The ONNX
 graph is exported once per model hash, with free batch and spatial sizes. With ``measure=False`` a
-run never waits on a trial: it takes the remembered choice, or eager torch until one is measured.
+run never waits on a trial: it takes the remembered choice, else :func:`provisional_runner` (ONNX
+Runtime unmeasured, else eager torch) until one is measured.
 The int8 graph (onnxruntime's static quantiser) is a candidate only where its accuracy verdict
 (:mod:`engine.inference.precision`: test-split mIoU within ``MAX_MIOU_DROP`` of float32) is on
 record for the model hash. bfloat16 is never used on the CPU (about 10× slower there).
