@@ -4,8 +4,8 @@ A synthetic pyramid (real H&E patches, mpp 0.25; ``--bench-size``, default 12 00
 1920 × 1080 view at 10× and the model (``--bench-model``, else the shipped student) is run from the
 Model panel's code path on the never-predicted slide, three times, each with an empty prediction cache:
 
-* ``cold``: an empty user cache (no back-end remembered): the run starts with eager torch and
-  measures the back-ends in the background once the visible field is done;
+* ``cold``: an empty user cache (no back-end remembered): the run starts with the engine's
+  unmeasured runner (ONNX Runtime, else eager torch) and measures the back-ends in the background once the visible field is done;
 * ``warm``: the user cache the cold run left (its back-end choice remembered);
 * ``baseline_trial_first``: an empty user cache with the back-end trial before the first window,
   as every run did before (issue 14), measured in the same process as the other two.

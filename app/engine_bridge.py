@@ -36,6 +36,8 @@ class InferenceBridge(QObject):
         super().__init__(parent)
         self._run: InferenceRun | None = None
         self._thread: threading.Thread | None = None
+        self._alive = True  # False once the window closed: worker threads emit nothing any more
+        self._emit_lock = threading.Lock()
 
     @property
     def running(self) -> bool:
@@ -52,8 +54,8 @@ class InferenceBridge(QObject):
             return False
         run = InferenceRun(slide_path, spec, viewport, measure_only=measure_only, level=level,
                            trial_first=trial_first)
-        run.on_tissue = self.tissue.emit
-        run.on_backend = self.backend.emit
+        run.on_tissue = self._safe(self.tissue)
+        run.on_backend = self._safe(self.backend)
         self._run = run
         self._thread = threading.Thread(target=self._work, args=(run,), name="infer-job",
                                         daemon=True)
@@ -74,6 +76,24 @@ class InferenceBridge(QObject):
         if self._run is not None:
             self._run.cancel()
 
+    def _safe(self, signal):
+        """``signal.emit`` for worker threads, a no-op once :meth:`shut_down` ran: a run (or a
+        back-end trial) that outlives the window must not emit on a deleted QObject (a crash)."""
+        def emit(*args) -> None:
+            with self._emit_lock:
+                if self._alive:
+                    signal.emit(*args)
+        return emit
+
+    def shut_down(self, timeout: float = 30) -> bool:
+        """The window closes: cancel the run, wait up to ``timeout`` s for it, and from then on let
+        no worker emit (a run stuck in a slide read may end later, silently); True when it ended."""
+        self.cancel()
+        ended = self.wait(timeout)
+        with self._emit_lock:
+            self._alive = False
+        return ended
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker ends (closing the window); True when it did."""
         t = self._thread
@@ -86,16 +106,13 @@ class InferenceBridge(QObject):
         _lower_priority()  # before the engine starts its threads: they inherit both (Linux)
         _spare_a_core()
         try:
-            end = run.run(self._started, self.progress.emit, self.tile_done.emit)
+            end = run.run(self._safe(self.started), self._safe(self.progress), self._safe(self.tile_done))
         except CocoPathError as exc:
             end = RunFinished("failed", None, str(exc))
         except Exception as exc:  # noqa: BLE001 - shown as one sentence, logged in full
             log.exception("inference failed")
             end = RunFinished("failed", None, failure_message(exc))
-        self.finished.emit(end)
-
-    def _started(self, info: RunStarted) -> None:
-        self.started.emit(info)
+        self._safe(self.finished)(end)
 
 
 def failure_message(exc: BaseException) -> str:

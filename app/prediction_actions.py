@@ -19,7 +19,7 @@ from app.engine_bridge import InferenceBridge
 from app.panels.model import ModelPanel
 from app.prediction_accept import PredictionAccept
 from app.panels.summary import SummaryPanel
-from app.state.inference_run import RunFinished, RunStarted, open_existing
+from app.state.inference_run import RunFinished, RunStarted, open_existing, wait_for_trial
 from app.state.predictions import PredictionStyle, level_choices, level_note, summary_csv
 from app.state.viewport import Viewport
 from engine.api import (CocoPathError, ModelSpec, PredictionCache, Progress, default_level,
@@ -326,8 +326,8 @@ class PredictionActions(QObject):
 
     def close(self) -> None:
         """The window closes: stop a run and wait for it (its threads hold the slide)."""
-        self.bridge.cancel()
-        self.bridge.wait(30)
+        self.bridge.shut_down(30)
+        wait_for_trial(60)  # a back-end trial in the background: a few seconds
 
 
 def _scrolled(widget: QWidget) -> QScrollArea:

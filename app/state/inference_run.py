@@ -8,10 +8,11 @@ it visible region first. ``set_viewport`` and ``cancel`` may be called from any 
 At the end it measures the areas over the cache.
 
 The first field never waits for a back-end trial: the run starts with the back-end remembered for
-this model file on this machine, else eager torch (``pick_runner(..., measure=False)``). Only once
-the visible field is predicted does a background thread measure the back-ends (the engine remembers
-the fastest in the user cache); the run then goes on with the winner. One trial at a time per
-process, and none when the choice is already remembered.
+this model file on this machine, else the engine's unmeasured runner, ONNX Runtime or else eager
+torch (``pick_runner(..., measure=False)``). Only once the visible field is predicted does a
+background thread measure the back-ends (the engine remembers the fastest in the user cache); the
+run then goes on with the winner. One trial at a time per process, and none when the choice is
+already remembered; the trial is not a daemon thread and closing the window waits for it.
 """
 
 from __future__ import annotations
@@ -80,9 +81,19 @@ def trial_running() -> bool:
     return t is not None and t.is_alive()
 
 
+def wait_for_trial(timeout: float | None = None) -> bool:
+    """Wait for a background back-end trial to end (the window closes, the app quits): a trial
+    cut off at exit would abort the process inside ONNX Runtime; True when none runs any more."""
+    t = _trial
+    if t is not None:
+        t.join(timeout)
+    return not trial_running()
+
+
 def quick_runner(model: Any, spec: ModelSpec, batch_size: int) -> tuple[Any, bool]:
     """A runner at once, no back-end trial: the remembered choice for this model on this machine,
-    else eager torch; and whether a trial is still due (no choice remembered yet)."""
+    else the unmeasured one (ONNX Runtime, else eager torch); and whether a trial is still due (no
+    choice remembered yet)."""
     from engine.api import pick_runner
 
     if "measure" in inspect.signature(pick_runner).parameters:
@@ -233,7 +244,9 @@ class InferenceRun:
                     if self.on_backend is not None:
                         self.on_backend(name)
 
-            _trial = threading.Thread(target=measure, name="infer-backend-trial", daemon=True)
+            # not a daemon: the interpreter waits for it at exit (a few seconds) instead of
+            # tearing ONNX Runtime down under it (std::terminate, the process aborts)
+            _trial = threading.Thread(target=measure, name="infer-backend-trial")
             _trial.start()
 
     def _summary(self, cache: PredictionCache, tissue: Any, info: Any) -> Summary:

@@ -55,7 +55,9 @@ def test_the_visible_field_comes_before_any_backend_trial(spec, small_svs, tmp_p
     assert trial_done.wait(30), "the back-end trial never ran"
     kinds = [k for k, _ in events]
     assert kinds.index("tissue") < kinds.index("started") < kinds.index("tile")
-    assert started[0].backend == "torch-eager"  # no trial: the remembered choice or eager torch
+    # no trial before it: nothing is remembered here, so the engine's unmeasured runner (ONNX
+    # Runtime when its graph exports and agrees with torch, else eager torch), never the winner
+    assert started[0].backend in ("onnxruntime", "torch-eager")
     job = run._job
     visible = {t for t in job.scheduler.visible_tiles() if job.cache.tissue[t[1], t[0]]}
     assert visible and len(visible) < len(job.cache.done_tiles()) / 2
