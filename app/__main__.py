@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from app.application import make_application, wait_until_drawn
+
 T_START = time.perf_counter()
 log = logging.getLogger("app")
 
@@ -74,35 +76,6 @@ def _ensure_platform(interactive: bool) -> bool:
     return True
 
 
-def make_application() -> object:
-    from PySide6.QtWidgets import QApplication
-
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-    app.setOrganizationName("CoCoPath")
-    app.setApplicationName("CoCoPath")
-    app.setApplicationDisplayName("CoCoPath")
-    return app
-
-
-def wait_until_drawn(window: object, timeout: float) -> bool:
-    """Run the event loop until the view has drawn every visible tile at its final level."""
-    from PySide6.QtCore import QCoreApplication, QEventLoop
-
-    view = window.view  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout
-    stable = 0
-    last = None
-    while time.monotonic() < deadline:
-        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
-        state = (view.request_id, view.is_settled())
-        stable = stable + 1 if state == last and state[1] else 0
-        last = state
-        if stable >= 3:
-            return True
-        time.sleep(0.005)
-    return False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.predict and not args.screenshot:
@@ -110,47 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    headless = bool(args.screenshot or args.bench_viewer or args.bench_annotations
-                    or args.bench_predictions or args.bench_training or args.first_frame_probe
-                    or args.bench_first_field)
+    headless = bool(args.screenshot or args.first_frame_probe or _wants_benchmark(args))
     if not _ensure_platform(interactive=not headless):
         return 1
-    if args.bench_training:
-        from app.bench_training import run_training_benchmark
-
-        return run_training_benchmark(Path(args.bench_training), side=args.bench_size or 12_000,
-                                      model=Path(args.bench_model) if args.bench_model else None)
-    if args.bench_first_field:
-        from app.bench_first_field import run_first_field_benchmark
-
-        return run_first_field_benchmark(Path(args.bench_first_field), side=args.bench_size or 12_000,
-                                         model=Path(args.bench_model) if args.bench_model else None)
-    if args.bench_predictions:
-        from app.bench_predictions import run_prediction_benchmark
-
-        return run_prediction_benchmark(Path(args.bench_predictions), side=args.bench_size or 12_000,
-                                        model=Path(args.bench_model) if args.bench_model else None)
-    if args.bench_annotations:
-        from app.bench_annotations import run_annotation_benchmark
-
-        return run_annotation_benchmark(Path(args.bench_annotations),
-                                        side=args.bench_size or 30_000)
-    if args.bench_viewer:
-        from app.bench import run_benchmark
-
-        side = args.bench_size or 50_000
-        if args.size:
-            try:
-                side = int(args.size)
-            except ValueError:
-                print(f"cocopath: error: with --bench-viewer, --size is the pyramid's side in pixels "
-                      f"(e.g. 50000), got {args.size!r}", file=sys.stderr)
-                return 2
-        if side < 1024:
-            print("cocopath: error: the benchmark pyramid needs a side of at least 1024 px", file=sys.stderr)
-            return 2
-        return run_benchmark(Path(args.bench_viewer), size=side,
-                             slide=Path(args.bench_slide) if args.bench_slide else None)
+    if _wants_benchmark(args):
+        return run_benchmark(args)
     size = _pair(args.size, "x", "--size", int) if args.size else None
     center = _pair(args.center, ",", "--center") if args.center else None
     headless = bool(args.screenshot or args.first_frame_probe)
@@ -201,6 +138,52 @@ def main(argv: list[str] | None = None) -> int:
         return _screenshot(window, Path(args.screenshot), args.timeout)
     return app.exec()  # type: ignore[attr-defined]
 
+
+def _wants_benchmark(args: argparse.Namespace) -> bool:
+    return bool(args.bench_viewer or args.bench_annotations or args.bench_predictions
+                or args.bench_training or args.bench_first_field)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """``--bench-*``: the benchmark modules (:mod:`app.bench`) are imported here, only when asked
+    for; nothing else in the app imports them."""
+    if args.bench_training:
+        from app.bench.training import run_training_benchmark
+
+        return run_training_benchmark(Path(args.bench_training), side=args.bench_size or 12_000,
+                                      model=Path(args.bench_model) if args.bench_model else None)
+    if args.bench_first_field:
+        from app.bench.first_field import run_first_field_benchmark
+
+        return run_first_field_benchmark(Path(args.bench_first_field), side=args.bench_size or 12_000,
+                                         model=Path(args.bench_model) if args.bench_model else None)
+    if args.bench_predictions:
+        from app.bench.predictions import run_prediction_benchmark
+
+        return run_prediction_benchmark(Path(args.bench_predictions), side=args.bench_size or 12_000,
+                                        model=Path(args.bench_model) if args.bench_model else None)
+    if args.bench_annotations:
+        from app.bench.annotations import run_annotation_benchmark
+
+        return run_annotation_benchmark(Path(args.bench_annotations),
+                                        side=args.bench_size or 30_000)
+    if args.bench_viewer:
+        from app.bench.viewer import run_benchmark as run_viewer_benchmark
+
+        side = args.bench_size or 50_000
+        if args.size:
+            try:
+                side = int(args.size)
+            except ValueError:
+                print(f"cocopath: error: with --bench-viewer, --size is the pyramid's side in pixels "
+                      f"(e.g. 50000), got {args.size!r}", file=sys.stderr)
+                return 2
+        if side < 1024:
+            print("cocopath: error: the benchmark pyramid needs a side of at least 1024 px", file=sys.stderr)
+            return 2
+        return run_viewer_benchmark(Path(args.bench_viewer), size=side,
+                             slide=Path(args.bench_slide) if args.bench_slide else None)
+    raise ValueError("no --bench-* option given")
 
 def _first_frame(window: object) -> int:
     """Benchmark probe: seconds from start to the first slide frame, then to all tiles final."""

@@ -10,9 +10,9 @@ from PySide6.QtGui import (QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QI
                            QKeySequence)
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QWidget)
 
-from app.annotation_actions import AnnotationActions
-from app.prediction_actions import PredictionActions
-from app.training_actions import TrainingActions
+from app.actions.annotations import AnnotationActions
+from app.actions.predictions import PredictionActions
+from app.actions.training import TrainingActions
 from app.panels.slide_info import SlideInfoPanel, rgb_to_qimage
 from app.state.viewport import (MAGNIFICATION_PRESETS, Viewport, format_magnification,
                                 format_position)

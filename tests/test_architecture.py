@@ -51,3 +51,30 @@ def test_every_engine_module_has_a_layer() -> None:
     layers = _contract("engine layers")["layers"]
     placed = {m.strip() for layer in layers for m in layer.split(":")}
     assert placed == _engine_modules()
+
+
+def _app_modules() -> set[str]:
+    import app
+
+    return {f"app.{m.name}" for m in pkgutil.iter_modules(app.__path__)}
+
+
+def test_every_app_module_but_the_command_line_is_kept_from_the_benchmarks() -> None:
+    """A new module of the app may not import app.bench from the day it is written."""
+    sources = set(_contract("nothing in the app imports the benchmarks")["source_modules"])
+    assert sources == _app_modules() - {"app.__main__", "app.bench"}
+
+
+def test_the_benchmarks_import_nothing_private_of_one_another() -> None:
+    """Shared helpers are public (app.bench.common); a benchmark never takes another's ``_name``."""
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / "app" / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("app"):
+                bad += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_")]
+    assert not bad, bad
+    modules = {f"app.bench.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "app" / "bench")])}
+    assert {"app.bench.common", "app.bench.viewer", "app.bench.training"} <= modules

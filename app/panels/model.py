@@ -1,6 +1,6 @@
 """The model dock: the active model's card, choose a model, run / cancel, progress, device, display.
 
-A thin widget: it shows what :mod:`app.prediction_actions` tells it and emits what the user asks.
+A thin widget: it shows what :mod:`app.actions.predictions` tells it and emits what the user asks.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The models dock: the project's model registry — every version with its parent, date, held-out
 mIoU and note, the active one marked — and Activate, Rollback, Export…, Import…, the model card.
 
-A thin widget: :mod:`app.training_actions` owns the registry and tells this panel what to show.
+A thin widget: :mod:`app.actions.training` owns the registry and tells this panel what to show.
 """
 
 from __future__ import annotations

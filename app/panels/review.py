@@ -2,7 +2,7 @@
 (entropy of its prediction, or its disagreement with another version), best first; click one and
 the view goes there. Correcting those regions is where a fine-tuning round learns most.
 
-A thin widget: :mod:`app.training_actions` ranks the regions (off the GUI thread) and moves the
+A thin widget: :mod:`app.actions.training` ranks the regions (off the GUI thread) and moves the
 view.
 """
 

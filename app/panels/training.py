@@ -5,7 +5,7 @@ counts, how the classes map, a warning for a slide too coarse for the model), Fi
 progress and time left, live curves (pyqtgraph), and errors with the process's stderr under
 "Details".
 
-A thin widget: :mod:`app.training_actions` starts the round and feeds it the round's events.
+A thin widget: :mod:`app.actions.training` starts the round and feeds it the round's events.
 """
 
 from __future__ import annotations

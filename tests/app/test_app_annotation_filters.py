@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.annotation_actions import EXPORT_FILTERS, IMPORT_FILTER
+from app.actions.annotations import EXPORT_FILTERS, IMPORT_FILTER
 
 
 def test_the_gui_filters_come_from_the_table() -> None:

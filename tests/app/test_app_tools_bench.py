@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def test_annotation_benchmark_smoke(qtbot, tmp_path: Path) -> None:
-    from app.bench_annotations import run_annotation_benchmark
+    from app.bench.annotations import run_annotation_benchmark
 
     out = tmp_path / "bench.json"
     assert run_annotation_benchmark(out, side=4000, n=300) == 0
@@ -27,7 +27,7 @@ def test_annotation_benchmark_smoke(qtbot, tmp_path: Path) -> None:
 def test_prediction_benchmark_smoke(qtbot, tmp_path: Path) -> None:
     import os
 
-    from app.bench_predictions import run_prediction_benchmark
+    from app.bench.predictions import run_prediction_benchmark
 
     data_dir = os.environ["COCOPATH_DATA_DIR"]
     out = tmp_path / "bench-pred.json"

@@ -20,12 +20,12 @@ import logging
 import os
 import platform
 import shutil
-import statistics
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+
+from app.bench.common import frame_times, pct, summary, wait_complete, wait_idle
 
 log = logging.getLogger(__name__)
 
@@ -34,61 +34,6 @@ COLD_PASSES = 3  # cold passes pooled: a shared machine's noise then moves p95 l
 SMALL_BUDGET = 256 * 2**20  # the memory check also runs with a cache that must evict
 TARGETS = {"cold_p95_ms": 100.0, "frame_p95_ms": 16.0, "tile_path_ratio": 1.3,
            "memory_over_budget_mb": 400.0, "startup_s": 2.0}
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def _summary(ms: list[float]) -> dict[str, float]:
-    return {"n": len(ms), "p50_ms": round(_pct(ms, 50), 2), "p95_ms": round(_pct(ms, 95), 2),
-            "max_ms": round(max(ms), 2) if ms else float("nan"), "mean_ms": round(statistics.fmean(ms), 2)}
-
-
-def _pump(app: Any, seconds: float) -> None:
-    """Process events for ``seconds`` (the benchmarks' waits)."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()
-        time.sleep(0.005)
-
-
-def _untrained_student(folder: Path) -> Path:
-    """An untrained ``mobile-unet-small`` (2 classes, 1 µm/px, 256² input) saved in ``folder``:
-    timings only, its predictions mean nothing."""
-    from engine.api import create_model, save_model
-
-    model = create_model("mobile-unet-small", classes=2)
-    return save_model(folder / "student.safetensors", model,
-                      {"model": model.config, "classes": ["background", "tumour"],
-                       "input": {"mpp": 1.0, "tile": 256}})
-
-
-def _in_temp_data_dir(prefix: str, measure: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """``measure(tmp)`` in a temporary folder (removed at the end) that holds the user data folder
-    too (``COCOPATH_DATA_DIR``, restored afterwards)."""
-    before = os.environ.get("COCOPATH_DATA_DIR")
-    try:
-        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-            os.environ["COCOPATH_DATA_DIR"] = str(Path(tmp) / "data")
-            return measure(Path(tmp))
-    finally:
-        if before is None:
-            os.environ.pop("COCOPATH_DATA_DIR", None)
-        else:
-            os.environ["COCOPATH_DATA_DIR"] = before
-
-
-def _write_result(out: Path, result: dict[str, Any]) -> None:
-    """Write ``result`` to ``out`` as JSON and print it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2), flush=True)
 
 
 def scripted_sequence(geo: object, start: object) -> list[object]:
@@ -127,23 +72,6 @@ def scripted_sequence(geo: object, start: object) -> list[object]:
     return seq
 
 
-def _wait_complete(app: object, view: object, timeout: float = 30.0) -> bool:
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    deadline = time.perf_counter() + timeout
-    tick = QTimer()
-    tick.start(5)  # wakes the wait below even if no tile arrives
-    try:
-        while not view.is_complete():  # type: ignore[attr-defined]
-            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents  # type: ignore[attr-defined]
-                              | QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
-            if time.perf_counter() > deadline:
-                return False
-    finally:
-        tick.stop()
-    return True
-
-
 def _run_sequence(app: object, view: object, seq: list[object]) -> tuple[list[float], list[set], list[float]]:
     """Per step: ms from set_viewport to every visible tile painted, the tiles it lacked, ms painting."""
     times: list[float] = []
@@ -152,13 +80,13 @@ def _run_sequence(app: object, view: object, seq: list[object]) -> tuple[list[fl
     paint_s: list[float] = []
     view.painted.connect(lambda rec: paint_s.append(rec.seconds))  # type: ignore[attr-defined]
     for vp in seq:
-        _wait_idle(view)
+        wait_idle(view)
         paint_s.clear()
         t0 = time.perf_counter()
         view.set_viewport(vp, force=True)  # type: ignore[attr-defined]
         plan, grid, cache = view.plan, view.grid, view.cache  # type: ignore[attr-defined]
         missing.append({grid.request(t) for t in plan.visible if grid.request(t) not in cache})
-        if not _wait_complete(app, view):
+        if not wait_complete(app, view):
             raise RuntimeError("the view did not complete a frame within 30 s")
         times.append((time.perf_counter() - t0) * 1000)
         painting.append(sum(paint_s) * 1000)
@@ -166,19 +94,6 @@ def _run_sequence(app: object, view: object, seq: list[object]) -> tuple[list[fl
                  len(missing[-1]), len(paint_s), painting[-1])
     view.painted.disconnect()  # type: ignore[attr-defined]
     return times, missing, painting
-
-
-def _wait_idle(view: object, timeout: float = 10.0) -> None:
-    """Let prefetch (and idle-time tile scaling) finish, as when a user pauses between moves."""
-    from PySide6.QtCore import QCoreApplication
-
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        QCoreApplication.processEvents()
-        if not view.loader.pending() and not view.prefetch_waiting:  # type: ignore[attr-defined]
-            break
-        time.sleep(0.002)
-    QCoreApplication.processEvents()
 
 
 def _raw_read_ms(path: Path, keys: list) -> list[float]:
@@ -210,41 +125,13 @@ def _app_read_ms(path: Path, keys: list) -> list[float]:
     return out
 
 
-def _frame_times(app: object, view: object, start: object, steps: int, dx: float,
-                 fast: bool) -> list[float]:
-    """ms per frame (viewport change + synchronous repaint) panning over already-cached tiles."""
-    vp = start
-    path = []
-    for _ in range(steps):
-        vp = vp.panned(-dx, -dx / 3)
-        path.append(vp)
-    for vp in path:  # first pass loads the tiles of the whole path
-        view.set_viewport(vp)  # type: ignore[attr-defined]
-        _wait_complete(app, view)
-    view.set_viewport(start)  # type: ignore[attr-defined]
-    _wait_complete(app, view)
-    _wait_idle(view)
-    view.fast_paint = fast  # type: ignore[attr-defined]
-    out = []
-    for vp in path:
-        t0 = time.perf_counter()
-        view.set_viewport(vp)  # type: ignore[attr-defined]
-        view.repaint()  # type: ignore[attr-defined]
-        out.append((time.perf_counter() - t0) * 1000)
-        app.processEvents()  # type: ignore[attr-defined]  # between input events timers run
-        if not view.is_complete():  # type: ignore[attr-defined]
-            log.warning("a frame of the cached pan was not complete")
-    view.fast_paint = False  # type: ignore[attr-defined]
-    return out
-
-
 def run_benchmark(out: Path, size: int = 50_000, keep: bool = False, slide: Path | None = None) -> int:
     """Build the pyramid, measure everything in one run, write ``out`` (JSON); 0 on success."""
     from PySide6 import __version__ as pyside_version
 
-    from app.__main__ import make_application
-    from app.bench_probes import PeakRss, empty_paint_ms, memory_storm
-    from app.bench_probes import startup as startup_probe
+    from app.application import make_application
+    from app.bench.probes import PeakRss, empty_paint_ms, memory_storm
+    from app.bench.probes import startup as startup_probe
     from app.main_window import MainWindow  # noqa: F401  (import cost is part of the app's)
     from app.panels.slide_info import rgb_to_qimage
     from app.viewer.slide_view import SlideView
@@ -274,7 +161,7 @@ def run_benchmark(out: Path, size: int = 50_000, keep: bool = False, slide: Path
         source = open_slide(path)
         info = source.info
         view.set_source(source, rgb_to_qimage(source.thumbnail(512)))  # as the app does
-        _wait_complete(app, view)
+        wait_complete(app, view)
         seq = scripted_sequence(view.geometry_, view.viewport)
 
         # cold: empty caches and a fresh slide handle (OpenSlide's own cache empty too), three times
@@ -286,14 +173,14 @@ def run_benchmark(out: Path, size: int = 50_000, keep: bool = False, slide: Path
         keys: list = []
         for n in range(COLD_PASSES):
             view.set_source(open_slide(path), view.thumbnail)
-            _wait_complete(app, view)
-            _wait_idle(view)
+            wait_complete(app, view)
+            wait_idle(view)
             cache.clear()
             print(f"cold pass {n + 1}/{COLD_PASSES}: {len(seq)} viewport changes …", flush=True)
             times, missing, painting = _run_sequence(app, view, seq)
             cold += times
             cold_paint += painting
-            per_pass_p95.append(round(_pct(times, 95), 1))
+            per_pass_p95.append(round(pct(times, 95), 1))
             # the same tiles each step lacked, read with raw openslide one by one (fresh handle)
             pass_keys = [k for step in missing for k in sorted(step, key=lambda r: (r.level, r.y, r.x))]
             raw_ms = _raw_read_ms(path, pass_keys)
@@ -317,10 +204,10 @@ def run_benchmark(out: Path, size: int = 50_000, keep: bool = False, slide: Path
         from app.state.viewport import Viewport
 
         start = Viewport(info.dimensions[0] * 0.4, info.dimensions[1] * 0.45, 1.5, VIEW_W, VIEW_H)
-        smooth = _frame_times(app, view, start, 90, 12, fast=False)
-        drag = _frame_times(app, view, start, 90, 12, fast=True)
+        smooth = frame_times(app, view, start, 90, 12, fast=False)
+        drag = frame_times(app, view, start, 90, 12, fast=True)
         start1 = replace(start, downsample=1.0)
-        smooth1 = _frame_times(app, view, start1, 90, 12, fast=False)
+        smooth1 = frame_times(app, view, start1, 90, 12, fast=False)
         empty = empty_paint_ms(app)
         peak = rss.stop()
         cache_used = cache.current_bytes
@@ -347,23 +234,23 @@ def run_benchmark(out: Path, size: int = 50_000, keep: bool = False, slide: Path
                 "notes": "each step waits for the previous step's prefetch (ring + finer level under a "
                          "cursor resting at the view centre) to finish, as when a user pauses; cold = "
                          "empty app cache and a fresh OpenSlide handle at the start of the pass",
-                "cold": _summary(cold), "warm": _summary(warm),
+                "cold": summary(cold), "warm": summary(warm),
                 "tiles_read_per_cold_pass": len(keys),
-                "gui_paint_ms_per_cold_step": _summary(cold_paint),
-                "baseline_raw_openslide_sequential_same_tiles": _summary(raw_steps),
+                "gui_paint_ms_per_cold_step": summary(cold_paint),
+                "baseline_raw_openslide_sequential_same_tiles": summary(raw_steps),
                 "cold_passes": COLD_PASSES, "cold_p95_ms_per_pass": per_pass_p95,
-                "cold_p95_over_raw_sequential_p95": round(_pct(cold, 95) / max(_pct(raw_steps, 95), 1e-6), 2),
-                "cold_over_raw_sequential_per_step": {"p50": round(_pct(cold_ratio, 50), 2),
-                                                      "p95": round(_pct(cold_ratio, 95), 2)},
+                "cold_p95_over_raw_sequential_p95": round(pct(cold, 95) / max(pct(raw_steps, 95), 1e-6), 2),
+                "cold_over_raw_sequential_per_step": {"p50": round(pct(cold_ratio, 50), 2),
+                                                      "p95": round(pct(cold_ratio, 95), 2)},
                 "target_cold_p95_ms": TARGETS["cold_p95_ms"],
-                "meets_target": _pct(cold, 95) <= TARGETS["cold_p95_ms"],
+                "meets_target": pct(cold, 95) <= TARGETS["cold_p95_ms"],
             },
             "frame_pan_cached": {
-                "smooth_1_5x_scaled": _summary(smooth), "drag_mode_1_5x_scaled": _summary(drag),
-                "smooth_1to1": _summary(smooth1), "baseline_empty_paint": _summary(empty),
-                "p95_over_empty_paint": round(_pct(smooth, 95) / max(_pct(empty, 95), 1e-6), 1),
+                "smooth_1_5x_scaled": summary(smooth), "drag_mode_1_5x_scaled": summary(drag),
+                "smooth_1to1": summary(smooth1), "baseline_empty_paint": summary(empty),
+                "p95_over_empty_paint": round(pct(smooth, 95) / max(pct(empty, 95), 1e-6), 1),
                 "target_p95_ms": TARGETS["frame_p95_ms"],
-                "meets_target": max(_pct(smooth, 95), _pct(smooth1, 95)) <= TARGETS["frame_p95_ms"],
+                "meets_target": max(pct(smooth, 95), pct(smooth1, 95)) <= TARGETS["frame_p95_ms"],
             },
             "tile_path_vs_raw_read_region": {
                 "tiles": len(sample_keys),

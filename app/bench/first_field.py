@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.bench import _in_temp_data_dir, _pump, _wait_complete, _write_result
+from app.bench.common import in_temp_data_dir, pump, wait_complete, write_result
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +38,17 @@ RUN_LIMIT_S = 600.0
 
 def run_first_field_benchmark(out: Path, side: int = 12_000, model: Path | None = None) -> int:
     """Build the pyramid, measure the three runs, write ``out`` (JSON); 0 on success."""
-    from app.__main__ import make_application
+    from app.application import make_application
 
     app = make_application()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    figures = _in_temp_data_dir("cocopath-bench-first-", lambda tmp: _measure(app, tmp, side, model))
+    figures = in_temp_data_dir("cocopath-bench-first-", lambda tmp: _measure(app, tmp, side, model))
     result = {"machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))
                           if hasattr(os, "sched_getaffinity") else None,
                           "load_average_at_start": load, "platform": platform.platform(),
                           "python": platform.python_version()},
               **figures}
-    _write_result(out, result)
+    write_result(out, result)
     return 0
 
 
@@ -113,8 +113,8 @@ def _one_run(app: Any, data: Path, slide: Path, checkpoint: Path, trial_first: b
     assert pa.load_model(str(checkpoint)), window.last_error
     base = view.geometry_.base_magnification or 40.0
     view.set_viewport(Viewport(slide_side(view) / 2, slide_side(view) / 2, base / 10, VIEW_W, VIEW_H))
-    _wait_complete(app, view)
-    _pump(app, 0.3)
+    wait_complete(app, view)
+    pump(app, 0.3)
     marks: dict[str, float] = {}
     overlay = view.predictions
 
@@ -132,7 +132,7 @@ def _one_run(app: Any, data: Path, slide: Path, checkpoint: Path, trial_first: b
     x0, y0, x1, y1 = view.viewport.visible_rect()
     want: list[tuple[int, int]] = []
     while "visible_field_painted" not in marks and time.perf_counter() - t0 < RUN_LIMIT_S:
-        _pump(app, 0.01)
+        pump(app, 0.01)
         if not pa.bridge.running and (own is None or "visible_field_done" in marks) \
                 and time.perf_counter() - marks.get("visible_field_done", t0) > 10:
             break  # the run ended and nothing more will be painted
@@ -153,7 +153,7 @@ def _one_run(app: Any, data: Path, slide: Path, checkpoint: Path, trial_first: b
     backend = pa.panel.fields["device"].text()
     pa.cancel()
     while pa.bridge.running:
-        _pump(app, 0.05)
+        pump(app, 0.05)
     view.painted.disconnect(painted)
     window.close()
     app.processEvents()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bench import _frame_times, _summary, _wait_complete, _wait_idle
+from app.bench.common import frame_times, summary, wait_complete, wait_idle
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _brush_frames(app: object, window: object, strokes: int = 12, moves: int = 4
 
 
 def run_annotation_benchmark(out: Path, side: int = SIDE, n: int = N_ANNOTATIONS) -> int:
-    from app.__main__ import make_application
+    from app.application import make_application
     from app.state.viewport import Viewport, fit_viewport
     from engine.api import build_pyramid_tiff
 
@@ -134,20 +134,20 @@ def run_annotation_benchmark(out: Path, side: int = SIDE, n: int = N_ANNOTATIONS
             start = (fit_viewport(geo, view.width(), view.height()) if ds is None else
                      Viewport(side / 2, side / 2, ds, view.width(), view.height()))
             steps, dx = (30, 40) if ds is not None else (20, 10)
-            frames = _frame_times(app, view, start, steps, dx, fast=True)
+            frames = frame_times(app, view, start, steps, dx, fast=True)
             stats = view.annotator.overlay.stats
             view.annotator.overlay.visible = False
-            baseline = _frame_times(app, view, start, steps, dx, fast=True)
+            baseline = frame_times(app, view, start, steps, dx, fast=True)
             view.annotator.overlay.visible = True
             results[name] = {"downsample": round(view.viewport.downsample, 2),
                              "annotations_in_rendered_window": stats.drawn,
                              "drawn_as_dots": stats.dots,
                              "window_render_ms": round(stats.seconds * 1000, 1),
-                             "pan_frame": _summary(frames),
-                             "pan_frame_overlay_off": _summary(baseline)}
+                             "pan_frame": summary(frames),
+                             "pan_frame_overlay_off": summary(baseline)}
         view.set_viewport(Viewport(side / 2, side / 2, base / 10, view.width(), view.height()))
-        _wait_complete(app, view)
-        _wait_idle(view)
+        wait_complete(app, view)
+        wait_idle(view)
         brush, commits = _brush_frames(app, window)
         long_strokes, _ = _brush_frames(app, window, strokes=2, moves=400, step=3)
         count = view.annotator.store.count()
@@ -164,13 +164,13 @@ def run_annotation_benchmark(out: Path, side: int = SIDE, n: int = N_ANNOTATIONS
         "open_slide_with_annotations_s": round(open_s, 3),
         "first_frame_with_overlay_ms": round(first_overlay_ms, 1),
         "pan": results,
-        "brush_stroke_frame": _summary(brush),
-        "brush_stroke_commit": _summary(commits),
-        "brush_long_stroke_frame": _summary(long_strokes),
+        "brush_stroke_frame": summary(brush),
+        "brush_stroke_commit": summary(commits),
+        "brush_long_stroke_frame": summary(long_strokes),
         "target_frame_p95_ms": FRAME_BUDGET_MS,
         "meets_target": {"pan": max(pans) <= FRAME_BUDGET_MS,
-                         "brush": max(_summary(brush)["p95_ms"],
-                                      _summary(long_strokes)["p95_ms"]) <= FRAME_BUDGET_MS},
+                         "brush": max(summary(brush)["p95_ms"],
+                                      summary(long_strokes)["p95_ms"]) <= FRAME_BUDGET_MS},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -22,8 +22,8 @@ import platform
 import time
 from pathlib import Path
 
-from app.bench import (_frame_times, _in_temp_data_dir, _pump, _summary, _untrained_student,
-                       _wait_complete, _wait_idle, _write_result)
+from app.bench.common import (frame_times, in_temp_data_dir, pump, summary, untrained_student,
+                       wait_complete, wait_idle, write_result)
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,16 @@ def _visible_done(window: object) -> bool:
 def run_prediction_benchmark(out: Path, side: int = 12_000, model: Path | None = None) -> int:
     """Build the pyramid, measure, write ``out`` (JSON); 0 on success. Prediction caches go to a
     temporary user data folder, removed at the end."""
-    from app.__main__ import make_application
+    from app.application import make_application
 
     app = make_application()
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    figures = _in_temp_data_dir("cocopath-bench-pred-", lambda tmp: _measure(app, tmp, side, model))
+    figures = in_temp_data_dir("cocopath-bench-pred-", lambda tmp: _measure(app, tmp, side, model))
     result = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": load_avg,
                           "platform": platform.platform(), "python": platform.python_version(),
                           "qpa": os.environ.get("QT_QPA_PLATFORM", "default")},
               **figures}
-    _write_result(out, result)
+    write_result(out, result)
     return 0
 
 
@@ -64,7 +64,7 @@ def _measure(app: object, tmp: Path, side: int, model: Path | None) -> dict[str,
     from engine.api import build_pyramid_tiff
 
     slide = build_pyramid_tiff(tmp / "slide.tif", side, side, seed=5)
-    checkpoint = model or _untrained_student(tmp)
+    checkpoint = model or untrained_student(tmp)
     window = MainWindow(interactive_errors=False, remember=False)
     window.show()
     window.resize(VIEW_W + 420, VIEW_H + 160)
@@ -76,33 +76,33 @@ def _measure(app: object, tmp: Path, side: int, model: Path | None) -> dict[str,
     base = view.geometry_.base_magnification or 40.0
     start = Viewport(side / 2, side / 2, base / 10, view.width(), view.height())
     view.set_viewport(start)
-    _wait_complete(app, view)
-    _wait_idle(view)
-    no_prediction = _frame_times(app, view, start, 30, 40, fast=True)
+    wait_complete(app, view)
+    wait_idle(view)
+    no_prediction = frame_times(app, view, start, 30, 40, fast=True)
     view.set_viewport(start)
-    _wait_complete(app, view)
+    wait_complete(app, view)
     t0 = time.perf_counter()
     assert pa.run()
     visible_s = None
     while pa.bridge.running and visible_s is None and time.perf_counter() - t0 < 600:
-        _pump(app, 0.05)
+        pump(app, 0.05)
         if _visible_done(window):
             visible_s = time.perf_counter() - t0
-    during = _frame_times(app, view, start, 30, 40, fast=True) if pa.bridge.running else []
+    during = frame_times(app, view, start, 30, 40, fast=True) if pa.bridge.running else []
     while pa.bridge.running and time.perf_counter() - t0 < 1800:
-        _pump(app, 0.1)
+        pump(app, 0.1)
     whole_s = time.perf_counter() - t0
-    _pump(app, 0.5)
+    pump(app, 0.5)
     end = pa.last_finished
     device = pa.panel.fields["device"].text()
-    overlay_on = _frame_times(app, view, start, 30, 40, fast=True)
+    overlay_on = frame_times(app, view, start, 30, 40, fast=True)
     render_ms = view.predictions.render_seconds * 1000
     pa.set_overlay_visible(False)
-    overlay_off = _frame_times(app, view, start, 30, 40, fast=True)
+    overlay_off = frame_times(app, view, start, 30, 40, fast=True)
     cache = view.predictions.cache
     tiles = cache.tissue_tiles if cache is not None else 0
     window.close()
-    pans = [_summary(overlay_on)["p95_ms"]] + ([_summary(during)["p95_ms"]] if during else [])
+    pans = [summary(overlay_on)["p95_ms"]] + ([summary(during)["p95_ms"]] if during else [])
     return {
         "slide": {"side": side, "mpp": 0.25},
         "model": {"checkpoint": str(model) if model else "untrained mobile-unet-small (timings only)",
@@ -111,10 +111,10 @@ def _measure(app: object, tmp: Path, side: int, model: Path | None) -> dict[str,
         "view": [VIEW_W, VIEW_H], "magnification": 10,
         "visible_field_complete_s": None if visible_s is None else round(visible_s, 2),
         "whole_slide_s": round(whole_s, 2),
-        "pan_frame_no_prediction": _summary(no_prediction),
-        "pan_frame_during_run": _summary(during) if during else None,
-        "pan_frame_overlay_on": _summary(overlay_on),
-        "pan_frame_overlay_off": _summary(overlay_off),
+        "pan_frame_no_prediction": summary(no_prediction),
+        "pan_frame_during_run": summary(during) if during else None,
+        "pan_frame_overlay_on": summary(overlay_on),
+        "pan_frame_overlay_off": summary(overlay_off),
         "overlay_window_render_ms": round(render_ms, 1),
         "target_frame_p95_ms": FRAME_BUDGET_MS,
         "meets_target": max(pans) <= FRAME_BUDGET_MS,

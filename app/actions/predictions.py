@@ -17,7 +17,7 @@ from PySide6.QtWidgets import QFileDialog, QScrollArea, QWidget
 
 from app.engine_bridge import InferenceBridge
 from app.panels.model import ModelPanel
-from app.prediction_accept import PredictionAccept
+from app.actions.prediction_accept import PredictionAccept
 from app.panels.summary import SummaryPanel
 from app.state.inference_run import RunFinished, RunStarted, open_existing, wait_for_trial
 from app.state.predictions import PredictionStyle, level_choices, level_note, summary_csv

@@ -6,12 +6,12 @@
   (activate the new version; a version worse than its parent on the held-out ROIs or the replay
   sample asks first, both figures shown) or Keep old (activate the version it started from).
   Before a round the panel lists the slides with their ROI counts, the class plan and a warning for
-  a slide too coarse for the model (:mod:`app.round_plan_actions`).
+  a slide too coarse for the model (:mod:`app.actions.round_plan`).
 * Models: the project's model registry (``<project>/models``); Activate, Rollback, Export, Import.
   Whenever the active version changes here, the Model panel's model becomes that version and the
   open slide is re-predicted, visible region first (prediction caches are per model version, so a
   version that predicted this slide before shows its predictions at once).
-* Review next (:mod:`app.review_actions`): regions of the open slide to correct first; a click
+* Review next (:mod:`app.actions.review`): regions of the open slide to correct first; a click
   takes the view there and outlines the region.
 * Which version is active is said in one sentence (:func:`app.state.versions.active_sentence`),
   the same in the Training, Models and Model panels.
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QScrollArea, QWidget
 
-from app import model_files
+from app.actions import model_files
 from app.finetune_bridge import FinetuneProcess
 from app.panels.models import ModelsPanel, ask_worse
 from app.panels.review import ReviewPanel
 from app.panels.training import TrainingPanel
-from app.review_actions import ReviewActions
-from app.round_plan_actions import RoundPlan, card_model
+from app.actions.review import ReviewActions
+from app.actions.round_plan import RoundPlan, card_model
 from app.state.training import RoundEnd, card_text, model_rows, result_comparisons
 from app.state.versions import (Comparison, active_sentence, checkpoint_of,
                                 comparisons_from_metrics, is_worse)
@@ -516,7 +516,7 @@ class TrainingActions(QObject):
             self.panel.choice_made()
         return ok
 
-    # -- import / export (app.model_files) ---------------------------------------------------------
+    # -- import / export (app.actions.model_files) ---------------------------------------------------------
 
     def import_dialog(self) -> None:
         model_files.import_dialog(self)
@@ -531,7 +531,7 @@ class TrainingActions(QObject):
     def export_model(self, version: str, dest: str | Path) -> bool:
         return model_files.export_model(self, version, dest)
 
-    # -- review next (app.review_actions) ------------------------------------------------------------
+    # -- review next (app.actions.review) ------------------------------------------------------------
 
     def refresh_review(self) -> None:
         self.reviewing.refresh()

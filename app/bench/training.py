@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.bench import (_in_temp_data_dir, _pump, _summary, _untrained_student, _wait_complete,
-                       _wait_idle, _write_result)
+from app.bench.common import (in_temp_data_dir, pump, summary, untrained_student, wait_complete,
+                       wait_idle, write_result)
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,11 @@ def _pan_frames(app: Any, view: Any, path: list[Any], seconds: float,
 def run_training_benchmark(out: Path, side: int = 12_000, model: Path | None = None) -> int:
     """Build the slide and project, measure, write ``out`` (JSON); 0 on success. Everything goes
     to a temporary folder (user data too), removed at the end."""
-    from app.__main__ import make_application
+    from app.application import make_application
 
     app = make_application()
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    figures = _in_temp_data_dir("cocopath-bench-train-", lambda tmp: _measure(app, tmp, side, model))
+    figures = in_temp_data_dir("cocopath-bench-train-", lambda tmp: _measure(app, tmp, side, model))
     result = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": load_avg,
                           "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg")
                           else None,
@@ -122,7 +122,7 @@ def run_training_benchmark(out: Path, side: int = 12_000, model: Path | None = N
                           "gui_niceness": os.getpriority(os.PRIO_PROCESS, 0)
                           if hasattr(os, "getpriority") else None},
               **figures}
-    _write_result(out, result)
+    write_result(out, result)
     r = figures.get("round", {})
     ok = bool(r.get("events_while_measured") and r.get("stages_seen")
               and figures.get("pan_frame_during_round") and r.get("registry_unchanged_by_cancel"))
@@ -139,7 +139,7 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
 
     mpp = 0.25
     slide = build_pyramid_tiff(tmp / "slide.tif", side, side, seed=5, mpp=mpp)
-    start_model = model or default_model_path() or _untrained_student(tmp)
+    start_model = model or default_model_path() or untrained_student(tmp)
     setup = make_project(tmp / "project", slide, side, mpp, start_model)
     window = MainWindow(interactive_errors=False, remember=False)
     window.show()
@@ -148,22 +148,22 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
     view, ta = window.view, window.training
     assert window.open_path(slide), window.last_error
     assert window.annotations.open_project(tmp / "project"), window.last_error
-    _pump(app, 0.2)
+    pump(app, 0.2)
     ta.become_ready()
     ta.sync_project()
     assert ta.registry is not None and ta._active() is not None, "the registry was not opened"
     for _ in range(3):  # the docks take their share: size the window so the view is VIEW_W × VIEW_H
         window.resize(window.width() + VIEW_W - view.width(), window.height() + VIEW_H - view.height())
-        _pump(app, 0.1)
+        pump(app, 0.1)
     base = view.geometry_.base_magnification or 40.0
     start = Viewport(side / 2, side / 2, base / 10, view.width(), view.height())
     path = _pan_path(start)
     for vp in path:  # load the path's tiles once: every measured frame pans over cached tiles
         view.set_viewport(vp)
-        _wait_complete(app, view)
+        wait_complete(app, view)
     view.set_viewport(start)
-    _wait_complete(app, view)
-    _wait_idle(view)
+    wait_complete(app, view)
+    wait_idle(view)
 
     view_size = (view.width(), view.height())
     baseline, baseline_paint = _pan_frames(app, view, path, BASELINE_S)
@@ -176,7 +176,7 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
     assert ta.finetune(), panel.error.text() or window.last_error
     # measure once the round trains (its first loss terms), not while it starts up
     while ta.process.running and not panel.curves.stages and time.perf_counter() - t0 < TRAIN_WAIT_S:
-        _pump(app, 0.05)
+        pump(app, 0.05)
     training_after_s = time.perf_counter() - t0
     # blocks of frames with the round training, interleaved with blocks where it is paused
     # (SIGSTOP): a paired baseline under the same machine load, minutes after the first one
@@ -199,27 +199,27 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
     t_cancel = time.perf_counter()
     ta.cancel()  # the round's own time is cocopath-engine bench finetune's business
     while ta.process.running and time.perf_counter() - t_cancel < 60:
-        _pump(app, 0.05)
+        pump(app, 0.05)
     cancel_s = time.perf_counter() - t_cancel
-    _pump(app, 0.3)
+    pump(app, 0.3)
     end = ta.last_end
     versions_after = [v.version for v in ta.registry.versions()]
     window.close()
-    b95 = _summary(baseline)["p95_ms"]
-    d95 = _summary(during)["p95_ms"] if during else None
+    b95 = summary(baseline)["p95_ms"]
+    d95 = summary(during)["p95_ms"] if during else None
     return {
         "slide": {"side": side, "mpp": mpp},
         "project": setup,
         "view": [view_size[0], view_size[1]], "magnification": 10,
         "frame": "viewport change + synchronous repaint (fast mode, as while dragging) + the "
                  "event processing after it, paced at 60 Hz, panning over cached tiles",
-        "pan_frame_baseline": _summary(baseline),
-        "pan_frame_during_round": _summary(during) if during else None,
-        "repaint_only_baseline": _summary(baseline_paint),
-        "repaint_only_during_round": _summary(during_paint) if during_paint else None,
-        "pan_frame_round_paused": _summary(paused) if paused else None,
+        "pan_frame_baseline": summary(baseline),
+        "pan_frame_during_round": summary(during) if during else None,
+        "repaint_only_baseline": summary(baseline_paint),
+        "repaint_only_during_round": summary(during_paint) if during_paint else None,
+        "pan_frame_round_paused": summary(paused) if paused else None,
         "p95_ratio_during_vs_baseline": round(d95 / b95, 2) if d95 and b95 else None,
-        "p95_ratio_during_vs_paused": round(d95 / _summary(paused)["p95_ms"], 2)
+        "p95_ratio_during_vs_paused": round(d95 / summary(paused)["p95_ms"], 2)
         if d95 and paused else None,
         "target_p95_ms": TARGET_P95_MS,
         "meets_target": d95 is not None and d95 <= TARGET_P95_MS,

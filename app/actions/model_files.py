@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QFileDialog
 from engine.api import CocoPathError, load_spec
 
 if TYPE_CHECKING:
-    from app.training_actions import TrainingActions
+    from app.actions.training import TrainingActions
 
 MODEL_FILTER = "CoCoPath models (*.safetensors)"
 

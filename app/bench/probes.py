@@ -122,7 +122,7 @@ def memory_storm(app: object, path: Path, budget: int, jumps: int = 60) -> dict[
     from engine.api import ByteBoundedCache
     from engine.api import open_slide
 
-    from app.bench import _wait_complete, _wait_idle
+    from app.bench.common import wait_complete, wait_idle
 
     rnd = random.Random(11)
     cache: ByteBoundedCache = ByteBoundedCache(budget)
@@ -132,15 +132,15 @@ def memory_storm(app: object, path: Path, budget: int, jumps: int = 60) -> dict[
     source = open_slide(path)
     w, h = source.info.dimensions
     view.set_source(source, rgb_to_qimage(source.thumbnail(512)))
-    _wait_complete(app, view)
+    wait_complete(app, view)
     rss = PeakRss()
     base = rss.now()
     tiles_read = view.loader.stats.loaded
     for _ in range(jumps):
         ds = rnd.choice((1.0, 1.4, 2.0))
         view.set_viewport(Viewport(w * rnd.uniform(0.2, 0.8), h * rnd.uniform(0.2, 0.8), ds, VIEW_W, VIEW_H))
-        _wait_complete(app, view)
-        _wait_idle(view)
+        wait_complete(app, view)
+        wait_idle(view)
     peak = rss.stop()
     mb = 2**20
     result = {"cache_budget_mb": round(budget / mb), "jumps": jumps,

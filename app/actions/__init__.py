@@ -1,0 +1,9 @@
+"""The main window's actions, one module per feature: each builds its docks, menus and shortcuts
+into the window and turns what the user asks into engine calls.
+
+* :mod:`~app.actions.annotations`: projects, import/export, undo/redo, tools, class keys;
+* :mod:`~app.actions.predictions` (and :mod:`~app.actions.prediction_accept`, A / Shift+A): the
+  model, runs, the overlay, the summary;
+* :mod:`~app.actions.training`: the Training, Models and Review next docks
+  (:mod:`~app.actions.round_plan`, :mod:`~app.actions.review`, :mod:`~app.actions.model_files`).
+"""
