@@ -15,6 +15,13 @@ def make_application() -> object:
     app.setOrganizationName("CoCoPath")
     app.setApplicationName("CoCoPath")
     app.setApplicationDisplayName("CoCoPath")
+    if getattr(app, "_cocopath_gc", None) is None:
+        # Python's cycle collector runs in whichever thread allocates; in an inference or trial
+        # thread it would destroy unreachable widgets there (a deadlock or a crash): automatic
+        # collection off, collected from a timer in the GUI thread instead
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        app._cocopath_gc = GarbageCollector(interval=1.0)  # type: ignore[attr-defined]
     return app
 
 

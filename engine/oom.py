@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -49,8 +50,12 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def free_memory() -> None:
-    """Give back what a failed attempt held: garbage, and torch's cached GPU blocks."""
-    gc.collect()
+    """Give back what a failed attempt held: garbage, and torch's cached GPU blocks.
+
+    The cycle collector runs only in the main thread: in a GUI host a collection in a worker thread
+    destroys the host's unreachable widgets there (a PySide QMenu deadlocked the test suite)."""
+    if threading.current_thread() is threading.main_thread():
+        gc.collect()
     _malloc_trim()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
