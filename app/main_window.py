@@ -281,7 +281,7 @@ class MainWindow(QMainWindow):
         dl = SampleDownloader(self, url, show_errors=self.interactive_errors)
         dl.finished_path.connect(self.open_path)
         dl.failed.connect(self._remember_error)
-        dl.worker.finished.connect(self._download_done)
+        dl.worker.ended.connect(self._download_done)
         self.downloader = dl
         dl.start()
 

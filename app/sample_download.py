@@ -1,57 +1,38 @@
-""""Open sample slide": download OpenSlide's public test slide in a worker thread, with progress.
+""""Open sample slide": download OpenSlide's public test slide off the GUI thread, with progress.
 
-The worker follows labelme's download widget: a QThread with typed signals, cooperative cancel, and
-a clean wait on shutdown. The download itself (checksum, cache, clear errors) is the engine's.
+The download runs on the app's :class:`~app.workers.Worker` (typed signals, cooperative cancel
+between chunks, a clean wait on shutdown). The download itself (checksum, cache, clear errors) is
+the engine's.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QMessageBox, QProgressDialog, QWidget
 
-from engine.api import CocoPathError
+from app.workers import Job, Worker
 
 log = logging.getLogger(__name__)
 
 
-class SampleDownloadWorker(QThread):
-    """Runs ``engine.slide.sample.download_sample``; ``cancel()`` stops it between chunks."""
+def download(url: str | None, job: Job) -> str:
+    """Runs ``engine.slide.sample.download_sample`` for ``job`` (its progress, its cancel); the
+    verified slide's path."""
+    from engine.api import sample
 
-    progress = Signal(int, int)  # bytes done, bytes total
-    succeeded = Signal(str)  # path of the verified slide
-    failed = Signal(str)  # one-sentence message
-    cancelled_ = Signal()
+    kwargs = {"url": url} if url else {}
+    return str(sample.download_sample(progress=job.progress, cancelled=job.is_cancelled, **kwargs))
 
-    def __init__(self, url: str | None = None, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.url = url
-        self._cancel = threading.Event()
 
-    def cancel(self) -> None:
-        self._cancel.set()
+def _download_failure(exc: BaseException) -> str:
+    from engine.api import CocoPathError
 
-    def run(self) -> None:
-        from engine.api import sample
-
-        kwargs = {"url": self.url} if self.url else {}
-        try:
-            path = sample.download_sample(progress=self.progress.emit, cancelled=self._cancel.is_set,
-                                          **kwargs)
-        except CocoPathError as exc:
-            if self._cancel.is_set():
-                self.cancelled_.emit()
-            else:
-                self.failed.emit(str(exc))
-            return
-        except Exception as exc:  # never let a worker die silently
-            log.exception("sample download failed")
-            self.failed.emit(f"The sample slide could not be downloaded ({type(exc).__name__}: {exc}).")
-            return
-        self.succeeded.emit(str(path))
+    if isinstance(exc, CocoPathError):
+        return str(exc)
+    return f"The sample slide could not be downloaded ({type(exc).__name__}: {exc})."
 
 
 class SampleDownloader(QObject):
@@ -74,17 +55,18 @@ class SampleDownloader(QObject):
         self.dialog.setMinimumDuration(0)
         self.dialog.setAutoClose(False)
         self.dialog.setAutoReset(False)
-        self.worker = SampleDownloadWorker(url, self)
+        self.url = url
+        self.worker = Worker("sample-download", self, describe=_download_failure)
         self.worker.progress.connect(self._on_progress)
-        self.worker.succeeded.connect(self._on_success)
+        self.worker.finished.connect(self._on_success)
         self.worker.failed.connect(self._on_failure)
-        self.worker.cancelled_.connect(self._on_cancelled)
+        self.worker.cancelled.connect(self._on_cancelled)
         self.dialog.canceled.connect(self.worker.cancel)
 
     def start(self) -> None:
         self.dialog.setValue(0)
         self.dialog.show()
-        self.worker.start()
+        self.worker.start(lambda job: download(self.url, job))
 
     def _on_progress(self, done: int, total: int) -> None:
         if total > 0:
@@ -92,7 +74,7 @@ class SampleDownloader(QObject):
             self.dialog.setValue(min(1000, int(done * 1000 / total)))
 
     def _finish(self) -> None:
-        self.worker.wait(5000)
+        self.worker.wait(5)
         self.dialog.close()
 
     def _on_success(self, path: str) -> None:
@@ -112,8 +94,7 @@ class SampleDownloader(QObject):
         self._finish()
 
     def shutdown(self) -> None:
-        self.worker.cancel()
-        self.worker.wait(5000)
+        self.worker.shutdown(5)
 
 
 def sample_path_or_none() -> Path | None:

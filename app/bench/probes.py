@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from app.state.threads import Task
+
 VIEW_W, VIEW_H = 1920, 1080
 STARTUP_TARGET_S = 2.0
 
@@ -26,8 +28,7 @@ class PeakRss:
         self._proc = psutil.Process()
         self.peak = self._proc.memory_info().rss
         self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        self._t = Task(self._run, name="bench-peak-rss").start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.01):
@@ -38,7 +39,7 @@ class PeakRss:
 
     def stop(self) -> int:
         self._stop.set()
-        self._t.join()
+        self._t.wait()
         return self.peak
 
 

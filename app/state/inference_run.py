@@ -22,12 +22,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.state.predictions import Summary, prediction_folder, summarize
+from app.state.threads import Task
 from engine.api import (CancelToken, ModelSpec, PredictionCache, Progress, SlideInference,
                         detect_tissue, make_grid, measure, open_slide, sample, tissue_tiles)
 
@@ -72,7 +72,7 @@ def backends_dir() -> Path:
 
 
 _trial_lock = threading.Lock()  # one back-end trial at a time in this process
-_trial: threading.Thread | None = None
+_trial: Task | None = None
 
 
 def trial_running() -> bool:
@@ -86,7 +86,7 @@ def wait_for_trial(timeout: float | None = None) -> bool:
     cut off at exit would abort the process inside ONNX Runtime; True when none runs any more."""
     t = _trial
     if t is not None:
-        t.join(timeout)
+        t.wait(timeout)
     return not trial_running()
 
 
@@ -158,42 +158,54 @@ class InferenceRun:
     def run(self, started: Callable[[RunStarted], None], progress: Callable[[Progress], None],
             tile: Callable[[int, int], None]) -> RunFinished:
         spec, t0 = self.spec, time.perf_counter()
-        with open_slide(self.slide_path) as slide, ThreadPoolExecutor(1, "infer-load") as pool:
-            info = slide.info
-            loading: Future | None = None if self.measure_only else \
-                pool.submit(_load, spec, self.batch_size, self.trial_first)  # beside tissue detection
-            tissue = detect_tissue(slide)
-            self._mark("tissue", t0)
-            if self.on_tissue is not None:
-                self.on_tissue(tissue)
-            root = prediction_folder(info.path, spec.version)
-            if loading is None:  # the earlier run's cache as it is, whatever level it ran at
-                cache = PredictionCache(root)
-                if self.cancel_token.cancelled:
-                    return RunFinished("cancelled", None)
-                return RunFinished("measured", self._summary(cache, tissue, info))
-            grid = make_grid(info, spec.mpp, level=self.level, tile=spec.tile, margin=MARGIN)
-            from engine.api import open_cache  # a full disk: one line, and no half-made cache left
+        loading: Task | None = None if self.measure_only else \
+            Task(_load, spec, self.batch_size, self.trial_first, name="infer-load")
+        try:
+            with open_slide(self.slide_path) as slide:
+                if loading is not None:
+                    loading.start()  # beside tissue detection
+                return self._run(slide, loading, t0, started, progress, tile)
+        finally:
+            if loading is not None:
+                loading.wait()  # a cancelled run still waits for its loader (torch's import)
 
-            cache = open_cache(root, grid, spec.version, len(spec.foreground), tissue_tiles(grid, tissue),
-                               spec.card())
+    def _run(self, slide: Any, loading: Task | None, t0: float,
+             started: Callable[[RunStarted], None], progress: Callable[[Progress], None],
+             tile: Callable[[int, int], None]) -> RunFinished:
+        spec = self.spec
+        info = slide.info
+        tissue = detect_tissue(slide)
+        self._mark("tissue", t0)
+        if self.on_tissue is not None:
+            self.on_tissue(tissue)
+        root = prediction_folder(info.path, spec.version)
+        if loading is None:  # the earlier run's cache as it is, whatever level it ran at
+            cache = PredictionCache(root)
             if self.cancel_token.cancelled:
                 return RunFinished("cancelled", None)
-            model, runner, trial_due = loading.result()
-            self._mark("model", t0)
-            job = SlideInference(slide, grid, cache, runner, batch_size=self.batch_size)
-            with self._lock:
-                self._job = job
-                if self._viewport is not None:
-                    job.set_viewport(*self._viewport)
-            started(RunStarted(str(root), getattr(runner, "name", type(runner).__name__),
-                               device_label(runner), len(cache.done_tiles()), cache.tissue_tiles,
-                               grid.note))
-            on_tile = tile
-            if trial_due:
-                on_tile = self._trial_after_visible(job, model, tile, t0)
-            result = job.run(self.cancel_token, progress, on_tile)
-            summary = self._summary(cache, tissue, info)
+            return RunFinished("measured", self._summary(cache, tissue, info))
+        grid = make_grid(info, spec.mpp, level=self.level, tile=spec.tile, margin=MARGIN)
+        from engine.api import open_cache  # a full disk: one line, and no half-made cache left
+
+        cache = open_cache(root, grid, spec.version, len(spec.foreground), tissue_tiles(grid, tissue),
+                           spec.card())
+        if self.cancel_token.cancelled:
+            return RunFinished("cancelled", None)
+        model, runner, trial_due = loading.result()
+        self._mark("model", t0)
+        job = SlideInference(slide, grid, cache, runner, batch_size=self.batch_size)
+        with self._lock:
+            self._job = job
+            if self._viewport is not None:
+                job.set_viewport(*self._viewport)
+        started(RunStarted(str(root), getattr(runner, "name", type(runner).__name__),
+                           device_label(runner), len(cache.done_tiles()), cache.tissue_tiles,
+                           grid.note))
+        on_tile = tile
+        if trial_due:
+            on_tile = self._trial_after_visible(job, model, tile, t0)
+        result = job.run(self.cancel_token, progress, on_tile)
+        summary = self._summary(cache, tissue, info)
         log.info("%s on %s: %s", spec.version, self.slide_path, result.status)
         return RunFinished(result.status, summary)
 
@@ -246,8 +258,7 @@ class InferenceRun:
 
             # not a daemon: the interpreter waits for it at exit (a few seconds) instead of
             # tearing ONNX Runtime down under it (std::terminate, the process aborts)
-            _trial = threading.Thread(target=measure, name="infer-backend-trial")
-            _trial.start()
+            _trial = Task(measure, name="infer-backend-trial", daemon=False).start()
 
     def _summary(self, cache: PredictionCache, tissue: Any, info: Any) -> Summary:
         spec = self.spec
