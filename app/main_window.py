@@ -62,9 +62,9 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
 
         self.overview = OverviewWidget()
-        self.overview_dock = self._dock("Overview", "overview", self.overview)
+        self.overview_dock = self.add_dock("Overview", "overview", self.overview)
         self.info_panel = SlideInfoPanel()
-        self.info_dock = self._dock("Slide info", "slide-info", self.info_panel)
+        self.info_dock = self.add_dock("Slide info", "slide-info", self.info_panel)
         self.overview.navigate.connect(self.view.center_on)
         self.view.viewport_changed.connect(self._on_viewport)
         self.view.cursor_moved.connect(self._on_cursor)
@@ -106,15 +106,18 @@ class MainWindow(QMainWindow):
                 self.tabifyDockWidget(first, dock)
             first.raise_()
 
-    def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
+    def add_dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
+        """A dock showing ``widget`` on the right (``name``: its key in the saved layout); the
+        action modules build their docks with it."""
         dock = QDockWidget(title, self)
         dock.setObjectName(name)
         dock.setWidget(widget)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
         return dock
 
-    def _action(self, text: str, slot: object, shortcut: object = None, icon_name: str | None = None,
-                tip: str = "") -> QAction:
+    def make_action(self, text: str, slot: object, shortcut: object = None, icon_name: str | None = None,
+                    tip: str = "") -> QAction:
+        """An action of this window calling ``slot`` (its icon loads after the first frame)."""
         act = QAction(text, self)
         if icon_name:
             self._icon_names[act] = icon_name  # icons load after the first frame (qtawesome: ~0.5 s)
@@ -126,24 +129,24 @@ class MainWindow(QMainWindow):
 
     def _build_actions(self) -> None:
         S = QKeySequence.StandardKey
-        self.act_open = self._action("&Open slide…", self.open_dialog, S.Open, "fa5s.folder-open")
-        self.act_sample = self._action("Open &sample slide", self.open_sample, None, "fa5s.download",
+        self.act_open = self.make_action("&Open slide…", self.open_dialog, S.Open, "fa5s.folder-open")
+        self.act_sample = self.make_action("Open &sample slide", self.open_sample, None, "fa5s.download",
                                        "Open OpenSlide's public CMU-1-Small-Region test slide")
-        self.act_close = self._action("&Close slide", self.close_slide, S.Close, "fa5s.times")
-        self.act_quit = self._action("&Quit", self.close, S.Quit, "fa5s.sign-out-alt")
-        self.act_zoom_in = self._action("Zoom &in", lambda: self.view.zoom_by(1.5),
+        self.act_close = self.make_action("&Close slide", self.close_slide, S.Close, "fa5s.times")
+        self.act_quit = self.make_action("&Quit", self.close, S.Quit, "fa5s.sign-out-alt")
+        self.act_zoom_in = self.make_action("Zoom &in", lambda: self.view.zoom_by(1.5),
                                         [QKeySequence(S.ZoomIn), QKeySequence("+")], "fa5s.search-plus")
-        self.act_zoom_out = self._action("Zoom &out", lambda: self.view.zoom_by(1 / 1.5),
+        self.act_zoom_out = self.make_action("Zoom &out", lambda: self.view.zoom_by(1 / 1.5),
                                          [QKeySequence(S.ZoomOut), QKeySequence("-")], "fa5s.search-minus")
-        self.act_fit = self._action("Zoom to &fit", self.view.zoom_to_fit,
+        self.act_fit = self.make_action("Zoom to &fit", self.view.zoom_to_fit,
                                     [QKeySequence("F"), QKeySequence("0")], "fa5s.expand")
         self.preset_actions: dict[float, QAction] = {}
         for i, mag in enumerate(MAGNIFICATION_PRESETS):
-            act = self._action(f"{mag:g}×", lambda _=False, m=mag: self.view.set_magnification(m),
+            act = self.make_action(f"{mag:g}×", lambda _=False, m=mag: self.view.set_magnification(m),
                                QKeySequence(f"Alt+{i + 1}"), tip=f"Show the slide at {mag:g}× magnification")
             self.preset_actions[mag] = act
-        self.act_controls = self._action("&Controls", self.show_controls, S.HelpContents, "fa5s.keyboard")
-        self.act_about = self._action("&About CoCoPath", self.show_about, None, "fa5s.info-circle")
+        self.act_controls = self.make_action("&Controls", self.show_controls, S.HelpContents, "fa5s.keyboard")
+        self.act_about = self.make_action("&About CoCoPath", self.show_about, None, "fa5s.info-circle")
         for act in (self.act_zoom_in, self.act_zoom_out, self.act_fit, *self.preset_actions.values()):
             act.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
 

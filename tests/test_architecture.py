@@ -78,3 +78,18 @@ def test_the_benchmarks_import_nothing_private_of_one_another() -> None:
     assert not bad, bad
     modules = {f"app.bench.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "app" / "bench")])}
     assert {"app.bench.common", "app.bench.viewer", "app.bench.training"} <= modules
+
+
+def test_the_learning_loop_s_parts_import_none_of_one_another() -> None:
+    """Rounds, registry and review talk through Qt signals (wired by app.actions.training) and the
+    engine API: none imports another, and none reaches into the window's private attributes."""
+    import ast
+    import re
+
+    parts = {"rounds", "registry", "review"}
+    for name in parts:
+        text = (ROOT / "app" / "actions" / f"{name}.py").read_text(encoding="utf-8")
+        imported = {n.module for n in ast.walk(ast.parse(text)) if isinstance(n, ast.ImportFrom)}
+        others = {f"app.actions.{p}" for p in parts - {name}}
+        assert not imported & others, (name, imported & others)
+        assert not re.search(r"window\._\w", text), name

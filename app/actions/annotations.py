@@ -60,7 +60,7 @@ class AnnotationActions(QObject):
         self.class_actions: list[QAction] = []
         self.tool_actions: dict[str, QAction] = {}
         self.palette = ClassPalette(self.annotator)
-        self.palette_dock = window._dock("Classes", "classes", self.palette)
+        self.palette_dock = window.add_dock("Classes", "classes", self.palette)
         window.tabifyDockWidget(window.info_dock, self.palette_dock)  # the window's height stays
         self.palette_dock.raise_()
         self.project_label = QLabel("")
@@ -75,22 +75,22 @@ class AnnotationActions(QObject):
 
     def _build(self) -> None:
         w = self.window
-        self.act_new_project = w._action("&New project…", self.new_project_dialog, None,
+        self.act_new_project = w.make_action("&New project…", self.new_project_dialog, None,
                                          "fa5s.folder-plus", "Create a project folder for annotations")
-        self.act_open_project = w._action("Open pro&ject…", self.open_project_dialog, None,
+        self.act_open_project = w.make_action("Open pro&ject…", self.open_project_dialog, None,
                                           "fa5s.folder", "Open a project folder")
-        self.act_import = w._action("&Import annotations…", self.import_dialog, None,
+        self.act_import = w.make_action("&Import annotations…", self.import_dialog, None,
                                     "fa5s.file-import", "Import QuPath GeoJSON, ASAP or ImageScope XML")
-        self.act_export = w._action("&Export annotations…", self.export_dialog, None,
+        self.act_export = w.make_action("&Export annotations…", self.export_dialog, None,
                                     "fa5s.file-export", "Export as QuPath GeoJSON or ASAP XML")
         stack = self.annotator.document.undo_stack
         self.act_undo = stack.createUndoAction(w, "&Undo")
         self.act_undo.setShortcuts([QKeySequence(QKeySequence.StandardKey.Undo)])
         self.act_redo = stack.createRedoAction(w, "&Redo")
         self.act_redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
-        self.act_delete = w._action("&Delete selected", self.annotator.delete_selection,
+        self.act_delete = w.make_action("&Delete selected", self.annotator.delete_selection,
                                     QKeySequence(QKeySequence.StandardKey.Delete))
-        self.act_merge = w._action("&Merge selected", self.annotator.merge_selection, "Ctrl+M")
+        self.act_merge = w.make_action("&Merge selected", self.annotator.merge_selection, "Ctrl+M")
         first = w.act_close
         w.file_menu.insertActions(first, [self.act_new_project, self.act_open_project])
         w.file_menu.insertSeparator(first)
@@ -113,11 +113,11 @@ class AnnotationActions(QObject):
         bar = w.addToolBar("Annotate")
         bar.setObjectName("annotate-toolbar")
         self.tools_menu, self.toolbar = tools_menu, bar  # the prediction's accept actions join them
-        nav = w._action("&Navigate", lambda: self.annotator.set_tool(None), "N", "fa5s.hand-paper",
+        nav = w.make_action("&Navigate", lambda: self.annotator.set_tool(None), "N", "fa5s.hand-paper",
                         "Drag pans the slide (no tool)")
         self.tool_actions[""] = nav
         for name, tool in self.annotator.tools.items():
-            act = w._action(tool.label, lambda _=False, n=name: self.annotator.set_tool(n),
+            act = w.make_action(tool.label, lambda _=False, n=name: self.annotator.set_tool(n),
                             tool.shortcut or None, None, tool.tip)
             self.tool_actions[name] = act
         for act in self.tool_actions.values():

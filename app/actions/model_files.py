@@ -15,61 +15,61 @@ from PySide6.QtWidgets import QFileDialog
 from engine.api import CocoPathError, load_spec
 
 if TYPE_CHECKING:
-    from app.actions.training import TrainingActions
+    from app.actions.registry import RegistryActions
 
 MODEL_FILTER = "CoCoPath models (*.safetensors)"
 
 
-def import_dialog(ta: TrainingActions) -> None:
-    path, _ = QFileDialog.getOpenFileName(ta.window, "Import a model", "", MODEL_FILTER)
+def import_dialog(ra: RegistryActions) -> None:
+    path, _ = QFileDialog.getOpenFileName(ra.window, "Import a model", "", MODEL_FILTER)
     if path:
-        import_model(ta, path)
+        import_model(ra, path)
 
 
-def import_model(ta: TrainingActions, path: str | Path) -> str | None:
+def import_model(ra: RegistryActions, path: str | Path) -> str | None:
     """Add a .safetensors model to the project's versions (not activated); its version."""
-    ta.become_ready()
-    ta.sync_project()
-    if ta.registry is None:
-        ta.window.show_error("Open a slide first: model versions belong to a project.")
+    ra.start()
+    ra.sync_project()
+    if ra.registry is None:
+        ra.window.show_error("Open a slide first: model versions belong to a project.")
         return None
     p = Path(path)
     if p.suffix.lower() != ".safetensors":
-        ta.window.show_error(f"{p.name}: not a model file. Only .safetensors models can be "
+        ra.window.show_error(f"{p.name}: not a model file. Only .safetensors models can be "
                              f"imported (pickled .pt/.pth files are refused for safety).")
         return None
     try:
         load_spec(p)  # the card checked before torch loads the weights
-        v = ta.registry.import_model(p, note=f"imported from {p.name}")
+        v = ra.registry.import_model(p, note=f"imported from {p.name}")
     except CocoPathError as exc:
-        ta.window.show_error(str(exc))
+        ra.window.show_error(str(exc))
         return None
     except OSError as exc:
-        ta.window.show_error(f"{p}: could not be imported ({exc.strerror or exc}).")
+        ra.window.show_error(f"{p}: could not be imported ({exc.strerror or exc}).")
         return None
-    ta.refresh_models()
-    ta.models.select_version(v.version)
-    ta.window.statusBar().showMessage(f"Imported {p.name} as {v.version}", 6000)
+    ra.refresh_models()
+    ra.panel.select_version(v.version)
+    ra.window.statusBar().showMessage(f"Imported {p.name} as {v.version}", 6000)
     return str(v.version)
 
 
-def export_dialog(ta: TrainingActions, version: str) -> None:
-    path, _ = QFileDialog.getSaveFileName(ta.window, "Export a model version",
+def export_dialog(ra: RegistryActions, version: str) -> None:
+    path, _ = QFileDialog.getSaveFileName(ra.window, "Export a model version",
                                           f"{version}.safetensors", MODEL_FILTER)
     if path:
-        export_model(ta, version, path if path.endswith(".safetensors") else path + ".safetensors")
+        export_model(ra, version, path if path.endswith(".safetensors") else path + ".safetensors")
 
 
-def export_model(ta: TrainingActions, version: str, dest: str | Path) -> bool:
-    if ta.registry is None:
+def export_model(ra: RegistryActions, version: str, dest: str | Path) -> bool:
+    if ra.registry is None:
         return False
     try:
-        ta.registry.export_model(version, Path(dest))
+        ra.registry.export_model(version, Path(dest))
     except CocoPathError as exc:
-        ta.window.show_error(str(exc))
+        ra.window.show_error(str(exc))
         return False
     except OSError as exc:
-        ta.window.show_error(f"{dest}: could not be written ({exc.strerror or exc}).")
+        ra.window.show_error(f"{dest}: could not be written ({exc.strerror or exc}).")
         return False
-    ta.window.statusBar().showMessage(f"Exported {version} to {dest}", 6000)
+    ra.window.statusBar().showMessage(f"Exported {version} to {dest}", 6000)
     return True

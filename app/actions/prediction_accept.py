@@ -33,10 +33,10 @@ class PredictionAccept(QObject):
         super().__init__(window)
         self.window = window
         self.annotator = window.view.annotator
-        self.act_view = window._action(
+        self.act_view = window.make_action(
             "&Accept prediction in view", self.accept_in_view, "A", "fa5s.check",
             "Turn the model's predicted regions in the view into annotations (one undo step)")
-        self.act_roi = window._action(
+        self.act_roi = window.make_action(
             "Accept prediction in selected &ROI", self.accept_in_roi, "Shift+A", "fa5s.check-square",
             "Turn the model's predicted regions inside the selected correction ROI into annotations")
         self.act_view.setIconText("Accept in view")

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject, QTimer
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QFileDialog, QScrollArea, QWidget
 
 from app.engine_bridge import InferenceBridge
@@ -37,6 +37,9 @@ REFRESH_MS = 250  # the overlay re-reads the cache at most this often while tile
 class PredictionActions(QObject):
     """Builds the prediction docks and actions into ``window``."""
 
+    run_finished = Signal(object)  # RunFinished, once the panels show how the run ended
+    tiles_added = Signal()  # the run on the open slide predicted more of it
+
     def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
         self.window = window
@@ -44,15 +47,16 @@ class PredictionActions(QObject):
         self.spec: ModelSpec | None = None
         self.bridge = InferenceBridge(self)
         self.last_finished: RunFinished | None = None
+        self._rerun_after_measure = False  # predict_unless_shown() while an earlier run is measured
         self._run_slide: str | None = None  # the slide the current (or last) run is on
         self._tissue: tuple[str, object] | None = None  # (slide path, its TissueMask) once found
         self.panel = ModelPanel()
-        self.model_dock = window._dock("Model", "model", _scrolled(self.panel))
+        self.model_dock = window.add_dock("Model", "model", _scrolled(self.panel))
         self.summary = SummaryPanel()
-        self.summary_dock = window._dock("Prediction summary", "prediction-summary", self.summary)
+        self.summary_dock = window.add_dock("Prediction summary", "prediction-summary", self.summary)
         window.tabifyDockWidget(window.info_dock, self.model_dock)
         window.tabifyDockWidget(window.info_dock, self.summary_dock)
-        self.act_toggle = window._action("Show &predictions", self.set_overlay_visible, "H",
+        self.act_toggle = window.make_action("Show &predictions", self.set_overlay_visible, "H",
                                          tip="Show or hide the model's prediction overlay")
         self.act_toggle.setCheckable(True)
         self.act_toggle.setChecked(True)
@@ -157,6 +161,26 @@ class PredictionActions(QObject):
             self.panel.set_progress(0, 0, "Loading the model and finding tissue…")
         return started
 
+    def predict_unless_shown(self) -> None:
+        """Run the active model on the open slide unless its predictions are shown complete; while
+        an earlier run's cache is being measured, run once it is (when that cache is incomplete)."""
+        if self.bridge.running:
+            self._rerun_after_measure = True
+            return
+        cache = self.overlay.cache
+        if cache is not None and cache.complete:
+            return
+        self.run()
+
+    @property
+    def cache(self) -> PredictionCache | None:
+        """The prediction cache shown over the open slide (None when there is none)."""
+        return self.overlay.cache
+
+    def show_status(self, text: str) -> None:
+        """The Model panel's first line (which model is active, and whence)."""
+        self.panel.status.setText(text)
+
     def cancel(self) -> None:
         if self.bridge.running:
             self.bridge.cancel()
@@ -205,8 +229,11 @@ class PredictionActions(QObject):
         self.panel.set_progress(p.step, p.total, f"{p.step} of {p.total} tiles of tissue")
 
     def _on_tile(self, _col: int, _row: int) -> None:
-        if self._shows_run() and not self._refresh.isActive():
+        if not self._shows_run():
+            return
+        if not self._refresh.isActive():
             self._refresh.start()
+        self.tiles_added.emit()
 
     def _reload_overlay(self) -> None:
         cache = self.overlay.cache
@@ -215,6 +242,15 @@ class PredictionActions(QObject):
             self.overlay.invalidate()
 
     def _on_finished(self, end: RunFinished) -> None:
+        self._show_end(end)
+        rerun, self._rerun_after_measure = self._rerun_after_measure, False
+        if rerun and end.status == "measured":
+            cache = self.overlay.cache
+            if cache is None or not cache.complete:
+                QTimer.singleShot(0, self.run)
+        self.run_finished.emit(end)
+
+    def _show_end(self, end: RunFinished) -> None:
         self.last_finished = end
         self._refresh.stop()
         if self.overlay.waiting_for_tissue:  # the run ended without finding it: draw unclipped

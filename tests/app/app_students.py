@@ -72,5 +72,5 @@ def open_registry(qtbot, window, slide: Path) -> ModelRegistry:
     assert window.open_path(slide)
     wait_drawn(qtbot, window.view)
     ta = window.training
-    qtbot.waitUntil(lambda: ta.ready and ta.registry is not None, timeout=10000)
+    qtbot.waitUntil(lambda: ta.ready and ta.versions.registry is not None, timeout=10000)
     return ModelRegistry.of_project(window.annotations.project.folder)

@@ -48,7 +48,7 @@ def test_a_hostile_model_is_refused_in_one_line_when_chosen_or_imported(qtbot, w
         assert text.startswith(f"{path}: model card: {field} ") and "\n" not in text, text
         assert pa.spec is before
         window.last_error = ""
-        assert ta.import_model(path) is None
+        assert ta.versions.import_model(path) is None
         text = window.last_error
         assert text.startswith(f"{path}: model card: {field} ") and "\n" not in text, text
     assert reg.versions() == [] or all(v.note.startswith("the default") for v in reg.versions())

@@ -37,7 +37,7 @@ def training(qtbot, window, small_svs, student_file, monkeypatch, tmp_path):
     ta = window.training
     reg.import_model(student_file)
     publish_student(reg, 2, parent="v0001", metrics={}, note="round")
-    ta.refresh_models()
+    ta.versions.refresh_models()
     state = {"mode": "ok", "settings": [], "go": tmp_path / "go",
              "result": {"status": "done", "version": "v0002", "parent": "v0001",
                         "before": {"miou": 0.5, "dice": 0.6}, "after": {"miou": 0.625, "dice": 0.7},
@@ -51,20 +51,20 @@ def training(qtbot, window, small_svs, student_file, monkeypatch, tmp_path):
     monkeypatch.setattr(engine.api, "finetune_argv", argv)
     ta.reg, ta.state = reg, state  # for the tests
     yield ta
-    ta.process.shutdown()
+    ta.rounds.process.shutdown()
     window.predictions.cancel()
     window.predictions.bridge.wait(30)
 
 
 def _start(qtbot, ta) -> None:
-    assert ta.panel.finetune_button.isEnabled()
-    with qtbot.waitSignal(ta.process.started, timeout=15000):
-        QTest.mouseClick(ta.panel.finetune_button, Qt.MouseButton.LeftButton)
+    assert ta.rounds.panel.finetune_button.isEnabled()
+    with qtbot.waitSignal(ta.rounds.process.started, timeout=15000):
+        QTest.mouseClick(ta.rounds.panel.finetune_button, Qt.MouseButton.LeftButton)
 
 
 def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
     ta = training
-    panel = ta.panel
+    panel = ta.rounds.panel
     assert panel.budget.text() == "auto" and "60 s on a CPU, 20 s on a GPU" in panel.budget.toolTip()
     panel.budget.setValue(45)
     assert not panel.teacher.isChecked()  # the anchored round by default
@@ -81,7 +81,7 @@ def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
     assert not panel.finetune_button.isEnabled() and panel.cancel_button.isEnabled()
     # every event before the fake waits for GO: the curves fill while the process still runs
     qtbot.waitUntil(lambda: panel.point_counts().get("heldout_miou") == 2, timeout=20000)
-    assert ta.process.running
+    assert ta.rounds.process.running
     counts = panel.point_counts()
     assert counts["teacher: total"] == 3 and counts["teacher: loss_ce"] == 3
     assert counts["student: total"] == 5 and counts["student: loss_ce"] == 5
@@ -92,9 +92,9 @@ def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
     assert panel.loss_plot.isVisible() and panel.miou_plot.isVisible()
     xs, ys = panel.miou_line.getData()
     assert list(ys) == pytest.approx([0.6, 0.75])
-    with qtbot.waitSignal(ta.process.ended, timeout=20000):
+    with qtbot.waitSignal(ta.rounds.process.ended, timeout=20000):
         ta.state["go"].touch()
-    assert ta.last_end.status == "done"
+    assert ta.rounds.last_end.status == "done"
     assert panel.result_box.isVisible()
     assert [panel.cell(0, c) for c in range(4)] == ["Held-out mIoU", "0.500", "0.625", "+0.125"]
     assert [panel.cell(1, c) for c in range(4)] == ["Held-out Dice", "0.600", "0.700", "+0.100"]
@@ -109,25 +109,25 @@ def test_accept_activates_the_new_version_and_keep_old_its_parent(qtbot, trainin
     reg, pa = ta.reg, ta.window.predictions
     ta.state["go"].touch()
     _start(qtbot, ta)
-    qtbot.waitUntil(lambda: ta.last_end is not None, timeout=20000)
+    qtbot.waitUntil(lambda: ta.rounds.last_end is not None, timeout=20000)
     assert reg.active_name() == "v0001"
-    QTest.mouseClick(ta.panel.accept_button, Qt.MouseButton.LeftButton)
+    QTest.mouseClick(ta.rounds.panel.accept_button, Qt.MouseButton.LeftButton)
     assert reg.active_name() == "v0002"
     assert Path(pa.spec.checkpoint) == reg.get("v0002").path.resolve()
-    assert [ta.models.cell(r, 1) for r in range(2) if ta.models.cell(r, 0) == "●"] == ["v0002"]
-    assert not ta.panel.accept_button.isEnabled()
+    assert [ta.versions.panel.cell(r, 1) for r in range(2) if ta.versions.panel.cell(r, 0) == "●"] == ["v0002"]
+    assert not ta.rounds.panel.accept_button.isEnabled()
     sentence = ("Active version: v0002 (fine-tuned from v0001); it predicts, and the next round "
                 "starts from it.")
-    assert ta.panel.active_label.text() == sentence
-    assert ta.models.note.text().endswith(sentence) and "active" not in ta.panel.verdict.text()
+    assert ta.rounds.panel.active_label.text() == sentence
+    assert ta.versions.panel.note.text().endswith(sentence) and "active" not in ta.rounds.panel.verdict.text()
     qtbot.waitUntil(lambda: not pa.bridge.running, timeout=120000)  # the re-prediction
     # a second round whose new version the pathologist does not want
     _start(qtbot, ta)
-    qtbot.waitUntil(lambda: ta.last_end is not None and not ta.process.running, timeout=20000)
-    QTest.mouseClick(ta.panel.keep_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: ta.rounds.last_end is not None and not ta.rounds.process.running, timeout=20000)
+    QTest.mouseClick(ta.rounds.panel.keep_button, Qt.MouseButton.LeftButton)
     assert reg.active_name() == "v0001"
     assert Path(pa.spec.checkpoint) == reg.get("v0001").path.resolve()
-    assert ta.panel.active_label.text().startswith("Active version: v0001;")
+    assert ta.rounds.panel.active_label.text().startswith("Active version: v0001;")
     qtbot.waitUntil(lambda: not pa.bridge.running, timeout=120000)
 
 
@@ -135,25 +135,25 @@ def test_cancel_stops_the_process_and_leaves_the_registry(qtbot, training):
     ta = training
     ta.state["mode"] = "forever"
     before = [v.version for v in ta.reg.versions()], ta.reg.active_name()
-    assert ta.panel.budget.text() == "auto"
+    assert ta.rounds.panel.budget.text() == "auto"
     _start(qtbot, ta)
     (_, settings), = ta.state["settings"]
     assert settings.budget_s is None and ta.state["explicit"] == ()  # auto: the device's default
     assert "--budget" not in real_finetune_argv(Path("/p"), settings)
-    qtbot.waitUntil(lambda: ta.panel.point_counts().get("total", 0) >= 3, timeout=20000)
-    pid = ta.process.pid
-    with qtbot.waitSignal(ta.process.ended, timeout=10000):
-        QTest.mouseClick(ta.panel.cancel_button, Qt.MouseButton.LeftButton)
-    assert ta.last_end.status == "cancelled"
-    assert not ta.process.running
+    qtbot.waitUntil(lambda: ta.rounds.panel.point_counts().get("total", 0) >= 3, timeout=20000)
+    pid = ta.rounds.process.pid
+    with qtbot.waitSignal(ta.rounds.process.ended, timeout=10000):
+        QTest.mouseClick(ta.rounds.panel.cancel_button, Qt.MouseButton.LeftButton)
+    assert ta.rounds.last_end.status == "cancelled"
+    assert not ta.rounds.process.running
     with pytest.raises(ProcessLookupError):
         import os
 
         os.kill(pid, 0)
     assert ([v.version for v in ta.reg.versions()], ta.reg.active_name()) == before
-    assert ta.panel.status.text().startswith("Cancelled") and not ta.panel.progress.isVisible()
-    assert not ta.panel.result_box.isVisible() and not ta.panel.error.isVisible()
-    assert ta.panel.finetune_button.isEnabled()
+    assert ta.rounds.panel.status.text().startswith("Cancelled") and not ta.rounds.panel.progress.isVisible()
+    assert not ta.rounds.panel.result_box.isVisible() and not ta.rounds.panel.error.isVisible()
+    assert ta.rounds.panel.finetune_button.isEnabled()
 
 
 def test_a_round_that_ignores_sigterm_is_killed(qtbot, training, monkeypatch):
@@ -161,33 +161,33 @@ def test_a_round_that_ignores_sigterm_is_killed(qtbot, training, monkeypatch):
     ta.state["mode"] = "stubborn"
     monkeypatch.setattr(bridge_module, "KILL_AFTER_MS", 400)
     _start(qtbot, ta)
-    qtbot.waitUntil(lambda: ta.panel.point_counts().get("total", 0) >= 2, timeout=20000)
-    with qtbot.waitSignal(ta.process.ended, timeout=10000):
-        ta.cancel()
-    assert ta.last_end.status == "cancelled" and not ta.process.running
+    qtbot.waitUntil(lambda: ta.rounds.panel.point_counts().get("total", 0) >= 2, timeout=20000)
+    with qtbot.waitSignal(ta.rounds.process.ended, timeout=10000):
+        ta.rounds.cancel()
+    assert ta.rounds.last_end.status == "cancelled" and not ta.rounds.process.running
 
 
 def test_an_error_event_and_stderr_are_shown(qtbot, training):
     ta = training
     ta.state["mode"] = "error"
-    with qtbot.waitSignal(ta.process.ended, timeout=20000):
+    with qtbot.waitSignal(ta.rounds.process.ended, timeout=20000):
         _start(qtbot, ta)
-    end = ta.last_end
+    end = ta.rounds.last_end
     assert end.status == "failed" and end.exit_code == 2
     message = "No correction ROIs on the chosen slides: draw some with O."
-    assert ta.panel.error.isVisible() and ta.panel.error.text() == message
+    assert ta.rounds.panel.error.isVisible() and ta.rounds.panel.error.text() == message
     assert ta.window.last_error == message
-    assert "CocoPathError: no ROIs" in ta.panel.details.toPlainText()
-    assert ta.panel.details.isVisible()  # an error unfolds the process's messages
-    assert not ta.panel.result_box.isVisible()
+    assert "CocoPathError: no ROIs" in ta.rounds.panel.details.toPlainText()
+    assert ta.rounds.panel.details.isVisible()  # an error unfolds the process's messages
+    assert not ta.rounds.panel.result_box.isVisible()
 
 
 def test_a_crash_names_its_exit_code_and_last_stderr_line(qtbot, training):
     ta = training
     ta.state["mode"] = "crash"
-    with qtbot.waitSignal(ta.process.ended, timeout=20000):
+    with qtbot.waitSignal(ta.rounds.process.ended, timeout=20000):
         _start(qtbot, ta)
-    text = ta.panel.error.text()
+    text = ta.rounds.panel.error.text()
     assert "exit code 3" in text and "RuntimeError: boom" in text, text
     assert ta.window.last_error == text
 
@@ -195,19 +195,19 @@ def test_a_crash_names_its_exit_code_and_last_stderr_line(qtbot, training):
 def test_a_program_that_cannot_start_is_reported(qtbot, training, monkeypatch):
     ta = training
     monkeypatch.setattr(engine.api, "finetune_argv", lambda *_, **__: ["/nonexistent/cocopath-engine"])
-    with qtbot.waitSignal(ta.process.ended, timeout=10000):
-        QTest.mouseClick(ta.panel.finetune_button, Qt.MouseButton.LeftButton)
-    assert "could not be started" in ta.panel.error.text()
-    assert ta.panel.finetune_button.isEnabled()
+    with qtbot.waitSignal(ta.rounds.process.ended, timeout=10000):
+        QTest.mouseClick(ta.rounds.panel.finetune_button, Qt.MouseButton.LeftButton)
+    assert "could not be started" in ta.rounds.panel.error.text()
+    assert ta.rounds.panel.finetune_button.isEnabled()
 
 
 def test_accept_after_switching_project_changes_neither_registry(qtbot, training, tmp_path):
     ta = training
     ta.state["go"].touch()
     _start(qtbot, ta)
-    qtbot.waitUntil(lambda: ta.last_end is not None and not ta.process.running, timeout=20000)
+    qtbot.waitUntil(lambda: ta.rounds.last_end is not None and not ta.rounds.process.running, timeout=20000)
     assert ta.window.annotations.new_project(tmp_path / "other")
-    QTest.mouseClick(ta.panel.accept_button, Qt.MouseButton.LeftButton)
+    QTest.mouseClick(ta.rounds.panel.accept_button, Qt.MouseButton.LeftButton)
     assert "belong to the project" in ta.window.last_error
     assert ta.reg.active_name() == "v0001"
     assert ModelRegistry.of_project(tmp_path / "other").versions() == []
@@ -219,13 +219,13 @@ def test_the_round_yields_the_cpu_to_the_gui(qtbot, training):
     ta = training
     ta.state["mode"] = "forever"
     _start(qtbot, ta)
-    qtbot.waitUntil(lambda: ta.panel.point_counts().get("total", 0) >= 1, timeout=20000)
+    qtbot.waitUntil(lambda: ta.rounds.panel.point_counts().get("total", 0) >= 1, timeout=20000)
     mine = os.getpriority(os.PRIO_PROCESS, 0)
-    assert os.getpriority(os.PRIO_PROCESS, ta.process.pid) == min(19, mine + bridge_module.NICE)
+    assert os.getpriority(os.PRIO_PROCESS, ta.rounds.process.pid) == min(19, mine + bridge_module.NICE)
     if hasattr(os, "SCHED_IDLE"):  # Linux: it only gets CPU time the GUI does not want
-        assert os.sched_getscheduler(ta.process.pid) == os.SCHED_IDLE
-    with qtbot.waitSignal(ta.process.ended, timeout=10000):
-        ta.cancel()
+        assert os.sched_getscheduler(ta.rounds.process.pid) == os.SCHED_IDLE
+    with qtbot.waitSignal(ta.rounds.process.ended, timeout=10000):
+        ta.rounds.cancel()
 
 
 WORSE_GUARD = {"heldout": {"before": 0.404, "after": 0.33, "ok": False},
@@ -257,13 +257,13 @@ def _worse_round(qtbot, ta) -> None:
                           "after": {"miou": 0.33, "dice": 0.47}, "data": {"guard": WORSE_GUARD}}
     ta.state["go"].touch()
     _start(qtbot, ta)
-    qtbot.waitUntil(lambda: ta.last_end is not None and not ta.process.running, timeout=20000)
+    qtbot.waitUntil(lambda: ta.rounds.last_end is not None and not ta.rounds.process.running, timeout=20000)
 
 
 def test_accepting_a_worse_version_asks_and_keep_old_keeps_it(qtbot, training):
     ta = training
     _worse_round(qtbot, ta)
-    panel = ta.panel
+    panel = ta.rounds.panel
     assert "worse than v0001 on the held-out ROIs" in panel.verdict.text()
     assert [panel.cell(2, c) for c in range(4)] == ["Replay mIoU", "0.610", "0.600", "-0.010"]
     seen: list = []
@@ -283,9 +283,9 @@ def test_a_worse_version_becomes_active_only_when_the_user_says_so(qtbot, traini
     _worse_round(qtbot, ta)
     seen: list = []
     answer_dialog(qtbot, "Use v0002 anyway", seen)
-    QTest.mouseClick(ta.panel.accept_button, Qt.MouseButton.LeftButton)
+    QTest.mouseClick(ta.rounds.panel.accept_button, Qt.MouseButton.LeftButton)
     assert len(seen) == 1 and ta.reg.active_name() == "v0002"
-    assert ta.panel.active_label.text().startswith("Active version: v0002 (fine-tuned from v0001)")
+    assert ta.rounds.panel.active_label.text().startswith("Active version: v0002 (fine-tuned from v0001)")
     qtbot.waitUntil(lambda: not ta.window.predictions.bridge.running, timeout=120000)
 
 
@@ -294,18 +294,18 @@ def test_activating_a_worse_version_in_the_models_panel_asks_too(qtbot, training
     v3 = publish_student(ta.reg, 3, parent="v0001", note="round 2",
                          metrics={"heldout_miou": 0.33, "heldout_miou_parent": 0.404,
                                   "replay_miou": 0.58, "replay_miou_parent": 0.61})
-    ta.refresh_models()
-    assert ta.models.select_version(v3.version)
+    ta.versions.refresh_models()
+    assert ta.versions.panel.select_version(v3.version)
     seen: list = []
     answer_dialog(qtbot, "Keep v0001", seen)
-    QTest.mouseClick(ta.models.activate_button, Qt.MouseButton.LeftButton)
+    QTest.mouseClick(ta.versions.panel.activate_button, Qt.MouseButton.LeftButton)
     [(text, default, _)] = seen
     assert "0.404 (v0001) → 0.330 (v0003), worse" in text
     assert "0.610 (v0001) → 0.580 (v0003), worse" in text
     assert default == "Keep v0001" and ta.reg.active_name() == "v0001"
     # a version that is not worse (v0002 has no parent figures) is activated without a question
-    assert ta.models.select_version("v0002")
-    QTest.mouseClick(ta.models.activate_button, Qt.MouseButton.LeftButton)
+    assert ta.versions.panel.select_version("v0002")
+    QTest.mouseClick(ta.versions.panel.activate_button, Qt.MouseButton.LeftButton)
     assert ta.reg.active_name() == "v0002" and len(seen) == 1
     qtbot.waitUntil(lambda: not ta.window.predictions.bridge.running, timeout=120000)
 
@@ -322,7 +322,7 @@ def test_the_verdict_and_the_choice_are_seen_without_scrolling(qtbot, training, 
     ta.window.resize(*size)
     ta.training_dock.raise_()
     _worse_round(qtbot, ta)
-    panel = ta.panel
+    panel = ta.rounds.panel
     qtbot.waitUntil(lambda: _fully_visible(panel.accept_button), timeout=5000)
     for w in (panel.active_label, panel.verdict, panel.accept_button, panel.keep_button):
         assert _fully_visible(w), w

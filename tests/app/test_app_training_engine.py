@@ -29,10 +29,10 @@ def dock(qtbot, window, small_svs, student_file):
     reg = open_registry(qtbot, window, small_svs)
     ta = window.training
     reg.import_model(student_file)
-    ta.refresh_models()
+    ta.versions.refresh_models()
     ta.reg = reg
     yield ta
-    ta.process.shutdown()
+    ta.rounds.process.shutdown()
 
 
 def _state(reg: ModelRegistry) -> tuple[list[str], str | None, list[str]]:
@@ -43,15 +43,15 @@ def _state(reg: ModelRegistry) -> tuple[list[str], str | None, list[str]]:
 def test_the_engine_says_there_is_nothing_to_learn(qtbot, dock):
     ta = dock
     before = _state(ta.reg)
-    ta.panel.budget.setValue(10)  # passed to the real engine as --budget 10
-    with qtbot.waitSignal(ta.process.ended, timeout=120000):
-        QTest.mouseClick(ta.panel.finetune_button, Qt.MouseButton.LeftButton)
-    end = ta.last_end
+    ta.rounds.panel.budget.setValue(10)  # passed to the real engine as --budget 10
+    with qtbot.waitSignal(ta.rounds.process.ended, timeout=120000):
+        QTest.mouseClick(ta.rounds.panel.finetune_button, Qt.MouseButton.LeftButton)
+    end = ta.rounds.last_end
     assert end.status == "failed" and end.exit_code == 0, end
-    assert "no correction ROI" in ta.panel.error.text(), ta.panel.error.text()
-    assert ta.window.last_error == ta.panel.error.text()
+    assert "no correction ROI" in ta.rounds.panel.error.text(), ta.rounds.panel.error.text()
+    assert ta.window.last_error == ta.rounds.panel.error.text()
     assert _state(ta.reg) == before
-    assert ta.panel.finetune_button.isEnabled()
+    assert ta.rounds.panel.finetune_button.isEnabled()
 
 
 def test_cancelling_a_real_round_leaves_the_registry_as_it_was(qtbot, dock):
@@ -62,19 +62,19 @@ def test_cancelling_a_real_round_leaves_the_registry_as_it_was(qtbot, dock):
         items.append(Annotation(box(x, y, x + 700, y + 700), kind="roi"))
         items.append(Annotation(Point(x + 350, y + 350).buffer(175), class_name="Tumour"))
     store.add(items, label="corrections")
-    ta.refresh_slides()
-    assert ta.panel.slides.item(0).text().endswith("4 ROIs")
+    ta.rounds.refresh_slides()
+    assert ta.rounds.panel.slides.item(0).text().endswith("4 ROIs")
     before = _state(ta.reg)
     kinds: list[str] = []
-    ta.process.event.connect(lambda ev: kinds.append(ev.kind))
-    QTest.mouseClick(ta.panel.finetune_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: "progress" in kinds or not ta.process.running, timeout=120000)
-    assert ta.process.running, (ta.last_end, kinds)
-    assert ta.panel.status.text() and not ta.panel.status.text().startswith("Starting"), \
-        ta.panel.status.text()  # the engine's first stage reached the panel
-    with qtbot.waitSignal(ta.process.ended, timeout=60000):
-        QTest.mouseClick(ta.panel.cancel_button, Qt.MouseButton.LeftButton)
-    assert ta.last_end.status == "cancelled", ta.last_end
+    ta.rounds.process.event.connect(lambda ev: kinds.append(ev.kind))
+    QTest.mouseClick(ta.rounds.panel.finetune_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "progress" in kinds or not ta.rounds.process.running, timeout=120000)
+    assert ta.rounds.process.running, (ta.rounds.last_end, kinds)
+    assert ta.rounds.panel.status.text() and not ta.rounds.panel.status.text().startswith("Starting"), \
+        ta.rounds.panel.status.text()  # the engine's first stage reached the panel
+    with qtbot.waitSignal(ta.rounds.process.ended, timeout=60000):
+        QTest.mouseClick(ta.rounds.panel.cancel_button, Qt.MouseButton.LeftButton)
+    assert ta.rounds.last_end.status == "cancelled", ta.rounds.last_end
     assert kinds[-1] == "result"  # the engine's own last word on SIGTERM
     assert _state(ta.reg) == before
-    assert ta.panel.finetune_button.isEnabled() and not ta.panel.error.isVisible()
+    assert ta.rounds.panel.finetune_button.isEnabled() and not ta.rounds.panel.error.isVisible()

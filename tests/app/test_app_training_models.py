@@ -34,7 +34,7 @@ def with_registry(qtbot, window, small_svs, student_files):
     v1 = reg.import_model(student_files[0])
     v2 = publish_student(reg, 2, parent=v1.version, metrics=ROUND_METRICS, note="round 1")
     assert (v1.version, v2.version) == ("v0001", "v0002")
-    qtbot.waitUntil(lambda: len(ta.models.rows) == 2, timeout=5000)  # the registry poll saw them
+    qtbot.waitUntil(lambda: len(ta.versions.panel.rows) == 2, timeout=5000)  # the registry poll saw them
     qtbot.waitUntil(lambda: window.predictions.spec is not None, timeout=5000)
     yield window, reg
     window.predictions.cancel()
@@ -55,7 +55,7 @@ def _wait_run(qtbot, window, previous=None) -> None:
 
 def test_table_shows_versions_and_the_model_panel_uses_the_active_one(qtbot, with_registry):
     window, reg = with_registry
-    panel = window.training.models
+    panel = window.training.versions.panel
     assert [panel.cell(r, 1) for r in range(2)] == ["v0002", "v0001"]  # newest first
     assert _marked(panel) == ["v0001"]
     assert panel.cell(0, 2) == "0.625" and panel.cell(0, 3) == "v0001" and panel.cell(0, 5) == "round 1"
@@ -70,7 +70,7 @@ def test_table_shows_versions_and_the_model_panel_uses_the_active_one(qtbot, wit
 def test_activate_and_rollback_switch_the_model_and_repredict(qtbot, with_registry):
     window, reg = with_registry
     ta, pa = window.training, window.predictions
-    panel = ta.models
+    panel = ta.versions.panel
     assert panel.select_version("v0002")
     assert panel.activate_button.isEnabled() and panel.rollback_button.isEnabled() is False
     QTest.mouseClick(panel.activate_button, Qt.MouseButton.LeftButton)
@@ -98,7 +98,7 @@ def test_activate_and_rollback_switch_the_model_and_repredict(qtbot, with_regist
     assert pa.last_finished.status == "measured"
     assert Path(window.view.predictions.cache.root) == v2_cache
     # v0002's parent has predicted this slide too: Review next can rank where the two disagree
-    review = ta.review
+    review = ta.reviewing.panel
     assert review.rank_by.count() == 2 and review.rank_by.itemText(1) == "Disagreement with v0001"
     ta.review_dock.show()
     ta.review_dock.raise_()
@@ -114,14 +114,14 @@ def test_import_refuses_pickles_and_export_writes_the_same_weights(qtbot, with_r
     ta = window.training
     pickle = tmp_path / "model.pt"
     pickle.write_bytes(b"not a safetensors file")
-    assert ta.import_model(pickle) is None
+    assert ta.versions.import_model(pickle) is None
     assert ".safetensors" in window.last_error and len(reg.versions()) == 2
-    version = ta.import_model(student_files[1])
-    assert version == "v0003" and ta.models.cell(0, 1) == "v0003"
-    assert ta.models.cell(0, 5) == f"imported from {student_files[1].name}"
-    assert _marked(ta.models) == ["v0001"]  # importing never changes the active version
+    version = ta.versions.import_model(student_files[1])
+    assert version == "v0003" and ta.versions.panel.cell(0, 1) == "v0003"
+    assert ta.versions.panel.cell(0, 5) == f"imported from {student_files[1].name}"
+    assert _marked(ta.versions.panel) == ["v0001"]  # importing never changes the active version
     out = tmp_path / "exported.safetensors"
-    assert ta.export_model("v0002", out)
+    assert ta.versions.export_model("v0002", out)
     assert out.read_bytes() == reg.get("v0002").path.read_bytes()
 
 
@@ -132,8 +132,8 @@ def test_review_next_lists_regions_and_a_click_moves_the_view(qtbot, with_regist
     _wait_run(qtbot, window)
     ta.review_dock.show()
     ta.review_dock.raise_()
-    ta.refresh_review()
-    review = ta.review
+    ta.reviewing.refresh()
+    review = ta.reviewing.panel
     qtbot.waitUntil(lambda: review.list.count() > 0, timeout=20000)
     regions = list(review.regions)
     assert len(regions) >= 2

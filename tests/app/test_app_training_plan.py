@@ -24,16 +24,16 @@ def rois_text(n: int) -> str:
 
 def ready(qtbot, window):
     ta = window.training
-    qtbot.waitUntil(lambda: ta.ready and ta.panel.slides.count() > 0, timeout=10000)
+    qtbot.waitUntil(lambda: ta.ready and ta.rounds.panel.slides.count() > 0, timeout=10000)
     return ta
 
 
 def texts(ta) -> list[str]:
-    return ta.panel.slide_texts()
+    return ta.rounds.panel.slide_texts()
 
 
 def ticked_names(ta) -> list[str]:
-    return [Path(p).name for p in ta.panel.chosen_slides()]
+    return [Path(p).name for p in ta.rounds.panel.chosen_slides()]
 
 
 def test_roi_counts_follow_drawing_deleting_undo_and_redo(qtbot, annotating):
@@ -72,7 +72,7 @@ def test_the_open_slide_is_ticked_after_a_switch_and_a_dicom_is_named_by_folder_
     qtbot.waitUntil(lambda: texts(ta) == [rois_text(1), dicom], timeout=5000)
     assert ticked_names(ta) == [dicom_dir.name]  # the open slide, not the one before
     # the user ticks the first slide too: a slide switch keeps what they ticked by hand
-    ta.panel.slides.item(0).setCheckState(Qt.CheckState.Checked)
+    ta.rounds.panel.slides.item(0).setCheckState(Qt.CheckState.Checked)
     assert ticked_names(ta) == ["cmu-1-small-region.svs", dicom_dir.name]
     assert window.open_path(small_svs)
     wait_drawn(qtbot, window.view)
@@ -98,7 +98,7 @@ def test_a_coarse_slide_is_warned_of_in_the_model_and_training_panels(qtbot, win
     assert window.open_path(small_svs)  # 0.499 µm/px: fine
     wait_drawn(qtbot, window.view)
     ta = ready(qtbot, window)
-    assert not pa.panel.warning.isVisible() and not ta.panel.warning.isVisible()
+    assert not pa.panel.warning.isVisible() and not ta.rounds.panel.warning.isVisible()
     assert window.open_path(coarse_slide)
     wait_drawn(qtbot, window.view)
     sentence = "this slide is 10 µm/px; the model reads 1 µm/px: its predictions here are not meaningful"
@@ -108,11 +108,11 @@ def test_a_coarse_slide_is_warned_of_in_the_model_and_training_panels(qtbot, win
     assert pa.panel.run_button.isEnabled()  # a warning, not a refusal: the user decides
     qtbot.waitUntil(lambda: ticked_names(ta) == ["coarse.tif"], timeout=5000)
     ta.training_dock.raise_()
-    qtbot.waitUntil(lambda: not ta.panel.warning.visibleRegion().isEmpty(), timeout=5000)
-    assert ta.panel.warning.text() == f"coarse.tif: {sentence}. A round refuses it: untick it."
-    assert "\n" not in ta.panel.warning.text()
-    ta.panel.slides.item(1).setCheckState(Qt.CheckState.Unchecked)  # untick it: no warning
-    qtbot.waitUntil(lambda: not ta.panel.warning.isVisible(), timeout=5000)
+    qtbot.waitUntil(lambda: not ta.rounds.panel.warning.visibleRegion().isEmpty(), timeout=5000)
+    assert ta.rounds.panel.warning.text() == f"coarse.tif: {sentence}. A round refuses it: untick it."
+    assert "\n" not in ta.rounds.panel.warning.text()
+    ta.rounds.panel.slides.item(1).setCheckState(Qt.CheckState.Unchecked)  # untick it: no warning
+    qtbot.waitUntil(lambda: not ta.rounds.panel.warning.isVisible(), timeout=5000)
 
 
 def test_the_class_plan_shows_before_the_round(qtbot, annotating, tmp_path):
@@ -127,25 +127,25 @@ def test_the_class_plan_shows_before_the_round(qtbot, annotating, tmp_path):
     drag(view, [(900, 1000), (950, 1050), (1000, 1100)])
     ta.training_dock.raise_()
     stroma = "class 'Stroma' is taken as 'background' (not tumour)"
-    qtbot.waitUntil(lambda: stroma in ta.panel.plan.text(), timeout=5000)
-    assert ta.panel.plan.text() == ("Classes: no annotated class is named 'tumour' ('Stroma' drawn): "
+    qtbot.waitUntil(lambda: stroma in ta.rounds.panel.plan.text(), timeout=5000)
+    assert ta.rounds.panel.plan.text() == ("Classes: no annotated class is named 'tumour' ('Stroma' drawn): "
                                     f"the round learns only what is not tumour; {stroma}.")
-    assert ta.panel.plan.isVisible()
+    assert ta.rounds.panel.plan.isVisible()
     an.set_class("Tumour")
     drag(view, [(1020, 1000), (1050, 1050), (1080, 1100)])
-    qtbot.waitUntil(lambda: ta.panel.plan.text() == f"Classes: class 'Tumour' is the model's "
+    qtbot.waitUntil(lambda: ta.rounds.panel.plan.text() == f"Classes: class 'Tumour' is the model's "
                                                     f"'tumour'; {stroma}.", timeout=5000)
     # the pathologist asks for the classes the model lacks as classes of their own: the plan says
     # so before the start, and the round is told which
-    ta.panel.new_classes.setChecked(True)
+    ta.rounds.panel.new_classes.setChecked(True)
     new = "class 'Stroma' becomes a new output class of the model (not tumour either)"
-    qtbot.waitUntil(lambda: new in ta.panel.plan.text(), timeout=5000)
-    assert stroma not in ta.panel.plan.text()
-    assert ta.plan.round_new_classes() == ("Stroma",)
+    qtbot.waitUntil(lambda: new in ta.rounds.panel.plan.text(), timeout=5000)
+    assert stroma not in ta.rounds.panel.plan.text()
+    assert ta.rounds.plan.round_new_classes() == ("Stroma",)
     # distillation cannot add classes: ticking it unticks and greys the option, the plan follows
-    ta.panel.teacher.setChecked(True)
-    assert not ta.panel.new_classes.isChecked() and not ta.panel.new_classes.isEnabled()
-    qtbot.waitUntil(lambda: stroma in ta.panel.plan.text(), timeout=5000)
-    assert ta.plan.round_new_classes() == ()
-    ta.panel.teacher.setChecked(False)
-    assert ta.panel.new_classes.isEnabled()
+    ta.rounds.panel.teacher.setChecked(True)
+    assert not ta.rounds.panel.new_classes.isChecked() and not ta.rounds.panel.new_classes.isEnabled()
+    qtbot.waitUntil(lambda: stroma in ta.rounds.panel.plan.text(), timeout=5000)
+    assert ta.rounds.plan.round_new_classes() == ()
+    ta.rounds.panel.teacher.setChecked(False)
+    assert ta.rounds.panel.new_classes.isEnabled()
