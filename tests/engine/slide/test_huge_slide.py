@@ -127,7 +127,12 @@ def test_infer_runs_over_the_tissue_only(huge: Path, checkpoint: Path, tmp_path:
     [s] = json.loads(r["out"])
     assert s["status"] == "done"
     tiles = s["tiles"]
-    assert 0 < tiles["done"] == tiles["tissue"] <= 16 and tiles["all"] == 98 * 98
+    from engine.inference.geometry import run_window
+
+    window, margin = run_window(128)  # the run's windows for the card's 128 px tile
+    side = -(-SIZE * 0.25 // 4.0)  # prediction map pixels at the model's 4 µm/px
+    per_side = -(-side // (window - 2 * margin))
+    assert 0 < tiles["done"] == tiles["tissue"] <= 16 and tiles["all"] == per_side ** 2
     for p in s["outputs"].values():
         assert Path(p).is_file()
     tissue_mm2 = s["measurements"]["tissue_area_mm2"]
