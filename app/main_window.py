@@ -25,6 +25,8 @@ from engine.api import open_slide
 log = logging.getLogger(__name__)
 
 MAX_RECENT = 10
+DOCK_SHARE = 1 / 3  # of the window's width, at most, for the docks of one side (1/4 with two)
+MIN_DOCK_WIDTH = 200  # a dock column is never squeezed below this (its panels stay usable)
 SLIDE_FILTER = ("Slides (*.svs *.tif *.tiff *.ndpi *.vms *.vmu *.scn *.mrxs *.svslide *.bif *.czi "
                 "*.dcm);;All files (*)")
 CONTROLS_HELP = Path(__file__).with_name("CONTROLS.md")
@@ -79,6 +81,7 @@ class MainWindow(QMainWindow):
 
         self._icon_names: dict[QAction, str] = {}
         self._icons_installed = False
+        self._dock_widths: dict[Qt.DockWidgetArea, int] = {}  # a column's width before a cap
         self._build_actions()
         self._build_menus()
         self.annotations = AnnotationActions(self)  # projects, tools, classes, undo, import/export
@@ -188,6 +191,44 @@ class MainWindow(QMainWindow):
         for act, name in self._icon_names.items():
             act.setIcon(icon(name))
         self.recent_menu.setIcon(icon("fa5s.history"))
+
+    def resizeEvent(self, event: object) -> None:  # noqa: N802
+        super().resizeEvent(event)  # type: ignore[arg-type]
+        self.fit_docks()
+
+    def fit_docks(self) -> None:
+        """Keep the slide the largest thing in the window: each side's column of docks is at most
+        :data:`DOCK_SHARE` of the window's width (a quarter each with docks on both sides), never
+        under :data:`MIN_DOCK_WIDTH`; a column narrowed for a small window widens again, up to
+        the width it had, when the window grows."""
+        areas = {}
+        for dock in self.findChildren(QDockWidget):
+            area = self.dockWidgetArea(dock)
+            if not dock.isFloating() and area in (Qt.DockWidgetArea.LeftDockWidgetArea,
+                                                  Qt.DockWidgetArea.RightDockWidgetArea):
+                areas.setdefault(area, []).append(dock)
+        shown = [a for a, docks in areas.items() if any(d.isVisible() for d in docks)]
+        share = DOCK_SHARE if len(shown) < 2 else 1 / 4
+        cap = max(MIN_DOCK_WIDTH, int(self.width() * share))
+        grow = []
+        for area, docks in areas.items():
+            visible = [d for d in docks if d.isVisible() and not d.visibleRegion().isEmpty()]
+            now = max((d.width() for d in visible), default=0)  # before the cap shrinks them
+            for dock in docks:
+                dock.setMaximumWidth(cap)
+            wanted = self._dock_widths.get(area, 0)
+            if now > cap:
+                self._dock_widths[area] = max(wanted, now)  # the width it had before it was capped
+            elif visible and wanted > now:
+                grow.append((visible, min(wanted, cap)))
+        if grow:  # once the layout has taken the new size
+            QTimer.singleShot(0, self, lambda: self._widen(grow))
+
+    def _widen(self, grow: list) -> None:
+        for docks, width in grow:
+            docks = [d for d in docks if d.isVisible() and d.width() < width]
+            if docks:
+                self.resizeDocks(docks, [width] * len(docks), Qt.Orientation.Horizontal)
 
     def showEvent(self, event: object) -> None:  # noqa: N802
         super().showEvent(event)  # type: ignore[arg-type]

@@ -49,6 +49,18 @@ EXPORT_FILTERS = {f"{f.title} (*{f.extensions[0]})": (f.name, f.extensions[0])
                   for f in annotation_formats("export") if f.capabilities.outlines}
 
 
+EXPORT_MESSAGE_MS = 15000
+
+
+def export_message(count: int, path: str | Path, notes: tuple[str, ...] | list[str]) -> str:
+    """The status bar's line after an export: what was written, and what the format does not keep
+    (a note, not a question: the file is written; no dialog interrupts the work)."""
+    text = f"Exported {count} annotation(s) to {Path(path).name}."
+    if notes:
+        text += " Note: " + "; ".join(n.rstrip(".") for n in notes) + "."
+    return text
+
+
 class AnnotationActions(QObject):
     """Builds the annotation actions into ``window`` and keeps project, slide and store together."""
 
@@ -260,10 +272,8 @@ class AnnotationActions(QObject):
         except CocoPathError as exc:
             self.window.show_error(str(exc))
             return False
-        text = f"Exported {result.count} annotation(s) to {Path(path).name}."
-        self.window.statusBar().showMessage(text, 10000)
-        if result.warnings:
-            self._info(text + "\n\n" + "\n".join(f"• {w}" for w in result.warnings))
+        self.window.statusBar().showMessage(export_message(result.count, path, result.warnings),
+                                            EXPORT_MESSAGE_MS)
         return True
 
     def import_dialog(self) -> None:

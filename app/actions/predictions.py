@@ -20,7 +20,8 @@ from app.panels.model import ModelPanel
 from app.actions.prediction_accept import PredictionAccept
 from app.panels.summary import SummaryPanel
 from app.state.inference_run import RunFinished, RunStarted, open_existing, wait_for_trial
-from app.state.predictions import PredictionStyle, level_choices, level_note, summary_csv
+from app.state.predictions import (MEASURING, NOT_RUN, PredictionStyle, level_choices, level_note,
+                                   summary_csv)
 from app.state.viewport import Viewport
 from engine.api import (CocoPathError, ModelSpec, PredictionCache, Progress, default_level,
                         load_spec, needs_level, resolution_problem)
@@ -49,6 +50,8 @@ class PredictionActions(QObject):
         self.last_finished: RunFinished | None = None
         self._rerun_after_measure = False  # predict_unless_shown() while an earlier run is measured
         self._run_slide: str | None = None  # the slide the current (or last) run is on
+        self._run_version: str | None = None  # and the model version it runs
+        self._measure_after = False  # the open slide's earlier run waits for the bridge
         self._tissue: tuple[str, object] | None = None  # (slide path, its TissueMask) once found
         self.panel = ModelPanel()
         self.model_dock = window.add_dock("Model", "model", _scrolled(self.panel))
@@ -155,7 +158,7 @@ class PredictionActions(QObject):
         started = self.bridge.start(path, self.spec, _rect(vp) if vp is not None else None,
                                     level=self.panel.chosen_level(), trial_first=trial_first)
         if started:
-            self._run_slide = path
+            self._run_slide, self._run_version = path, self.spec.version
             self.last_finished = None
             self.panel.set_running(True)
             self.panel.set_progress(0, 0, "Loading the model and finding tissue…")
@@ -187,9 +190,11 @@ class PredictionActions(QObject):
             self.panel.progress_label.setText("Cancelling…")
 
     def _shows_run(self) -> bool:
-        """Whether the open slide is the one the run is on (the user may have switched meanwhile)."""
+        """Whether the run is of the open slide and the active model (the user may have switched
+        either meanwhile: then the panels describe what is open, not that run)."""
         source = self.window.source
-        return source is not None and source.info.path == self._run_slide  # type: ignore[attr-defined]
+        return (source is not None and source.info.path == self._run_slide  # type: ignore[attr-defined]
+                and self.spec is not None and self.spec.version == self._run_version)
 
     def _on_started(self, info: RunStarted) -> None:
         if not self._shows_run():
@@ -243,11 +248,16 @@ class PredictionActions(QObject):
 
     def _on_finished(self, end: RunFinished) -> None:
         self._show_end(end)
-        rerun, self._rerun_after_measure = self._rerun_after_measure, False
-        if rerun and end.status == "measured":
-            cache = self.overlay.cache
-            if cache is None or not cache.complete:
-                QTimer.singleShot(0, self.run)
+        measure, self._measure_after = self._measure_after, False
+        if measure and self.overlay.cache is not None and self.window.source is not None \
+                and self.spec is not None:
+            self._measure(self.overlay.cache)  # the open slide's earlier run, now the bridge is free
+        else:
+            rerun, self._rerun_after_measure = self._rerun_after_measure, False
+            if rerun and end.status == "measured":
+                cache = self.overlay.cache
+                if cache is None or not cache.complete:
+                    QTimer.singleShot(0, self.run)
         self.run_finished.emit(end)
 
     def _show_end(self, end: RunFinished) -> None:
@@ -256,16 +266,15 @@ class PredictionActions(QObject):
         if self.overlay.waiting_for_tissue:  # the run ended without finding it: draw unclipped
             self.overlay.set_tissue(None)
         self.panel.set_running(False, self.window.source is not None)
-        if not self._shows_run():  # a run on a slide since closed: its results are not shown
-            self.panel.progress_label.setText("")
+        if not self._shows_run():  # a run on a slide (or of a model) since left: not described
             return
         self._reload_overlay()
         words = {"done": "Finished", "cancelled": "Cancelled", "failed": "Failed",
                  "measured": "Predictions of an earlier run"}
         self.panel.progress_label.setText(words.get(end.status, end.status) + (
             f": {end.message}" if end.message else ""))
-        if end.summary is not None:
-            self.summary.set_summary(end.summary)
+        if end.summary is not None or self.summary.summary is None:
+            self.summary.set_summary(end.summary)  # none: "Measuring…" is over, say what to do
         if end.status == "failed":
             self.window.show_error(end.message)
         elif end.status != "measured":
@@ -275,7 +284,6 @@ class PredictionActions(QObject):
 
     def _on_slide(self, _path: str) -> None:
         self.cancel()
-        self.summary.set_summary(None)
         self._show_existing()
         self._update_levels()
         self._update_enabled()
@@ -291,20 +299,34 @@ class PredictionActions(QObject):
         self._update_enabled()
 
     def _show_existing(self) -> None:
-        """Show an earlier run's predictions of the active model on the open slide, if any."""
-        source = self.window.source
-        cache = open_existing(source.info.path, self.spec) \
-            if source is not None and self.spec is not None else None  # type: ignore[attr-defined]
+        """The open slide as it stands for the active model, in the overlay, the Model panel's run
+        line and the summary alike: an earlier run's predictions (drawn, then measured for the
+        summary), or none yet."""
+        self._measure_after = False
+        self.summary.set_summary(None)
+        source, spec = self.window.source, self.spec
+        cache = open_existing(source.info.path, spec) \
+            if source is not None and spec is not None else None  # type: ignore[attr-defined]
         # drawn once the measuring run below has found the tissue (nothing painted on glass)
         self.overlay.set_cache(cache, self._slide_tissue(), wait_for_tissue=True)
-        if cache is None or source is None or self.spec is None:
-            return
-        path = source.info.path  # type: ignore[attr-defined]
-        if self.bridge.start(path, self.spec, measure_only=True):  # the summary, no network
-            self._run_slide = path
+        if source is None or spec is None:
+            self.panel.set_progress(0, 0, "")
+        elif cache is None:
+            self.panel.set_progress(0, 0, NOT_RUN)
+        else:
+            self._measure(cache)
+
+    def _measure(self, cache: PredictionCache) -> None:
+        """Measure the open slide's earlier run (its summary; no network), at once, or once the
+        bridge has ended what it runs (a run on the slide before)."""
+        self.panel.set_progress(len(cache.done_tiles()), cache.tissue_tiles, MEASURING)
+        self.summary.set_note(MEASURING)
+        path = self.window.source.info.path  # type: ignore[union-attr]
+        if self.bridge.start(path, self.spec, measure_only=True):
+            self._run_slide, self._run_version = path, self.spec.version  # type: ignore[union-attr]
             self.panel.set_running(True)
-            self.panel.set_progress(len(cache.done_tiles()), cache.tissue_tiles,
-                                    "Measuring an earlier run's predictions…")
+        else:
+            self._measure_after = True
 
     def _update_levels(self) -> None:
         """The Model panel's level picker: shown when the slide or the model's card lacks µm/px

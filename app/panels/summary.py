@@ -45,6 +45,11 @@ class SummaryPanel(QWidget):
                 self.table.setItem(i, j, QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
 
+    def set_note(self, text: str) -> None:
+        """Say what is going on while there is no summary (an earlier run being measured)."""
+        if self.summary is None:
+            self.note.setText(text)
+
     def cell(self, row: int, col: int) -> str:
         item = self.table.item(row, col)
         return item.text() if item is not None else ""

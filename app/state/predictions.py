@@ -19,6 +19,10 @@ import numpy as np
 from engine.api import Measurements, SlideInfo, labels_from_probs, sample, slide_key
 
 MODES = ("mask", "heatmap")
+#: What the Model panel and the summary say of the open slide for the active model (one source, so
+#: the two never disagree): not predicted yet, or an earlier run's predictions being measured.
+NOT_RUN = "Not run on this slide yet."
+MEASURING = "Measuring an earlier run's predictions…"
 
 
 @dataclass(frozen=True)
