@@ -19,7 +19,7 @@ from shapely.geometry.base import BaseGeometry
 from app.commands import AnnotationDocument
 from app.state import accept, editing
 from app.state.viewport import Viewport
-from app.viewer.overlay import AnnotationOverlay
+from app.viewer.layers.annotations import AnnotationOverlay
 from app.viewer.tools import TOOL_CLASSES
 from app.viewer.tools.base import Tool
 from engine.api import (PALETTE, Annotation, AnnotationClass, AnnotationStore, Kind, PredictionCache,
@@ -45,8 +45,7 @@ class Annotator(QObject):
         super().__init__(parent)
         self.view = view
         self.document = AnnotationDocument(self)
-        self.overlay = AnnotationOverlay(self)
-        self.overlay.updated.connect(self.update)
+        self.overlay = AnnotationOverlay(self)  # one of the view's layers: the view paints it
         self.classes: list[AnnotationClass] = []
         self.current_class: str | None = None
         self.selection: list[str] = []
@@ -222,8 +221,7 @@ class Annotator(QObject):
     # -- the view's hooks ----------------------------------------------------------------------------
 
     def paint(self, p: QPainter, vp: Viewport) -> None:
-        geo = self.view.geometry_  # type: ignore[attr-defined]
-        self.overlay.paint(p, vp, (geo.width, geo.height) if geo is not None else None)
+        """The current tool's gesture in progress (the view paints the overlay among its layers)."""
         if self.tool is not None:
             self.tool.paint(p, vp)
 

@@ -11,6 +11,9 @@ it is in, otherwise the best coarser cached tiles (or the slide's thumbnail) sca
 * Downscaled tiles are scaled once per zoom in idle time (:class:`ScaledTiles`), so frames while
   panning are plain blits; during continuous input (drag, wheel, held keys) scaled drawing skips
   smoothing until the input settles.
+* Over the tiles, the view paints its :attr:`SlideView.layers` in order (predictions, annotations,
+  the review box, the scale bar; see :mod:`app.viewer.layers`): each one's ``updated``
+  repaints, a frame is complete once every layer is current, and closing shuts them all down.
 """
 
 from __future__ import annotations
@@ -20,18 +23,17 @@ import time
 from dataclasses import dataclass
 
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import (QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen,
+from PySide6.QtGui import (QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent,
                            QResizeEvent, QWheelEvent)
 from PySide6.QtWidgets import QWidget
 
 from app.state.tiles import TilePlan, plan_tiles
-from app.state.viewport import (SlideGeometry, Viewport, available_presets, fit_viewport,
-                                nice_scale_bar)
+from app.state.viewport import SlideGeometry, Viewport, available_presets, fit_viewport
 from app.viewer.annotator import Annotator
-from app.viewer.prediction_overlay import PredictionOverlay
-from app.viewer.review_box import paint_review_box
+from app.viewer.layers import Layer, PredictionOverlay, ReviewBoxLayer
+from app.viewer.layers.scale_bar import ScaleBarLayer
 from app.viewer.tile_loader import FINER, RING, TileLoader
-from app.viewer.tile_painter import ScaledTiles, draw_part
+from app.viewer.tile_painter import ScaledTiles, paint_fallback
 from engine.api import ByteBoundedCache
 from engine.api import RegionRequest, TileGrid
 
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 TILE_SIZE = 512
 BACKGROUND = QColor(62, 64, 70)
 GLASS = QColor(255, 255, 255)
-FALLBACK_LEVELS = 5  # how many coarser levels a missing tile may borrow from
 REPAINT_INTERVAL_MS = 80  # while tiles stream in, repaint at most this often (the last one at once)
 SETTLE_MS = 180  # after the last pan/zoom input, repaint with smooth scaling
 
@@ -103,9 +104,25 @@ class SlideView(QWidget):
         self.last_error = ""
         self.annotator = Annotator(self, self)  # the annotation layer and the current tool
         self.predictions = PredictionOverlay(self)  # the model's prediction layer, under annotations
-        self.predictions.updated.connect(self.update)
+        self.review = ReviewBoxLayer(self)  # the outline of the region "Review next" went to
+        self.scale_bar = ScaleBarLayer(self)
+        self.layers: list[Layer] = []  # painted in this order over the tiles
+        for layer in (self.predictions, self.annotator.overlay, self.review, self.scale_bar):
+            self.add_layer(layer)
         self._tool_down = False
-        self.review_box: tuple[float, float, float, float] | None = None  # "Review next" outline
+
+    # -- layers ------------------------------------------------------------------------------------
+
+    def add_layer(self, layer: Layer, index: int | None = None) -> None:
+        """Paint ``layer`` over the slide (at ``index`` in :attr:`layers`; None: on top)."""
+        self.layers.insert(len(self.layers) if index is None else index, layer)
+        layer.updated.connect(self.update)
+        self.update()
+
+    @property
+    def review_box(self) -> tuple[float, float, float, float] | None:
+        """The region "Review next" went to (level-0 x, y, w, h), outlined; None: no outline."""
+        return self.review.box
 
     # -- slide -------------------------------------------------------------------------------------
 
@@ -116,7 +133,7 @@ class SlideView(QWidget):
         """
         self.source = source
         self.thumbnail = thumbnail
-        self.review_box = None
+        self.review.set_box(None)
         self.scaled.clear()
         self._failed.clear()
         self.loader.set_source(source)
@@ -126,6 +143,7 @@ class SlideView(QWidget):
             return
         info = source.info  # type: ignore[attr-defined]
         self.geometry_ = SlideGeometry.from_info(info)
+        self.scale_bar.mpp = self.geometry_.mpp
         self.grid = info.tile_grid(TILE_SIZE)
         self._viewport = None
         self.zoom_to_fit()
@@ -147,10 +165,10 @@ class SlideView(QWidget):
         self._cursor = pos
 
     def is_complete(self) -> bool:
-        """True once every visible tile is painted at its final level and the annotation layer too."""
-        return self._viewport is not None and self._complete_id == self._request_id \
-            and self.annotator.overlay.is_current(self._viewport) \
-            and self.predictions.is_current(self._viewport)
+        """True once every visible tile is painted at its final level and every layer is current."""
+        vp = self._viewport
+        return vp is not None and self._complete_id == self._request_id \
+            and all(layer.is_current(vp) for layer in self.layers)
 
     def is_settled(self) -> bool:
         """Complete, and no idle work left that would still change the picture (smooth repaint
@@ -159,9 +177,7 @@ class SlideView(QWidget):
 
     def set_review_box(self, box: tuple[float, float, float, float] | None) -> None:
         """Outline ``box`` (level-0 x, y, w, h: the region "Review next" went to); None: no outline."""
-        if box != self.review_box:
-            self.review_box = box
-            self.update()
+        self.review.set_box(box)
 
     def set_viewport(self, viewport: Viewport, force: bool = False) -> None:
         """Move the view; starts a new request (older ones go stale) and schedules a repaint.
@@ -297,7 +313,7 @@ class SlideView(QWidget):
                     failed += 1
                 else:
                     missing += 1
-                self._paint_fallback(p, vp, g, tile.level, rect0)
+                paint_fallback(p, vp, g, geo, self.cache, self.thumbnail, tile.level, rect0)
                 continue
             scaled = self.scaled.get(key, img, vp, rect0, make=False) if prescale else None
             if scaled is not None:
@@ -307,11 +323,9 @@ class SlideView(QWidget):
                 if prescale:
                     self._prescale_timer.start()  # scale it when idle: the next pan frame blits it
             drawn.add(key)
-        self.predictions.paint(p, vp)
-        self.annotator.paint(p, vp)
-        if self.review_box is not None:
-            paint_review_box(p, vp, self.review_box)
-        self._paint_overlays(p, vp, geo)
+        for layer in self.layers:
+            layer.paint(p, vp, (geo.width, geo.height))
+        self.annotator.paint(p, vp)  # the gesture in progress, over everything
         p.end()
         complete = missing == 0
         record = PaintRecord(self._request_id, plan.level, frozenset(drawn), missing, complete,
@@ -350,61 +364,6 @@ class SlideView(QWidget):
             if time.perf_counter() - t0 > budget_s:
                 self._prescale_timer.start()
                 return
-
-    def _paint_fallback(self, p: QPainter, vp: Viewport, g: TileGrid, level: int,
-                        rect0: tuple[float, float, float, float]) -> None:
-        """Fill a missing tile's place with the best coarser cached tiles (or the thumbnail), scaled.
-
-        The finest coarser level that covers the place on its own is drawn alone; failing that, the
-        thumbnail and every partial level above it, coarse to fine.
-        """
-        geo = self.geometry_
-        assert geo is not None
-        x, y, w, h = rect0
-        top = min(len(geo.level_downsamples) - 1, level + FALLBACK_LEVELS)
-        layers: list[list[tuple[QImage, tuple[float, float, float, float]]]] = []
-        for lvl in range(level + 1, top + 1):  # fine to coarse
-            tiles = list(g.tiles_in(lvl, x, y, x + w, y + h))
-            found = [(img, g.tile_rect_level0(t)) for t in tiles
-                     if (img := self.cache.peek(g.request(t))) is not None]
-            if found and len(found) == len(tiles):
-                for img, r0 in found:
-                    draw_part(p, vp, img, r0, rect0)
-                return
-            layers.append(found)
-        if self.thumbnail is not None and not self.thumbnail.isNull():
-            draw_part(p, vp, self.thumbnail, (0.0, 0.0, float(geo.width), float(geo.height)), rect0)
-        for found in reversed(layers):  # coarse first, finer ones painted over them
-            for img, r0 in found:
-                draw_part(p, vp, img, r0, rect0)
-
-    def _paint_overlays(self, p: QPainter, vp: Viewport, geo: SlideGeometry) -> None:
-        """The scale bar (bottom left), or a note where the slide has no pixel size."""
-        margin = 12
-        bar = nice_scale_bar(geo.mpp, vp.downsample, target_pixels=min(160.0, self.width() / 4))
-        font = p.font()
-        font.setPointSizeF(max(8.0, font.pointSizeF()))
-        p.setFont(font)
-        fm = p.fontMetrics()
-        if bar is None:
-            text = "No scale bar: the slide has no pixel size"
-            box = QRectF(margin, self.height() - margin - fm.height() - 8, fm.horizontalAdvance(text) + 16,
-                         fm.height() + 8)
-            p.fillRect(box, QColor(0, 0, 0, 150))
-            p.setPen(QColor(255, 255, 255))
-            p.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
-            return
-        width = max(bar.pixels, fm.horizontalAdvance(bar.label))
-        box = QRectF(margin, self.height() - margin - fm.height() - 22, width + 16, fm.height() + 22)
-        p.fillRect(box, QColor(255, 255, 255, 200))
-        y = box.bottom() - 8
-        x0 = box.left() + 8
-        p.setPen(QPen(QColor(0, 0, 0), 3))
-        p.drawLine(QPointF(x0, y), QPointF(x0 + bar.pixels, y))
-        p.setPen(QPen(QColor(0, 0, 0), 2))
-        p.drawLine(QPointF(x0, y - 5), QPointF(x0, y + 2))
-        p.drawLine(QPointF(x0 + bar.pixels, y - 5), QPointF(x0 + bar.pixels, y + 2))
-        p.drawText(QRectF(x0, box.top() + 3, width, fm.height()), Qt.AlignmentFlag.AlignLeft, bar.label)
 
     def _paint_placeholder(self, p: QPainter) -> None:
         p.setPen(QColor(220, 220, 220))
@@ -531,5 +490,5 @@ class SlideView(QWidget):
 
     def closeEvent(self, event: object) -> None:  # noqa: N802
         self.loader.shutdown()
-        self.annotator.shutdown()
-        self.predictions.shutdown()
+        for layer in self.layers:
+            layer.shutdown()

@@ -10,10 +10,11 @@ from __future__ import annotations
 from PySide6.QtCore import QPointF, QRectF
 from PySide6.QtGui import QImage, QPainter
 
-from app.state.viewport import Viewport
-from engine.api import RegionRequest
+from app.state.viewport import SlideGeometry, Viewport
+from engine.api import ByteBoundedCache, RegionRequest, TileGrid
 
 Rect0 = tuple[float, float, float, float]  # x, y, w, h in level-0 pixels
+FALLBACK_LEVELS = 5  # how many coarser levels a missing tile may borrow from
 
 
 def draw_part(p: QPainter, vp: Viewport, img: QImage, img_rect0: Rect0, want0: Rect0) -> None:
@@ -29,6 +30,33 @@ def draw_part(p: QPainter, vp: Viewport, img: QImage, img_rect0: Rect0, want0: R
     (ax, ay), (bx, by) = vp.to_screen(x0, y0), vp.to_screen(x1, y1)
     p.drawImage(QRectF(ax, ay, bx - ax, by - ay), img, src)
 
+
+
+def paint_fallback(p: QPainter, vp: Viewport, g: TileGrid, geo: SlideGeometry,
+                   cache: ByteBoundedCache, thumbnail: QImage | None, level: int,
+                   rect0: Rect0) -> None:
+    """Fill a missing tile's place with the best coarser cached tiles (or the thumbnail), scaled.
+
+    The finest coarser level that covers the place on its own is drawn alone; failing that, the
+    thumbnail and every partial level above it, coarse to fine.
+    """
+    x, y, w, h = rect0
+    top = min(len(geo.level_downsamples) - 1, level + FALLBACK_LEVELS)
+    layers: list[list[tuple[QImage, Rect0]]] = []
+    for lvl in range(level + 1, top + 1):  # fine to coarse
+        tiles = list(g.tiles_in(lvl, x, y, x + w, y + h))
+        found = [(img, g.tile_rect_level0(t)) for t in tiles
+                 if (img := cache.peek(g.request(t))) is not None]
+        if found and len(found) == len(tiles):
+            for img, r0 in found:
+                draw_part(p, vp, img, r0, rect0)
+            return
+        layers.append(found)
+    if thumbnail is not None and not thumbnail.isNull():
+        draw_part(p, vp, thumbnail, (0.0, 0.0, float(geo.width), float(geo.height)), rect0)
+    for found in reversed(layers):  # coarse first, finer ones painted over them
+        for img, r0 in found:
+            draw_part(p, vp, img, r0, rect0)
 
 class ScaledTiles:
     """Tiles scaled to their exact device-pixel rectangles at one zoom, kept while panning.
