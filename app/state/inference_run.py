@@ -29,12 +29,12 @@ from typing import Any
 from app.state.predictions import Summary, prediction_folder, summarize
 from app.state.threads import Task
 from engine.api import (CancelToken, ModelSpec, PredictionCache, Progress, SlideInference,
-                        detect_tissue, make_grid, measure, open_slide, sample, tissue_tiles)
+                        detect_tissue, make_grid, measure, open_slide, run_batch, run_window, sample,
+                        tissue_tiles)
 
 log = logging.getLogger(__name__)
 
 Rect = tuple[float, float, float, float]
-MARGIN = 32  # overlap on each side of a tile (network input = tile + 2 margins = the card's tile)
 
 
 @dataclass(frozen=True)
@@ -90,35 +90,39 @@ def wait_for_trial(timeout: float | None = None) -> bool:
     return not trial_running()
 
 
-def quick_runner(model: Any, spec: ModelSpec, batch_size: int) -> tuple[Any, bool]:
+def quick_runner(model: Any, spec: ModelSpec, batch_size: int, window: int | None = None
+                 ) -> tuple[Any, bool]:
     """A runner at once, no back-end trial: the remembered choice for this model on this machine,
     else the unmeasured one (ONNX Runtime, else eager torch); and whether a trial is still due (no
     choice remembered yet)."""
     from engine.api import pick_runner
 
+    window = window or run_window(spec.tile)[0]
     if "measure" in inspect.signature(pick_runner).parameters:
-        runner = pick_runner(model, spec, spec.tile, batch_size=batch_size, cache_dir=backends_dir(),
+        runner = pick_runner(model, spec, window, batch_size=batch_size, cache_dir=backends_dir(),
                              measure=False)
         return runner, not bool(getattr(runner, "remembered", False))
     from engine.api import make_runner  # an engine without measure=False: eager torch
 
-    return make_runner(model, spec, spec.tile, backend="torch", batch_size=batch_size), True
+    return make_runner(model, spec, window, backend="torch", batch_size=batch_size), True
 
 
-def measured_runner(model: Any, spec: ModelSpec, batch_size: int) -> Any:
+def measured_runner(model: Any, spec: ModelSpec, batch_size: int, window: int | None = None) -> Any:
     """Measure the back-ends (or take the remembered choice) and remember the fastest: slow."""
     from engine.api import pick_runner
 
-    return pick_runner(model, spec, spec.tile, batch_size=batch_size, cache_dir=backends_dir())
+    return pick_runner(model, spec, window or run_window(spec.tile)[0], batch_size=batch_size,
+                       cache_dir=backends_dir())
 
 
-def _load(spec: ModelSpec, batch_size: int, trial_first: bool) -> tuple[Any, Any, bool]:
+def _load(spec: ModelSpec, batch_size: int, trial_first: bool, window: int
+          ) -> tuple[Any, Any, bool]:
     from engine.api import load_model  # torch: only once a model is run
 
     model, _ = load_model(spec.checkpoint)
     if trial_first:  # the behaviour before issue 14, kept for the benchmark's baseline
-        return model, measured_runner(model, spec, batch_size), False
-    return (model, *quick_runner(model, spec, batch_size))
+        return model, measured_runner(model, spec, batch_size, window), False
+    return (model, *quick_runner(model, spec, batch_size, window))
 
 
 class InferenceRun:
@@ -128,9 +132,12 @@ class InferenceRun:
     """
 
     def __init__(self, slide_path: str, spec: ModelSpec, viewport: Rect | None = None,
-                 batch_size: int = 4, measure_only: bool = False, level: int | None = None,
+                 batch_size: int | None = None, measure_only: bool = False, level: int | None = None,
                  trial_first: bool = False) -> None:
-        self.slide_path, self.spec, self.batch_size = slide_path, spec, batch_size
+        # the command line's windows (larger than the card's tile, a wider margin: no seams)
+        self.window, self.margin = run_window(spec.tile)
+        self.batch_size = batch_size or run_batch(self.window)
+        self.slide_path, self.spec = slide_path, spec
         self.level = level  # the slide level to run at when the slide or the card lacks µm/px
         self.measure_only = measure_only  # an earlier run's cache: measure it, run no network
         self.trial_first = trial_first
@@ -140,6 +147,7 @@ class InferenceRun:
         self._job: SlideInference | None = None
         self.on_tissue: Callable[[Any], None] | None = None  # the TissueMask, once detected
         self.on_backend: Callable[[str], None] | None = None  # the back-end a trial switched to
+        self.on_preview: Callable[[Any], None] | None = None  # the visible field, coarse, at once
         self.timeline: dict[str, float] = {}  # seconds from the start of run() (benchmarks)
 
     def set_viewport(self, rect: Rect) -> None:
@@ -159,7 +167,7 @@ class InferenceRun:
             tile: Callable[[int, int], None]) -> RunFinished:
         spec, t0 = self.spec, time.perf_counter()
         loading: Task | None = None if self.measure_only else \
-            Task(_load, spec, self.batch_size, self.trial_first, name="infer-load")
+            Task(_load, spec, self.batch_size, self.trial_first, self.window, name="infer-load")
         try:
             with open_slide(self.slide_path) as slide:
                 if loading is not None:
@@ -184,7 +192,7 @@ class InferenceRun:
             if self.cancel_token.cancelled:
                 return RunFinished("cancelled", None)
             return RunFinished("measured", self._summary(cache, tissue, info))
-        grid = make_grid(info, spec.mpp, level=self.level, tile=spec.tile, margin=MARGIN)
+        grid = make_grid(info, spec.mpp, level=self.level, tile=self.window, margin=self.margin)
         from engine.api import open_cache  # a full disk: one line, and no half-made cache left
 
         cache = open_cache(root, grid, spec.version, len(spec.foreground), tissue_tiles(grid, tissue),
@@ -201,6 +209,7 @@ class InferenceRun:
         started(RunStarted(str(root), getattr(runner, "name", type(runner).__name__),
                            device_label(runner), len(cache.done_tiles()), cache.tissue_tiles,
                            grid.note))
+        self._preview(slide, grid, job, runner, t0)
         on_tile = tile
         if trial_due:
             on_tile = self._trial_after_visible(job, model, tile, t0)
@@ -208,6 +217,31 @@ class InferenceRun:
         summary = self._summary(cache, tissue, info)
         log.info("%s on %s: %s", spec.version, self.slide_path, result.status)
         return RunFinished(result.status, summary)
+
+    def _preview(self, slide: Any, grid: Any, job: SlideInference, runner: Any, t0: float) -> None:
+        """A coarse prediction of the visible field in one forward pass (``on_preview``), before
+        the run's final tiles, when some of the field's tissue is not predicted yet. Optional:
+        a failure is logged and the run goes on."""
+        with self._lock:
+            rect = self._viewport
+        if self.on_preview is None or rect is None or self.cancel_token.cancelled or \
+                self._visible_done(job):
+            return
+        from engine.api import predict_preview
+
+        w, h = slide.info.dimensions
+        x0, y0 = max(0.0, rect[0]), max(0.0, rect[1])
+        x1, y1 = min(float(w), rect[0] + rect[2]), min(float(h), rect[1] + rect[3])
+        if x1 <= x0 or y1 <= y0:
+            return
+        try:
+            preview = predict_preview(slide, grid.downsample, runner, (x0, y0, x1 - x0, y1 - y0))
+        except Exception:  # noqa: BLE001 - the final tiles come anyway
+            log.exception("the preview of the visible field failed")
+            return
+        self._mark("preview", t0)
+        if not self.cancel_token.cancelled:
+            self.on_preview(preview)
 
     def _trial_after_visible(self, job: SlideInference, model: Any, tile: Callable[[int, int], None],
                              t0: float) -> Callable[[int, int], None]:
@@ -241,11 +275,11 @@ class InferenceRun:
         with _trial_lock:
             if trial_running():
                 return
-            spec, batch = self.spec, self.batch_size
+            spec, batch, window = self.spec, self.batch_size, self.window
 
             def measure() -> None:
                 try:
-                    runner = measured_runner(model, spec, batch)
+                    runner = measured_runner(model, spec, batch, window)
                 except Exception:  # noqa: BLE001 - the run goes on with what it has
                     log.exception("measuring the inference back-ends failed")
                     return

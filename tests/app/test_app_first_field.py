@@ -30,9 +30,9 @@ def test_the_visible_field_comes_before_any_backend_trial(spec, small_svs, tmp_p
     events: list[tuple[str, object]] = []
     trial_done = threading.Event()
 
-    def fake_trial(model, spec_, batch):  # the measured winner: eager torch under another name
+    def fake_trial(model, spec_, batch, window=None):  # the measured winner: eager torch, renamed
         events.append(("trial", time.perf_counter()))
-        runner, _ = inference_run.quick_runner(model, spec_, batch)
+        runner, _ = inference_run.quick_runner(model, spec_, batch, window)
         runner.name = "measured-winner"
         trial_done.set()
         return runner
@@ -61,8 +61,11 @@ def test_the_visible_field_comes_before_any_backend_trial(spec, small_svs, tmp_p
     job = run._job
     visible = {t for t in job.scheduler.visible_tiles() if job.cache.tissue[t[1], t[0]]}
     assert visible and len(visible) < len(job.cache.done_tiles()) / 2
-    first = tiles[:len(visible)]
-    assert set(first) == visible, "the visible field's tiles are final before any other"
+    # every visible tile is final before any tile beyond the ring of windows it needs (a ring tile
+    # at the slide's edge may become final in the same batch: it needs no further window)
+    ring = {n for t in visible for n in job.grid.neighbours(*t)}
+    last_visible = max(tiles.index(t) for t in visible)
+    assert set(tiles[:last_visible + 1]) <= ring, "the visible field's tiles are final first"
     assert kinds.index("trial") > max(i for i, (k, v) in enumerate(events) if k == "tile" and v in visible)
     t_visible = run.timeline["visible"]
     assert t_visible > 0 and run.timeline["tissue"] <= run.timeline["model"] <= t_visible
@@ -71,7 +74,7 @@ def test_the_visible_field_comes_before_any_backend_trial(spec, small_svs, tmp_p
 def test_a_remembered_choice_means_no_trial(spec, small_svs, tmp_path, monkeypatch):
     monkeypatch.setenv("COCOPATH_DATA_DIR", str(tmp_path / "data"))
 
-    def remembered(model, spec_, batch):
+    def remembered(model, spec_, batch, window=None):
         from engine.api import make_runner
 
         runner = make_runner(model, spec_, spec_.tile, backend="torch")
@@ -87,3 +90,30 @@ def test_a_remembered_choice_means_no_trial(spec, small_svs, tmp_path, monkeypat
     time.sleep(0.2)
     assert not calls, "a trial ran although the back-end was remembered"
     assert np.isfinite(end.summary.tissue_area)
+
+
+def test_a_coarse_preview_of_the_visible_field_comes_before_its_first_tile(spec, small_svs, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("COCOPATH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(inference_run, "measured_runner", lambda *a: None)  # no trial here
+    events: list[tuple[str, object]] = []
+    view = (900.0, 1200.0, 400.0, 400.0)
+    run = InferenceRun(str(small_svs), spec, view)
+    run.on_preview = lambda p: events.append(("preview", p))
+    end = run.run(lambda info: events.append(("started", info)), lambda p: None,
+                  lambda c, r: events.append(("tile", (c, r))))
+    assert end.status == "done"
+    kinds = [k for k, _ in events]
+    assert kinds.count("preview") == 1
+    assert kinds.index("started") < kinds.index("preview") < kinds.index("tile")
+    preview = dict(events)["preview"]
+    x, y, w, h = preview.rect
+    assert (x, y) == view[:2] and w >= view[2] and h >= view[3]  # the field, whole
+    assert preview.probs.shape[0] == len(spec.foreground)
+    assert preview.downsample >= 2 * run._job.grid.downsample - 1e-9  # coarser than the run
+    assert run.timeline["preview"] <= run.timeline.get("visible", 1e9)
+    # a second run over the finished cache needs no preview: the field is final already
+    again = InferenceRun(str(small_svs), spec, view)
+    again.on_preview = lambda p: events.append(("preview again", p))
+    again.run(lambda info: None, lambda p: None, lambda c, r: None)
+    assert "preview again" not in [k for k, _ in events]
