@@ -12,7 +12,7 @@ it is in, otherwise the best coarser cached tiles (or the slide's thumbnail) sca
   panning are plain blits; during continuous input (drag, wheel, held keys) scaled drawing skips
   smoothing until the input settles.
 * Over the tiles, the view paints its :attr:`SlideView.layers` in order (predictions, annotations,
-  the review box, the scale bar; see :mod:`app.viewer.layers`): each one's ``updated``
+  the review box, the legend, the scale bar; see :mod:`app.viewer.layers`): each one's ``updated``
   repaints, a frame is complete once every layer is current, and closing shuts them all down.
 """
 
@@ -30,7 +30,7 @@ from PySide6.QtWidgets import QWidget
 from app.state.tiles import TilePlan, plan_tiles
 from app.state.viewport import SlideGeometry, Viewport, available_presets, fit_viewport
 from app.viewer.annotator import Annotator
-from app.viewer.layers import Layer, PredictionOverlay, ReviewBoxLayer
+from app.viewer.layers import Layer, LegendLayer, PredictionOverlay, ReviewBoxLayer
 from app.viewer.layers.scale_bar import ScaleBarLayer
 from app.viewer.tile_loader import FINER, RING, TileLoader
 from app.viewer.tile_painter import ScaledTiles, paint_fallback
@@ -105,9 +105,11 @@ class SlideView(QWidget):
         self.annotator = Annotator(self, self)  # the annotation layer and the current tool
         self.predictions = PredictionOverlay(self)  # the model's prediction layer, under annotations
         self.review = ReviewBoxLayer(self)  # the outline of the region "Review next" went to
+        self.legend = LegendLayer(self.predictions, self.annotator.overlay, self)
         self.scale_bar = ScaleBarLayer(self)
         self.layers: list[Layer] = []  # painted in this order over the tiles
-        for layer in (self.predictions, self.annotator.overlay, self.review, self.scale_bar):
+        for layer in (self.predictions, self.annotator.overlay, self.review, self.legend,
+                      self.scale_bar):
             self.add_layer(layer)
         self._tool_down = False
 

@@ -17,13 +17,15 @@ import math
 import time
 from dataclasses import dataclass, replace
 
+import numpy as np
+import shapely
 from PySide6.QtCore import QObject, QRectF, Qt
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QTransform
 
 from app.state.viewport import Viewport
 from app.viewer.layers.base import SlideSize, Window, WindowedLayer, blit_window, window_around
 from app.viewer.overlay_render import PathCache, Style, draw_annotations
-from engine.api import Annotation, AnnotationStore, CocoPathError, Step
+from engine.api import Annotation, AnnotationStore, CocoPathError, Kind, Step
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class AnnotationOverlay(WindowedLayer):
         self.selected: set[str] = set()
         self.stats = OverlayStats(0, 0, 0.0)
         self._anns: dict[str, Annotation] = {}
+        self._where: tuple[np.ndarray, np.ndarray] | None = None  # regions' bounds and classes
         self._gui_paths = PathCache(5_000)
         self._worker_paths = PathCache()
 
@@ -96,7 +99,7 @@ class AnnotationOverlay(WindowedLayer):
     def set_store(self, store: AnnotationStore | None) -> None:
         self.store = store
         self.forget()  # whatever is in flight is stale now
-        self._anns = {}
+        self._anns, self._where = {}, None
         self.invalidate()
 
     def set_colors(self, colors: dict[str, tuple[int, int, int]]) -> None:
@@ -110,6 +113,19 @@ class AnnotationOverlay(WindowedLayer):
 
     def annotations_in_window(self) -> list[Annotation]:
         return list(self._anns.values())
+
+    def classes_in_view(self, vp: Viewport) -> list[str]:
+        """The classes of the regions drawn (correction ROIs aside) that reach into ``vp``'s view,
+        sorted (bounding boxes against the view: a test per annotation, vectorised)."""
+        if not self.visible or self.store is None:
+            return []
+        if self._where is None:
+            regions = [a for a in self._anns.values() if a.kind is Kind.REGION and a.class_name]
+            bounds = shapely.bounds([a.geometry for a in regions]).reshape(-1, 4)
+            self._where = bounds, np.array([a.class_name for a in regions], dtype=object)
+        (b, names), (x0, y0, x1, y1) = self._where, vp.visible_rect()
+        seen = (b[:, 2] >= x0) & (b[:, 0] <= x1) & (b[:, 3] >= y0) & (b[:, 1] <= y1)
+        return sorted(set(names[seen]))
 
     # -- rendering (the windowed layer's hooks) ------------------------------------------------------
 
@@ -145,7 +161,7 @@ class AnnotationOverlay(WindowedLayer):
     def accept(self, res: RenderResult) -> None:
         if res.request.version == self.version:  # a stale version: the next paint asks again
             self._image, self._shown = res.image, res.request
-            self._anns = {a.uuid: a for a in res.annotations}
+            self._anns, self._where = {a.uuid: a for a in res.annotations}, None
             self.stats = res.stats
 
     # -- edits (GUI thread) --------------------------------------------------------------------------
@@ -172,6 +188,7 @@ class AnnotationOverlay(WindowedLayer):
                 return  # a big change: the worker renders the window again
             self._patch(image, shown, (ix0, iy0, ix1, iy1))
         undone = step.status == "undone"  # an undo leaves each annotation as it was before
+        self._where = None
         for ch in step.changes:
             self._anns.pop(ch.uuid, None)
             now = ch.before if undone else ch.after

@@ -6,6 +6,8 @@ cache (the coarsest cache level that is still as fine as the screen), colours it
 GIL: the GUI thread is not held up). New tiles (the run fills the cache) bump :attr:`version`; the
 next paint asks for the window again and keeps drawing the older image until the new one is in.
 
+Predictions are drawn in the prediction colours (:mod:`app.viewer.layers.palette`), never in a
+correction class's colour.
 
 Nothing is painted outside tissue: with the slide's tissue mask (:meth:`PredictionOverlay.set_tissue`,
 from the run's tissue detection) every probability outside it reads as 0, so neither the mask, its
@@ -32,6 +34,7 @@ from PySide6.QtGui import QImage, QPainter
 from app.state.predictions import PredictionStyle, colorize
 from app.state.viewport import Viewport
 from app.viewer.layers.base import SlideSize, Window, WindowedLayer, answers, window_around
+from app.viewer.layers.palette import prediction_color, with_prediction_colors
 from engine.api import PredictionCache
 
 
@@ -122,7 +125,7 @@ class PredictionOverlay(WindowedLayer):
         self.cache: PredictionCache | None = None
         self.tissue: Any = None  # the slide's TissueMask: nothing is painted outside it
         self.waiting_for_tissue = False  # paint nothing until set_tissue (the run is finding it)
-        self.style = PredictionStyle(((220, 30, 30),))
+        self.style = PredictionStyle((prediction_color(0),))
         self.render_seconds = 0.0
         self._pixels: np.ndarray | None = None  # the image's memory
         self._probs: np.ndarray | None = None  # what the shown image was coloured from
@@ -154,10 +157,11 @@ class PredictionOverlay(WindowedLayer):
         self._probs = self._probs_key = None
 
     def set_style(self, style: PredictionStyle, vp: Viewport | None = None) -> None:
-        """A new style, on screen at the next frame: an opacity change is the painter's; a mode or
-        colour change re-colours the visible part of the shown image now (``vp``: the view)."""
-        old, self.style = self.style, style
-        if not _drawing(old, style):
+        """A new style (drawn in the prediction colours), on screen at the next frame: an opacity
+        change is the painter's; a mode change re-colours the visible part of the shown image now
+        (``vp``: the view)."""
+        old, self.style = self.style, with_prediction_colors(style)
+        if not _drawing(old, self.style):
             self.updated.emit()  # the same image at another opacity
             return
         self.version += 1
@@ -202,6 +206,10 @@ class PredictionOverlay(WindowedLayer):
         self.data_version += 1
         self.version += 1
         self.updated.emit()
+
+    def class_names(self) -> tuple[str, ...]:
+        """The foreground classes of the cache shown, by channel (none without a cache)."""
+        return tuple(self.cache.class_names) if self.cache is not None else ()
 
     # -- rendering (the windowed layer's hooks) --------------------------------------------------
 
