@@ -21,6 +21,7 @@ from engine.api import Annotation, Kind
 ROI_COLOR = QColor(255, 200, 0)
 UNCLASSIFIED = (200, 200, 200)
 DOT_PX = 2.0  # shapes smaller than this many screen pixels are drawn as a filled box
+OUTLINE_PX = 2.0  # outline width in logical screen pixels at any pixel ratio (1 px vanishes on eosin)
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,11 @@ class PathCache:
 
 
 def draw_annotations(p: QPainter, anns: Iterable[Annotation], downsample: float, style: Style,
-                     paths: PathCache) -> tuple[int, int]:
-    """Draw ``anns`` with ``p`` already mapping level-0 pixels to the target; (drawn, dots)."""
+                     paths: PathCache, dpr: float = 1.0) -> tuple[int, int]:
+    """Draw ``anns`` with ``p`` already mapping level-0 pixels to the target (``downsample``
+    level-0 px per target pixel, ``dpr`` target pixels per logical screen pixel); (drawn, dots)."""
     lod = level_of_detail(downsample)
+    width = OUTLINE_PX * dpr
     colors = style.color_map()
     alpha = int(round(255 * style.opacity))
     pens: dict[tuple[int, int, int], QPen] = {}
@@ -106,13 +109,13 @@ def draw_annotations(p: QPainter, anns: Iterable[Annotation], downsample: float,
             continue
         pen = pens.get(rgb)
         if pen is None:
-            pen = pens[rgb] = QPen(QColor(*rgb), 1.5)
+            pen = pens[rgb] = QPen(QColor(*rgb), width)
             pen.setCosmetic(True)
         p.setPen(pen)
         p.setBrush(QColor(*rgb, alpha))
         p.drawPath(paths.get(ann, lod))
     if rois:
-        pen = QPen(ROI_COLOR, 2.0, Qt.PenStyle.DashLine)
+        pen = QPen(ROI_COLOR, width, Qt.PenStyle.DashLine)
         pen.setCosmetic(True)
         p.setPen(pen)
         p.setBrush(Qt.BrushStyle.NoBrush)

@@ -8,6 +8,7 @@ Requests carry the data version too: results of older requests are dropped, neve
 An edit does not wait for the worker: the changed area of the image is cleared and repainted on the
 GUI thread from a small viewport query (a handful of annotations), so a brush stroke shows at once.
 While a new window renders (after a zoom or a long pan), the previous image is drawn, scaled.
+Outlines are :data:`~app.viewer.overlay_render.OUTLINE_PX` logical pixels wide at any pixel ratio.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ class AnnotationOverlay(WindowedLayer):
         image.fill(Qt.GlobalColor.transparent)
         p = QPainter(image)
         p.setTransform(QTransform(s, 0, 0, s, -x0 * s, -y0 * s))
-        drawn, dots = draw_annotations(p, anns, 1 / s, req.style, self._worker_paths)
+        drawn, dots = draw_annotations(p, anns, 1 / s, req.style, self._worker_paths, req.dpr)
         p.end()
         return RenderResult(req, image, tuple(anns), OverlayStats(drawn, dots,
                                                                   time.perf_counter() - t0))
@@ -176,7 +177,7 @@ class AnnotationOverlay(WindowedLayer):
         boxes = [_changed_box(ch.before, ch.after) for ch in step.changes]
         if not boxes:
             return
-        pad = 3 / shown.scale  # outlines reach past the shape
+        pad = 3 * shown.dpr / shown.scale  # outlines reach past the shape
         rect = (min(b[0] for b in boxes) - pad, min(b[1] for b in boxes) - pad,
                 max(b[2] for b in boxes) + pad, max(b[3] for b in boxes) + pad)
         wx0, wy0, wx1, wy1 = shown.window
@@ -208,7 +209,7 @@ class AnnotationOverlay(WindowedLayer):
         p.setCompositionMode(QPainter.CompositionMode.CompositionMode_Clear)
         p.fillRect(clip, Qt.GlobalColor.transparent)
         p.setCompositionMode(QPainter.CompositionMode.CompositionMode_SourceOver)
-        draw_annotations(p, anns, 1 / s, shown.style, self._gui_paths)
+        draw_annotations(p, anns, 1 / s, shown.style, self._gui_paths, shown.dpr)
         p.end()
 
     # -- painting (GUI thread) -----------------------------------------------------------------------

@@ -17,12 +17,11 @@ from app.state.viewport import Viewport
 from app.viewer.layers.annotations import AnnotationOverlay
 from app.viewer.layers.base import PaintedLayer, SlideSize
 from app.viewer.layers.predictions import PredictionOverlay
-from app.viewer.overlay_render import UNCLASSIFIED
+from app.viewer.overlay_render import OUTLINE_PX, UNCLASSIFIED
 
 MARGIN = 12  # px from the view's edges
 PAD = 8  # px inside the box
 SWATCH = 14  # px
-LINE = 2.0  # px: the outline of a correction's swatch
 BOX = QColor(0, 0, 0, 170)
 TEXT = QColor(255, 255, 255)
 
@@ -83,7 +82,7 @@ class LegendLayer(PaintedLayer):
             if e.prediction:
                 p.fillRect(swatch, QColor(*e.color))
             else:
-                pen = QPen(QColor(*e.color), LINE)
+                pen = QPen(QColor(*e.color), OUTLINE_PX)
                 pen.setJoinStyle(Qt.PenJoinStyle.MiterJoin)
                 p.setPen(pen)
                 p.setBrush(QColor(*e.color, fill_alpha))

@@ -7,7 +7,8 @@ GIL: the GUI thread is not held up). New tiles (the run fills the cache) bump :a
 next paint asks for the window again and keeps drawing the older image until the new one is in.
 
 Predictions are drawn in the prediction colours (:mod:`app.viewer.layers.palette`), never in a
-correction class's colour.
+correction class's colour. Outlines are a band :data:`~app.viewer.overlay_render.OUTLINE_PX`
+logical pixels wide on the inner side of each class's edge, at any zoom and pixel ratio.
 
 Nothing is painted outside tissue: with the slide's tissue mask (:meth:`PredictionOverlay.set_tissue`,
 from the run's tissue detection) every probability outside it reads as 0, so neither the mask, its
@@ -35,6 +36,7 @@ from app.state.predictions import PredictionStyle, colorize
 from app.state.viewport import Viewport
 from app.viewer.layers.base import SlideSize, Window, WindowedLayer, answers, window_around
 from app.viewer.layers.palette import prediction_color, with_prediction_colors
+from app.viewer.overlay_render import OUTLINE_PX
 from engine.api import PredictionCache
 
 
@@ -47,6 +49,11 @@ class PredictionRequest:
     downsample: float
     dpr: float
     style: PredictionStyle
+
+    @property
+    def line(self) -> int:
+        """Outline width in device pixels."""
+        return max(1, round(OUTLINE_PX * self.dpr))
 
 
 @dataclass(frozen=True)
@@ -82,25 +89,52 @@ def tissue_clip(tissue: Any, x0: float, y0: float, lds: float, w: int, h: int) -
     return out >= 0.5
 
 
+def inner_band(px: np.ndarray, width: int) -> np.ndarray:
+    """``px`` (uint32 colours, 0 transparent) kept only within ``width`` pixels of a pixel of
+    another colour: each class's outline, drawn on its inner side (never on the transparent side).
+    Boolean shifts, a few milliseconds for a screen-sized window."""
+    edge = np.zeros(px.shape, bool)
+    across, down = px[:, 1:] != px[:, :-1], px[1:] != px[:-1]
+    edge[:, 1:] |= across
+    edge[:, :-1] |= across
+    edge[1:] |= down
+    edge[:-1] |= down
+    wide = edge.copy()
+    for d in range(1, width):
+        wide[:, d:] |= edge[:, :-d]
+        wide[:, :-d] |= edge[:, d:]
+    band = wide.copy()
+    for d in range(1, width):
+        band[d:] |= wide[:-d]
+        band[:-d] |= wide[d:]
+    return np.where(band & (px != 0), px, np.uint32(0))
+
+
 def screen_pixels(probs: np.ndarray, style: PredictionStyle, sw: int, sh: int,
-                  part: tuple[int, int, int, int] | None = None) -> tuple[QImage, np.ndarray]:
+                  part: tuple[int, int, int, int] | None = None,
+                  line: int = 0) -> tuple[QImage, np.ndarray]:
     """``probs`` coloured (at full strength: the painter applies the opacity) and scaled to ``sw`` ×
     ``sh`` screen pixels by nearest neighbour, in numpy (QImage.scaled would hold the GIL and stall
     the GUI thread): class borders stay crisp, pixels keep their exact colour. ``part`` (x0, y0, x1,
     y1 in screen pixels) colours only that part of the picture (the rest stays transparent), pixel
-    for pixel as the whole (outlines included: the probabilities are coloured with two pixels
-    around); the image keeps the whole size, so the painter samples it alike. Stored as Qt's
-    ARGB32_Premultiplied (B, G, R, A bytes on little-endian machines): the format QPainter blends
-    without converting the image at every frame."""
+    for pixel as the whole. Outlines (mask mode) are ``line`` screen pixels wide (0: two pixels of
+    the cache level). Stored as Qt's ARGB32_Premultiplied (B, G, R, A bytes on little-endian
+    machines): the format QPainter blends without converting the image at every frame."""
     h, w = probs.shape[:2]
     j0, i0, j1, i1 = part or (0, 0, sw, sh)
-    rows, cols = np.arange(i0, i1) * h // sh, np.arange(j0, j1) * w // sw
+    outline = style.mode == "mask" and style.outline and line > 0
+    m = line if outline else 0  # an outline depends on the pixels around: colour them too
+    a0, b0, a1, b1 = max(0, j0 - m), max(0, i0 - m), min(sw, j1 + m), min(sh, i1 + m)
+    rows, cols = np.arange(b0, b1) * h // sh, np.arange(a0, a1) * w // sw
     r0, c0 = max(0, int(rows.min(initial=0)) - 2), max(0, int(cols.min(initial=0)) - 2)
     r1, c1 = int(rows.max(initial=0)) + 3, int(cols.max(initial=0)) + 3
-    rgba = colorize(probs[r0:r1, c0:c1], replace(style, opacity=1.0))
+    rgba = colorize(probs[r0:r1, c0:c1], replace(style, opacity=1.0, outline=style.outline
+                                                   and not outline))
     order = [2, 1, 0, 3] if sys.byteorder == "little" else [3, 0, 1, 2]
     px = np.ascontiguousarray(rgba[..., order]).view(np.uint32)[..., 0]
     picked = np.take(np.take(px, rows - r0, axis=0), cols - c0, axis=1)
+    if outline:
+        picked = inner_band(picked, line)[i0 - b0:i1 - b0, j0 - a0:j1 - a0]
     if part is None:
         buf = np.ascontiguousarray(picked)
     else:
@@ -191,7 +225,8 @@ class PredictionOverlay(WindowedLayer):
             return
         now = PredictionRequest(self.next_id(), self.version, window, level, shown.downsample,
                                 shown.dpr, self.style)
-        self._image, self._pixels = screen_pixels(probs, self.style, sw, sh, (j0, i0, j1, i1))
+        self._image, self._pixels = screen_pixels(probs, self.style, sw, sh, (j0, i0, j1, i1),
+                                                  now.line)
         self._shown = now
         self.render_seconds = time.perf_counter() - t0
         # the whole window, coloured by the worker from the same probabilities
@@ -249,7 +284,7 @@ class PredictionOverlay(WindowedLayer):
                 probs *= tissue_clip(tissue, x0, y0, lds, w, h)[..., None]
         scale = req.dpr / req.downsample  # device pixels per level-0 pixel
         sw, sh = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
-        img, buf = screen_pixels(probs, req.style, sw, sh)
+        img, buf = screen_pixels(probs, req.style, sw, sh, line=req.line)
         return PredictionImage(req, img, buf, time.perf_counter() - t0, probs, read_at, data_version)
 
     def accept(self, res: PredictionImage) -> None:
