@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import shapely
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QKeyEvent, QPainter
-from shapely.geometry import box
+from shapely.geometry import Point, box
 from shapely.geometry.base import BaseGeometry
 
 from app.commands import AnnotationDocument
@@ -137,6 +137,22 @@ class Annotator(QObject):
             return None
         t = self.tolerance()
         return editing.hit(self.store.query(x - t, y - t, x + t, y + t, kind=kind), x, y, t, kind)
+
+    def roi_at(self, x: float, y: float) -> Annotation | None:
+        """The correction ROI whose outline passes nearest (x, y), within the hit tolerance: a ROI
+        is picked by its border only, so a click inside one (on tissue being reviewed) never
+        selects, moves or deletes the whole reviewed area by accident."""
+        if self.store is None:
+            return None
+        t, pt = self.tolerance(), Point(x, y)
+        near = [(a.geometry.boundary.distance(pt), i, a) for i, a in
+                enumerate(self.store.query(x - t, y - t, x + t, y + t, kind=Kind.ROI))]
+        hits = [n for n in near if n[0] <= t]
+        return min(hits)[2] if hits else None
+
+    def picked(self, x: float, y: float) -> Annotation | None:
+        """What a click at (x, y) picks: the region under it, else a ROI by its border."""
+        return self.annotation_at(x, y, Kind.REGION) or self.roi_at(x, y)
 
     def touching(self, geom: BaseGeometry, kind: Kind | None = None) -> list[Annotation]:
         if self.store is None:

@@ -1,4 +1,5 @@
-"""Delete: click an annotation (or a correction ROI) to delete it (Ctrl+Z brings it back)."""
+"""Delete: click an annotation (or the border of a correction ROI) to delete it (Ctrl+Z brings it
+back)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,18 @@ from PySide6.QtCore import Qt
 
 from app.state import editing
 from app.viewer.tools.base import ClickTool
-from engine.api import Annotation, Kind
+from engine.api import Annotation
 
 
 class DeleteTool(ClickTool):
     name = "delete"
     label = "Delete"
     shortcut = "D"
-    tip = "Click an annotation to delete it"
+    tip = "Click an annotation (a correction ROI: its border) to delete it"
     cursor = Qt.CursorShape.ForbiddenCursor
 
     def press(self, x: float, y: float, mods: Qt.KeyboardModifier) -> bool:
-        ann = self.host.annotation_at(x, y, Kind.REGION) or self.host.annotation_at(x, y, Kind.ROI)
+        ann = self.host.picked(x, y)
         self.act_on(ann, x, y, mods)
         return True
 

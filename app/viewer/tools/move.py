@@ -1,4 +1,4 @@
-"""Move: drag an annotation (or a correction ROI) to a new place."""
+"""Move: drag an annotation (or a correction ROI, by its border) to a new place."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from app.state import editing
 from app.state.viewport import Viewport
 from app.viewer.overlay_render import geometry_path
 from app.viewer.tools.base import Tool, outline_pen
-from engine.api import Annotation, Kind
+from engine.api import Annotation
 
 
 class MoveTool(Tool):
@@ -26,8 +26,7 @@ class MoveTool(Tool):
         self.offset = (0.0, 0.0)
 
     def press(self, x: float, y: float, mods: Qt.KeyboardModifier) -> bool:
-        self.ann = self.host.annotation_at(x, y, Kind.REGION) or self.host.annotation_at(
-            x, y, Kind.ROI)
+        self.ann = self.host.picked(x, y)
         self.start, self.offset = (x, y), (0.0, 0.0)
         if self.ann is not None and self.ann.locked:
             self.host.message.emit("This annotation is locked; unlock it first.")

@@ -1,5 +1,6 @@
-"""Select: click an annotation (or a correction ROI) to select it; Shift-click adds or removes;
-a click on nothing clears. Delete removes the selection, a class key reclasses it."""
+"""Select: click an annotation (or the border of a correction ROI: a click inside one is a click on
+what lies under it) to select it; Shift-click adds or removes; a click on nothing clears. Delete
+removes the selection, a class key reclasses it."""
 
 from __future__ import annotations
 
@@ -7,19 +8,18 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeyEvent
 
 from app.viewer.tools.base import Tool
-from engine.api import Kind
 
 
 class SelectTool(Tool):
     name = "select"
     label = "Select"
     shortcut = "S"
-    tip = "Click to select, Shift-click to add; Delete deletes, a class key reclasses"
+    tip = ("Click to select (a correction ROI: click its border), Shift-click to add; Delete "
+           "deletes, a class key reclasses")
     cursor = Qt.CursorShape.ArrowCursor
 
     def press(self, x: float, y: float, mods: Qt.KeyboardModifier) -> bool:
-        ann = self.host.annotation_at(x, y, kind=Kind.REGION) or self.host.annotation_at(
-            x, y, kind=Kind.ROI)
+        ann = self.host.picked(x, y)
         current = list(self.host.selection)
         if mods & Qt.KeyboardModifier.ShiftModifier:
             if ann is not None:
