@@ -14,6 +14,7 @@ it is in, otherwise the best coarser cached tiles (or the slide's thumbnail) sca
 * Over the tiles, the view paints its :attr:`SlideView.layers` in order (predictions, annotations,
   the review box, the legend, the scale bar; see :mod:`app.viewer.layers`): each one's ``updated``
   repaints, a frame is complete once every layer is current, and closing shuts them all down.
+* A resize keeps the slide point at the view's centre where it was (a fitted view is fitted again).
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class SlideView(QWidget):
                       self.scale_bar):
             self.add_layer(layer)
         self._tool_down = False
+        self._fitted = False  # the viewport is the whole-slide fit (a resize fits again)
 
     # -- layers ------------------------------------------------------------------------------------
 
@@ -193,6 +195,7 @@ class SlideView(QWidget):
         if vp == self._viewport and not force:
             return
         self._viewport = vp
+        self._fitted = False
         self._request_id += 1
         self._plan = self._make_plan(vp)
         g = self.grid
@@ -232,6 +235,7 @@ class SlideView(QWidget):
         if self.geometry_ is not None:
             self.set_viewport(fit_viewport(self.geometry_, self.width(), self.height(),
                                            self.devicePixelRatioF()))
+            self._fitted = True
 
     def zoom_by(self, factor: float, anchor: tuple[float, float] | None = None) -> None:
         if self._viewport is not None:
@@ -377,8 +381,8 @@ class SlideView(QWidget):
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
         super().resizeEvent(event)
-        if self._viewport is not None:
-            self.set_viewport(self._viewport)
+        if self._viewport is not None and not self._fitted:
+            self.set_viewport(self._viewport)  # the same slide point at the centre, the same zoom
         elif self.geometry_ is not None:
             self.zoom_to_fit()
 
