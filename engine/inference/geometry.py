@@ -221,5 +221,6 @@ def run_window(spec_tile: int | object) -> tuple[int, int]:
 
 def run_batch(window: int) -> int:
     """Windows per network batch for a run with ``window`` px inputs: as many pixels as 4 windows
-    of 512 px, at least one (768 px: 2), which keeps a run's peak memory under 1 GB."""
-    return max(1, round(4 * (512 / window) ** 2))
+    of 512 px, at least one (768 px: 2), which keeps a run's peak memory under 1 GB; at most 8, so
+    that small windows still report progress and notice a cancel every few windows."""
+    return max(1, min(8, round(4 * (512 / window) ** 2)))

@@ -13,12 +13,13 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
+from app.viewer.layers.palette import PREDICTION_COLORS
 from app.viewer.prediction_overlay import tissue_clip
 from app_students import save_uniform
 from engine.slide.tissue import TissueMask
 from qt_probe import grab_rgb, wait_drawn
 
-TUMOUR = (220, 30, 30)
+TUMOUR = PREDICTION_COLORS[0]  # predictions are drawn in their own colours
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def predicted(qtbot, window, small_svs, model_file):
     return window
 
 
-def _red(img: np.ndarray) -> np.ndarray:
-    return (img[..., 0] - img[..., 1]) > 60
+def _red(img: np.ndarray) -> np.ndarray:  # the prediction colour (teal) over tissue
+    return (img[..., 1] - img[..., 0]) > 60
 
 
 def _screen_tissue(view) -> tuple[np.ndarray, np.ndarray]:

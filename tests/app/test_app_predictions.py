@@ -19,13 +19,14 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
 from app.state.viewport import Viewport
+from app.viewer.layers.palette import PREDICTION_COLORS
 from app_students import save_uniform
 from engine.inference.vectorize import measure
 from engine.slide import open_slide
 from engine.slide.tissue import detect_tissue
 from qt_probe import grab_rgb, wait_drawn
 
-TUMOUR = (220, 30, 30)  # the first foreground colour of the engine's palette
+TUMOUR = PREDICTION_COLORS[0]  # predictions are drawn in their own colours, not the classes'
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_outline_and_heatmap_modes_draw_less_or_softer(qtbot, predicted):
     panel.outline.setChecked(True)
     wait_drawn(qtbot, view)
     outlined = grab_rgb(view).astype(int)
-    red = lambda img: ((img[..., 0] - img[..., 1]) > 60).sum()  # noqa: E731
+    red = lambda img: ((img[..., 1] - img[..., 0]) > 60).sum()  # noqa: E731 (the prediction teal)
     assert 0 < red(outlined) < red(filled) / 2
     panel.outline.setChecked(False)
     panel.mode.setCurrentIndex(panel.mode.findData("heatmap"))
@@ -147,12 +148,13 @@ def test_summary_matches_the_engine_and_exports_csv(qtbot, predicted, small_svs,
     assert rows[1]["area_mm2"] and rows[0]["slide"] == Path(small_svs).name
 
 
-def test_cancel_stops_a_run_and_a_rerun_reuses_the_cache(qtbot, window, small_svs, model_file):
+def test_cancel_stops_a_run_and_a_rerun_reuses_the_cache(qtbot, window, small_svs, tmp_path):
     assert window.open_path(small_svs)
     view, pa = window.view, window.predictions
-    # at 1:1 in a corner, so the visible region is a few tiles and the rest is still to do
+    # at 1:1 in a corner, so the visible region is a few tiles and the rest is still to do; a
+    # model at 1 µm/px: about 70 tiles in batches of 8 windows, so a cancel lands mid-run
     view.set_viewport(Viewport(300, 300, 1.0, view.width(), view.height()))
-    assert pa.load_model(str(model_file))
+    assert pa.load_model(str(save_uniform(tmp_path / "fine.safetensors", mpp=1.0, tile=128)))
     seen: list[int] = []
     def stop_early(p) -> None:  # in the engine's writer thread (direct): no race with the run
         seen.append(p.step)
