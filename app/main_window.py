@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 MAX_RECENT = 10
 DOCK_SHARE = 1 / 3  # of the window's width, at most, for the docks of one side (1/4 with two)
-MIN_DOCK_WIDTH = 200  # a dock column is never squeezed below this (its panels stay usable)
+MIN_DOCK_WIDTH = 300  # never narrower: the Training panel's narrowest layout (~280 px) and its bar fit
 SLIDE_FILTER = ("Slides (*.svs *.tif *.tiff *.ndpi *.vms *.vmu *.scn *.mrxs *.svslide *.bif *.czi "
                 "*.dcm);;All files (*)")
 CONTROLS_HELP = Path(__file__).with_name("CONTROLS.md")

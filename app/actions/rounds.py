@@ -247,12 +247,13 @@ class RoundActions(QObject):
 
 
 def scrolled(widget: QWidget) -> QScrollArea:
-    """``widget`` in a frameless scroll area that wraps it (no horizontal bar): a tall panel never
+    """``widget`` in a frameless scroll area that fits it to the column's width: a tall panel never
     raises the window's minimum height."""
     area = QScrollArea()
     area.setWidget(widget)
     area.setWidgetResizable(True)
     area.setFrameShape(QScrollArea.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the panel wraps
+    # the panel's text wraps; a column narrower than its narrowest layout scrolls, never cuts it
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     area.setMinimumHeight(MIN_DOCK_HEIGHT)
     return area

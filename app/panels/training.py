@@ -76,7 +76,7 @@ class TrainingPanel(QWidget):
         self.budget.setSuffix(" s")
         self.budget.setValue(0)
         self.budget.setToolTip(BUDGET_TIP)
-        self.teacher = QCheckBox("Distil from the teacher (slower, not timed)")
+        self.teacher = QCheckBox("Distil from the teacher")  # short: the column may be narrow
         self.teacher.setChecked(False)
         self.teacher.setToolTip("Off (default): the round learns your corrections within its time budget, "
                                 "keeping the current version's answers everywhere you did not correct. "
