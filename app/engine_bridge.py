@@ -36,6 +36,7 @@ class InferenceBridge(QObject):
     finished = Signal(object)  # RunFinished
     tissue = Signal(object)  # the slide's TissueMask, as soon as the run has found it
     backend = Signal(str)  # the back-end a background trial switched the run to
+    preview = Signal(object)  # a coarse prediction of the visible field (engine Preview), at once
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -60,6 +61,7 @@ class InferenceBridge(QObject):
                            trial_first=trial_first)
         run.on_tissue = self.worker.emitter(self.tissue)
         run.on_backend = self.worker.emitter(self.backend)
+        run.on_preview = self.worker.emitter(self.preview)
         if not self.worker.start(lambda job: self._work(run, job)):
             return False
         self._run = run

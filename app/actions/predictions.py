@@ -83,6 +83,7 @@ class PredictionActions(QObject):
         self.bridge.tile_done.connect(self._on_tile)
         self.bridge.finished.connect(self._on_finished)
         self.bridge.tissue.connect(self._on_tissue)
+        self.bridge.preview.connect(self._on_preview)
         self.bridge.backend.connect(self._on_backend)
         window.slide_opened.connect(self._on_slide)
         window.view.viewport_changed.connect(self._on_viewport)
@@ -222,6 +223,11 @@ class PredictionActions(QObject):
         self._tissue = (self._run_slide, mask)
         if self._shows_run():
             self.overlay.set_tissue(mask)
+
+    def _on_preview(self, preview: object) -> None:
+        """A coarse prediction of the visible field: shown where the run's tiles are not in yet."""
+        if self._shows_run():
+            self.overlay.set_preview(preview)
 
     def _on_backend(self, name: str) -> None:
         if self._shows_run():

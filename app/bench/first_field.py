@@ -72,6 +72,8 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
         "slide": {"side": side, "mpp": 0.25, "synthetic": True},
         "model": str(checkpoint), "view": [VIEW_W, VIEW_H], "magnification": 10,
         "runs": runs, "target_s": TARGET_S,
+        "preview_meets_target": {k: (v["preview_painted_s"] or 1e9) <= TARGET_S
+                                 for k, v in runs.items() if k != "baseline_trial_first"},
         "meets_target": {k: (v["visible_field_painted_s"] or 1e9) <= TARGET_S for k, v in runs.items()
                          if k != "baseline_trial_first"},
         "speed_up_vs_baseline": {k: round(base / v["visible_field_painted_s"], 2)
@@ -118,7 +120,13 @@ def _one_run(app: Any, data: Path, slide: Path, checkpoint: Path, trial_first: b
     marks: dict[str, float] = {}
     overlay = view.predictions
 
+    def preview_arrived(_preview: object) -> None:
+        marks.setdefault("preview_arrived", time.perf_counter())
+
     def painted(_record: object) -> None:  # a frame drew: with an image read after which tiles?
+        if "preview_arrived" in marks and "preview_painted" not in marks and overlay.visible \
+                and overlay.preview is not None and overlay.is_current(view.viewport):
+            marks["preview_painted"] = time.perf_counter()
         for what in ("first_tile", "visible_field"):
             done = marks.get(f"{what}_done")
             if done is not None and f"{what}_painted" not in marks and overlay.visible \
@@ -126,6 +134,7 @@ def _one_run(app: Any, data: Path, slide: Path, checkpoint: Path, trial_first: b
                 marks[f"{what}_painted"] = time.perf_counter()
 
     view.painted.connect(painted)
+    pa.bridge.preview.connect(preview_arrived)
     t0 = time.perf_counter()
     assert pa.run(trial_first=trial_first)
     own: PredictionCache | None = None
@@ -155,6 +164,7 @@ def _one_run(app: Any, data: Path, slide: Path, checkpoint: Path, trial_first: b
     while pa.bridge.running:
         pump(app, 0.05)
     view.painted.disconnect(painted)
+    pa.bridge.preview.disconnect(preview_arrived)
     window.close()
     app.processEvents()
 
@@ -163,6 +173,7 @@ def _one_run(app: Any, data: Path, slide: Path, checkpoint: Path, trial_first: b
 
     return {"trial_first": trial_first, "torch_imported_before": torch_loaded,
             "visible_tissue_tiles": len(want), "backend_at_start": backend,
+            "preview_painted_s": s("preview_painted"),
             "first_tile_painted_s": s("first_tile_painted"),
             "visible_field_done_s": s("visible_field_done"),
             "visible_field_painted_s": s("visible_field_painted"),

@@ -15,6 +15,10 @@ from the run's tissue detection) every probability outside it reads as 0, so nei
 outlines nor the heatmap show on glass, not even inside a predicted tile. The coarse mask (1/16) is
 interpolated bilinearly to the cache pixels, so its edge follows the tissue, not a block staircase.
 
+Until the run's tiles arrive, the pixels of tiles not yet predicted show the run's coarse preview of
+the visible field (:meth:`PredictionOverlay.set_preview`, one forward pass at twice the run's
+µm/px), so a mask is on screen within seconds of Run; each final tile replaces it as it comes.
+
 Opacity is the painter's (images are rendered opaque-strength), so an opacity change is the next
 frame; a mode change re-colours the visible part of the shown window at once in the GUI thread (from
 the probabilities the image was made of: no disk read) and the worker re-renders the whole window.
@@ -87,6 +91,39 @@ def tissue_clip(tissue: Any, x0: float, y0: float, lds: float, w: int, h: int) -
     across = rows[:, xa] * (1 - fx) + rows[:, xb] * fx  # (rows, w)
     out = across[ya - lo] * (1 - fy)[:, None] + across[yb - lo] * fy[:, None]
     return out >= 0.5
+
+
+def fill_pending(probs: np.ndarray, cache: PredictionCache, preview: Any, x0: float, y0: float,
+                 lds: float) -> np.ndarray:
+    """``probs`` (h, w, channels) uint8, a region of a cache level (top-left at level-0 (x0, y0),
+    ``lds`` level-0 px per pixel), with the pixels of tiles not final yet taken from ``preview``
+    (an engine ``Preview``: (channels, ph, pw) probabilities over its level-0 rect), nearest
+    preview pixel, where the preview covers them."""
+    h, w = probs.shape[:2]
+    grid = cache.grid
+    px, py = round(x0 / lds), round(y0 / lds)  # as read_region places the region
+    xs = (px + np.arange(w) + 0.5) * lds  # level-0 centres of the region's columns and rows
+    ys = (py + np.arange(h) + 0.5) * lds
+    cols = ((xs / grid.downsample + grid.origin) // grid.tile).astype(np.int64)
+    rows = ((ys / grid.downsample + grid.origin) // grid.tile).astype(np.int64)
+    n_rows, n_cols = cache.tissue.shape
+    done = np.zeros((n_rows + 1, n_cols + 1), bool)
+    for c, r in cache.done_tiles():
+        done[r, c] = True
+    pending = ~done[np.clip(rows, 0, n_rows)[:, None], np.clip(cols, 0, n_cols)[None, :]]
+    rx, ry, _, _ = preview.rect
+    pc = np.floor((xs - rx) / preview.downsample).astype(np.int64)
+    pr = np.floor((ys - ry) / preview.downsample).astype(np.int64)
+    ph, pw = preview.probs.shape[1:]
+    inside = ((pr >= 0) & (pr < ph))[:, None] & ((pc >= 0) & (pc < pw))[None, :]
+    take = pending & inside
+    if not take.any():
+        return probs
+    coarse = np.clip(np.rint(preview.probs * 255), 0, 255).astype(np.uint8)  # (C, ph, pw)
+    rr, cc = np.nonzero(take)
+    out = probs.copy()
+    out[rr, cc] = coarse[:, pr[rr], pc[cc]].T[:, :probs.shape[2]]
+    return out
 
 
 def inner_band(px: np.ndarray, width: int) -> np.ndarray:
@@ -164,6 +201,7 @@ class PredictionOverlay(WindowedLayer):
         self._pixels: np.ndarray | None = None  # the image's memory
         self._probs: np.ndarray | None = None  # what the shown image was coloured from
         self._probs_key: tuple[int, Window, int] | None = None  # (data_version, window, level)
+        self.preview: Any = None  # the run's coarse preview of the field, under pending tiles
         self.data_version = 0  # bumped when the cache's contents or the tissue change
         self.shown_read_at = 0.0  # when the cache was read for the image shown (benchmarks)
 
@@ -175,6 +213,7 @@ class PredictionOverlay(WindowedLayer):
         ``wait_for_tissue``, nothing until :meth:`set_tissue` brings it)."""
         self.cache = cache
         self.tissue = tissue
+        self.preview = None
         self.waiting_for_tissue = wait_for_tissue and tissue is None and cache is not None
         self._forget_probs()
         self.invalidate()
@@ -184,6 +223,12 @@ class PredictionOverlay(WindowedLayer):
         self.tissue = tissue
         self.waiting_for_tissue = False
         self._forget_probs()
+        self.invalidate()
+
+    def set_preview(self, preview: Any) -> None:
+        """The run's coarse preview of the visible field (an engine ``Preview``): drawn where the
+        cache's tiles are not final yet, until they are (None: no preview)."""
+        self.preview = preview
         self.invalidate()
 
     def _forget_probs(self) -> None:
@@ -268,10 +313,12 @@ class PredictionOverlay(WindowedLayer):
     def render_args(self, req: PredictionRequest) -> tuple[Any, ...]:
         # the same data in the same window (a mode change): colour what the shown image was made of
         kept = self._probs_key == (self.data_version, req.window, req.level)
-        return self.cache, self.tissue, self._probs if kept else None, self.data_version
+        return (self.cache, self.tissue, self._probs if kept else None, self.data_version,
+                self.preview)
 
     def render(self, req: PredictionRequest, cache: PredictionCache, tissue: Any,
-               probs: np.ndarray | None, data_version: int = 0) -> PredictionImage:
+               probs: np.ndarray | None, data_version: int = 0, preview: Any = None
+               ) -> PredictionImage:
         t0 = time.perf_counter()
         read_at = 0.0  # 0: coloured again from probabilities read earlier
         x0, y0, x1, y1 = req.window
@@ -280,6 +327,8 @@ class PredictionOverlay(WindowedLayer):
         if probs is None or probs.shape[:2] != (h, w):
             read_at = time.perf_counter()
             probs = cache.read_region(req.level, x0, y0, w, h)
+            if preview is not None:  # tiles not final yet: the coarse preview stands in
+                probs = fill_pending(probs, cache, preview, x0, y0, lds)
             if tissue is not None:  # nothing outside tissue, whatever the tiles hold
                 probs *= tissue_clip(tissue, x0, y0, lds, w, h)[..., None]
         scale = req.dpr / req.downsample  # device pixels per level-0 pixel
