@@ -454,5 +454,7 @@ class MainWindow(QMainWindow):
         self.training.close()  # a running round is stopped (the registry stays as it was)
         self.annotations.close()
         self.predictions.close()
+        for layer in self.view.layers:  # their render workers
+            layer.shutdown()
         self.source = None
         super().closeEvent(event)

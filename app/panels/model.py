@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, Q
                                QPushButton, QSlider, QVBoxLayout, QWidget)
 
 from app.state.predictions import PredictionStyle
+from app.viewer.layers.palette import prediction_color
 from engine.api import ModelSpec
 
 WARNING_STYLE = ("color: #8a4b00; background: #fff3cd; border: 1px solid #e0b252; "
@@ -170,7 +171,7 @@ class ModelPanel(QWidget):
             return
         for i, name in enumerate(self.spec.foreground):
             swatch = QPixmap(14, 14)
-            swatch.fill(QColor(*self.spec.color(i)))
+            swatch.fill(QColor(*prediction_color(i)))  # as the view draws predictions
             row = QLabel(f"{name}")
             icon = QLabel()
             icon.setPixmap(swatch)

@@ -76,3 +76,17 @@ def test_a_slide_without_mpp_asks_for_the_level_and_runs_there(qtbot, window, no
     assert pa.last_finished.status == "measured"
     assert window.view.predictions.cache.grid.read_level == 1  # not emptied by the measuring
     assert panel.chosen_level() == 1 and "earlier run" in panel.level_note.text()
+
+
+def test_the_model_panels_legend_shows_the_colour_predictions_are_drawn_in(window, tmp_path):
+    from PySide6.QtWidgets import QLabel
+
+    from app.viewer.layers.palette import prediction_color
+
+    assert window.predictions.load_model(str(save_uniform(tmp_path / "m.safetensors")))
+    legend = window.predictions.panel.legend
+    icons = [w for i in range(legend.count()) for w in legend.itemAt(i).widget().findChildren(QLabel)
+             if w.pixmap() is not None and not w.pixmap().isNull()]
+    assert len(icons) == 1
+    colour = icons[0].pixmap().toImage().pixelColor(7, 7)
+    assert (colour.red(), colour.green(), colour.blue()) == prediction_color(0)
