@@ -25,25 +25,19 @@ def app_pyramid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_pyramid_tiff(tmp_path_factory.mktemp("pyramid") / "pyramid.tif", 6000, 4000, seed=3)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _no_automatic_gc() -> Iterator[None]:
+@pytest.fixture(autouse=True)
+def _collect_in_the_gui_thread() -> Iterator[None]:
     """Python's cycle collector may run in any thread that allocates; a run in a worker thread
     (inference, a back-end trial) then destroys an earlier test's unreachable Qt widgets there and
     deadlocks with the GUI thread. As in the app (pyqtgraph's GarbageCollector), collect only in
-    the GUI thread: automatic collection off for the session, a collection after every test."""
+    the GUI thread: automatic collection is off during each GUI test, and its garbage (windows
+    included: this fixture is set up first, torn down last) is collected here after it."""
     import gc
 
     gc.disable()
     yield
-    gc.enable()
-
-
-@pytest.fixture(autouse=True)
-def _collect_in_the_gui_thread() -> Iterator[None]:
-    import gc
-
-    yield
     gc.collect()
+    gc.enable()
 
 
 #: A modal dialog left open this long means nobody in the test will answer it.

@@ -77,6 +77,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         totals = [h["total"] for h in summary.history]
         first_weight = float(next(model.parameters()).detach().sum())
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"totals": totals, "w": first_weight}))
+        # neither rank tears the group down while the other still talks to it (gloo then aborts the
+        # other process: "terminate called without an active exception", now and then under load)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
