@@ -15,9 +15,10 @@ from the run's tissue detection) every probability outside it reads as 0, so nei
 outlines nor the heatmap show on glass, not even inside a predicted tile. The coarse mask (1/16) is
 interpolated bilinearly to the cache pixels, so its edge follows the tissue, not a block staircase.
 
-Until the run's tiles arrive, the pixels of tiles not yet predicted show the run's coarse preview of
-the visible field (:meth:`PredictionOverlay.set_preview`, one forward pass at twice the run's
-µm/px), so a mask is on screen within seconds of Run; each final tile replaces it as it comes.
+Until the run's tiles arrive, the pixels of tiles not yet predicted show the run's preview of the
+visible field (:meth:`PredictionOverlay.set_preview`: one forward pass over the whole field,
+without the blending of the final windows), so a mask is on screen within seconds of Run; each
+final tile replaces it as it comes.
 
 Opacity is the painter's (images are rendered opaque-strength), so an opacity change is the next
 frame; a mode change re-colours the visible part of the shown window at once in the GUI thread (from

@@ -22,7 +22,7 @@ class Counting(TorchRunner):
         return super().__call__(batch)
 
 
-def test_the_preview_is_the_network_on_the_field_at_twice_the_runs_pixel_size(tmp_path: Path) -> None:
+def test_the_preview_is_the_network_on_the_field_at_the_pixel_size_asked(tmp_path: Path) -> None:
     rgb = pattern_rgb(1600, 1200, glass_right=0.0, border=0)
     path = write_slide(tmp_path / "s.tif", rgb, mpp=0.5)
     runner = Counting(RedIsTumour(), plain_spec(tile=128, mpp=0.5))
@@ -48,7 +48,7 @@ def test_beyond_the_slide_the_preview_sees_glass(tmp_path: Path) -> None:
     path = write_slide(tmp_path / "s.tif", rgb, mpp=0.5)
     runner = TorchRunner(RedIsTumour(), plain_spec(tile=128, mpp=0.5))
     with open_slide(path) as slide:
-        p = predict_preview(slide, 1.0, runner, (600.0, 400.0, 400.0, 400.0), margin=16)
+        p = predict_preview(slide, 1.0, runner, (600.0, 400.0, 400.0, 400.0), factor=2.0, margin=16)
     probs = p.probs[0]
     assert probs.shape == (200, 200)
     assert probs[:80, :80].max() < 0.05  # on the slide
@@ -56,7 +56,8 @@ def test_beyond_the_slide_the_preview_sees_glass(tmp_path: Path) -> None:
 
 
 def test_a_zoomed_out_field_is_read_coarser_within_the_pixel_budget() -> None:
-    assert preview_downsample(1.0, (0, 0, 1000, 1000)) == 2.0
+    assert preview_downsample(1.0, (0, 0, 1000, 1000)) == 1.0  # the run's pixel size by default
+    assert preview_downsample(1.0, (0, 0, 1000, 1000), factor=2.0) == 2.0
     ds = preview_downsample(1.0, (0, 0, 40_000, 30_000))
     assert (40_000 / ds) * (30_000 / ds) <= MAX_PIXELS * 1.0001
     assert preview_downsample(4.0, (0, 0, 10, 10), factor=0.5) == 4.0  # never finer than the run
