@@ -67,10 +67,22 @@ class InferenceBridge(QObject):
         self._run = run
         return True
 
+    def preload(self, spec: ModelSpec) -> None:
+        """Load ``spec``'s network in the background at the run's priority and core, so that Run
+        starts with it (see :func:`app.state.inference_run.preload`)."""
+        from app.state.inference_run import preload
+
+        preload(spec, setup=_run_thread_setup)
+
     def set_viewport(self, rect: Rect) -> None:
         run = self._run
         if run is not None and self.running:
             run.set_viewport(rect)
+
+    @property
+    def run_preloaded(self) -> bool:
+        """Whether the current (or last) run found its network loaded before Run."""
+        return bool(self._run is not None and self._run.preloaded)
 
     @property
     def run_timeline(self) -> dict[str, float]:

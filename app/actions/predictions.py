@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PRELOAD_DELAY_MS = 1500  # after a model is chosen: the window and the slide draw first
+
 MODEL_FILTER = "CoCoPath models (*.safetensors);;All files (*)"
 REFRESH_MS = 250  # the overlay re-reads the cache at most this often while tiles come in
 
@@ -46,6 +48,7 @@ class PredictionActions(QObject):
         self.window = window
         self.overlay = window.view.predictions
         self.spec: ModelSpec | None = None
+        self._closed = False  # the window closed: nothing more is started
         self.bridge = InferenceBridge(self)
         self.last_finished: RunFinished | None = None
         self._rerun_after_measure = False  # predict_unless_shown() while an earlier run is measured
@@ -138,7 +141,14 @@ class PredictionActions(QObject):
         self._show_existing()
         self._update_levels()
         self._update_enabled()
+        # the network loads in the background once the window has drawn, while the slide is
+        # looked at: Run then starts with it (the first run's load is about 2 s on a CPU)
+        QTimer.singleShot(PRELOAD_DELAY_MS, lambda: self._preload(spec))
         return True
+
+    def _preload(self, spec: ModelSpec) -> None:
+        if self.spec is spec and not self._closed:
+            self.bridge.preload(spec)
 
     def _error(self, message: str, quiet: bool) -> None:
         if quiet:
@@ -390,6 +400,7 @@ class PredictionActions(QObject):
 
     def close(self) -> None:
         """The window closes: stop a run and wait for it (its threads hold the slide)."""
+        self._closed = True
         self.bridge.shut_down(30)
         wait_for_trial(60)  # a back-end trial in the background: a few seconds
 

@@ -90,6 +90,50 @@ def wait_for_trial(timeout: float | None = None) -> bool:
     return not trial_running()
 
 
+_preload_lock = threading.Lock()
+#: ((checkpoint, version, window, batch), Task): the one network loaded ahead of Run, if any
+_preloaded: tuple[tuple[str, str, int, int], Task] | None = None
+
+
+def _preload_key(spec: ModelSpec, window: int, batch: int) -> tuple[str, str, int, int]:
+    return str(spec.checkpoint), spec.version, window, batch
+
+
+def preload(spec: ModelSpec, setup: Callable[[], None] | None = None) -> Task:
+    """Load ``spec``'s network and its runner in the background before Run (the pathologist looks
+    at the slide meanwhile): torch's import, the weights, the ONNX graph and its session, about 2 s
+    of a first run. The run takes the result instead of loading again. One model is kept; a new
+    one replaces it. ``setup`` runs first on the thread (the run's priority and core: the runner's
+    threads inherit them). Not a daemon: exit waits for it rather than cut ONNX Runtime off."""
+    global _preloaded
+    window = run_window(spec.tile)[0]
+    key = _preload_key(spec, window, run_batch(window))
+    with _preload_lock:
+        if _preloaded is not None and _preloaded[0] == key and _preloaded[1].error is None:
+            return _preloaded[1]
+        task = Task(_load, spec, key[3], False, window, name="infer-preload", daemon=False,
+                    setup=setup).start()
+        _preloaded = (key, task)
+        return task
+
+
+def preloaded(spec: ModelSpec, window: int, batch: int) -> Task | None:
+    """The preload of ``spec`` for these windows and batch, if one was started and has not failed."""
+    with _preload_lock:
+        if _preloaded is None or _preloaded[0] != _preload_key(spec, window, batch):
+            return None
+        task = _preloaded[1]
+    return task if task.error is None else None
+
+
+def forget_preload() -> None:
+    """Drop the preloaded network (a back-end was measured since: the next run loads the
+    remembered one)."""
+    global _preloaded
+    with _preload_lock:
+        _preloaded = None
+
+
 def quick_runner(model: Any, spec: ModelSpec, batch_size: int, window: int | None = None
                  ) -> tuple[Any, bool]:
     """A runner at once, no back-end trial: the remembered choice for this model on this machine,
@@ -148,6 +192,7 @@ class InferenceRun:
         self.on_tissue: Callable[[Any], None] | None = None  # the TissueMask, once detected
         self.on_backend: Callable[[str], None] | None = None  # the back-end a trial switched to
         self.on_preview: Callable[[Any], None] | None = None  # the visible field, coarse, at once
+        self.preloaded = False  # whether the network was loaded before Run (benchmarks)
         self.timeline: dict[str, float] = {}  # seconds from the start of run() (benchmarks)
 
     def set_viewport(self, rect: Rect) -> None:
@@ -166,11 +211,20 @@ class InferenceRun:
     def run(self, started: Callable[[RunStarted], None], progress: Callable[[Progress], None],
             tile: Callable[[int, int], None]) -> RunFinished:
         spec, t0 = self.spec, time.perf_counter()
-        loading: Task | None = None if self.measure_only else \
-            Task(_load, spec, self.batch_size, self.trial_first, self.window, name="infer-load")
+        loading: Task | None = None
+        if self.measure_only:
+            pass
+        elif not self.trial_first and self.batch_size == run_batch(self.window):
+            # the network loaded ahead of Run (preload), else loaded now, and kept for the next run
+            ahead = preloaded(spec, self.window, self.batch_size)
+            self.preloaded = ahead is not None and ahead.done
+            loading = preload(spec)
+        else:
+            loading = Task(_load, spec, self.batch_size, self.trial_first, self.window,
+                           name="infer-load")
         try:
             with open_slide(self.slide_path) as slide:
-                if loading is not None:
+                if loading is not None and not loading.started:
                     loading.start()  # beside tissue detection
                 return self._run(slide, loading, t0, started, progress, tile)
         finally:
@@ -283,6 +337,7 @@ class InferenceRun:
                 except Exception:  # noqa: BLE001 - the run goes on with what it has
                     log.exception("measuring the inference back-ends failed")
                     return
+                forget_preload()  # the next run loads the measured back-end
                 name = getattr(runner, "name", type(runner).__name__)
                 if name != getattr(job.runner, "name", None) and not self.cancel_token.cancelled:
                     job.runner = runner  # taken at the next batch

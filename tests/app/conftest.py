@@ -34,6 +34,9 @@ def _collect_in_the_gui_thread() -> Iterator[None]:
     included: this fixture is set up first, torn down last) is collected here after it."""
     import gc
 
+    from app.state.inference_run import forget_preload
+
+    forget_preload()  # no network loaded ahead by an earlier test (it may have patched the loader)
     gc.disable()
     yield
     gc.collect()

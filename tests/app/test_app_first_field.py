@@ -95,7 +95,7 @@ def test_a_remembered_choice_means_no_trial(spec, small_svs, tmp_path, monkeypat
 def test_a_coarse_preview_of_the_visible_field_comes_before_its_first_tile(spec, small_svs, tmp_path,
                                                                            monkeypatch):
     monkeypatch.setenv("COCOPATH_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(inference_run, "measured_runner", lambda *a: None)  # no trial here
+    monkeypatch.setattr(InferenceRun, "_start_trial", lambda self, job, model: None)  # no trial
     events: list[tuple[str, object]] = []
     view = (900.0, 1200.0, 400.0, 400.0)
     run = InferenceRun(str(small_svs), spec, view)
@@ -117,3 +117,19 @@ def test_a_coarse_preview_of_the_visible_field_comes_before_its_first_tile(spec,
     again.on_preview = lambda p: events.append(("preview again", p))
     again.run(lambda info: None, lambda p: None, lambda c, r: None)
     assert "preview again" not in [k for k, _ in events]
+
+
+def test_a_network_loaded_ahead_of_run_is_the_one_the_run_uses(spec, small_svs, tmp_path, monkeypatch):
+    monkeypatch.setenv("COCOPATH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(InferenceRun, "_start_trial", lambda self, job, model: None)  # no trial
+    ahead = inference_run.preload(spec)
+    assert inference_run.preload(spec) is ahead, "one load per model, however often asked"
+    model, runner, _ = ahead.result(120)
+    loads = []
+    monkeypatch.setattr(inference_run, "_load", lambda *a: loads.append(a))
+    run = InferenceRun(str(small_svs), spec, (900.0, 1200.0, 400.0, 400.0))
+    end = run.run(lambda info: None, lambda p: None, lambda c, r: None)
+    assert end.status == "done" and run.preloaded and not loads
+    assert run._job.runner is runner
+    inference_run.forget_preload()
+    assert inference_run.preloaded(spec, run.window, run.batch_size) is None
