@@ -143,7 +143,7 @@ class PredictionActions(QObject):
         self._update_enabled()
         # the network loads in the background once the window has drawn, while the slide is
         # looked at: Run then starts with it (the first run's load is about 2 s on a CPU)
-        QTimer.singleShot(PRELOAD_DELAY_MS, lambda: self._preload(spec))
+        QTimer.singleShot(PRELOAD_DELAY_MS, self, lambda: self._preload(spec))
         return True
 
     def _preload(self, spec: ModelSpec) -> None:

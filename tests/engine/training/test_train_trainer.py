@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,10 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # the results are written: leave without the interpreter's teardown, where gloo's C++
+    # destructors now and then abort a CPU process ("terminate called without an active
+    # exception", 2 of about 30 runs under load, after a complete run)
+    os._exit(0)
 
 
 def test_two_gloo_processes_follow_the_single_process_loss_trajectory(tmp_path: Path) -> None:
