@@ -17,7 +17,6 @@ already remembered; the trial is not a daemon thread and closing the window wait
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -141,14 +140,9 @@ def quick_runner(model: Any, spec: ModelSpec, batch_size: int, window: int | Non
     choice remembered yet)."""
     from engine.api import pick_runner
 
-    window = window or run_window(spec.tile)[0]
-    if "measure" in inspect.signature(pick_runner).parameters:
-        runner = pick_runner(model, spec, window, batch_size=batch_size, cache_dir=backends_dir(),
-                             measure=False)
-        return runner, not bool(getattr(runner, "remembered", False))
-    from engine.api import make_runner  # an engine without measure=False: eager torch
-
-    return make_runner(model, spec, window, backend="torch", batch_size=batch_size), True
+    runner = pick_runner(model, spec, window or run_window(spec.tile)[0], batch_size=batch_size,
+                         cache_dir=backends_dir(), measure=False)
+    return runner, not bool(getattr(runner, "remembered", False))
 
 
 def measured_runner(model: Any, spec: ModelSpec, batch_size: int, window: int | None = None) -> Any:

@@ -14,7 +14,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
 from app.viewer.layers.palette import PREDICTION_COLORS
-from app.viewer.prediction_overlay import tissue_clip
+from app.viewer.layers.predictions import tissue_clip
 from app_students import save_uniform
 from engine.slide.tissue import TissueMask
 from qt_probe import grab_rgb, wait_drawn

@@ -328,7 +328,7 @@ class PredictionOverlay(WindowedLayer):
         if probs is None or probs.shape[:2] != (h, w):
             read_at = time.perf_counter()
             probs = cache.read_region(req.level, x0, y0, w, h)
-            if preview is not None:  # tiles not final yet: the coarse preview stands in
+            if preview is not None and not cache.complete:  # pending tiles: the preview stands in
                 probs = fill_pending(probs, cache, preview, x0, y0, lds)
             if tissue is not None:  # nothing outside tissue, whatever the tiles hold
                 probs *= tissue_clip(tissue, x0, y0, lds, w, h)[..., None]
