@@ -507,6 +507,8 @@ def _k_entry(per_seed: list[dict[str, Any]], review_scores: Sequence[float],
         "review_vs_random": (g_rv["mean"] / g_rd["mean"]) if g_rv["mean"] is not None
         and g_rd["mean"] is not None and g_rd["mean"] > 0 else None,
         "review_beats_random": beats(col("gain"), col("gain_random")),
+        # what the pathologist sees after the round: the active version (a refused one counts as no change)
+        "review_beats_random_active": beats(col("gain_active"), col("gain_active_random")),
         "not_worse": all(c[0] >= -NOT_WORSE_TOLERANCE for c in known) if known else None,
         "not_worse_active": all(g >= -NOT_WORSE_TOLERANCE for g in actives),
         "worst_change": None if worst is None else {"change": worst[0], "seed": worst[1],
@@ -548,7 +550,11 @@ def targets(results: dict[str, Any], device: str) -> dict[str, Any]:
         "mean_gain_at_target_k_random": None if k10 is None else k10["gain_random"],
         "mean_gain_target_met": None if k10 is None or k10["gain"] is None
         else bool(k10["gain"] >= GAIN_TARGET),
+        "mean_active_gain_at_target_k": None if k10 is None else k10["gain_active"],
+        "mean_active_gain_at_target_k_random": None if k10 is None else k10["gain_active_random"],
         "review_beats_random": {k: e["review_beats_random"]["beats"] for k, e in results.items()},
+        "review_beats_random_active": {k: (e.get("review_beats_random_active") or {}).get("beats")
+                                       for k, e in results.items()},
         "round_target_s": target,
         "round_wall_s": {"mean": statistics.fmean(walls) if walls else None,
                          "max": max(walls) if walls else None, "n": len(walls)},
@@ -564,14 +570,16 @@ def _guard_lines(g: dict[str, Any] | None) -> list[str]:
             f"{g['false_rejections']} of them better on the unreviewed area (false-rejection rate "
             f"{_fmt(g['false_rejection_rate'], '.2f')}); {g['published_activated']} activated, "
             f"{g['false_acceptances']} of them worse (false-acceptance rate "
-            f"{_fmt(g['false_acceptance_rate'], '.2f')})."]
+            f"{_fmt(g['false_acceptance_rate'], '.2f')})"
+            + (f"; {g['activated_blends']} of the activated are blends of a step's weights with the parent's"
+               if g.get("activated_blends") else "") + "."]
 
 
 def guard_rates(results: dict[str, Any]) -> dict[str, Any]:
     """How the round's guard decided against what the slides' truth says: a published version it
     did not activate although it was better on the unreviewed area (a false rejection), and one
     it activated although it was worse there (a false acceptance), beyond the tolerance."""
-    refused = accepted = false_rejections = false_acceptances = 0
+    refused = accepted = false_rejections = false_acceptances = blended = 0
     for e in results.values():
         for s in e["seeds"]:
             for strategy, suffix in (("review", ""), ("random", "_random")):
@@ -581,11 +589,14 @@ def guard_rates(results: dict[str, Any]) -> dict[str, Any]:
                 if run.get("activated"):
                     accepted += 1
                     false_acceptances += gain < -NOT_WORSE_TOLERANCE
+                    blend = ((run.get("round") or {}).get("data") or {}).get("anchored", {}).get("blend")
+                    blended += blend is not None and blend < 1.0
                 else:
                     refused += 1
                     false_rejections += gain > NOT_WORSE_TOLERANCE
     return {"published_refused": refused, "published_activated": accepted,
             "false_rejections": false_rejections, "false_acceptances": false_acceptances,
+            "activated_blends": blended,
             "false_rejection_rate": false_rejections / refused if refused else None,
             "false_acceptance_rate": false_acceptances / accepted if accepted else None}
 
@@ -652,9 +663,16 @@ def markdown(report: dict[str, Any]) -> str:
               f"{_yes(t['mean_gain_target_met'])} (Review next "
               f"{_fmt(t['mean_gain_at_target_k'], '+.4f')}, random "
               f"{_fmt(t['mean_gain_at_target_k_random'], '+.4f')}).",
+              f"- Mean gain of the version active after the round at k = {t['gain_target_k']}: Review next "
+              f"{_fmt(t.get('mean_active_gain_at_target_k'), '+.4f')}, random "
+              f"{_fmt(t.get('mean_active_gain_at_target_k_random'), '+.4f')}.",
               "- Review next beats random by more than one sd: "
               + ", ".join(f"k = {k}: {_yes(v)}" for k, v in sorted(t["review_beats_random"].items(),
-                                                                   key=lambda kv: int(kv[0]))) + ".",
+                                                                   key=lambda kv: int(kv[0])))
+              + " (the round's new version); "
+              + ", ".join(f"k = {k}: {_yes(v)}" for k, v in sorted(
+                  (t.get("review_beats_random_active") or {}).items(), key=lambda kv: int(kv[0])))
+              + " (the version active after the round).",
               f"- Round wall time ≤ {t['round_target_s']:.0f} s on {report['device']}: "
               f"{_yes(t['round_within_target'])} (mean {_fmt(t['round_wall_s']['mean'], '.0f')} s, "
               f"max {_fmt(t['round_wall_s']['max'], '.0f')} s over {t['round_wall_s']['n']} rounds).",

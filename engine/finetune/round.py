@@ -526,9 +526,14 @@ class _Round:
             "lr": s.learning_rate, "cache_s": cache_s, "setup_s": t_cache - self.t0,
             "trained": f"the last {len(trainer.trained) - 1} decoder block(s) and the head",
             "frozen": "the encoder, the decoder blocks before them, every normalisation layer's statistics",
-            "replay_sources": replay.sources, "check_sources": checked.sources}
+            "replay_sources": replay.sources, "check_sources": checked.sources,
+            "blend": res.blend, "blends": [list(b) for b in res.blends]}
         if res.best_step == 0:
             self.notes.append(f"no step beat {self.current.version} on the held-out ROIs")
+        elif res.blend < 1.0:
+            self.notes.append(f"kept a blend of {res.blend:.0%} step {res.best_step} of {res.steps} and "
+                              f"{1 - res.blend:.0%} the parent's weights: the step alone gained more on the "
+                              f"held-out ROIs but lost on the replay check; the blend is not worse there")
         elif not res.passed_replay:
             self.notes.append(f"kept step {res.best_step} of {res.steps}: the best on the held-out ROIs, but every "
                               f"step that gained there lost on the replay check")

@@ -363,3 +363,43 @@ def test_the_cached_front_gives_the_model_s_own_logits(blocks: int) -> None:
         got = anchored._decode(model, first, cache.batch([0, 1, 2], torch.device("cpu")), cache.has_skip)
     assert torch.allclose(got, want, atol=0.05, rtol=0.02)  # fp16 storage of the front
     assert torch.allclose(cache.parent.float(), want, atol=0.02, rtol=0.01)
+
+
+def test_a_blend_with_the_parent_is_kept_when_the_step_alone_loses_on_the_replay_check() -> None:
+    from engine.finetune.data import Patch
+
+    model = tiny_model(1).eval()
+    img = halve_rgb(slide_rgb())
+    label = np.zeros((64, 64), np.uint8)
+    label[:32] = 1
+    patches = [Patch(img[y:y + 64, x:x + 64].copy(), label.copy(), 1, None, x, y, 64.0)
+               for x, y in ((0, 0), (100, 60))]
+    cpu, first = torch.device("cpu"), anchored.first_trainable(model, 2)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    c = anchored.build_cache(model, patches, mean, std, cpu, supervise=True, kd="unlabelled", first=first)
+    trainer = anchored.AnchoredTrainer(model, anchored.Pools(c, c, c, c, c), ["background", "tumour"], cpu,
+                                       first=first)
+    parent = trainer._snapshot()
+    with torch.no_grad():
+        for p in trainer.params:
+            p.add_(1.0)  # "the step": every trained weight moved by 1
+    stepped = (0.80, 7, {}, {}, trainer._snapshot())
+    p0 = parent[0][next(iter(parent[0]))].flatten()[0].item()
+
+    def scores():  # the held-out gain grows with the step's share a, the replay check falls with it
+        a = trainer.params[0].flatten()[0].item() - p0
+        return {"miou": 0.5 + 0.3 * a}, {"miou": 0.65 - 0.04 * a}
+
+    trainer.scores = scores
+    start = (0.5, 0, {}, {}, parent)
+    kept, share, tried = trainer._blend(parent, start, stepped, floor=0.64, cancel=None)
+    assert [round(a, 2) for a, _, _ in tried] == list(anchored.BLENDS)
+    assert share == 0.2 and kept[1] == 7  # only a = 0.2 keeps the replay check within its floor
+    assert kept[0] == pytest.approx(0.56)
+    for p_parent, p_step, p_kept in zip(parent, stepped[4], kept[4]):
+        for k in p_kept:
+            if p_kept[k].is_floating_point():
+                assert torch.allclose(p_kept[k], p_parent[k] + 0.2 * (p_step[k] - p_parent[k]), atol=1e-6)
+    # a blend that passes but gains less than the best passing step is not taken
+    kept2, share2, _ = trainer._blend(parent, (0.6, 3, {}, {}, parent), stepped, floor=0.64, cancel=None)
+    assert share2 == 1.0 and kept2[1] == 3

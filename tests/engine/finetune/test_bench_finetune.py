@@ -422,3 +422,7 @@ def test_guard_rates_count_refusals_and_acceptances_against_the_truth() -> None:
     assert (g["published_refused"], g["false_rejections"], g["published_activated"], g["false_acceptances"]) == (3, 1, 2, 1)
     assert g["false_rejection_rate"] == pytest.approx(1 / 3) and g["false_acceptance_rate"] == pytest.approx(0.5)
     assert guard_rates({"1": {"seeds": [seed((kept, 0.0), (kept, 0.0))]}})["false_rejection_rate"] is None
+    assert g["activated_blends"] == 0
+    blended = {**active, "round": {"data": {"anchored": {"blend": 0.35}}}}
+    whole = {**active, "round": {"data": {"anchored": {"blend": 1.0}}}}
+    assert guard_rates({"10": {"seeds": [seed((blended, 0.03), (whole, 0.02))]}})["activated_blends"] == 1
