@@ -150,8 +150,8 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
     assert window.annotations.open_project(tmp / "project"), window.last_error
     pump(app, 0.2)
     ta.become_ready()
-    ta.sync_project()
-    assert ta.registry is not None and ta._active() is not None, "the registry was not opened"
+    ta.versions.sync_project()
+    assert ta.versions.registry is not None and ta.versions.active() is not None, "the registry was not opened"
     for _ in range(3):  # the docks take their share: size the window so the view is VIEW_W × VIEW_H
         window.resize(window.width() + VIEW_W - view.width(), window.height() + VIEW_H - view.height())
         pump(app, 0.1)
@@ -168,25 +168,25 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
     view_size = (view.width(), view.height())
     baseline, baseline_paint = _pan_frames(app, view, path, BASELINE_S)
 
-    panel = ta.panel
+    panel = ta.rounds.panel
     panel.budget.setValue(ROUND_BUDGET_S)
     events: list[str] = []
-    ta.process.event.connect(lambda ev: events.append(ev.kind))
+    ta.rounds.process.event.connect(lambda ev: events.append(ev.kind))
     t0 = time.perf_counter()
-    assert ta.finetune(), panel.error.text() or window.last_error
+    assert ta.rounds.finetune(), panel.error.text() or window.last_error
     # measure once the round trains (its first loss terms), not while it starts up
-    while ta.process.running and not panel.curves.stages and time.perf_counter() - t0 < TRAIN_WAIT_S:
+    while ta.rounds.process.running and not panel.curves.stages and time.perf_counter() - t0 < TRAIN_WAIT_S:
         pump(app, 0.05)
     training_after_s = time.perf_counter() - t0
     # blocks of frames with the round training, interleaved with blocks where it is paused
     # (SIGSTOP): a paired baseline under the same machine load, minutes after the first one
     during, during_paint, paused = [], [], []
-    pid = ta.process.pid
+    pid = ta.rounds.process.pid
     for _ in range(BLOCKS):
-        f, p = _pan_frames(app, view, path, BLOCK_S, lambda: ta.process.running)
+        f, p = _pan_frames(app, view, path, BLOCK_S, lambda: ta.rounds.process.running)
         during += f
         during_paint += p
-        if not ta.process.running or pid is None:
+        if not ta.rounds.process.running or pid is None:
             break
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -195,15 +195,15 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
             os.kill(pid, signal.SIGCONT)
     stages = list(panel.curves.stages)
     measured_events = len(events)
-    running = ta.process.running
+    running = ta.rounds.process.running
     t_cancel = time.perf_counter()
-    ta.cancel()  # the round's own time is cocopath-engine bench finetune's business
-    while ta.process.running and time.perf_counter() - t_cancel < 60:
+    ta.rounds.cancel()  # the round's own time is cocopath-engine bench finetune's business
+    while ta.rounds.process.running and time.perf_counter() - t_cancel < 60:
         pump(app, 0.05)
     cancel_s = time.perf_counter() - t_cancel
     pump(app, 0.3)
-    end = ta.last_end
-    versions_after = [v.version for v in ta.registry.versions()]
+    end = ta.rounds.last_end
+    versions_after = [v.version for v in ta.versions.registry.versions()]
     window.close()
     b95 = summary(baseline)["p95_ms"]
     d95 = summary(during)["p95_ms"] if during else None

@@ -39,3 +39,21 @@ def test_prediction_benchmark_smoke(qtbot, tmp_path: Path) -> None:
     assert 0 < data["visible_field_complete_s"] <= data["whole_slide_s"]
     for key in ("pan_frame_no_prediction", "pan_frame_overlay_on", "pan_frame_overlay_off"):
         assert data[key]["n"] == 30 and data[key]["p95_ms"] > 0
+
+
+def test_training_benchmark_smoke(qtbot, tmp_path: Path, monkeypatch) -> None:
+    """``cocopath --bench-training`` on a small slide with short blocks: a real round starts from
+    the Training dock, trains while frames are timed, and is cancelled without touching the
+    registry (it broke once, unnoticed, when the Training dock's actions were split)."""
+    from app.bench import training as bench
+
+    monkeypatch.setattr(bench, "BASELINE_S", 1.0)
+    monkeypatch.setattr(bench, "BLOCKS", 1)
+    monkeypatch.setattr(bench, "BLOCK_S", 1.0)
+    out = tmp_path / "bench-train.json"
+    assert bench.run_training_benchmark(out, side=4000) == 0
+    data = json.loads(out.read_text())
+    assert data["pan_frame_baseline"]["n"] > 0 and data["pan_frame_during_round"]["n"] > 0
+    r = data["round"]
+    assert r["stages_seen"] and r["events_while_measured"] > 0
+    assert r["status"] == "cancelled" and r["registry_unchanged_by_cancel"]

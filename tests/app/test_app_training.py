@@ -222,8 +222,8 @@ def test_the_round_yields_the_cpu_to_the_gui(qtbot, training):
     qtbot.waitUntil(lambda: ta.rounds.panel.point_counts().get("total", 0) >= 1, timeout=20000)
     mine = os.getpriority(os.PRIO_PROCESS, 0)
     assert os.getpriority(os.PRIO_PROCESS, ta.rounds.process.pid) == min(19, mine + bridge_module.NICE)
-    if hasattr(os, "SCHED_IDLE"):  # Linux: it only gets CPU time the GUI does not want
-        assert os.sched_getscheduler(ta.rounds.process.pid) == os.SCHED_IDLE
+    if hasattr(os, "SCHED_OTHER"):  # not the idle class: a busy process elsewhere would starve it
+        assert os.sched_getscheduler(ta.rounds.process.pid) == os.SCHED_OTHER
     with qtbot.waitSignal(ta.rounds.process.ended, timeout=10000):
         ta.rounds.cancel()
 
