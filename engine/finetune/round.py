@@ -535,8 +535,10 @@ class _Round:
                               f"{1 - res.blend:.0%} the parent's weights: the step alone gained more on the "
                               f"held-out ROIs but lost on the replay check; the blend is not worse there")
         elif not res.passed_replay:
+            tried = f" (and so did its blends with the parent, down to {min(b[0] for b in res.blends):.0%})" \
+                if res.blends else ""
             self.notes.append(f"kept step {res.best_step} of {res.steps}: the best on the held-out ROIs, but every "
-                              f"step that gained there lost on the replay check")
+                              f"step that gained there lost on the replay check{tried}")
         else:
             self.notes.append(f"kept step {res.best_step} of {res.steps} (best on the held-out ROIs)")
         check(self.cancel)  # the last moment a cancel leaves the registry as it was

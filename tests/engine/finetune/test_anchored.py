@@ -226,6 +226,9 @@ def test_a_version_worse_on_the_replay_check_is_published_but_never_activated(
     assert not guard["replay"]["ok"] and not guard["activated"]
     assert guard["reason"].startswith("worse on the replay sample")
     assert "lost on the replay check" in result.message and "not activated (worse on the replay" in result.message
+    # every blend with the parent was tried, and failed as well: none kept
+    assert [b[0] for b in result.data["anchored"]["blends"]] == list(anchored.BLENDS)
+    assert result.data["anchored"]["blend"] == 1.0 and "so did its blends with the parent, down to 20%" in result.message
     assert reg.active().version == "v0001"
     v = reg.get("v0002")
     assert v.metrics["replay_miou"] < v.metrics["replay_miou_parent"] - 0.005  # what Accept's question shows
