@@ -206,14 +206,12 @@ class InferenceRun:
             tile: Callable[[int, int], None]) -> RunFinished:
         spec, t0 = self.spec, time.perf_counter()
         loading: Task | None = None
-        if self.measure_only:
-            pass
-        elif not self.trial_first and self.batch_size == run_batch(self.window):
+        if not self.measure_only and not self.trial_first and self.batch_size == run_batch(self.window):
             # the network loaded ahead of Run (preload), else loaded now, and kept for the next run
             ahead = preloaded(spec, self.window, self.batch_size)
             self.preloaded = ahead is not None and ahead.done
             loading = preload(spec)
-        else:
+        elif not self.measure_only:
             loading = Task(_load, spec, self.batch_size, self.trial_first, self.window,
                            name="infer-load")
         try:
