@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from engine.errors import CocoPathError
 from engine.oserrors import WriteError, write_error, writing
@@ -74,7 +75,7 @@ def shard(items: list[Path]) -> list[Path]:
 
 def _infer(args: argparse.Namespace) -> int:
     from engine.inference.geometry import run_batch, run_window
-    from engine.inference.job import InferOptions, infer_slide, outputs_for, pick_runner
+    from engine.inference.job import InferOptions, infer_slide, outputs_for
     from engine.inference.spec import load_spec
 
     for s in args.slides:
@@ -90,10 +91,7 @@ def _infer(args: argparse.Namespace) -> int:
     slides = shard(list(args.slides))
     check_resolution(slides, spec.mpp, force=args.force)
     writable_folder(args.out)
-    from engine.training.checkpoints import load_model
-
-    model, _ = load_model(args.model)
-    from engine.inference.runner import backend_cache_dir
+    from engine.inference.onnx_session import backend_cache_dir, no_gpu_visible, remembered_session
 
     backends = args.backend_cache if args.backend_cache is not None else backend_cache_dir()
     window, margin = run_window(spec)
@@ -101,15 +99,12 @@ def _infer(args: argparse.Namespace) -> int:
     margin = args.margin if args.margin is not None else margin
     if args.batch_size is None:
         args.batch_size = run_batch(window)
-    try:
-        runner = pick_runner(model, spec, window, backend=args.backend, device=args.device,
-                             batch_size=args.batch_size, cache_dir=backends)
-    except OSError as exc:  # remembering the back-end failed (disk full): nothing half-written stays
-        leftovers = [*backends.glob(f".*.{os.getpid()}.tmp"),
-                     *(f for f in backends.glob("*.choice") if f.stat().st_size == 0)]
-        for f in leftovers:
-            f.unlink(missing_ok=True)
-        raise write_error(exc, backends) from None
+    runner = None
+    if args.backend == "auto" and (args.device == "cpu" or (args.device == "auto" and no_gpu_visible())):
+        # the ONNX Runtime back-end measured before for this file: no torch, no weights to load
+        runner = remembered_session(args.model, window, args.batch_size, backends)
+    if runner is None:
+        runner = _runner_with_torch(args, spec, window, backends)
     opts = InferOptions(level=args.level, window=window, margin=margin, batch_size=args.batch_size, simplify_um=args.simplify_um,
                         min_area_um2=args.min_area_um2)
     summaries = []
@@ -122,6 +117,29 @@ def _infer(args: argparse.Namespace) -> int:
         json.dump(summaries, sys.stdout, indent=1, ensure_ascii=False)
         print()
     return 0 if all(s.get("status") == "done" for s in summaries) else 1
+
+
+def _runner_with_torch(args: argparse.Namespace, spec: Any, window: int, backends: Path) -> Any:
+    """Load the model and pick its back-end (measured now if none is remembered yet)."""
+    from engine.inference.job import pick_runner
+    from engine.inference.runner import remember_file
+    from engine.training.checkpoints import load_model
+
+    model, _ = load_model(args.model)
+    try:
+        runner = pick_runner(model, spec, window, backend=args.backend, device=args.device,
+                             batch_size=args.batch_size, cache_dir=backends)
+    except OSError as exc:  # remembering the back-end failed (disk full): nothing half-written stays
+        leftovers = [*backends.glob(f".*.{os.getpid()}.tmp"),
+                     *(f for f in backends.glob("*.choice") if f.stat().st_size == 0)]
+        for f in leftovers:
+            f.unlink(missing_ok=True)
+        raise write_error(exc, backends) from None
+    try:
+        remember_file(args.model, model, backends)
+    except OSError as exc:  # only a shortcut for the next run: this one goes on
+        log.warning("%s: could not note which weights %s holds (%s)", backends, args.model, exc)
+    return runner
 
 
 def writable_folder(out: Path) -> None:

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.inference.runner import (INT8, MAX_MIOU_DROP, OnnxRunner, TorchRunner, _store,
+from engine.inference.onnx_session import MAX_MIOU_DROP
+from engine.inference.runner import (INT8, OnnxRunner, TorchRunner, _store,
                                      backend_cache_dir, cpu_model, cpu_threads, int8_graph_file,
                                      model_hash, onnx_graph, verdict_file)
 from engine.inference.spec import ModelSpec

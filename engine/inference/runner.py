@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -36,6 +35,8 @@ import torch
 from torch import nn
 
 from engine.errors import CocoPathError
+from engine.inference.onnx_session import (INT8, OnnxSession, alias_name, backend_cache_dir, choice_name,
+                                           cpu_model, cpu_threads, graph_name, verdict_accepted, verdict_name)
 from engine.inference.spec import ModelSpec
 from engine.model_card import inside
 
@@ -43,9 +44,7 @@ log = logging.getLogger(__name__)
 
 AGREE_TOL = 1e-4  # largest probability difference accepted between a back-end and eager torch
 QUANT_TOL = 0.05  # a quantised graph further than this (mean) from eager torch on the probe is broken
-MAX_MIOU_DROP = 0.005  # largest test-split mIoU loss accepted for a reduced-precision variant
 BACKENDS = ("auto", "torch", "channels_last", "onnx", "onnx-int8")
-INT8 = "onnxruntime-int8"
 
 
 class Runner(Protocol):
@@ -69,13 +68,6 @@ class ProbabilityHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std  # channels_last strides
         return torch.softmax(self.model(x).float(), dim=1)[:, 1:]
-
-
-def cpu_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def configure_cpu_threads() -> int:
@@ -114,30 +106,13 @@ class TorchRunner:
         return y.float().cpu().numpy()
 
 
-class OnnxRunner:
+class OnnxRunner(OnnxSession):
     """The same graph exported to ONNX and run by ONNX Runtime on the CPU; ``int8``: the graph
     quantised statically (int8 weights and activations, see :func:`onnx_graph`)."""
 
-    remembered = False
-
     def __init__(self, model: nn.Module, spec: ModelSpec, window: int,
                  cache_dir: Path | None = None, *, int8: bool = False) -> None:
-        import onnxruntime as ort
-
-        graph = onnx_graph(model, spec, cache_dir, int8=int8)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cpu_threads()
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # errors only: no notes on unused initialisers
-        # no arena: activations are handed back after each batch (peak RSS of a 768 px batch of 4:
-        # 0.80 GB instead of 1.24 GB, at the same speed within noise)
-        opts.enable_cpu_mem_arena = False
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-        self.name = INT8 if int8 else "onnxruntime"
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"rgb": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+        super().__init__(onnx_graph(model, spec, cache_dir, int8=int8), int8)
 
 
 #: The size the graph is traced at (batch, height and width stay free): small, so exporting is
@@ -172,7 +147,7 @@ def _store(file: Path, data: bytes) -> None:
 
 
 def int8_graph_file(model: nn.Module, cache_dir: Path) -> Path:
-    return inside(cache_dir, f"{model_hash(model)[:20]}-int8.onnx")
+    return inside(cache_dir, graph_name(model_hash(model), int8=True))
 
 
 def onnx_graph(model: nn.Module, spec: ModelSpec, cache_dir: Path | None = None, *,
@@ -186,7 +161,7 @@ def onnx_graph(model: nn.Module, spec: ModelSpec, cache_dir: Path | None = None,
             raise CocoPathError("no int8 graph for this model here: `cocopath-engine bench infer "
                                 "--precision` makes one (it needs the model's training data)")
         return file.read_bytes()
-    file = inside(cache_dir, f"{model_hash(model)[:20]}.onnx") if cache_dir else None
+    file = inside(cache_dir, graph_name(model_hash(model))) if cache_dir else None
     if file is not None and file.is_file():
         return file.read_bytes()
     graph = export_onnx(model, spec)
@@ -219,48 +194,33 @@ def model_hash(model: nn.Module) -> str:
     return digest
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_key() -> str:
-    """CPU model and thread count, as a short file-name-safe key."""
-    cpu = hashlib.sha1(cpu_model().encode()).hexdigest()[:8]
-    return f"t{cpu_threads()}-cpu{cpu}"
-
-
-def backend_cache_dir() -> Path:
-    """Where back-end choices and ONNX graphs are remembered: the user cache the app uses too
-    (``<user data>/predictions/backends``), shared by every run and every ``--out`` folder."""
-    from engine.slide.sample import user_data_dir
-
-    return user_data_dir() / "predictions" / "backends"
-
-
 def choice_file(model: nn.Module, window: int, batch_size: int, cache_dir: Path) -> Path:
-    return inside(cache_dir, f"{model_hash(model)[:20]}-w{window}-b{batch_size}-{machine_key()}.choice")
+    return inside(cache_dir, choice_name(model_hash(model), window, batch_size))
 
 
 def verdict_file(model: nn.Module, cache_dir: Path) -> Path:
-    return inside(cache_dir, f"{model_hash(model)[:20]}-int8.verdict.json")
+    return inside(cache_dir, verdict_name(model_hash(model)))
 
 
 def int8_allowed(model: nn.Module, cache_dir: Path | None) -> bool:
     """Whether the int8 graph's accuracy verdict for this model is on record and accepted."""
-    if cache_dir is None:
-        return False
+    return cache_dir is not None and verdict_accepted(model_hash(model), cache_dir)
+
+
+def remember_file(model_file: str | Path, model: nn.Module, cache_dir: Path) -> None:
+    """Record which weights ``model_file`` holds (its alias in ``cache_dir``), so that a later run
+    of the same file finds its remembered ONNX back-end without torch
+    (:func:`~engine.inference.onnx_session.remembered_session`)."""
+    from engine.inference.onnx_session import file_sha256
+
+    record = {"weights_sha256": model_hash(model), "file": str(Path(model_file).name)}
+    file = inside(cache_dir, alias_name(file_sha256(model_file)))
     try:
-        v = json.loads(verdict_file(model, cache_dir).read_text())
+        if json.loads(file.read_text()) == record:
+            return
     except (OSError, ValueError):
-        return False
-    return bool(v.get("accepted")) and float(v.get("miou_drop", 1.0)) <= MAX_MIOU_DROP
+        pass
+    _store(file, json.dumps(record).encode())
 
 
 def remembered_backend(model: nn.Module, window: int, batch_size: int = 4,
