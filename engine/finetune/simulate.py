@@ -303,7 +303,8 @@ def predict(slide_path: Path, model_path: Path, cache_dir: Path, *, device: str 
         grid = make_grid(slide.info, spec.mpp, tile=spec.tile, margin=margin)
         cache = PredictionCache.open(cache_dir, grid, spec.version, len(spec.foreground),
                                      tissue_tiles(grid, detect_tissue(slide)), spec.card())
-        result = SlideInference(slide, grid, cache, runner, batch_size=batch_size, readers=1).run()
+        result = SlideInference(slide, grid, cache, runner, batch_size=batch_size, readers=1,
+                                flush_s=None).run()
     if result.status != "done":
         raise CocoPathError(f"{slide_path}: prediction stopped ({result.status})")
     return cache

@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[Progress], None]
 TileFn = Callable[[int, int], None]
 _STOP = object()
-FLUSH_S = 0.5  # how often the writer rebuilds the coarser levels of the cache
+#: How often the writer rebuilds the coarser levels of the cache while a viewer watches the run; a
+#: flush that took t seconds waits at least 9·t for the next (rebuilding stays ≤ 10 % of the writer's
+#: time on a large slide, whose top levels every flush rebuilds again).
+FLUSH_S = 0.5
 
 
 def tissue_tiles(grid: PredictionGrid, tissue: TissueMask | None) -> np.ndarray:
@@ -97,8 +100,12 @@ class SlideInference:
 
     def __init__(self, slide: SlideSource, grid: PredictionGrid, cache: PredictionCache,
                  runner: Callable[[np.ndarray], np.ndarray], *, batch_size: int = 4,
-                 readers: int = 2, prefetch: int = 2) -> None:
+                 readers: int = 2, prefetch: int = 2, flush_s: float | None = FLUSH_S) -> None:
+        """``flush_s``: rebuild the coarser cache levels during the run at most that often (for a
+        viewer showing the run); None: only once, at the end (a headless run: nobody looks at them
+        before it ends, and each rebuild competes with the network for the CPU)."""
         self.slide, self.grid, self.cache, self.runner = slide, grid, cache, runner
+        self.flush_s = flush_s
         self.batch_size, self.readers, self.prefetch = max(1, batch_size), max(1, readers), prefetch
         self.scheduler = TileScheduler(grid, cache.tissue, cache.done_tiles())
         self.stats: RunStats | None = None
@@ -133,14 +140,17 @@ class SlideInference:
 
         def writer() -> None:
             nonlocal done
-            flushed = time.perf_counter()
+            every = self.flush_s
+            flushed, pause = time.perf_counter(), every or 0.0
             while (item := results.get()) is not _STOP:
                 if errors:
                     continue
                 try:
-                    if time.perf_counter() - flushed > FLUSH_S:  # coarser levels catch up
+                    if every is not None and time.perf_counter() - flushed > pause:  # coarser levels catch up
+                        t = time.perf_counter()
                         self.cache.flush()
                         flushed = time.perf_counter()
+                        pause = max(every, 9 * (flushed - t))
                     for (c, r), probs in zip(item.ids, item.probs):
                         for tc, tr, tile in blender.add(c, r, probs):
                             self.cache.write_tile(tc, tr, tile, flush=False)

@@ -44,7 +44,7 @@ def _labels(cache: PredictionCache, shift: int, w: int, h: int) -> tuple[np.ndar
 def _run(slide: SlideSource, grid: PredictionGrid, tissue: TissueMask | None, runner: Any,
          root: Path, batch_size: int, channels: int) -> PredictionCache:
     cache = PredictionCache.open(root, grid, "seam-check", channels, tissue_tiles(grid, tissue))
-    SlideInference(slide, grid, cache, runner, batch_size=batch_size).run()
+    SlideInference(slide, grid, cache, runner, batch_size=batch_size, flush_s=None).run()
     return cache
 
 

@@ -150,3 +150,42 @@ def test_viewport_can_move_from_another_thread_while_running(pattern_slide, tmp_
     res = job.run()
     mover.join()
     assert res.status == "done" and cache.complete
+
+
+@pytest.mark.parametrize("flush_s", [None, 0.0])
+def test_a_headless_run_builds_the_coarser_levels_once_at_the_end(pattern_slide, tmp_path, monkeypatch,
+                                                                  flush_s):
+    """flush_s=None (the CLI): no rebuild of the coarser levels while the network runs, one at the
+    end, and every level exact; a viewer's run (flush_s set) rebuilds them as it goes."""
+    import engine.inference.pipeline as pipeline_mod
+
+    spec = plain_spec()
+    slide, grid, cache = prepare(pattern_slide, spec, tmp_path / "c")
+    flushes: list[int] = []  # tiles written at each flush
+    real = cache.flush
+
+    def counted() -> int:
+        flushes.append(len(cache.done_tiles()))
+        return real()
+
+    monkeypatch.setattr(cache, "flush", counted)
+    monkeypatch.setattr(pipeline_mod.time, "perf_counter", _ticking())  # every check is "late"
+    res = SlideInference(slide, grid, cache, TorchRunner(RedIsTumour(), spec), batch_size=1,
+                         flush_s=flush_s).run()
+    assert res.status == "done" and cache.complete
+    if flush_s is None:
+        assert flushes == [cache.tissue_tiles]
+    else:
+        assert len(flushes) > 2 and flushes[0] < cache.tissue_tiles
+    assert_cache_is(cache, expected_level0(cache, pattern_rgb(700, 520)[..., 0]))
+
+
+def _ticking():
+    """A clock that advances 10 s per call."""
+    t = [0.0]
+
+    def now() -> float:
+        t[0] += 10.0
+        return t[0]
+
+    return now
