@@ -110,6 +110,7 @@ class PredictionCache:
         self._lock = threading.RLock()
         self._lru: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._lru_max = 64
+        self._writes = 0  # tiles stored so far: a read that raced a write is not remembered
         self._dirty: set[tuple[int, int, int]] = set()  # (level, col, row) parents to rebuild
         self._done = {(int(c), int(r)) for c, r in
                       (f.stem.split("_") for f in (self.root / "L0").glob("*.z"))}
@@ -118,6 +119,7 @@ class PredictionCache:
         """Forget remembered tiles and re-list the final ones (another process is writing)."""
         with self._lock:
             self._lru.clear()
+            self._writes += 1  # a read in flight may hold a tile from before: not remembered
             self._done = {(int(c), int(r)) for c, r in
                           (f.stem.split("_") for f in (self.root / "L0").glob("*.z"))}
 
@@ -207,17 +209,22 @@ class PredictionCache:
             if key in self._lru:
                 self._lru.move_to_end(key)
                 return self._lru[key]
-            p = self._path(level, col, row)
-            try:
-                data = zlib.decompress(p.read_bytes())
-                arr = np.frombuffer(data, np.uint8).reshape(self.tile, self.tile, self.channels)
-            except FileNotFoundError:
-                return None
-            except (OSError, zlib.error, ValueError):
-                log.warning("%s: damaged tile, read as missing", p)
-                return None
-            self._remember(key, arr)
-            return arr
+            writes = self._writes
+        p = self._path(level, col, row)
+        try:  # outside the lock: threads decompress tiles in parallel (zlib lets go of the GIL)
+            data = zlib.decompress(p.read_bytes())
+            arr = np.frombuffer(data, np.uint8).reshape(self.tile, self.tile, self.channels)
+        except FileNotFoundError:
+            return None
+        except (OSError, zlib.error, ValueError):
+            log.warning("%s: damaged tile, read as missing", p)
+            return None
+        with self._lock:
+            if key in self._lru:  # stored meanwhile: that one is at least as new
+                return self._lru[key]
+            if self._writes == writes:  # else the file may have changed under us: not remembered
+                self._remember(key, arr)
+        return arr
 
     def _remember(self, key: tuple[int, int, int], arr: np.ndarray) -> None:
         self._lru[key] = arr
@@ -231,6 +238,7 @@ class PredictionCache:
         p = self._path(level, col, row)
         p.parent.mkdir(exist_ok=True)
         _atomic(p, zlib.compress(arr.tobytes(), 1))
+        self._writes += 1
         self._remember((level, col, row), arr)
 
     def write_tile(self, col: int, row: int, probs: np.ndarray, flush: bool = True) -> None:

@@ -15,6 +15,7 @@ import logging
 import platform
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
         cache = open_cache(out_dir / "cache" / slide_key(info.path), grid, spec.version,
                            len(spec.foreground), tissue_tiles(grid, tissue), spec.card())
         job = SlideInference(slide, grid, cache, runner, batch_size=options.batch_size,
-                             readers=options.readers)
+                             readers=options.readers, flush_s=None)
         result = job.run(cancel, progress)
     summary: dict[str, Any] = {
         "slide": info.path, "status": result.status, "model": spec.card(),
@@ -105,16 +106,23 @@ def infer_slide(slide_path: str | Path, spec: ModelSpec, runner: Any, out_dir: s
                     "network_s": result.metrics["forward_s"], "slide_loop_s": result.metrics["wall_s"]},
         "cache": str(cache.root), "host": platform.node(),
     }
-    summary["peak_rss_mb"] = peak_rss_mb()
     if result.status != "done":
+        summary["peak_rss_mb"] = peak_rss_mb()
         summary["time_s"] = time.perf_counter() - t0
         return summary
     tol, min_area = vector_tolerances(info.mpp, options.simplify_um, options.min_area_um2)
-    write_mask_tiff(cache, paths["mask"], info.mpp)
-    level, polys = prediction_polygons(cache, tol, min_area)
-    n = write_prediction_geojson(paths["geojson"], polys, spec, info.mpp)
+    # the three outputs read the finished cache independently: side by side (tile decompression,
+    # deflate and numpy let go of the GIL), the polygons on this thread
+    with ThreadPoolExecutor(2, thread_name_prefix="infer-out") as pool:
+        mask = pool.submit(write_mask_tiff, cache, paths["mask"], info.mpp)
+        areas = pool.submit(measure, cache, tissue, spec.foreground, info.mpp)
+        level, polys = prediction_polygons(cache, tol, min_area)
+        n = write_prediction_geojson(paths["geojson"], polys, spec, info.mpp)
+        mask.result()
+        measurements = areas.result()
     summary.update({
-        "measurements": measure(cache, tissue, spec.foreground, info.mpp).as_dict(),
+        "peak_rss_mb": peak_rss_mb(),  # after every output
+        "measurements": measurements.as_dict(),
         "units": "µm" if info.mpp else "slide level-0 pixels (the slide has no µm/px)",
         "polygons": {"count": n, "cache_level": level, "simplify": tol, "min_area": min_area,
                      "per_class": {name: len(p) for name, p in zip(spec.foreground, polys)}},

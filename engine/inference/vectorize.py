@@ -121,12 +121,11 @@ def _trace_regions(m: np.ndarray, d: float, origin: tuple[float, float]) -> list
     # the region pixel on the right of each run's first edge, and its 4-connected region
     pr = np.where((dirs == _E) | (dirs == _S), y0, y0 - 1)
     pc = np.where((dirs == _E) | (dirs == _N), x0, x0 - 1)
-    labels, _ = ndimage.label(m)
-    region = labels[pr, pc].tolist()
+    lab, _ = ndimage.label(p)  # the padded mask: its labels come padded with 0 (no np.pad copy)
+    region = lab[pr + 1, pc + 1].tolist()
     # regions meeting another region (or themselves) at a corner: their rings may touch, check them
     a, b, c, e = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
     vr, vc = np.nonzero((a == e) & (b == c) & (a != b))
-    lab = np.pad(labels, 1)
     corners = set(np.concatenate([lab[vr, vc], lab[vr, vc + 1], lab[vr + 1, vc],
                                   lab[vr + 1, vc + 1]]).tolist()) - {0}
     seen = np.zeros(len(s), bool)

@@ -95,3 +95,32 @@ def test_batched_writes_reach_the_coarser_levels_at_flush(tmp_path):
     assert cache.flush() == cache.level_count - 1  # one parent per level above
     np.testing.assert_array_equal(cache.read_region(1, 0, 0, 32, 32), halve(a))
     assert PredictionCache(tmp_path / "c").read_tile(cache.level_count - 1, 0, 0) is not None
+
+
+@pytest.mark.parametrize("same_tile", [True, False])
+def test_a_read_that_races_a_write_never_leaves_the_older_tile_remembered(tmp_path, monkeypatch, same_tile):
+    """Tiles are decompressed outside the cache's lock (readers in parallel); a write landing while
+    a read of the older bytes is in flight must win: the next read sees the newer tile."""
+    import engine.inference.cache as cache_mod
+
+    cache = PredictionCache.open(tmp_path / "c", GRID, "v1", 1, tissue_all())
+    old, new = random_tile(1), random_tile(2)
+    cache.write_tile(0, 0, old, flush=False)
+    cache.write_tile(1, 0, old, flush=False)
+    cache.refresh()  # nothing remembered: the next read goes to the file
+    real = cache_mod.zlib.decompress
+    raced = []
+
+    def racing(data: bytes) -> bytes:
+        if not raced:  # the writer stores a newer tile while this read holds the older bytes
+            raced.append(True)
+            cache.write_tile(0 if same_tile else 1, 0, new, flush=False)
+            if not same_tile:  # … and the older bytes of tile (0, 0) are then replaced on disk
+                cache._store(0, 0, 0, new)
+                cache.refresh()
+        return real(data)
+
+    monkeypatch.setattr(cache_mod.zlib, "decompress", racing)
+    cache.read_tile(0, 0, 0)  # raced
+    monkeypatch.setattr(cache_mod.zlib, "decompress", real)
+    np.testing.assert_array_equal(cache.read_tile(0, 0, 0), new)
