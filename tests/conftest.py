@@ -34,6 +34,18 @@ def dicom_dir() -> Path:
     return data_path("slides", "dicom-cmu-1-small-region")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_data_for_shared_fixtures(tmp_path_factory: pytest.TempPathFactory):
+    """The same for module- and session-scoped fixtures, which run before any per-test fixture (a
+    module's reference run of ``cocopath-engine infer`` would otherwise write the real user cache)."""
+    user = tmp_path_factory.mktemp("userdata-shared")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COCOPATH_DATA_DIR", str(user))
+        mp.setenv("COCOPATH_DEFAULT_MODEL", str(user / "no-default-model.safetensors"))
+        mp.setenv("COCOPATH_DEFAULT_TEACHER", str(user / "no-default-teacher.safetensors"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _private_user_data(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Keep tests away from the real user's data folder (sample cache, settings) and from the

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.inference.spec import file_digest
 from engine.model_card import inside
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,7 @@ def alias_name(file_sha256: str) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(Path(path), 64)
 
 
 def verdict_accepted(weights: str, cache_dir: Path) -> bool:

@@ -10,7 +10,9 @@ fastest whose outputs agree with eager torch within ``AGREE_TOL``) and remembere
 model is measured again), the CPU model and thread count, the window and the batch size. The ONNX
 graph is exported once per model hash, with free batch and spatial sizes. With ``measure=False`` a
 run never waits on a trial: it takes the remembered choice, else :func:`provisional_runner` (ONNX
-Runtime unmeasured, else eager torch) until one is measured.
+Runtime unmeasured, else eager torch) until one is measured. :func:`remember_file` notes which
+weights a model file holds, so that a later CLI run of that file finds a remembered ONNX Runtime
+back-end without torch (:mod:`engine.inference.onnx_session`).
 The int8 graph (onnxruntime's static quantiser) is a candidate only where its accuracy verdict
 (:mod:`engine.inference.precision`: test-split mIoU within ``MAX_MIOU_DROP`` of float32) is on
 record for the model hash. bfloat16 is never used on the CPU (about 10× slower there).
