@@ -287,6 +287,9 @@ def make_runner(model: nn.Module, spec: ModelSpec, window: int, *, backend: str 
     if backend != "auto":
         return _remembered(_build(backend, model, spec, window, cache_dir))
     name = remembered_backend(model, window, batch_size, cache_dir) if cache_dir else None
+    if name == INT8 and not int8_allowed(model, cache_dir):  # its accuracy verdict is gone
+        log.warning("the remembered int8 back-end has no accepted accuracy verdict now: chosen again")
+        name = None
     if name is not None:
         try:
             return _remembered(_build(name, model, spec, window, cache_dir))

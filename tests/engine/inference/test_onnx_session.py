@@ -85,6 +85,12 @@ def test_anything_missing_falls_back_to_the_torch_path(model_file: Path, tmp_pat
         for f in cache.glob("file-*.json"):
             f.write_text("{not json")
     assert remembered_session(model_file, WINDOW, BATCH, cache) is None
+    if damage == "int8-without-verdict":  # the torch path does not take it either: it chooses again
+        from engine.inference.spec import load_spec
+
+        runner = make_runner(model, load_spec(model_file), WINDOW, batch_size=BATCH, cache_dir=cache,
+                             measure=False)
+        assert runner.name != INT8 and not runner.remembered
 
 
 def test_a_warm_cli_run_never_imports_torch(model_file: Path, tmp_path: Path) -> None:
