@@ -78,6 +78,10 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--model", required=True, help="model checkpoint (.safetensors)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--thresholds", default=None, metavar="T,T,…",
+                   help="instead of the argmax, call a pixel tumour where its tumour probability exceeds "
+                        "each T (two-class models): the scores per source folder and the share of "
+                        "pixels called tumour on the normal / LGIN / HGIN tiles, at each T, in one pass")
     p.set_defaults(func=cmd_evaluate)
 
     b = bench.add_parser("distill", help="ablation of distillation methods on ebhi-adenocarcinoma")
@@ -236,10 +240,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:  # the split the card's case lists describe, over the folders given
         dataset = data_from_card(meta, folders=args.data).part(args.split)
     classes = meta.get("classes") or [c.strip() for c in args.classes.split(",")]
+    if args.thresholds:
+        return _threshold_sweep(args, model, dataset, classes)
     res = evaluate(model, dataset, classes, device=args.device)
     payload = {"model": str(args.model), "split": args.split, **res}
     return _emit(args, payload, f"{args.split}: mIoU {res['miou']:.4f}  Dice {res['dice']:.4f}  "
                                 f"pixel accuracy {res['pixel_accuracy']:.4f} ({res['images']} images)")
+
+
+def _threshold_sweep(args: argparse.Namespace, model: Any, dataset: Any, classes: list[str]) -> int:
+    from engine.training.mixture import sweep_by_source
+
+    try:
+        ths = [float(t) for t in args.thresholds.split(",")]
+    except ValueError:
+        raise CocoPathError(f"--thresholds {args.thresholds}: give numbers between 0 and 1, e.g. 0.5,0.7") from None
+    if not ths or not all(0 < t < 1 for t in ths):
+        raise CocoPathError(f"--thresholds {args.thresholds}: each must lie between 0 and 1")
+    if len(classes) != 2:
+        raise CocoPathError(f"--thresholds needs a two-class model; {args.model} has {len(classes)} classes")
+    rows = [{"threshold": t, **r} for t, r in zip(ths, sweep_by_source(model, dataset, classes, ths, args.device))]
+    lines = []
+    for r in rows:
+        folders = ", ".join(f"{n} " + (f"mIoU {v['miou']:.4f}" if "miou" in v else f"{100 * v['tumour_share']:.1f} % tumour")
+                            for n, v in r["per_source"].items())
+        neg = r["negatives_tumour_share"]
+        lines.append(f"threshold {r['threshold']:g}: mIoU {r['miou']:.4f}"
+                     + (f", negatives {100 * neg:.1f} % called tumour" if neg is not None else "") + f" ({folders})")
+    return _emit(args, {"model": str(args.model), "split": args.split, "thresholds": rows}, "\n".join(lines))
 
 
 def cmd_bench_distill(args: argparse.Namespace) -> int:

@@ -69,22 +69,43 @@ def evaluate_by_source(model: nn.Module, dataset: SegDataset, classes: Sequence[
     """One pass over ``dataset``: the overall mIoU / Dice, and per source folder the mIoU and tumour
     Dice next to the two constants (folders with tumour) or the share of pixels called tumour
     (folders without). ``negatives_tumour_share`` pools :data:`FP_TARGET_FOLDERS`."""
+    return sweep_by_source(model, dataset, classes, (None,), device)[0]
+
+
+@torch.no_grad()
+def sweep_by_source(model: nn.Module, dataset: SegDataset, classes: Sequence[str],
+                    thresholds: Sequence[float | None], device: str | torch.device = "cpu"
+                    ) -> list[dict[str, Any]]:
+    """:func:`evaluate_by_source` at each decision rule of ``thresholds``, from one forward pass per
+    image: None is the argmax; a number t (two-class models) calls a pixel tumour where its tumour
+    probability exceeds t."""
+    if any(t is not None for t in thresholds) and len(classes) != 2:
+        raise ValueError("a tumour threshold needs a two-class model (background, tumour)")
     was = model.training
     model.eval().to(device)
     k = len(classes)
     stride = int(getattr(model, "stride", 32))
-    overall = ConfusionMatrix(k)
-    per_cm: dict[str, ConfusionMatrix] = {}
+    overall = [ConfusionMatrix(k) for _ in thresholds]
+    per_cm: list[dict[str, ConfusionMatrix]] = [{} for _ in thresholds]
     count: dict[str, int] = {}
     for i, pair in enumerate(dataset.pairs):
         img, mask = dataset[i]
-        pred = predict_logits(model, img[None].to(device), stride).argmax(1)[0].cpu().numpy()
+        logits = predict_logits(model, img[None].to(device), stride)[0]
+        tumour = torch.softmax(logits, 0)[1].cpu().numpy() if k == 2 else None
+        argmax = logits.argmax(0).cpu().numpy()
         truth = mask.numpy()
         name = Path(pair.source).name
-        overall.update(truth, pred)
-        per_cm.setdefault(name, ConfusionMatrix(k)).update(truth, pred)
         count[name] = count.get(name, 0) + 1
+        for j, t in enumerate(thresholds):
+            pred = argmax if t is None else (tumour > t).astype(np.int64)  # type: ignore[operator]
+            overall[j].update(truth, pred)
+            per_cm[j].setdefault(name, ConfusionMatrix(k)).update(truth, pred)
     model.train(was)
+    return [_by_source(overall[j], per_cm[j], count, dataset, classes) for j in range(len(thresholds))]
+
+
+def _by_source(overall: ConfusionMatrix, per_cm: dict[str, ConfusionMatrix], count: dict[str, int],
+               dataset: SegDataset, classes: Sequence[str]) -> dict[str, Any]:
     per: dict[str, Any] = {}
     fp = total = 0
     for name in sorted(per_cm):

@@ -114,3 +114,38 @@ def test_rescaled_tiles_keep_masks_aligned(tiny_mixture: Path, tmp_path: Path) -
     img2, mask2 = half.items[0]
     assert img2.shape[:2] == mask2.shape == (round(mask.shape[0] / 2), round(mask.shape[1] / 2))
     assert abs(mask2.mean() - mask.mean()) < 0.05 and set(np.unique(mask2)) <= {0, 1}
+
+
+def test_a_threshold_sweep_scores_every_rule_in_one_pass(tiny_mixture: Path) -> None:
+    """A network whose tumour probability is the red channel: at threshold t exactly the pixels with
+    red > t are tumour; None (the argmax) is evaluate_by_source's answer; a threshold above every
+    probability calls nothing tumour."""
+    from engine.training.metrics import ConfusionMatrix
+
+    class Red(torch.nn.Module):
+        stride = 1
+        calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            Red.calls += 1
+            p = x[:, 0].clamp(1e-3, 1 - 1e-3)  # the normalised red channel, clamped into (0, 1)
+            return torch.stack([torch.log(1 - p), torch.log(p)], 1)
+
+    folders = (str(tiny_mixture / "ebhi-adenocarcinoma"), str(tiny_mixture / "ebhi-normal"))
+    every = SegDataset(find_pairs(folders, qualified=True), negatives=frozenset({"ebhi-normal"}))
+    classes = ["background", "tumour"]
+    argmax, strict, none = mixture.sweep_by_source(Red(), every, classes, [None, 0.6, 0.9999])
+    assert Red.calls == len(every)  # one forward pass per image for all three rules
+    assert argmax == mixture.evaluate_by_source(Red(), every, classes)
+    assert none["negatives_tumour_share"] == 0.0 and none["per_source"]["ebhi-normal"]["tumour_share"] == 0.0
+    assert none["per_source"]["ebhi-adenocarcinoma"]["miou"] == pytest.approx(
+        none["per_source"]["ebhi-adenocarcinoma"]["all_background_miou"])
+    cm = ConfusionMatrix(2)  # the 0.6 rule by hand on the adenocarcinoma tiles
+    for i, pair in enumerate(every.pairs):
+        if Path(pair.source).name == "ebhi-adenocarcinoma":
+            img, mask = every[i]
+            cm.update(mask.numpy(), (img[0].clamp(1e-3, 1 - 1e-3) > 0.6).numpy())
+    assert strict["per_source"]["ebhi-adenocarcinoma"]["miou"] == pytest.approx(cm.summary(classes)["miou"])
+    assert strict["negatives_tumour_share"] <= argmax["negatives_tumour_share"]
+    with pytest.raises(ValueError, match="two-class"):
+        mixture.sweep_by_source(Red(), every, ["background", "tumour", "stroma"], [0.5])

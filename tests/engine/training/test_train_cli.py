@@ -218,3 +218,26 @@ def test_paired_comparison_with_the_plain_student() -> None:
     assert res["pairs"] == 3 and res["diff_mean"] == pytest.approx(0.05)
     assert res["t"] > 0 and 0 < res["p"] < 0.05
     assert paired_test(better[:1], base) is None  # one pair: nothing to test
+
+
+def test_evaluate_sweeps_tumour_thresholds(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.models import create_model
+    from engine.training.checkpoints import save_model
+
+    m = create_model("mobile-unet-small", classes=2)
+    model = save_model(tmp_path / "m.safetensors", m, {"model": m.config, "classes": ["background", "tumour"]})
+    code, out, err = _run(["evaluate", "--model", str(model), "--data", str(tiny_data), "--split", "all",
+                           "--thresholds", "0.5,0.9", "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)["thresholds"]
+    assert [r["threshold"] for r in rows] == [0.5, 0.9]
+    for r in rows:  # one folder, with tumour: its mIoU next to the constants
+        [(name, folder)] = r["per_source"].items()
+        assert name.startswith("ebhi-tiny") and 0 <= folder["miou"] <= 1 and "all_tumour_miou" in folder
+    code, out, _ = _run(["evaluate", "--model", str(model), "--data", str(tiny_data), "--split", "all",
+                         "--thresholds", "0.5"], capsys)
+    assert code == 0 and out.startswith("threshold 0.5: mIoU ")
+    for bad in ("0.5,x", "1.5", "0"):
+        code, _, err = _run(["evaluate", "--model", str(model), "--data", str(tiny_data), "--split", "all",
+                             "--thresholds", bad], capsys)
+        assert code == 1 and err.count("\n") == 1 and "--thresholds" in err
