@@ -21,9 +21,10 @@ from engine.errors import CocoPathError
 DEFAULT_REGEX = r"^(.*?)-\d+-400-\d+$"
 
 
-def _common_data(p: argparse.ArgumentParser, regex_required: bool) -> None:
-    p.add_argument("--data", action="append", required=True, metavar="DIR",
-                   help="folder with images/ and masks/ (repeatable)")
+def _common_data(p: argparse.ArgumentParser, regex_required: bool, data_required: bool = True) -> None:
+    p.add_argument("--data", action="append", required=data_required, metavar="DIR",
+                   help="folder with images/ and masks/ (repeatable)" + ("" if data_required else
+                        "; default: the folders the model card names, under the shared data's seg/"))
     p.add_argument("--group-regex", required=regex_required, default=None,
                    help="regex on file stems whose first group is the case id (split by case; "
                         "default: the one in the model's config)")
@@ -74,7 +75,7 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("evaluate", help="mIoU / Dice / pixel accuracy of a model on a split")
-    _common_data(p, regex_required=False)
+    _common_data(p, regex_required=False, data_required=False)
     p.add_argument("--model", required=True, help="model checkpoint (.safetensors)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     p.add_argument("--device", default="cpu")
@@ -227,6 +228,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model, meta = load_model(args.model)
     size = args.size if args.size is not None else meta.get("input", {}).get("short_side")
+    if not args.data and (args.split == "all" or args.split_file):
+        raise CocoPathError("--split all and --split-file need --data (the folders to read)")
     if args.split == "all":
         from engine.training.datasets import find_pairs
         from engine.training.loader import SegDataset

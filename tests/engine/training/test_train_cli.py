@@ -237,6 +237,8 @@ def test_evaluate_sweeps_tumour_thresholds(tiny_data: Path, tmp_path: Path, caps
     code, out, _ = _run(["evaluate", "--model", str(model), "--data", str(tiny_data), "--split", "all",
                          "--thresholds", "0.5"], capsys)
     assert code == 0 and out.startswith("threshold 0.5: mIoU ")
+    code, _, err = _run(["evaluate", "--model", str(model), "--split", "all"], capsys)  # no folders to read
+    assert code == 1 and err.count("\n") == 1 and "need --data" in err
     for bad in ("0.5,x", "1.5", "0"):
         code, _, err = _run(["evaluate", "--model", str(model), "--data", str(tiny_data), "--split", "all",
                              "--thresholds", bad], capsys)
