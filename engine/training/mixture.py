@@ -79,7 +79,8 @@ def sweep_by_source(model: nn.Module, dataset: SegDataset, classes: Sequence[str
     """:func:`evaluate_by_source` at each decision rule of ``thresholds``, from one forward pass per
     image: None is the argmax; a number t (two-class models) calls a pixel tumour where its tumour
     probability exceeds t."""
-    if any(t is not None for t in thresholds) and len(classes) != 2:
+    thresholded = any(t is not None for t in thresholds)
+    if thresholded and len(classes) != 2:
         raise ValueError("a tumour threshold needs a two-class model (background, tumour)")
     was = model.training
     model.eval().to(device)
@@ -91,7 +92,7 @@ def sweep_by_source(model: nn.Module, dataset: SegDataset, classes: Sequence[str
     for i, pair in enumerate(dataset.pairs):
         img, mask = dataset[i]
         logits = predict_logits(model, img[None].to(device), stride)[0]
-        tumour = torch.softmax(logits, 0)[1].cpu().numpy() if k == 2 else None
+        tumour = torch.softmax(logits, 0)[1].cpu().numpy() if thresholded else None
         argmax = logits.argmax(0).cpu().numpy()
         truth = mask.numpy()
         name = Path(pair.source).name
