@@ -267,33 +267,33 @@ def run_benchmark(
     # what a student run depends on: more seeds or other timing settings keep the finished runs
     run_settings = {k: v for k, v in proto.items() if k not in RUN_FREE_KEYS}
     missing: list[str] = []
-    for method in [] if teacher_only else methods:
-        for seed in range(proto["seeds"]):
-            run_file = work / "runs" / f"{method}-s{seed}.json"
-            run = _read_run(run_file, run_settings)
-            if run is None and finished_only:
-                missing.append(f"{method} seed {seed}")
-                continue
-            if run is None:
-                cfg_s = TrainConfig(steps=proto["student_steps"], batch_size=proto["batch_size"], lr=proto["lr"],
-                                    seed=seed, device=device, state_every=100)
-                t0 = time.perf_counter()
-                state = work / f"student-{method}-s{seed}-{_tag(run_settings, tuple(sorted(run_settings)))}.state.safetensors"
-                with _threads(proto["student_threads"]):
-                    student, res, meta = distill_student(
-                        data, teacher, method, proto["student"], cfg_s,
-                        work / f"student-{method}-s{seed}.safetensors", paraphraser_steps=proto["paraphraser_steps"],
-                        progress=progress, bank=bank, state_path=state, resume=True)
-                    test = _scores(student, data, "test")
-                    val = _scores(student, data, "val") if len(spec.folders) > 1 else meta["metrics"]["val"]
-                run = {"seed": seed, "test_miou": test["miou"], "test_dice": test["dice"],
-                       "val_miou": meta["metrics"]["val"]["miou"], "final_loss": res.metrics.get("final_loss"),
-                       "seconds": time.perf_counter() - t0, "test": test,
-                       "val": {k: v for k, v in val.items() if k != "per_class"}}
-                _write_run(run_file, run_settings, run)
-                teacher.cpu()
-            runs.setdefault(method, []).append(run)
-            log.info("%s seed %d: test mIoU %.4f", method, seed, run["test_miou"])
+    # seed-major: a run cut short (across sessions) has every method at its first seeds, paired
+    for seed, method in [] if teacher_only else [(s, m) for s in range(proto["seeds"]) for m in methods]:
+        run_file = work / "runs" / f"{method}-s{seed}.json"
+        run = _read_run(run_file, run_settings)
+        if run is None and finished_only:
+            missing.append(f"{method} seed {seed}")
+            continue
+        if run is None:
+            cfg_s = TrainConfig(steps=proto["student_steps"], batch_size=proto["batch_size"], lr=proto["lr"],
+                                seed=seed, device=device, state_every=100)
+            t0 = time.perf_counter()
+            state = work / f"student-{method}-s{seed}-{_tag(run_settings, tuple(sorted(run_settings)))}.state.safetensors"
+            with _threads(proto["student_threads"]):
+                student, res, meta = distill_student(
+                    data, teacher, method, proto["student"], cfg_s,
+                    work / f"student-{method}-s{seed}.safetensors", paraphraser_steps=proto["paraphraser_steps"],
+                    progress=progress, bank=bank, state_path=state, resume=True)
+                test = _scores(student, data, "test")
+                val = _scores(student, data, "val") if len(spec.folders) > 1 else meta["metrics"]["val"]
+            run = {"seed": seed, "test_miou": test["miou"], "test_dice": test["dice"],
+                   "val_miou": meta["metrics"]["val"]["miou"], "final_loss": res.metrics.get("final_loss"),
+                   "seconds": time.perf_counter() - t0, "test": test,
+                   "val": {k: v for k, v in val.items() if k != "per_class"}}
+            _write_run(run_file, run_settings, run)
+            teacher.cpu()
+        runs.setdefault(method, []).append(run)
+        log.info("%s seed %d: test mIoU %.4f", method, seed, run["test_miou"])
     if teacher_only or runs_only:
         return {"benchmark": "distill", "partial": True, "teacher": teacher_run, "runs": runs}
     t_miou = teacher_run["test_miou"]

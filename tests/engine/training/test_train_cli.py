@@ -168,6 +168,8 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
     report = run_benchmark(protocol="cpu", data_dir=str(tiny_mixture), methods=["student", "kd"], seeds=2,
                            device="cpu", workdir=tmp_path, overrides=tiny)
     assert report["data"]["negatives"] == ["ebhi-normal"] and report["data"]["balanced"]
+    done = sorted(tmp_path.glob("runs/*.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert [p.stem for p in done] == ["student-s0", "kd-s0", "student-s1", "kd-s1"]  # seed-major: paired early
     assert list(tmp_path.glob("bank-*.safetensors"))
     for part in ("val", "test"):
         per = report["teacher"][part]["per_source"]
@@ -184,7 +186,7 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
     partial = run_benchmark(protocol="cpu", data_dir=str(tiny_mixture), methods=["student", "kd", "cwd"], seeds=3,
                             device="cpu", workdir=tmp_path, overrides=tiny, finished_only=True)
     assert set(partial["methods"]) == {"student", "kd"} and not list(tmp_path.glob("student-cwd-*"))
-    assert partial["missing_runs"] == ["student seed 2", "cwd seed 0", "cwd seed 1", "cwd seed 2"]
+    assert partial["missing_runs"] == ["cwd seed 0", "cwd seed 1", "student seed 2", "cwd seed 2"]
     assert "Not run yet (4)" in markdown(partial)
     shipped = ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
     meta = load_meta(tmp_path / "models" / f"{STUDENT_NAME}.safetensors")
