@@ -99,7 +99,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     b.add_argument("--ship-method", default=None, metavar="METHOD",
                    help="with --ship: ship this method's student instead of the best by validation")
     b.add_argument("--force", action="store_true",
-                   help="with --ship: ship even when the new student scores below the one it replaces")
+                   help="with --ship: ship even when the new student is worse than the one it replaces (lower "
+                        "mIoU, or more tumour called on the tiles without tumour or on a benign slide)")
     b.add_argument("--out", default=None, help="write the JSON here (a .md table is written beside it)")
     b.add_argument("--data", default=None, help="dataset folder (default: shared ebhi-adenocarcinoma), or for "
                                                   "the mixture protocols the folder holding its folders "

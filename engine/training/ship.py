@@ -34,6 +34,13 @@ MPP_NOTE = ("estimated, not measured: EBHI-Seg and the CAMELYON mini-test tiles 
 DATA_LICENCE = ("EBHI-Seg (Shi et al., Front. Med. 2023), CC BY 4.0; CAMELYON16/17 tiles (CC0) from a "
                 "resampled mini test set")
 SCALES = (0.5, 0.71, 1.0, 1.41, 2.0)
+#: Real whole slides without carcinoma in the shared data (``slides/…``): a new default student must
+#: not call more of their tissue tumour than the one it replaces (what a pathologist sees first).
+BENIGN_SLIDES = ("cmu-1-small-region.svs",)
+#: How much more a new student may call tumour before it is refused: of the benign slides' tissue,
+#: and of the pixels of the test tiles without tumour.
+BENIGN_TOLERANCE = 0.01
+NEGATIVES_TOLERANCE = 0.005
 
 
 def best_method(report: dict[str, Any], method: str | None = None) -> tuple[str, int]:
@@ -94,8 +101,56 @@ def compare_with_previous(model: Any, meta: dict[str, Any], previous: Path, data
     classes = list(data.spec.classes)
     new_s = evaluate_by_source(model.float(), test, classes)
     old_s = evaluate_by_source(old.float(), test, classes)
-    return {"previous": previous.name, "images": len(test), "left_out_cases_seen_by_previous": len(seen),
-            "new": new_s, "previous_scores": old_s, "better": new_s["miou"] >= old_s["miou"]}
+    out = {"previous": previous.name, "images": len(test), "left_out_cases_seen_by_previous": len(seen),
+           "new": new_s, "previous_scores": old_s,
+           "benign_slides": benign_slide_calls(model, meta), "previous_benign_slides": benign_slide_calls(old, old_meta)}
+    out["worse"] = _worse(out)
+    out["better"] = not out["worse"]
+    return out
+
+
+def benign_slide_calls(model: Any, meta: dict[str, Any], slides: tuple[str, ...] = BENIGN_SLIDES) -> dict[str, float]:
+    """The share of the tissue ``model`` calls tumour on each benign reference slide this machine
+    has (``slides/<name>`` in the shared data; a missing one is left out), whole-slide inference as
+    the app runs it, at the card's µm/px."""
+    import tempfile
+
+    from engine.inference.job import InferOptions, infer_slide
+    from engine.inference.runner import TorchRunner
+    from engine.inference.spec import spec_from_meta
+    from engine.shared_data import SharedDataMissing, data_path
+
+    spec = spec_from_meta(meta, "benign-check")
+    runner = TorchRunner(model.float().eval(), spec)
+    tumour = spec.foreground[0]
+    calls: dict[str, float] = {}
+    for name in slides:
+        try:
+            path = data_path("slides", name)
+        except SharedDataMissing:
+            continue
+        with tempfile.TemporaryDirectory(prefix="cocopath-benign-") as tmp:
+            summary = infer_slide(path, spec, runner, tmp, InferOptions())
+        calls[name] = float(summary["measurements"]["classes"][tumour]["fraction_of_tissue"] or 0.0)
+    return calls
+
+
+def _worse(comparison: dict[str, Any]) -> list[str]:
+    """Why the new student is worse than the one it replaces (empty when it is not)."""
+    new, old = comparison["new"], comparison["previous_scores"]
+    why = []
+    if new["miou"] < old["miou"]:
+        why.append(f"mIoU {new['miou']:.4f} against {old['miou']:.4f} on {comparison['images']} test images "
+                   "neither trained on")
+    n, o = new.get("negatives_tumour_share"), old.get("negatives_tumour_share")
+    if n is not None and o is not None and n > o + NEGATIVES_TOLERANCE:
+        why.append(f"{100 * n:.1f} % of the pixels of the tiles without tumour called tumour against {100 * o:.1f} %")
+    for name, frac in comparison.get("benign_slides", {}).items():
+        before = comparison["previous_benign_slides"].get(name)
+        if before is not None and frac > before + BENIGN_TOLERANCE:
+            why.append(f"{100 * frac:.1f} % of the tissue of the benign slide {name} called tumour against "
+                       f"{100 * before:.1f} %")
+    return why
 
 
 def _card_meta(meta: dict[str, Any], report: dict[str, Any], role: str, method: str | None) -> dict[str, Any]:
@@ -118,8 +173,10 @@ def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str 
     model card into ``dest``.
 
     Never worse: when ``dest`` already holds a default student, both are scored on the new test
-    split's images the old one never saw; a new student with a lower mIoU there is refused (a
-    :class:`~engine.errors.CocoPathError` naming both figures) unless ``force``.
+    split's images the old one never saw, and on the benign reference slides (:data:`BENIGN_SLIDES`).
+    A new student with a lower mIoU there, more tumour called on the tiles without tumour (beyond
+    :data:`NEGATIVES_TOLERANCE`) or on a benign slide's tissue (beyond :data:`BENIGN_TOLERANCE`) is
+    refused (a :class:`~engine.errors.CocoPathError` naming the figures) unless ``force``.
     """
     from engine.errors import CocoPathError
 
@@ -138,12 +195,13 @@ def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str 
         meta["replaces"] = {"model": comparison["previous"], "images": comparison["images"],
                             "miou": comparison["new"]["miou"], "previous_miou": comparison["previous_scores"]["miou"],
                             "negatives_tumour_share": comparison["new"]["negatives_tumour_share"],
-                            "previous_negatives_tumour_share": comparison["previous_scores"]["negatives_tumour_share"]}
-        if not comparison["better"] and not force:
+                            "previous_negatives_tumour_share": comparison["previous_scores"]["negatives_tumour_share"],
+                            "benign_slides": comparison["benign_slides"],
+                            "previous_benign_slides": comparison["previous_benign_slides"]}
+        if comparison["worse"] and not force:
             raise CocoPathError(
-                f"the new student scores mIoU {comparison['new']['miou']:.4f} against "
-                f"{comparison['previous_scores']['miou']:.4f} for {comparison['previous']} on "
-                f"{comparison['images']} test images neither trained on: not shipped (--force ships it anyway)")
+                f"the new student is worse than {comparison['previous']}: {'; '.join(comparison['worse'])}: "
+                "not shipped (--force ships it anyway)")
     check_card(meta, dest / f"{STUDENT_NAME}.safetensors")  # what the app will accept, before writing
     student_path = save_model(dest / f"{STUDENT_NAME}.safetensors", model, meta, half=True)
     shipped: dict[str, Any] = {"student": str(student_path), "method": method, "seed": seed,
@@ -183,8 +241,12 @@ def _replaces(r: dict[str, Any]) -> list[str]:
     if r.get("negatives_tumour_share") is not None and r.get("previous_negatives_tumour_share") is not None:
         neg = (f"; pixels called tumour on the tiles without tumour {100 * r['negatives_tumour_share']:.1f} % "
                f"against {100 * r['previous_negatives_tumour_share']:.1f} %")
+    slides = "".join(f"; on the benign slide {name} {100 * frac:.2f} % of the tissue called tumour against "
+                     f"{100 * r['previous_benign_slides'][name]:.2f} %"
+                     for name, frac in (r.get("benign_slides") or {}).items()
+                     if name in (r.get("previous_benign_slides") or {}))
     return ["", f"It replaces `{r['model']}`: on the {r['images']} test images whose cases neither model trained "
-                f"or validated on, mIoU {r['miou']:.4f} against {r['previous_miou']:.4f}{neg}."]
+                f"or validated on, mIoU {r['miou']:.4f} against {r['previous_miou']:.4f}{neg}{slides}."]
 
 
 def _source_rows(scores: dict[str, Any]) -> list[str]:
@@ -208,6 +270,7 @@ def model_card(report: dict[str, Any], meta: dict[str, Any], shipped: dict[str, 
     secs = [r["seconds"] for row in report["methods"].values() for r in row["runs"]]
     neg = test.get("negatives_tumour_share")
     tol = shipped["scale_tolerance"]
+    proto = report["protocol"].split()[0]
     lines = [
         f"# Model card: `{STUDENT_NAME}` (and its teacher `{TEACHER_NAME}`)", "",
         "CoCoPath's default model: a compact Mobile U-Net student that segments **tumour** (carcinoma "
@@ -263,13 +326,13 @@ def model_card(report: dict[str, Any], meta: dict[str, Any], shipped: dict[str, 
         f"{eff['cpu_speedup']:.1f}× faster on the CPU (same run).",
         "", "## How it was made", "",
         f"Protocol `{report['protocol']}`: {report['protocol_note']}", "",
-        "```", report["command"] + " --workdir work/distill-cpu --out resources/benchmarks/distill-cpu.json "
+        "```", report["command"] + f" --workdir work/distill-{proto} --out resources/benchmarks/distill-{proto}.json "
         "--ship resources/models" + (f" --ship-method {method}" if shipped["chosen"] else ""), "```", "",
         f"Settings: {json.dumps(report['settings'])}. Machine: {report['machine']['platform']}, "
         f"{report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, device "
         f"{report['machine']['device']}; the teacher trained for {t['train_seconds'] / 60:.0f} min, each student "
         f"run took {min(secs) / 60:.0f}–{max(secs) / 60:.0f} min. The whole ablation: "
-        "`resources/benchmarks/distill-cpu.md`.",
+        f"`resources/benchmarks/distill-{proto}.md`.",
         "", "## Limits", "",
         "- Trained on colorectal biopsy tiles and a few lymph-node tiles, on CPU with a short schedule: expect "
         "errors on other organs, stains and scanners, and on tissue absent from the data (skin, fat, necrosis). "

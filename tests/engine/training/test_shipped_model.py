@@ -17,7 +17,7 @@ from engine.inference.spec import load_spec
 from engine.training.checkpoints import load_meta, load_model
 from engine.training.mixture import evaluate_by_source
 from engine.training.runs import data_from_card
-from engine.training.ship import STUDENT_NAME, TEACHER_LIMIT_BYTES, TEACHER_NAME
+from engine.training.ship import STUDENT_NAME, TEACHER_LIMIT_BYTES, TEACHER_NAME, benign_slide_calls
 
 MODELS = Path(__file__).resolve().parents[3] / "resources" / "models"
 STUDENT = MODELS / f"{STUDENT_NAME}.safetensors"
@@ -53,3 +53,13 @@ def test_the_default_student_reproduces_its_test_figures() -> None:
         for key in ("miou", "tumour_share"):
             if key in row:
                 assert res["per_source"][name][key] == pytest.approx(row[key], abs=0.01), (name, key)
+
+
+def test_the_default_student_leaves_the_benign_slide_alone() -> None:
+    """On cmu-1-small-region (benign skin, no carcinoma) the default student calls under 1 % of the
+    tissue tumour, measured as the app runs it (whole-slide inference at the card's µm/px): the
+    figure the ship gate compares a new student's against."""
+    model, meta = load_model(STUDENT)
+    calls = benign_slide_calls(model, meta)
+    assert set(calls) == {"cmu-1-small-region.svs"}
+    assert 0.0 <= calls["cmu-1-small-region.svs"] < 0.01

@@ -197,8 +197,9 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
 
     # never worse: a new student that scores below the shipped one on images neither saw is refused
     from engine.errors import CocoPathError
-    from engine.training import mixture
+    from engine.training import mixture, ship
 
+    monkeypatch.setattr(ship, "benign_slide_calls", lambda *a, **k: {})  # measured for real in test_shipped_model
     scores = iter([0.2, 0.6])  # the new student, then the shipped one
     monkeypatch.setattr(mixture, "evaluate_by_source", lambda *a, **k: {
         "miou": next(scores), "dice": 0.0, "per_source": {}, "negatives_tumour_share": None})
@@ -209,6 +210,28 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
     scores = iter([0.2, 0.6])
     forced = ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture), force=True)
     assert forced["replaces"]["previous_miou"] == 0.6 and forced["replaces"]["miou"] == 0.2
+
+    # … nor one with a better mIoU that calls more of the tiles without tumour, or of a benign slide, tumour
+    before = (tmp_path / "models" / f"{STUDENT_NAME}.safetensors").read_bytes()
+    negatives = iter([0.30, 0.10])
+    monkeypatch.setattr(mixture, "evaluate_by_source", lambda *a, **k: {
+        "miou": 0.7, "dice": 0.0, "per_source": {}, "negatives_tumour_share": next(negatives)})
+    monkeypatch.setattr(ship, "benign_slide_calls", lambda *a, **k: {"cmu-1-small-region.svs": 0.0})
+    with pytest.raises(CocoPathError, match=r"30.0 % of the pixels of the tiles without tumour called tumour against 10.0 %"):
+        ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
+    negatives = iter([0.10, 0.10])
+    slides = iter([{"cmu-1-small-region.svs": 0.25}, {"cmu-1-small-region.svs": 0.001}])
+    monkeypatch.setattr(ship, "benign_slide_calls", lambda *a, **k: next(slides))
+    with pytest.raises(CocoPathError, match=r"25.0 % of the tissue of the benign slide cmu-1-small-region.svs "
+                                            r"called tumour against 0.1 %"):
+        ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
+    assert (tmp_path / "models" / f"{STUDENT_NAME}.safetensors").read_bytes() == before
+    negatives = iter([0.104, 0.10])  # within the tolerances: shipped, and the card says both figures
+    slides = iter([{"cmu-1-small-region.svs": 0.005}, {"cmu-1-small-region.svs": 0.001}])
+    shipped = ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
+    assert shipped["replaces"]["benign_slides"] == {"cmu-1-small-region.svs": 0.005}
+    assert "on the benign slide cmu-1-small-region.svs 0.50 % of the tissue called tumour against 0.10 %" in \
+        (tmp_path / "models" / "MODEL_CARD.md").read_text()
 
 
 def test_paired_comparison_with_the_plain_student() -> None:
