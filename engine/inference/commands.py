@@ -60,6 +60,14 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                         "has them, speed and test-split mIoU drop against float32")
     b.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     b.set_defaults(func=_bench)
+    if "distill" in bench.choices:  # --ship's never-worse gate also runs the slides (a layer above training)
+        bench.choices["distill"].set_defaults(benign_check=_benign_check)
+
+
+def _benign_check(model: Any, meta: dict[str, Any]) -> dict[str, float]:
+    from engine.inference.benign import benign_slide_calls
+
+    return benign_slide_calls(model, meta)
 
 
 def shard(items: list[Path]) -> list[Path]:

@@ -296,7 +296,7 @@ def cmd_bench_distill(args: argparse.Namespace) -> int:
         from engine.training.ship import ship_student
 
         shipped = ship_student(report, Path(args.workdir), Path(args.ship), args.ship_method, args.data,
-                               force=args.force)
+                               force=args.force, benign_check=getattr(args, "benign_check", None))
         print(f"shipped {shipped['student']} (method {shipped['method']})", file=sys.stderr)
     print(json.dumps(report, indent=1) if not args.out else md)
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,11 @@ MPP_NOTE = ("estimated, not measured: EBHI-Seg and the CAMELYON mini-test tiles 
 DATA_LICENCE = ("EBHI-Seg (Shi et al., Front. Med. 2023), CC BY 4.0; CAMELYON16/17 tiles (CC0) from a "
                 "resampled mini test set")
 SCALES = (0.5, 0.71, 1.0, 1.41, 2.0)
-#: Real whole slides without carcinoma in the shared data (``slides/…``): a new default student must
-#: not call more of their tissue tumour than the one it replaces (what a pathologist sees first).
-BENIGN_SLIDES = ("cmu-1-small-region.svs",)
-#: How much more a new student may call tumour before it is refused: of the benign slides' tissue,
-#: and of the pixels of the test tiles without tumour.
+#: (model, card) → {benign slide: share of its tissue called tumour}; the inference layer's
+#: :func:`engine.inference.benign.benign_slide_calls`, passed in by the command line.
+BenignCheck = Callable[[Any, dict[str, Any]], dict[str, float]]
+#: How much more a new student may call tumour before it is refused: of the benign real slides'
+#: tissue (``benign_check``, :mod:`engine.inference.benign`), and of the test tiles without tumour.
 BENIGN_TOLERANCE = 0.01
 NEGATIVES_TOLERANCE = 0.005
 
@@ -82,9 +83,11 @@ def scale_tolerance(model: Any, meta: dict[str, Any], data_dir: str | None = Non
     return {f"{f:g}": evaluate(model, test.rescaled(f), list(data.spec.classes))["miou"] for f in scales}
 
 
-def compare_with_previous(model: Any, meta: dict[str, Any], previous: Path, data_dir: str | None = None) -> dict[str, Any]:
+def compare_with_previous(model: Any, meta: dict[str, Any], previous: Path, data_dir: str | None = None,
+                          benign_check: BenignCheck | None = None) -> dict[str, Any]:
     """The new student and the model it would replace, on the new test split's images whose case the
-    previous model neither trained nor validated on (a fair comparison for both)."""
+    previous model neither trained nor validated on (a fair comparison for both), and on the benign
+    real slides when ``benign_check`` is given."""
     import re
 
     from engine.training.datasets import case_of
@@ -103,36 +106,11 @@ def compare_with_previous(model: Any, meta: dict[str, Any], previous: Path, data
     old_s = evaluate_by_source(old.float(), test, classes)
     out = {"previous": previous.name, "images": len(test), "left_out_cases_seen_by_previous": len(seen),
            "new": new_s, "previous_scores": old_s,
-           "benign_slides": benign_slide_calls(model, meta), "previous_benign_slides": benign_slide_calls(old, old_meta)}
+           "benign_slides": benign_check(model, meta) if benign_check else {},
+           "previous_benign_slides": benign_check(old, old_meta) if benign_check else {}}
     out["worse"] = _worse(out)
     out["better"] = not out["worse"]
     return out
-
-
-def benign_slide_calls(model: Any, meta: dict[str, Any], slides: tuple[str, ...] = BENIGN_SLIDES) -> dict[str, float]:
-    """The share of the tissue ``model`` calls tumour on each benign reference slide this machine
-    has (``slides/<name>`` in the shared data; a missing one is left out), whole-slide inference as
-    the app runs it, at the card's µm/px."""
-    import tempfile
-
-    from engine.inference.job import InferOptions, infer_slide
-    from engine.inference.runner import TorchRunner
-    from engine.inference.spec import spec_from_meta
-    from engine.shared_data import SharedDataMissing, data_path
-
-    spec = spec_from_meta(meta, "benign-check")
-    runner = TorchRunner(model.float().eval(), spec)
-    tumour = spec.foreground[0]
-    calls: dict[str, float] = {}
-    for name in slides:
-        try:
-            path = data_path("slides", name)
-        except SharedDataMissing:
-            continue
-        with tempfile.TemporaryDirectory(prefix="cocopath-benign-") as tmp:
-            summary = infer_slide(path, spec, runner, tmp, InferOptions())
-        calls[name] = float(summary["measurements"]["classes"][tumour]["fraction_of_tissue"] or 0.0)
-    return calls
 
 
 def _worse(comparison: dict[str, Any]) -> list[str]:
@@ -168,12 +146,13 @@ def _card_meta(meta: dict[str, Any], report: dict[str, Any], role: str, method: 
 
 
 def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str | None = None,
-                 data_dir: str | None = None, force: bool = False) -> dict[str, Any]:
+                 data_dir: str | None = None, force: bool = False,
+                 benign_check: BenignCheck | None = None) -> dict[str, Any]:
     """Write the best student by validation (or ``method``'s), the teacher when small enough, and the
     model card into ``dest``.
 
     Never worse: when ``dest`` already holds a default student, both are scored on the new test
-    split's images the old one never saw, and on the benign reference slides (:data:`BENIGN_SLIDES`).
+    split's images the old one never saw, and on the benign real slides by ``benign_check``.
     A new student with a lower mIoU there, more tumour called on the tiles without tumour (beyond
     :data:`NEGATIVES_TOLERANCE`) or on a benign slide's tissue (beyond :data:`BENIGN_TOLERANCE`) is
     refused (a :class:`~engine.errors.CocoPathError` naming the figures) unless ``force``.
@@ -190,7 +169,7 @@ def ship_student(report: dict[str, Any], workdir: Path, dest: Path, method: str 
                        {"miou": run["test_miou"], "dice": run["test_dice"]}}
     meta["scale_tolerance"] = scale_tolerance(model, meta, data_dir)
     previous = sorted(dest.glob("*student*.safetensors"))
-    comparison = compare_with_previous(model, meta, previous[0], data_dir) if previous else None
+    comparison = compare_with_previous(model, meta, previous[0], data_dir, benign_check) if previous else None
     if comparison is not None:
         meta["replaces"] = {"model": comparison["previous"], "images": comparison["images"],
                             "miou": comparison["new"]["miou"], "previous_miou": comparison["previous_scores"]["miou"],

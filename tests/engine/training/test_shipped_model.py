@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from engine.finetune.registry import default_model_path, default_teacher_path
+from engine.inference.benign import benign_slide_calls
 from engine.inference.spec import load_spec
 from engine.training.checkpoints import load_meta, load_model
 from engine.training.mixture import evaluate_by_source
 from engine.training.runs import data_from_card
-from engine.training.ship import STUDENT_NAME, TEACHER_LIMIT_BYTES, TEACHER_NAME, benign_slide_calls
+from engine.training.ship import STUDENT_NAME, TEACHER_LIMIT_BYTES, TEACHER_NAME
 
 MODELS = Path(__file__).resolve().parents[3] / "resources" / "models"
 STUDENT = MODELS / f"{STUDENT_NAME}.safetensors"

@@ -197,9 +197,8 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
 
     # never worse: a new student that scores below the shipped one on images neither saw is refused
     from engine.errors import CocoPathError
-    from engine.training import mixture, ship
+    from engine.training import mixture
 
-    monkeypatch.setattr(ship, "benign_slide_calls", lambda *a, **k: {})  # measured for real in test_shipped_model
     scores = iter([0.2, 0.6])  # the new student, then the shipped one
     monkeypatch.setattr(mixture, "evaluate_by_source", lambda *a, **k: {
         "miou": next(scores), "dice": 0.0, "per_source": {}, "negatives_tumour_share": None})
@@ -216,22 +215,34 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
     negatives = iter([0.30, 0.10])
     monkeypatch.setattr(mixture, "evaluate_by_source", lambda *a, **k: {
         "miou": 0.7, "dice": 0.0, "per_source": {}, "negatives_tumour_share": next(negatives)})
-    monkeypatch.setattr(ship, "benign_slide_calls", lambda *a, **k: {"cmu-1-small-region.svs": 0.0})
     with pytest.raises(CocoPathError, match=r"30.0 % of the pixels of the tiles without tumour called tumour against 10.0 %"):
-        ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
+        ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture),
+                     benign_check=lambda *a: {"cmu-1-small-region.svs": 0.0})
     negatives = iter([0.10, 0.10])
-    slides = iter([{"cmu-1-small-region.svs": 0.25}, {"cmu-1-small-region.svs": 0.001}])
-    monkeypatch.setattr(ship, "benign_slide_calls", lambda *a, **k: next(slides))
+    slides = iter([{"cmu-1-small-region.svs": 0.25}, {"cmu-1-small-region.svs": 0.001}])  # new, then shipped
     with pytest.raises(CocoPathError, match=r"25.0 % of the tissue of the benign slide cmu-1-small-region.svs "
                                             r"called tumour against 0.1 %"):
-        ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
+        ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture),
+                     benign_check=lambda *a: next(slides))
     assert (tmp_path / "models" / f"{STUDENT_NAME}.safetensors").read_bytes() == before
     negatives = iter([0.104, 0.10])  # within the tolerances: shipped, and the card says both figures
     slides = iter([{"cmu-1-small-region.svs": 0.005}, {"cmu-1-small-region.svs": 0.001}])
-    shipped = ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
+    shipped = ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture),
+                           benign_check=lambda *a: next(slides))
     assert shipped["replaces"]["benign_slides"] == {"cmu-1-small-region.svs": 0.005}
     assert "on the benign slide cmu-1-small-region.svs 0.50 % of the tissue called tumour against 0.10 %" in \
         (tmp_path / "models" / "MODEL_CARD.md").read_text()
+
+
+def test_bench_distill_ship_runs_the_benign_slide_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line hands --ship the inference layer's benign-slide check (training cannot import it)."""
+    from engine.cli import build_parser
+    from engine.inference import benign
+
+    args = build_parser().parse_args(["bench", "distill", "--quick", "--workdir", "w", "--ship", "m"])
+    seen: list[tuple[str, dict[str, int]]] = []
+    monkeypatch.setattr(benign, "benign_slide_calls", lambda m, meta: seen.append((m, meta)) or {"slide": 0.2})
+    assert args.benign_check("model", {"card": 1}) == {"slide": 0.2} and seen == [("model", {"card": 1})]
 
 
 def test_paired_comparison_with_the_plain_student() -> None:
