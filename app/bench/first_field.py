@@ -2,11 +2,13 @@
 
 A synthetic pyramid (real H&E patches, mpp 0.25; ``--bench-size``, default 12 000 px) is opened in a
 1920 × 1080 view at 10× and the model (``--bench-model``, else the shipped student) is run from the
-Model panel's code path on the never-predicted slide, three times, each with an empty prediction cache:
+Model panel's code path on the never-predicted slide, each run with an empty prediction cache:
 
 * ``cold``: an empty user cache (no back-end remembered): the run starts with the engine's
   unmeasured runner (ONNX Runtime, else eager torch) and measures the back-ends in the background once the visible field is done;
 * ``warm``: the user cache the cold run left (its back-end choice remembered);
+* ``restarted``: the same user cache in a new process, as when the app starts again on this
+  machine (nothing imported: with ONNX Runtime remembered the run needs neither torch nor the weights);
 * ``baseline_trial_first``: an empty user cache with the back-end trial before the first window,
   as every run did before (issue 14), measured in the same process as the other two.
 
@@ -38,7 +40,7 @@ LOOK_S = 3.0  # seconds between choosing the model and Run in the "looking" run
 
 
 def run_first_field_benchmark(out: Path, side: int = 12_000, model: Path | None = None) -> int:
-    """Build the pyramid, measure the three runs, write ``out`` (JSON); 0 on success."""
+    """Build the pyramid, measure the runs, write ``out`` (JSON); 0 on success."""
     from app.application import make_application
 
     app = make_application()
@@ -66,6 +68,9 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
     shutil.rmtree(tmp / "cold" / "predictions" / _slide_folder(tmp / "cold"), ignore_errors=True)
     runs["warm"] = _one_run(app, tmp / "cold", slide, Path(checkpoint), trial_first=False)
     runs["warm"]["background_trial"] = _wait_trial()
+    # a returning user: the app started again on the same machine (the back-end remembered)
+    shutil.rmtree(tmp / "cold" / "predictions" / _slide_folder(tmp / "cold"), ignore_errors=True)
+    runs["restarted"] = _in_new_process(tmp / "cold", slide, Path(checkpoint))
     # a pathologist who looks at the slide for a few seconds before Run: the network loads meanwhile
     runs["cold_run_after_3s"] = _one_run(app, tmp / "looking", slide, Path(checkpoint),
                                          trial_first=False, look_s=LOOK_S)
@@ -85,6 +90,28 @@ def _measure(app: Any, tmp: Path, side: int, model: Path | None) -> dict[str, An
                                  for k, v in runs.items() if k != "baseline_trial_first"
                                  and base and v["visible_field_painted_s"]},
     }
+
+
+def _in_new_process(data: Path, slide: Path, checkpoint: Path) -> dict[str, Any]:
+    """:func:`_one_run` in a fresh interpreter (nothing imported, nothing preloaded) on ``data``."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from app.bench.first_field import _restarted; "
+            "print('RESULT ' + json.dumps(_restarted(*sys.argv[1:])))")
+    out = subprocess.run([sys.executable, "-c", code, str(data), str(slide), str(checkpoint)],
+                         capture_output=True, text=True, timeout=RUN_LIMIT_S, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def _restarted(data: str, slide: str, checkpoint: str) -> dict[str, Any]:
+    from app.application import make_application
+
+    run = _one_run(make_application(), Path(data), Path(slide), Path(checkpoint), trial_first=False)
+    run["background_trial"] = _wait_trial()
+    return run
 
 
 def _slide_folder(data: Path) -> str:
@@ -179,7 +206,8 @@ def _one_run(app: Any, data: Path, slide: Path, checkpoint: Path, trial_first: b
     def s(key: str) -> float | None:
         return round(marks[key] - t0, 2) if key in marks else None
 
-    return {"trial_first": trial_first, "torch_imported_before": torch_loaded, "look_s": look_s,
+    return {"trial_first": trial_first, "torch_imported_before": torch_loaded,
+            "torch_imported_after": "torch" in __import__("sys").modules, "look_s": look_s,
             "visible_tissue_tiles": len(want), "backend_at_start": backend,
             "network_loaded_before_run": preloaded,
             "preview_painted_s": s("preview_painted"),

@@ -8,8 +8,9 @@ it visible region first. ``set_viewport`` and ``cancel`` may be called from any 
 At the end it measures the areas over the cache.
 
 The first field never waits for a back-end trial: the run starts with the back-end remembered for
-this model file on this machine, else the engine's unmeasured runner, ONNX Runtime or else eager
-torch (``pick_runner(..., measure=False)``). Only once the visible field is predicted does a
+this model file on this machine (ONNX Runtime remembered on a machine without a GPU: its cached
+graph alone, no torch import and no weights), else the engine's unmeasured runner, ONNX Runtime or
+else eager torch (``pick_runner(..., measure=False)``). Only once the visible field is predicted does a
 background thread measure the back-ends (the engine remembers the fastest in the user cache); the
 run then goes on with the winner. One trial at a time per process, and none when the choice is
 already remembered; the trial is not a daemon thread and closing the window waits for it.
@@ -155,12 +156,34 @@ def measured_runner(model: Any, spec: ModelSpec, batch_size: int, window: int | 
 
 def _load(spec: ModelSpec, batch_size: int, trial_first: bool, window: int
           ) -> tuple[Any, Any, bool]:
+    """(model, runner, trial due): the model is None when the runner needs no torch."""
+    if not trial_first:
+        from engine.api import no_gpu_visible, remembered_session
+
+        if no_gpu_visible():  # ONNX Runtime remembered for this file here: no torch, no weights
+            session = remembered_session(spec.checkpoint, window, batch_size, backends_dir())
+            if session is not None:
+                return None, session, False
     from engine.api import load_model  # torch: only once a model is run
 
     model, _ = load_model(spec.checkpoint)
     if trial_first:  # the behaviour before issue 14, kept for the benchmark's baseline
         return model, measured_runner(model, spec, batch_size, window), False
-    return (model, *quick_runner(model, spec, batch_size, window))
+    runner, trial_due = quick_runner(model, spec, batch_size, window)
+    if not trial_due:
+        remember_file(spec, model)
+    return model, runner, trial_due
+
+
+def remember_file(spec: ModelSpec, model: Any) -> None:
+    """Note which weights the model file holds, so that the next start finds its remembered
+    ONNX Runtime back-end without torch; only a shortcut, so a failure is logged."""
+    from engine.api import remember_file as remember
+
+    try:
+        remember(spec.checkpoint, model, backends_dir())
+    except OSError as exc:
+        log.warning("%s: could not note which weights %s holds (%s)", backends_dir(), spec.checkpoint, exc)
 
 
 class InferenceRun:
@@ -330,6 +353,7 @@ class InferenceRun:
                     log.exception("measuring the inference back-ends failed")
                     return
                 forget_preload()  # the next run loads the measured back-end
+                remember_file(spec, model)
                 name = getattr(runner, "name", type(runner).__name__)
                 if name != getattr(job.runner, "name", None) and not self.cancel_token.cancelled:
                     job.runner = runner  # taken at the next batch

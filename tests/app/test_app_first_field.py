@@ -133,3 +133,37 @@ def test_a_network_loaded_ahead_of_run_is_the_one_the_run_uses(spec, small_svs, 
     assert run._job.runner is runner
     inference_run.forget_preload()
     assert inference_run.preloaded(spec, run.window, run.batch_size) is None
+
+
+def test_a_remembered_onnx_choice_starts_without_loading_the_weights(spec, small_svs, tmp_path, monkeypatch):
+    """A returning user's first Run: ONNX Runtime was measured and remembered for this model file on
+    this machine, so the run starts from the cached graph alone (no torch import, no weights), gives
+    the same tiles, and no trial is due."""
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from engine.api import load_model, make_runner, no_gpu_visible
+    from engine.inference.runner import choice_file
+
+    if not no_gpu_visible():
+        pytest.skip("a GPU machine runs torch on the GPU")  # CI and this project's machines have none
+    monkeypatch.setenv("COCOPATH_DATA_DIR", str(tmp_path / "data"))
+    view = (900.0, 1200.0, 400.0, 400.0)
+    first = InferenceRun(str(small_svs), spec, view)
+    model, _ = load_model(spec.checkpoint)
+    cache = inference_run.backends_dir()
+    make_runner(model, spec, first.window, backend="onnx", cache_dir=cache)  # what a trial leaves: the graph,
+    choice_file(model, first.window, first.batch_size, cache).write_text(json.dumps({"backend": "onnxruntime"}))
+    inference_run.remember_file(spec, model)  # … the choice, and which weights the file holds
+    inference_run.forget_preload()
+
+    loads, trials = [], []
+    monkeypatch.setattr("engine.api.load_model", lambda *a: loads.append(a))
+    monkeypatch.setattr(inference_run, "measured_runner", lambda *a: trials.append(a))
+    started = []
+    end = InferenceRun(str(small_svs), spec, view).run(started.append, lambda p: None, lambda c, r: None)
+    assert end.status == "done" and end.summary is not None
+    assert started[0].backend == "onnxruntime" and not loads, "the weights were loaded"
+    time.sleep(0.2)
+    assert not trials, "a trial ran although the back-end was remembered"
+    inference_run.forget_preload()
