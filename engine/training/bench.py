@@ -212,7 +212,8 @@ def prepare_teacher(
         teacher_test = _scores(teacher, data, "test")
         teacher_val = _scores(teacher, data, "val")
     teacher_run = {"test_miou": teacher_test["miou"], "test_dice": teacher_test["dice"],
-                   "val_miou": res_t.metrics.get("val_miou"), "train_seconds": time.perf_counter() - t0,
+                   "val_miou": res_t.metrics.get("val_miou"),
+                   "train_seconds": time.perf_counter() - t0 + res_t.metrics.get("resumed_seconds", 0.0),
                    "test": teacher_test, "val": teacher_val}
     _write_run(work / "teacher-run.json", settings, teacher_run)
     return teacher.cpu(), teacher_run
@@ -288,7 +289,7 @@ def run_benchmark(
                 val = _scores(student, data, "val") if len(spec.folders) > 1 else meta["metrics"]["val"]
             run = {"seed": seed, "test_miou": test["miou"], "test_dice": test["dice"],
                    "val_miou": meta["metrics"]["val"]["miou"], "final_loss": res.metrics.get("final_loss"),
-                   "seconds": time.perf_counter() - t0, "test": test,
+                   "seconds": time.perf_counter() - t0 + res.metrics.get("resumed_seconds", 0.0), "test": test,
                    "val": {k: v for k, v in val.items() if k != "per_class"}}
             _write_run(run_file, run_settings, run)
             teacher.cpu()

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,10 +184,14 @@ def train(
     prep = objective.prepare((_to(x, device) for x in image_stream(dataset, local_bs, cfg.seed)), cancel, emit)
     params = objective.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
+    start, before, t_run = 0, 0.0, time.perf_counter()
     if resume and state_path is not None and Path(state_path).is_file():
-        start = int(load_training_state(Path(state_path), objective, opt)["step"])
+        saved = load_training_state(Path(state_path), objective, opt)
+        start, before = int(saved["step"]), float(saved.get("seconds") or 0.0)
         log.info("resuming at step %d from %s", start, state_path)
+
+    def so_far() -> dict[str, float]:  # the state's record: steps and training time over every resume
+        return {"step": step, "seconds": before + time.perf_counter() - t_run}
     module: nn.Module = objective
     if world > 1 and cuda:
         # One set of BatchNorm statistics across processes (the CPU/gloo path cannot: torch's
@@ -227,7 +232,7 @@ def train(
                 if emit:
                     emit(Progress("train", step, cfg.steps, logged))
             if state_path is not None and cfg.state_every and step % cfg.state_every == 0 and rank == 0:
-                save_training_state(Path(state_path), objective, opt, {"step": step})
+                save_training_state(Path(state_path), objective, opt, so_far())
             if step >= cfg.steps:
                 break
         if status == "cancelled":
@@ -235,10 +240,11 @@ def train(
         batches = []
     if state_path is not None and rank == 0:
         if status == "cancelled":
-            save_training_state(Path(state_path), objective, opt, {"step": step})
+            save_training_state(Path(state_path), objective, opt, so_far())
         elif Path(state_path).is_file():
             Path(state_path).unlink()  # finished: the checkpoint the caller writes supersedes it
-    metrics = {"steps": float(step), **prep}
+    # training time over every resume, and the part of it earlier processes spent
+    metrics = {"steps": float(step), "train_seconds": so_far()["seconds"], "resumed_seconds": before, **prep}
     if history:
         metrics["final_loss"] = history[-1]["total"]
     return TrainSummary(Result(status, metrics), tuple(history), step)

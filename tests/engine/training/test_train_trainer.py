@@ -56,8 +56,15 @@ def test_cancel_saves_a_state_and_resume_finishes_the_same_run(tmp_path: Path) -
 
     _, cut = _run(data, steps=6, progress=stop_at_3, cancel=token, state_path=state)
     assert cut.result.status == "cancelled" and cut.steps_done == 3 and state.is_file()
+    from engine.training.checkpoints import read_safetensors
+
+    saved = json.loads(read_safetensors(state)[1]["cocopath"])
+    assert saved["step"] == 3 and 0 < saved["seconds"] <= cut.result.metrics["train_seconds"]
     resumed, rest = _run(data, steps=6, state_path=state, resume=True)
     assert rest.steps_done == 6 and len(rest.history) == 3
+    # the training time counts every process's part: the resumed run's includes the cut one's
+    assert rest.result.metrics["resumed_seconds"] == pytest.approx(saved["seconds"])
+    assert rest.result.metrics["train_seconds"] > saved["seconds"]
     for k, v in full.state_dict().items():
         assert torch.allclose(v, resumed.state_dict()[k], atol=1e-6), k
 
