@@ -386,13 +386,15 @@ def _negatives(r: dict[str, Any]) -> str:
 
 
 def _source_table(scores: dict[str, Any]) -> list[str]:
+    from engine.training.mixture import negative_text
+
     lines = ["| folder | images | mIoU / tumour share | all-tumour mIoU | all-background mIoU |", "|---|---|---|---|---|"]
     for name, r in (scores.get("per_source") or {}).items():
         if "miou" in r:
             lines.append(f"| {name} | {r['images']} | mIoU {r['miou']:.4f} | {r['all_tumour_miou']:.4f} | "
                          f"{r['all_background_miou']:.4f} |")
         else:
-            lines.append(f"| {name} (no tumour) | {r['images']} | {100 * r['tumour_share']:.1f} % called tumour | – | – |")
+            lines.append(f"| {name} (no tumour) | {r['images']} | {negative_text(r)} | – | – |")
     return lines
 
 

@@ -253,7 +253,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _threshold_sweep(args: argparse.Namespace, model: Any, dataset: Any, classes: list[str]) -> int:
-    from engine.training.mixture import sweep_by_source
+    from engine.training.mixture import negative_text, sweep_by_source
 
     try:
         ths = [float(t) for t in args.thresholds.split(",")]
@@ -266,7 +266,7 @@ def _threshold_sweep(args: argparse.Namespace, model: Any, dataset: Any, classes
     rows = [{"threshold": t, **r} for t, r in zip(ths, sweep_by_source(model, dataset, classes, ths, args.device))]
     lines = []
     for r in rows:
-        folders = ", ".join(f"{n} " + (f"mIoU {v['miou']:.4f}" if "miou" in v else f"{100 * v['tumour_share']:.1f} % tumour")
+        folders = ", ".join(f"{n} " + (f"mIoU {v['miou']:.4f}" if "miou" in v else negative_text(v))
                             for n, v in r["per_source"].items())
         neg = r["negatives_tumour_share"]
         lines.append(f"threshold {r['threshold']:g}: mIoU {r['miou']:.4f}"

@@ -33,6 +33,7 @@ class SegDataset(Dataset):
         augment_cfg: AugmentConfig | None = None, seed: int = 0, negatives: frozenset[str] = frozenset(),
     ) -> None:
         self.pairs = list(pairs)
+        self.negatives = negatives  # folders whose masks outline a lesion that is not a target class
         self.items = [load_pair(p, size, mask_mode, Path(p.source).name in negatives) for p in self.pairs]
         self.augment_cfg = augment_cfg
         self.seed = seed
@@ -42,7 +43,7 @@ class SegDataset(Dataset):
         """The same images and masks resized by ``factor`` (a slide scanned at another µm/px)."""
         from PIL import Image
 
-        out = SegDataset([], augment_cfg=None)
+        out = SegDataset([], augment_cfg=None, negatives=self.negatives)
         out.pairs = list(self.pairs)
         for img, mask in self.items:
             wh = (max(32, round(mask.shape[1] * factor)), max(32, round(mask.shape[0] * factor)))

@@ -45,7 +45,7 @@ def mixture_folders(root: Path | None = None) -> tuple[str, ...]:
 
 def subset(dataset: SegDataset, source: str) -> SegDataset:
     """The images of ``dataset`` that came from the folder named ``source`` (no augmentation)."""
-    ds = SegDataset([], augment_cfg=None)
+    ds = SegDataset([], augment_cfg=None, negatives=dataset.negatives)
     keep = [i for i, p in enumerate(dataset.pairs) if Path(p.source).name == source]
     ds.pairs = [dataset.pairs[i] for i in keep]
     ds.items = [dataset.items[i] for i in keep]
@@ -89,6 +89,10 @@ def sweep_by_source(model: nn.Module, dataset: SegDataset, classes: Sequence[str
     overall = [ConfusionMatrix(k) for _ in thresholds]
     per_cm: list[dict[str, ConfusionMatrix]] = [{} for _ in thresholds]
     count: dict[str, int] = {}
+    # negatives: tumour calls inside and outside the lesion their own mask outlines
+    # (called ∩ lesion, lesion, called ∖ lesion, not lesion)
+    lesion: list[dict[str, np.ndarray]] = [{} for _ in thresholds]
+    negatives = dataset.negatives
     for i, pair in enumerate(dataset.pairs):
         img, mask = dataset[i]
         logits = predict_logits(model, img[None].to(device), stride)[0]
@@ -97,12 +101,46 @@ def sweep_by_source(model: nn.Module, dataset: SegDataset, classes: Sequence[str
         truth = mask.numpy()
         name = Path(pair.source).name
         count[name] = count.get(name, 0) + 1
+        outlined = lesion_mask(pair, truth.shape) if name in negatives else None
         for j, t in enumerate(thresholds):
             pred = argmax if t is None else (tumour > t).astype(np.int64)  # type: ignore[operator]
             overall[j].update(truth, pred)
             per_cm[j].setdefault(name, ConfusionMatrix(k)).update(truth, pred)
+            if outlined is not None:
+                called = pred > 0
+                lesion[j][name] = lesion[j].get(name, np.zeros(4, np.int64)) + [
+                    (called & outlined).sum(), outlined.sum(), (called & ~outlined).sum(), (~outlined).sum()]
     model.train(was)
-    return [_by_source(overall[j], per_cm[j], count, dataset, classes) for j in range(len(thresholds))]
+    out = [_by_source(overall[j], per_cm[j], count, dataset, classes) for j in range(len(thresholds))]
+    for j, res in enumerate(out):
+        for name, (in_called, in_all, out_called, out_all) in lesion[j].items():
+            row = res["per_source"].get(name, {})
+            if "tumour_share" in row and in_all:
+                row["lesion_share"] = float(in_all / (in_all + out_all))
+                row["lesion_tumour_share"] = float(in_called / in_all)
+                row["outside_lesion_tumour_share"] = float(out_called / max(out_all, 1))
+    return out
+
+
+def negative_text(row: dict[str, Any]) -> str:
+    """A negative folder's row in words: "62.1 % called tumour (its lesion 74.9 %, the rest 26.4 %)"."""
+    text = f"{100 * row['tumour_share']:.1f} % called tumour"
+    if "lesion_tumour_share" in row:
+        text += (f" (its lesion {100 * row['lesion_tumour_share']:.1f} %, the rest "
+                 f"{100 * row['outside_lesion_tumour_share']:.1f} %)")
+    return text
+
+
+def lesion_mask(pair: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """The lesion a negative tile's own mask file outlines (dysplasia, normal glands: not a target
+    class), as a boolean map of ``shape``."""
+    from PIL import Image
+
+    with Image.open(pair.mask) as m:
+        gray = m.convert("L")
+        if gray.size != (shape[1], shape[0]):
+            gray = gray.resize((shape[1], shape[0]), Image.Resampling.NEAREST)
+        return np.asarray(gray) > 127
 
 
 def _by_source(overall: ConfusionMatrix, per_cm: dict[str, ConfusionMatrix], count: dict[str, int],

@@ -56,7 +56,7 @@ class Data:
         if name not in ("train", "val", "test"):
             raise DatasetError(f"unknown split {name!r}; valid: train, val, test")
         if name == "train":
-            ds = SegDataset([], augment_cfg=None)
+            ds = SegDataset([], augment_cfg=None, negatives=self.train.negatives)
             ds.pairs, ds.items = self.train.pairs, self.train.items
             return ds
         return self.val if name == "val" else self.test

@@ -229,14 +229,15 @@ def _replaces(r: dict[str, Any]) -> list[str]:
 
 
 def _source_rows(scores: dict[str, Any]) -> list[str]:
+    from engine.training.mixture import negative_text
+
     rows = []
     for name, r in (scores.get("per_source") or {}).items():
         if "miou" in r:
             rows.append(f"| {name} | {r['images']} | mIoU {r['miou']:.3f}, tumour Dice {r['tumour_dice']:.3f} | "
                         f"all-tumour mIoU {r['all_tumour_miou']:.3f}, all-background {r['all_background_miou']:.3f} |")
         else:
-            rows.append(f"| {name} (no tumour) | {r['images']} | {100 * r['tumour_share']:.1f} % of pixels called "
-                        "tumour | 0 % |")
+            rows.append(f"| {name} (no tumour) | {r['images']} | {negative_text(r)} | 0 % |")
     return rows
 
 

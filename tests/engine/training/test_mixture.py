@@ -79,6 +79,9 @@ def test_balanced_training_part_and_per_folder_scores(tiny_mixture: Path, tmp_pa
     res = mixture.evaluate_by_source(Constant(), every, ["background", "tumour"])
     per = res["per_source"]
     assert per["ebhi-normal"]["tumour_share"] == pytest.approx(1.0)
+    # the normal glands the tiles' own masks outline, and the rest: both all called tumour here
+    assert 0 < per["ebhi-normal"]["lesion_share"] < 1
+    assert per["ebhi-normal"]["lesion_tumour_share"] == per["ebhi-normal"]["outside_lesion_tumour_share"] == 1.0
     assert per["ebhi-adenocarcinoma"]["miou"] == pytest.approx(per["ebhi-adenocarcinoma"]["all_tumour_miou"])
     assert res["negatives_tumour_share"] == pytest.approx(1.0)
 
@@ -138,6 +141,11 @@ def test_a_threshold_sweep_scores_every_rule_in_one_pass(tiny_mixture: Path) -> 
     assert Red.calls == len(every)  # one forward pass per image for all three rules
     assert argmax == mixture.evaluate_by_source(Red(), every, classes)
     assert none["negatives_tumour_share"] == 0.0 and none["per_source"]["ebhi-normal"]["tumour_share"] == 0.0
+    assert none["per_source"]["ebhi-normal"]["lesion_tumour_share"] == 0.0
+    # inside and outside the lesion, weighted by their areas, make the tile's share
+    row = strict["per_source"]["ebhi-normal"]
+    assert row["lesion_share"] * row["lesion_tumour_share"] + (1 - row["lesion_share"]) * \
+        row["outside_lesion_tumour_share"] == pytest.approx(row["tumour_share"])
     assert none["per_source"]["ebhi-adenocarcinoma"]["miou"] == pytest.approx(
         none["per_source"]["ebhi-adenocarcinoma"]["all_background_miou"])
     cm = ConfusionMatrix(2)  # the 0.6 rule by hand on the adenocarcinoma tiles
