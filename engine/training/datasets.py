@@ -103,11 +103,32 @@ def split_by_case(
     n_val = max(1, round(fractions[1] * len(ids)))
     n_test = max(1, round(fractions[2] * len(ids)))
     parts = {"test": ids[:n_test], "val": ids[n_test:n_test + n_val], "train": ids[n_test + n_val:]}
+    _every_folder_in_every_part(parts, cases)
     split: dict[str, object] = {"group_regex": group_regex, "seed": seed, "fractions": list(fractions)}
     for name, case_ids in parts.items():
         split[name] = sorted(s for c in case_ids for s in cases[c])
         split[f"{name}_cases"] = sorted(case_ids)
     return split
+
+
+def _every_folder_in_every_part(parts: dict[str, list[str]], cases: dict[str, list[str]]) -> None:
+    """Qualified keys (several folders): a folder with at least 3 cases gets one in validation and
+    one in test, moved from train (the first in the shuffled order), so that model selection and
+    the test see every kind of tissue (CAMELYON's 4 cases once all missed validation)."""
+    folders_of = {c: {s.rpartition("/")[0] for s in stems} for c, stems in cases.items()}
+    folders = sorted(set().union(*folders_of.values()))
+    if len(folders) < 2:
+        return
+    for folder in folders:
+        if sum(folder in f for f in folders_of.values()) < 3:
+            continue
+        for part in ("val", "test"):
+            if any(folder in folders_of[c] for c in parts[part]):
+                continue
+            movable = [c for c in parts["train"] if folder in folders_of[c]]
+            if len(movable) > 1:  # train keeps at least one
+                parts["train"].remove(movable[0])
+                parts[part].append(movable[0])
 
 
 def split_from_cases(stems: Sequence[str], group_regex: str, cases: dict[str, Sequence[str]]) -> dict[str, object]:

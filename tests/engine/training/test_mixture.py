@@ -157,3 +157,17 @@ def test_a_threshold_sweep_scores_every_rule_in_one_pass(tiny_mixture: Path) -> 
     assert strict["negatives_tumour_share"] <= argmax["negatives_tumour_share"]
     with pytest.raises(ValueError, match="two-class"):
         mixture.sweep_by_source(Red(), every, ["background", "tumour", "stroma"], [0.5])
+
+
+def test_every_folder_with_three_cases_reaches_validation_and_test() -> None:
+    """A folder of few cases (CAMELYON: 4) is not left to chance: whatever the seed, validation and
+    test each hold one of its cases, train keeps the rest; the big folder's split barely moves."""
+    stems = [f"ebhi-adenocarcinoma/GT{i:04d}-1-400-{j}" for i in range(40) for j in range(3)]
+    stems += [f"camelyon-tumour/{case}{k}" for case in (1007, 1067, 1068, 1069) for k in range(8)]
+    for seed in range(12):
+        split = split_by_case(stems, mixture.REGEX, seed=seed)
+        for part in ("train", "val", "test"):
+            assert any(s.startswith("camelyon") for s in split[part]), (seed, part)
+            assert any(s.startswith("ebhi") for s in split[part]), (seed, part)
+        assert sum(len(split[f"{p}_cases"]) for p in ("train", "val", "test")) == 44
+        assert not set(split["val_cases"]) & set(split["test_cases"])
