@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,6 +38,9 @@ from engine.training.augment import SCANNER, AugmentConfig
 from engine.training.runs import Data, DataSpec, distill_student, images_per_second, load_data, train_teacher
 from engine.training.evaluate import evaluate
 from engine.training.trainer import ProgressFn, TrainConfig
+
+if TYPE_CHECKING:
+    from engine.training.ship import BenignCheck
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +226,13 @@ def run_benchmark(
     protocol: str = "quick", data_dir: str | None = None, seeds: int | None = None, device: str = "auto",
     methods: list[str] | None = None, progress: ProgressFn | None = None, workdir: Path | None = None,
     overrides: dict[str, Any] | None = None, teacher_only: bool = False, runs_only: bool = False,
-    finished_only: bool = False,
+    finished_only: bool = False, benign_check: BenignCheck | None = None,
 ) -> dict[str, Any]:
     """Run the ablation and return the report (JSON-ready); ``overrides`` replace protocol settings.
+
+    ``benign_check`` (the command line passes :func:`engine.inference.benign.benign_slide_calls`):
+    every student and the teacher also get the share of each benign real slide's tissue they call
+    tumour (``benign_slides``), what the tiles do not show: a run read back without it gets it then.
 
     Checkpoints, the split, the crop bank and each finished run go to ``workdir`` (a temporary
     folder, removed afterwards, by default). A kept ``workdir`` makes the run resumable: a teacher,
@@ -239,7 +246,7 @@ def run_benchmark(
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="cocopath-distill-bench-") as tmp:
             return run_benchmark(protocol, data_dir, seeds, device, methods, progress, Path(tmp), overrides,
-                                 teacher_only, runs_only, finished_only)
+                                 teacher_only, runs_only, finished_only, benign_check)
     from engine.distill.bank import load_or_build_bank
     from engine.models import count_flops, count_params, create_model
 
@@ -259,6 +266,9 @@ def run_benchmark(
     spec = _data_spec(proto, data_dir, work)
     data = load_data(spec, seed=0, augment=_augment(proto))
     teacher, teacher_run = prepare_teacher(proto, data, work, device, progress)
+    if benign_check is not None and "benign_slides" not in teacher_run and not teacher_only:
+        teacher_run["benign_slides"] = _benign(benign_check, work / "teacher.safetensors", proto)
+        _write_run(work / "teacher-run.json", {k: proto[k] for k in TEACHER_KEYS}, teacher_run)
     bank = None
     if proto["bank"]:
         with _threads(proto["teacher_threads"]):
@@ -293,6 +303,9 @@ def run_benchmark(
                    "val": {k: v for k, v in val.items() if k != "per_class"}}
             _write_run(run_file, run_settings, run)
             teacher.cpu()
+        if benign_check is not None and "benign_slides" not in run:
+            run["benign_slides"] = _benign(benign_check, work / f"student-{method}-s{seed}.safetensors", proto)
+            _write_run(run_file, run_settings, run)
         runs.setdefault(method, []).append(run)
         log.info("%s seed %d: test mIoU %.4f", method, seed, run["test_miou"])
     if teacher_only or runs_only:
@@ -398,27 +411,47 @@ def _source_table(scores: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _benign(check: BenignCheck, model_file: Path, proto: dict[str, Any]) -> dict[str, float]:
+    """``check`` on a saved model, read at the µm/px its shipped card would state."""
+    from engine.training.checkpoints import load_model
+    from engine.training.ship import with_card_mpp
+
+    model, meta = load_model(model_file)
+    return check(model, with_card_mpp(meta, proto))
+
+
+def _benign_share(runs: list[dict[str, Any]]) -> str:
+    shares = [sum(r["benign_slides"].values()) / len(r["benign_slides"]) for r in runs if r.get("benign_slides")]
+    if not shares:
+        return "–"
+    m, sd = _mean_sd(shares)
+    return f"{100 * m:.1f} %" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+
+
 def markdown(report: dict[str, Any]) -> str:
     t = report["teacher"]
     val = f"{t['val_miou']:.4f}" if t.get("val_miou") is not None else "–"
     lines = [f"## Distillation ablation — protocol `{report['protocol']}`", "", report["protocol_note"], "",
              f"Teacher {t['model']}: validation mIoU {val}, test mIoU {t['test_miou']:.4f}, "
-             f"Dice {t['test_dice']:.4f}", ""]
+             f"Dice {t['test_dice']:.4f}"
+             + (f"; tissue of the benign real slides called tumour {_benign_share([t])}" if t.get("benign_slides") else ""),
+             ""]
     if t.get("test", {}).get("per_source"):
         lines += ["Teacher on the test split, by folder:", "", *_source_table(t["test"]), ""]
     lines += ["Per method: mean ± sd over seeds; the paired difference is the method's test mIoU minus the plain "
               "student's of the same seed (mean ± sd, paired t-test p); 'negatives' is the share of pixels called "
-              "tumour on the normal / LGIN / HGIN test tiles.", "",
+              "tumour on the normal / LGIN / HGIN test tiles; 'benign slides' the share of the tissue of the benign "
+              "real slides (cmu-1-small-region) called tumour, whole-slide inference as in the app.", "",
               "| method | validation mIoU | test mIoU | vs student alone (paired) | test Dice | % of teacher mIoU | "
-              "gap closed | negatives |",
-              "|---|---|---|---|---|---|---|---|"]
+              "gap closed | negatives | benign slides |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["methods"].items():
         share = f"{100 * r['share_of_teacher_miou']:.1f} %" if r["share_of_teacher_miou"] is not None else "–"
         gap = f"{100 * r['gap_closed']:.0f} %" if r["gap_closed"] is not None else "–"
         vals = [run["val_miou"] for run in r["runs"]]
         lines.append(f"| {name} | {_pm(*_mean_sd(vals))} | {_pm(r['test_miou_mean'], r['test_miou_sd'])} | "
                      f"{_paired(r.get('vs_student'))} | {_pm(r['test_dice_mean'], r['test_dice_sd'])} | {share} | "
-                     f"{gap} | {_negatives(r)} |")
+                     f"{gap} | {_negatives(r)} | {_benign_share(r['runs'])} |")
     e = report["efficiency"]
     lines += ["", "| network | params | GFLOPs (MACs) at 256² | CPU images/s at "
               f"{e['speed_size']}² ({e['threads']} threads) |", "|---|---|---|---|"]

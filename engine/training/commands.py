@@ -284,7 +284,7 @@ def cmd_bench_distill(args: argparse.Namespace) -> int:
                            methods=args.methods.split(",") if args.methods else None,
                            progress=_progress_printer(True), workdir=Path(args.workdir) if args.workdir else None,
                            teacher_only=args.teacher_only, runs_only=args.runs_only,
-                           finished_only=args.finished_only)
+                           finished_only=args.finished_only, benign_check=getattr(args, "benign_check", None))
     if report.get("partial"):
         if args.out or args.ship:
             raise CocoPathError("--teacher-only / --runs-only write no report: run again without them for --out / --ship")

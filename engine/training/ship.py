@@ -131,13 +131,17 @@ def _worse(comparison: dict[str, Any]) -> list[str]:
     return why
 
 
-def _card_meta(meta: dict[str, Any], report: dict[str, Any], role: str, method: str | None) -> dict[str, Any]:
-    meta = dict(meta)
+def with_card_mpp(meta: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with the card's µm/px for a protocol's ``settings`` (tiles resized to ``size``, or native)."""
+    size = settings.get("size")
     inp = dict(meta.get("input") or {})
-    size = report["settings"].get("size")  # tiles resized to this short side (None: native)
     inp["mpp"] = EBHI_MPP_ESTIMATE * (224 / size if size else 1.0)
     inp["mpp_note"] = MPP_NOTE
-    meta["input"] = inp
+    return {**meta, "input": inp}
+
+
+def _card_meta(meta: dict[str, Any], report: dict[str, Any], role: str, method: str | None) -> dict[str, Any]:
+    meta = with_card_mpp(meta, report["settings"])
     meta["name"] = STUDENT_NAME if role == "student" else TEACHER_NAME
     meta["licence"] = {"weights": "same as CoCoPath", "training_data": DATA_LICENCE}
     meta["benchmark"] = {"protocol": report["protocol"], "command": report["command"], "method": method,

@@ -179,10 +179,23 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
     assert len(kd["runs"]) == 2 and kd["vs_student"]["pairs"] == 2 and kd["test_miou_sd"] is not None
     assert "negatives_tumour_share" in kd["runs"][0]["test"]
     stamp = (tmp_path / "student-kd-s1.safetensors").stat().st_mtime_ns
+    checked: list[float] = []
+
+    def benign(model: torch.nn.Module, meta: dict) -> dict[str, float]:  # the real one runs a slide
+        checked.append(meta["input"]["mpp"])
+        return {"cmu-1-small-region.svs": 0.25}
+
     more = run_benchmark(protocol="cpu", data_dir=str(tiny_mixture), methods=["kd"], seeds=3, device="cpu",
-                         workdir=tmp_path, overrides=tiny)
+                         workdir=tmp_path, overrides=tiny, benign_check=benign)
     assert (tmp_path / "student-kd-s1.safetensors").stat().st_mtime_ns == stamp  # a third seed keeps the first two
     assert [r["seed"] for r in more["methods"]["kd"]["runs"]] == [0, 1, 2]
+    # the benign slide: the teacher and every kd run, the two read back included, at the card's µm/px
+    assert len(checked) == 4 and set(checked) == {224 / 32}
+    assert all(r["benign_slides"] == {"cmu-1-small-region.svs": 0.25} for r in more["methods"]["kd"]["runs"])
+    assert more["teacher"]["benign_slides"] and "| 25.0 % ± 0.0 |" in markdown(more)
+    again = run_benchmark(protocol="cpu", data_dir=str(tiny_mixture), methods=["kd"], seeds=3, device="cpu",
+                          workdir=tmp_path, overrides=tiny, benign_check=benign, finished_only=True)
+    assert len(checked) == 4 and again["methods"]["kd"]["runs"][0]["benign_slides"]  # kept, not measured again
     partial = run_benchmark(protocol="cpu", data_dir=str(tiny_mixture), methods=["student", "kd", "cwd"], seeds=3,
                             device="cpu", workdir=tmp_path, overrides=tiny, finished_only=True)
     assert set(partial["methods"]) == {"student", "kd"} and not list(tmp_path.glob("student-cwd-*"))
