@@ -49,11 +49,18 @@ class CacheError(CocoPathError):
     """A prediction cache cannot be read (missing, damaged, or from another format)."""
 
 
+#: Added to the digest of DICOM slides (a ``.dcm`` file or a folder): since the engine converts
+#: the YCbCr frames OpenSlide hands back under an RGB header, their predictions made on the
+#: miscoloured pixels must not be reused.
+DICOM_PIXELS = "\0dicom-true-colour"
+
+
 def slide_key(path: str | Path) -> str:
     """A folder name for a slide: its stem and a digest of its path, size and modification time."""
     p = Path(path).resolve()
     st = p.stat()
-    digest = hashlib.sha1(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:10]
+    pixels = DICOM_PIXELS if p.is_dir() or p.suffix.lower() == ".dcm" else ""
+    digest = hashlib.sha1(f"{p}\0{st.st_size}\0{st.st_mtime_ns}{pixels}".encode()).hexdigest()[:10]
     return f"{p.stem}-{digest}"
 
 

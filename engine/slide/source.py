@@ -33,6 +33,8 @@ MICRONS_AT_1X = 10.0
 MAX_SIDE = 1 << 20
 #: Largest tile (or associated image) a slide may claim, decoded: 256 MiB, a 8192² tile.
 MAX_TILE_BYTES = 256 << 20
+#: DICOM transfer syntaxes of JPEG frames (baseline, extended): YCbCr unless their markers say RGB.
+JPEG_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 
 
 @dataclass(frozen=True)
@@ -211,8 +213,12 @@ class OpenSlideSource:
         self._closed = False
         self._readers = 0  # reads in flight: close() waits for them (OpenSlide aborts otherwise)
         self._idle = threading.Condition()
+        self._ycbcr = False  # OpenSlide hands back YCbCr: converted after every read
         try:
             self.info = self._read_info(file)
+            self._ycbcr = self._returns_ycbcr()
+            if self._ycbcr:
+                log.info("%s: its JPEG frames are YCbCr though its header says RGB; converted", file)
             if self.info.mpp is None:
                 log.info("%s has no microns-per-pixel: physical units are unavailable", file)
             self._check_readable()
@@ -264,6 +270,29 @@ class OpenSlideSource:
             properties=MappingProxyType(props),
             associated_images=tuple(associated),
         )
+
+    def _returns_ycbcr(self) -> bool:
+        """A DICOM slide whose header says ``PhotometricInterpretation`` RGB over JPEG frames that are
+        in fact YCbCr (Bio-Formats' ``bfconvert`` writes such files, as did the converter of the
+        test data's CMU-1): OpenSlide ≥ 4.0 trusts the header and returns the YCbCr samples as they
+        are, so glass shows salmon and tissue green. Decided from the header *and* the pixels: the
+        brightest of a coarse read (the glass) sit at Cb ≈ Cr ≈ 128, where real RGB glass is white.
+        A slide without glass, or an OpenSlide that converts, is left as it reads."""
+        props = self.info.properties
+        if (self.info.vendor != "dicom" or props.get("dicom.PhotometricInterpretation") != "RGB"
+                or props.get("dicom.TransferSyntaxUID") not in JPEG_TRANSFER_SYNTAXES):
+            return False
+        # the coarsest level with some size (a DICOM pyramid may go down to 1 × 1 px)
+        lvl = max([i for i, (w, h) in enumerate(self.info.level_dimensions) if min(w, h) >= 128] or [0])
+        w, h = self.info.level_dimensions[lvl]
+        argb = self.read_argb(RegionRequest(self.info.path, lvl, 0, 0, min(w, 512), min(h, 512)))
+        b = argb.view(np.uint8).reshape(*argb.shape, 4)
+        opaque = b[..., 3] == 255
+        first, second, third = b[..., 2][opaque], b[..., 1][opaque], b[..., 0][opaque]
+        bright = first >= 200  # glass: Y of YCbCr, or R of RGB
+        if bright.sum() < max(16, 0.01 * opaque.sum()):
+            return False
+        return bool(abs(np.median(second[bright]) - 128) < 16 and abs(np.median(third[bright]) - 128) < 16)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -323,6 +352,8 @@ class OpenSlideSource:
                              f"{request.level} at ({request.x}, {request.y}) failed ({_detail(exc)})") from None
         except AttributeError:  # a future openslide-python without the private entry point
             buf[...] = self._read_argb_public(request).reshape(buf.shape)
+        if self._ycbcr:
+            ycbcr_argb_to_rgb(buf)
         return buf
 
     def _read_argb_public(self, request: RegionRequest) -> np.ndarray:
@@ -389,6 +420,21 @@ class OpenSlideSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def ycbcr_argb_to_rgb(argb: np.ndarray) -> None:
+    """In place: premultiplied ARGB words whose colour bytes hold Y, Cb, Cr (in R, G, B) become RGB
+    (JPEG's full-range BT.601 conversion); transparent words stay as they are."""
+    b = argb.view(np.uint8).reshape(*argb.shape, 4)  # B, G, R, A bytes
+    a = b[..., 3].astype(np.float32)
+    seen = a > 0
+    scale = np.where(seen, 255.0 / np.maximum(a, 1.0), 0.0)
+    y = b[..., 2] * scale
+    cb = b[..., 1] * scale - 128.0
+    cr = b[..., 0] * scale - 128.0
+    back = a / 255.0  # premultiply again
+    for channel, value in ((2, y + 1.402 * cr), (1, y - 0.344136 * cb - 0.714136 * cr), (0, y + 1.772 * cb)):
+        b[..., channel] = np.where(seen, np.clip(np.rint(value * back), 0, 255), b[..., channel]).astype(np.uint8)
 
 
 def argb_to_rgb(argb: np.ndarray) -> np.ndarray:

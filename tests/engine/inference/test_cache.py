@@ -124,3 +124,20 @@ def test_a_read_that_races_a_write_never_leaves_the_older_tile_remembered(tmp_pa
     cache.read_tile(0, 0, 0)  # raced
     monkeypatch.setattr(cache_mod.zlib, "decompress", real)
     np.testing.assert_array_equal(cache.read_tile(0, 0, 0), new)
+
+
+def test_dicom_predictions_made_before_the_colour_fix_are_not_reused(tmp_path, dicom_dir, small_svs):
+    """A DICOM slide's cache folder changed with the YCbCr fix (its old predictions saw false
+    colours); every other slide keeps its folder, so its predictions stay."""
+    import hashlib
+
+    from engine.inference.cache import slide_key
+
+    def before_the_fix(p):
+        st = p.resolve().stat()
+        return f"{p.stem}-" + hashlib.sha1(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:10]
+
+    one = sorted(dicom_dir.glob("*.dcm"))[0]
+    for path in (dicom_dir, one):
+        assert slide_key(path) != before_the_fix(path) and slide_key(path) == slide_key(path)
+    assert slide_key(small_svs) == before_the_fix(small_svs)
