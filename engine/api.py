@@ -50,7 +50,7 @@ _INFERENCE = {
     "run_window": "engine.inference.geometry", "run_batch": "engine.inference.geometry",
     "measure_backend_later": "engine.inference.job",
     "remembered_backend": "engine.inference.runner", "backend_cache_dir": "engine.inference.runner",
-    "remember_file": "engine.inference.runner", "remembered_session": "engine.inference.onnx_session",
+    "note_file": "engine.inference.runner", "remembered_session": "engine.inference.onnx_session",
     "no_gpu_visible": "engine.inference.onnx_session",
     "Preview": "engine.inference.preview", "predict_preview": "engine.inference.preview",
 }

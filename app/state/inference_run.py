@@ -177,13 +177,10 @@ def _load(spec: ModelSpec, batch_size: int, trial_first: bool, window: int
 
 def remember_file(spec: ModelSpec, model: Any) -> None:
     """Note which weights the model file holds, so that the next start finds its remembered
-    ONNX Runtime back-end without torch; only a shortcut, so a failure is logged."""
-    from engine.api import remember_file as remember
+    ONNX Runtime back-end without torch (a failure is logged: only a shortcut)."""
+    from engine.api import note_file
 
-    try:
-        remember(spec.checkpoint, model, backends_dir())
-    except OSError as exc:
-        log.warning("%s: could not note which weights %s holds (%s)", backends_dir(), spec.checkpoint, exc)
+    note_file(spec.checkpoint, model, backends_dir())
 
 
 class InferenceRun:

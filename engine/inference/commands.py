@@ -130,7 +130,7 @@ def _infer(args: argparse.Namespace) -> int:
 def _runner_with_torch(args: argparse.Namespace, spec: Any, window: int, backends: Path) -> Any:
     """Load the model and pick its back-end (measured now if none is remembered yet)."""
     from engine.inference.job import pick_runner
-    from engine.inference.runner import remember_file
+    from engine.inference.runner import note_file
     from engine.training.checkpoints import load_model
 
     model, _ = load_model(args.model)
@@ -143,10 +143,7 @@ def _runner_with_torch(args: argparse.Namespace, spec: Any, window: int, backend
         for f in leftovers:
             f.unlink(missing_ok=True)
         raise write_error(exc, backends) from None
-    try:
-        remember_file(args.model, model, backends)
-    except OSError as exc:  # only a shortcut for the next run: this one goes on
-        log.warning("%s: could not note which weights %s holds (%s)", backends, args.model, exc)
+    note_file(args.model, model, backends)  # only a shortcut for the next run: this one goes on
     return runner
 
 

@@ -225,6 +225,15 @@ def remember_file(model_file: str | Path, model: nn.Module, cache_dir: Path) -> 
     _store(file, json.dumps(record).encode())
 
 
+def note_file(model_file: str | Path, model: nn.Module, cache_dir: Path) -> None:
+    """:func:`remember_file`, as the shortcut it is: a failure (a full disk) is logged, and the run
+    that asked goes on."""
+    try:
+        remember_file(model_file, model, cache_dir)
+    except OSError as exc:
+        log.warning("%s: could not note which weights %s holds (%s)", cache_dir, model_file, exc)
+
+
 def remembered_backend(model: nn.Module, window: int, batch_size: int = 4,
                        cache_dir: Path | None = None) -> str | None:
     """The back-end name measured before for this model, machine, window and batch, else None."""

@@ -389,13 +389,17 @@ def _paired(r: dict[str, Any] | None) -> str:
     return f"{r['diff_mean']:+.4f} ± {r['diff_sd']:.4f}{p}"
 
 
-def _negatives(r: dict[str, Any]) -> str:
-    shares = [run.get("test", {}).get("negatives_tumour_share") for run in r["runs"]]
-    shares = [s for s in shares if s is not None]
+def _percent(shares: list[float]) -> str:
+    """Shares over seeds as "mean % ± sd" ("–" when there is none)."""
     if not shares:
         return "–"
     m, sd = _mean_sd(shares)
     return f"{100 * m:.1f} %" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+
+
+def _negatives(r: dict[str, Any]) -> str:
+    shares = [run.get("test", {}).get("negatives_tumour_share") for run in r["runs"]]
+    return _percent([s for s in shares if s is not None])
 
 
 def _source_table(scores: dict[str, Any]) -> list[str]:
@@ -421,11 +425,7 @@ def _benign(check: BenignCheck, model_file: Path, proto: dict[str, Any]) -> dict
 
 
 def _benign_share(runs: list[dict[str, Any]]) -> str:
-    shares = [sum(r["benign_slides"].values()) / len(r["benign_slides"]) for r in runs if r.get("benign_slides")]
-    if not shares:
-        return "–"
-    m, sd = _mean_sd(shares)
-    return f"{100 * m:.1f} %" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+    return _percent([sum(r["benign_slides"].values()) / len(r["benign_slides"]) for r in runs if r.get("benign_slides")])
 
 
 def markdown(report: dict[str, Any]) -> str:
