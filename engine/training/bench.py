@@ -45,14 +45,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The settings a teacher depends on: a resumed run with other student settings reuses the teacher.
-TEACHER_KEYS = ("data", "augment", "size", "crop", "teacher", "teacher_steps", "batch_size", "lr")
+TEACHER_KEYS = ("data", "augment", "repeat", "size", "crop", "teacher", "teacher_steps", "batch_size", "lr")
 #: Settings that do not change a finished student run (how many seeds, the speed measurement).
 RUN_FREE_KEYS = ("seeds", "speed_size", "speed_rounds")
 #: … and the crop bank of its outputs (the students' training data when ``bank`` > 0).
 BANK_KEYS = (*TEACHER_KEYS, "bank")
 METHODS = ("student", "kd", "skd", "cwd", "ft", "coco", "coco-gram", "coco-kd", "coco-adv", "coco-full")
 REGEX = r"^(.*?)-\d+-400-\d+$"
-_DEFAULTS: dict[str, Any] = {"data": "ebhi", "augment": "default", "bank": 0, "teacher_threads": None,
+_DEFAULTS: dict[str, Any] = {"data": "ebhi", "augment": "default", "repeat": {}, "bank": 0, "teacher_threads": None,
                              "student_threads": None}
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -63,7 +63,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "teacher": "unet-resnet34", "teacher_steps": 3000, "student": "mobile-unet", "student_steps": 600,
             "batch_size": 8, "lr": 1e-3, "seeds": 3, "paraphraser_steps": 200, "bank": 3200,
             "teacher_threads": 2, "student_threads": 1, "speed_size": 224, "speed_rounds": 15},
-    "cpu-long": {**_DEFAULTS, "data": "mixture", "augment": "scanner", "size": None, "crop": 128,
+    "cpu-long": {**_DEFAULTS, "data": "mixture", "augment": "scanner", "repeat": {"ebhi-high-grade-in": 3},
+                 "size": None, "crop": 128,
                  "teacher": "unet-resnet34", "teacher_steps": 12000, "student": "mobile-unet", "student_steps": 2400,
                  "batch_size": 8, "lr": 1e-3, "seeds": 3, "paraphraser_steps": 400, "bank": 8000,
                  "teacher_threads": 2, "student_threads": 1, "speed_size": 224, "speed_rounds": 15},
@@ -85,9 +86,11 @@ NOTES = {
             "U-Net teacher on 128x128 crops on 2 threads; then the teacher's outputs and features are computed "
             "once on a fixed bank of augmented crops and every student method trains on that bank (student "
             "forward and backward only) on 1 thread, several seeds, paired by seed."),
-    "cpu-long": ("CPU-LONG protocol: the cpu protocol with 4x the teacher steps (12000, about 3 h on 2 cores), a "
-                 "bank of 8000 crops and 2400 steps per student run: longer than one working session, so it is "
-                 "meant to run in the background across sessions from the git-ignored work/ folder (resumable)."),
+    "cpu-long": ("CPU-LONG protocol: the cpu protocol with 4x the teacher steps (12000, about 3 h on 2 cores), "
+                 "high-grade intraepithelial neoplasia tiles shown 3x as often (the earlier teacher called 62 % of "
+                 "them tumour), a bank of 8000 crops and 2400 steps per student run: longer than one working "
+                 "session, so it is meant to run in the background across sessions from the git-ignored work/ "
+                 "folder (resumable)."),
     "session": ("SESSION protocol (CPU, one working session of ~2 h on 2 cores): native-resolution tiles, trained on "
                 "random 128x128 crops and evaluated on the whole 224x224 test tiles; ResNet-50 U-Net teacher 1200 "
                 "steps, every student method 300 steps, one seed. Far shorter than the paper's schedule: the "
@@ -171,9 +174,10 @@ def _data_spec(proto: dict[str, Any], data_dir: str | None, work: Path) -> DataS
         if not negatives or len(negatives) == len(folders):
             raise ValueError(f"{root}: the mixture needs folders with and without tumour ({', '.join(mixture.FOLDERS)})")
         return DataSpec(folders, mixture.REGEX, str(work / "split.json"), 0, proto["size"], proto["crop"],
-                        negatives=negatives, balance=True)
+                        negatives=negatives, balance=True, repeat=tuple(sorted(proto["repeat"].items())))
     folder = data_dir or str(data_path("seg", "ebhi-adenocarcinoma"))
-    return DataSpec((folder,), REGEX, str(work / "split.json"), 0, proto["size"], proto["crop"])
+    return DataSpec((folder,), REGEX, str(work / "split.json"), 0, proto["size"], proto["crop"],
+                    repeat=tuple(sorted(proto["repeat"].items())))
 
 
 def _augment(proto: dict[str, Any]) -> AugmentConfig:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from engine.training.augment import AugmentConfig, augment
-from engine.training.datasets import Pair, load_pair
+from engine.training.datasets import DatasetError, Pair, load_pair
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, recorded in every checkpoint's JSON
 STD = (0.229, 0.224, 0.225)
@@ -50,6 +50,20 @@ class SegDataset(Dataset):
             out.items.append((np.array(Image.fromarray(img).resize(wh, Image.BILINEAR)),
                               np.array(Image.fromarray(mask).resize(wh, Image.NEAREST))))
         return out
+
+    def repeat_folders(self, factors: dict[str, int]) -> None:
+        """Show the images of each named source folder ``factor`` times in all (repeats share the
+        loaded arrays and are augmented differently, as in :meth:`balance`)."""
+        known = {Path(p.source).name for p in self.pairs}
+        unknown = sorted(set(factors) - known)
+        if unknown:
+            raise DatasetError(f"cannot repeat folder(s) {', '.join(unknown)}: no training image comes from them")
+        bad = {f: n for f, n in factors.items() if int(n) != n or n < 1}
+        if bad:
+            raise DatasetError(f"repeat factors must be whole numbers of at least 1, not {bad}")
+        extra = [i for i, p in enumerate(self.pairs) for _ in range(int(factors.get(Path(p.source).name, 1)) - 1)]
+        self.pairs = self.pairs + [self.pairs[i] for i in extra]
+        self.items = self.items + [self.items[i] for i in extra]
 
     def balance(self) -> None:
         """Repeat the smaller group (images with / without foreground) until both are as many.

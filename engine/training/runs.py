@@ -41,6 +41,9 @@ class DataSpec:
     classes: tuple[str, ...] = ("background", "tumour")
     negatives: tuple[str, ...] = ()  # folders (by name) whose images hold no tumour: masks all background
     balance: bool = False  # oversample training images so tiles with and without tumour are as many
+    #: (folder name, factor): training images of that folder are seen ``factor`` times as often (before
+    #: balancing), for a kind of tissue the model gets wrong more than its share of images shows
+    repeat: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -68,8 +71,9 @@ def load_data(spec: DataSpec, seed: int = 0, augment: AugmentConfig | None = Non
 
     Several folders: images are keyed ``<folder>/<stem>`` and split together, so one case's tiles
     of every folder fall in the same part. ``spec.negatives`` name folders whose masks count as all
-    background; ``spec.balance`` repeats training images of the smaller group (with / without any
-    tumour pixel) until both are as many, each repeat augmented differently.
+    background; ``spec.repeat`` shows the training images of named folders several times;
+    ``spec.balance`` then repeats training images of the smaller group (with / without any tumour
+    pixel) until both are as many, each repeat augmented differently.
     """
     folders = [Path(f) for f in spec.folders]
     unknown = set(spec.negatives) - {f.name for f in folders}
@@ -83,6 +87,8 @@ def load_data(spec: DataSpec, seed: int = 0, augment: AugmentConfig | None = Non
     aug = augment if augment is not None else AugmentConfig(crop=spec.crop)
     neg = frozenset(spec.negatives)
     train_ds = SegDataset(parts["train"], spec.size, spec.mask_mode, aug, seed, negatives=neg)
+    if spec.repeat:
+        train_ds.repeat_folders(dict(spec.repeat))
     if spec.balance:
         train_ds.balance()
     val_ds = SegDataset(parts["val"], spec.size, spec.mask_mode, negatives=neg)
@@ -122,7 +128,7 @@ def model_meta(model: SegmentationModel, data: Data, role: str, extra: dict[str,
                   "short_side": data.spec.size, "mpp": None},
         "data": {"folders": [Path(f).name for f in data.spec.folders], "group_regex": data.spec.group_regex,
                  "negatives": list(data.spec.negatives), "balanced": data.spec.balance,
-                 "split_seed": data.spec.split_seed, "mask_mode": data.spec.mask_mode,
+                 "repeat": dict(data.spec.repeat), "split_seed": data.spec.split_seed, "mask_mode": data.spec.mask_mode,
                  "train_cases": data.split.get("train_cases"), "val_cases": data.split.get("val_cases"),
                  "test_cases": data.split.get("test_cases")},
         "params": count_params(model),

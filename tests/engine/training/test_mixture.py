@@ -86,6 +86,28 @@ def test_balanced_training_part_and_per_folder_scores(tiny_mixture: Path, tmp_pa
     assert res["negatives_tumour_share"] == pytest.approx(1.0)
 
 
+def test_a_folder_repeated_before_balancing(tiny_mixture: Path, tmp_path: Path) -> None:
+    folders = (str(tiny_mixture / "ebhi-adenocarcinoma"), str(tiny_mixture / "ebhi-normal"))
+    plain = load_data(DataSpec(folders, mixture.REGEX, str(tmp_path / "split.json"), crop=64,
+                               negatives=("ebhi-normal",)))
+    spec = DataSpec(folders, mixture.REGEX, str(tmp_path / "split.json"), crop=64, negatives=("ebhi-normal",),
+                    balance=True, repeat=(("ebhi-normal", 3),))
+    data = load_data(spec)
+
+    def count(ds: SegDataset, folder: str) -> int:
+        return sum(Path(p.source).name == folder for p in ds.pairs)
+
+    normal = count(plain.train, "ebhi-normal")
+    assert normal > 0 and count(data.train, "ebhi-normal") == 3 * normal  # repeated first …
+    has_tumour = [bool(m.any()) for _, m in data.train.items]
+    assert sum(has_tumour) == len(has_tumour) - sum(has_tumour)  # … then balanced against the repeats
+    assert count(data.test, "ebhi-normal") == count(plain.test, "ebhi-normal")  # evaluation is untouched
+    with pytest.raises(DatasetError, match="no training image"):
+        load_data(DataSpec(folders, mixture.REGEX, str(tmp_path / "split.json"), repeat=(("ebhi-polyp", 2),)))
+    with pytest.raises(DatasetError, match="whole numbers"):
+        load_data(DataSpec(folders, mixture.REGEX, str(tmp_path / "split.json"), repeat=(("ebhi-normal", 0),)))
+
+
 def test_unknown_negative_folder_is_refused(tiny_mixture: Path, tmp_path: Path) -> None:
     spec = DataSpec((str(tiny_mixture / "ebhi-adenocarcinoma"),), mixture.REGEX, str(tmp_path / "s.json"),
                     negatives=("ebhi-normal",))
