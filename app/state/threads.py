@@ -1,5 +1,6 @@
-"""Background work without Qt: :class:`Task`, one function on a thread of its own, and the two
-scheduling hints a long run gives its thread (:func:`lower_priority`, :func:`spare_a_core`).
+"""Background work without Qt: :class:`Task`, one function on a thread of its own, and the
+scheduling hints a long run gives its thread (:func:`lower_priority`, :func:`spare_a_core`, and
+:func:`every_core` for threads made for a short burst).
 
 Every thread the app starts outside the viewer is a :class:`Task`: the Qt side wraps it in
 :class:`app.workers.Worker` (typed signals, cancel, a shutdown after which nothing is emitted);
@@ -11,10 +12,11 @@ as ONNX Runtime's back-end trial, is not).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,36 @@ def spare_a_core() -> None:
             os.sched_setaffinity(threading.get_native_id(), cores[1:])
     except (AttributeError, OSError):  # not Linux, or not allowed
         pass
+
+
+def process_cores() -> set[int]:
+    """The cores the process may use (its main thread's affinity, which :func:`spare_a_core` leaves
+    alone); empty where affinity is not known (not Linux)."""
+    try:
+        return set(os.sched_getaffinity(os.getpid()))
+    except (AttributeError, OSError):
+        return set()
+
+
+@contextlib.contextmanager
+def every_core() -> Iterator[int]:
+    """Within the block, the calling thread may run on every core of the process; threads it starts
+    there keep that (a pool for a short burst that the person is waiting for, such as the preview
+    of the field). Yields the number of cores; the thread's own affinity is restored after."""
+    tid = threading.get_native_id()
+    cores = process_cores()
+    try:
+        before = os.sched_getaffinity(tid)
+    except (AttributeError, OSError):
+        yield os.cpu_count() or 1
+        return
+    try:
+        if cores and cores != before:
+            os.sched_setaffinity(tid, cores)
+        yield len(cores) or len(before)
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, before)
 
 
 def lower_priority(nice: int = 10) -> None:

@@ -13,7 +13,7 @@ suggests. On three 1920×1080 fields of a 12 000² pyramid of real patches, a pr
 model's µm/px called 0–2 % of the field tumour where the final mask called 0.2–0.5 % (tumour IoU
 0.0–0.08), at 1.5× 2.4–3.8 % (IoU 0.06–0.12); at 1× 0.2–0.3 % (IoU 0.24–0.29, the rest is the
 blending of the final windows on sparse calls). A preview that shows what the final mask will not
-would mislead; at 1× it costs about 1–2 s on one core instead of 0.3 s.
+would mislead; at 1× it costs about 1–2 s instead of 0.3 s.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from engine.slide.request import RegionRequest
 from engine.slide.source import SlideSource
 
 #: Most pixels of a preview's network input: a 1920×1080 field at the model's µm/px with its
-#: margins (about 1–2 s of the 5 M-parameter student on one core, 260 MB more peak memory).
+#: margins (about 2 s of the 5 M-parameter student on one core, 1 s on two; the app gives the
+#: preview a session on every core, see ``app.state.inference_run.field_runner``).
 MAX_PIXELS = 5 << 19
 #: White (glass) beyond the slide's edge, as OpenSlide composites transparent areas.
 GLASS = 255

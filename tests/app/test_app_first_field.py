@@ -8,6 +8,7 @@ the test sees when it starts (the real trial takes tens of seconds).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -124,7 +125,11 @@ def test_a_network_loaded_ahead_of_run_is_the_one_the_run_uses(spec, small_svs, 
     monkeypatch.setattr(InferenceRun, "_start_trial", lambda self, job, model: None)  # no trial
     ahead = inference_run.preload(spec)
     assert inference_run.preload(spec) is ahead, "one load per model, however often asked"
-    model, runner, _ = ahead.result(120)
+    model, runner, _, field = ahead.result(120)
+    if hasattr(runner, "with_threads") and len(os.sched_getaffinity(0)) > 1:
+        # the preview's own ONNX Runtime session, on every core (the run's keeps off the GUI's)
+        assert field is not runner and field.graph is runner.graph
+        assert field.session.get_session_options().intra_op_num_threads == len(os.sched_getaffinity(0))
     loads = []
     monkeypatch.setattr(inference_run, "_load", lambda *a: loads.append(a))
     run = InferenceRun(str(small_svs), spec, (900.0, 1200.0, 400.0, 400.0))

@@ -132,3 +132,20 @@ def test_tissue_clip_follows_the_mask_between_cells():
     assert abs(int(clip.sum()) - 32 * 32) <= 4 * 32  # the edge sits near the cells' edge
     coarse = tissue_clip(t, 8, 8, 4.0, 10, 10)  # another origin and pixel size: the same place
     assert coarse[5, 5] and not coarse[0, 0]
+
+
+def test_the_same_clip_is_not_made_twice(monkeypatch):
+    from app.viewer.layers import predictions
+
+    made = []
+    real = predictions._tissue_clip
+    monkeypatch.setattr(predictions, "_tissue_clip", lambda *a: made.append(a) or real(*a))
+    mask = np.zeros((4, 4), bool)
+    mask[1:3, 1:3] = True
+    t = TissueMask(mask, 16.0)
+    first = tissue_clip(t, 0, 0, 1.0, 64, 64)
+    again = tissue_clip(t, 0, 0, 1.0, 64, 64)  # the next tile's render of the same window
+    assert again is first and len(made) == 1 and not again.flags.writeable
+    assert tissue_clip(t, 16, 0, 1.0, 64, 64)[24:40, 8:24].all() and len(made) == 2  # another region
+    other = TissueMask(np.ones((4, 4), bool), 16.0)  # another mask (a new slide, the same window)
+    assert tissue_clip(other, 16, 0, 1.0, 64, 64).all() and len(made) == 3

@@ -183,6 +183,22 @@ def test_the_inference_run_thread_yields_to_the_gui(qtbot):
     bridge.shut_down(5)
 
 
+def test_a_burst_may_use_every_core_and_the_thread_keeps_its_own_after():
+    from app.state.threads import every_core, spare_a_core
+
+    def burst() -> tuple[int, int, int, int]:
+        spare_a_core()
+        before = len(os.sched_getaffinity(0))
+        with every_core() as n:
+            inside = len(os.sched_getaffinity(0))
+        return before, inside, n, len(os.sched_getaffinity(0))
+
+    before, inside, n, after = Task(burst, name="burst").start().result(5)
+    everyone = len(os.sched_getaffinity(0))
+    assert inside == n == everyone  # threads made in the block may run on every core …
+    assert after == before == max(1, everyone - 1)  # … and the run's thread is off the GUI's again
+
+
 def test_a_task_keeps_its_result_or_its_error_and_may_outlive_the_interpreter_s_daemons():
     t = Task(lambda a, b: a + b, 2, 3, name="adds").start()
     assert t.result(5) == 5 and t.done and t.error is None

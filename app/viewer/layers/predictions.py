@@ -72,11 +72,29 @@ class PredictionImage:
     data_version: int = 0  # the overlay's data_version the probabilities answer
 
 
+#: The last clip made: (mask, downsample, region) and the clip. A run re-renders the same window
+#: for every tile that arrives, and a clip of a screen-sized window is the render's largest part.
+_last_clip: tuple[Any, tuple[float, ...], np.ndarray] | None = None
+
+
 def tissue_clip(tissue: Any, x0: float, y0: float, lds: float, w: int, h: int) -> np.ndarray:
     """(h, w) bool: which pixels of a cache-level region (top-left at level-0 (x0, y0), ``lds``
     level-0 px per pixel) are tissue, by bilinear interpolation of the coarse ``tissue`` mask
-    (:class:`~engine.api.TissueMask`) at pixel centres, kept where it is at least one half."""
-    mask, ds = tissue.mask, float(tissue.downsample)
+    (:class:`~engine.api.TissueMask`) at pixel centres, kept where it is at least one half. The
+    last one is kept (read-only): the same mask and region give it again without work."""
+    global _last_clip
+    key = (float(tissue.downsample), float(x0), float(y0), float(lds), float(w), float(h))
+    last = _last_clip
+    if last is not None and last[0] is tissue.mask and last[1] == key:
+        return last[2]
+    clip = _tissue_clip(tissue.mask, float(tissue.downsample), x0, y0, lds, w, h)
+    clip.flags.writeable = False
+    _last_clip = (tissue.mask, key, clip)
+    return clip
+
+
+def _tissue_clip(mask: np.ndarray, ds: float, x0: float, y0: float, lds: float, w: int, h: int
+                 ) -> np.ndarray:
     mh, mw = mask.shape
 
     def axis(start: float, n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

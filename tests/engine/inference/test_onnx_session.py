@@ -45,6 +45,20 @@ def remember(model_file: Path, cache: Path, backend: str) -> None:
     remember_file(model_file, model, cache)
 
 
+def test_a_burst_session_gives_the_same_answer_and_keeps_no_memory_between_calls(model_file: Path) -> None:
+    from engine.inference.spec import load_spec
+
+    model, _ = load_model(model_file)
+    run = OnnxRunner(model, load_spec(model_file), WINDOW)
+    burst = run.with_threads(2)
+    opts = burst.session.get_session_options()
+    assert opts.intra_op_num_threads == 2 and opts.enable_cpu_mem_arena  # the arena speeds a first call …
+    assert burst.run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"  # … and empties
+    assert not run.session.get_session_options().enable_cpu_mem_arena and run.run_options is None
+    x = np.random.default_rng(0).integers(0, 256, (1, 96, 160, 3), dtype=np.uint8)  # any size the stride divides
+    assert np.allclose(burst(x), run(x), atol=1e-5) and np.allclose(burst(x), run(x), atol=1e-5)
+
+
 def test_the_remembered_session_runs_the_same_graph(model_file: Path, tmp_path: Path) -> None:
     from engine.inference.spec import load_spec
 
