@@ -17,7 +17,7 @@ XCB_LIBS := libxcb-icccm.so.4:libxcb-icccm4 libxcb-keysyms.so.1:libxcb-keysyms1 
             libxcb-render-util.so.0:libxcb-render-util0 libxcb-shape.so.0:libxcb-shape0 \
             libxcb-xkb.so.1:libxcb-xkb1 libxkbcommon-x11.so.0:libxkbcommon-x11-0
 
-.PHONY: run test setup check-qt-libs check-window-libs bench-viewer bench-distill clean
+.PHONY: run test setup check-qt-libs check-window-libs bench-viewer bench-distill bench-distill-long clean
 
 run: setup check-window-libs
 	$(BIN)/cocopath $(SLIDE)
@@ -62,6 +62,18 @@ bench-viewer: setup
 bench-distill: setup
 	$(BIN)/cocopath-engine bench distill --protocol cpu --workdir work/distill-cpu \
 	  --out resources/benchmarks/distill-cpu.json --ship resources/models
+
+# The cpu-long protocol in the background at the lowest priority, resumable in work/: the teacher
+# and its crop bank (2 threads), then the student runs in two processes (1 thread each), then the
+# report of the finished runs. Rerun to continue after a stop; the logs go to work/*.log.
+LONG := $(BIN)/cocopath-engine bench distill --protocol cpu-long --workdir work/distill-cpu-long
+bench-distill-long: setup
+	mkdir -p work
+	nice -n 19 $(LONG) --teacher-only >> work/teacher.log 2>&1
+	nice -n 19 $(LONG) --runs-only --methods student,kd,coco,skd,cwd,ft,coco-gram,coco-kd \
+	  >> work/students-a.log 2>&1 & \
+	nice -n 19 $(LONG) --runs-only --methods coco-full,coco-adv >> work/students-b.log 2>&1; wait
+	$(LONG) --finished-only --out resources/benchmarks/distill-cpu-long.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
