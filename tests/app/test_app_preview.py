@@ -56,6 +56,8 @@ def test_the_preview_is_on_screen_before_any_tile(qtbot, window, small_svs, mode
         shown = grab_rgb(window.view)
         teal = _teal(shown) & ~_teal(before)
         assert teal.mean() > 0.05, "no prediction on screen from the preview"
+        overlay = window.view.predictions
+        assert overlay.shown_preview is overlay.preview is not None  # what the benchmark waits for
     finally:
         gate.set()
     with qtbot.waitSignal(pa.bridge.finished, timeout=60000):

@@ -70,6 +70,7 @@ class PredictionImage:
     probs: np.ndarray | None = None  # the cache region it was made of (tissue-clipped), cache level
     read_at: float = 0.0  # time.perf_counter() when the cache was read
     data_version: int = 0  # the overlay's data_version the probabilities answer
+    preview: Any = None  # the run's preview that filled its pending tiles, if one did
 
 
 #: The last clip made: (mask, downsample, region) and the clip. A run re-renders the same window
@@ -223,6 +224,7 @@ class PredictionOverlay(WindowedLayer):
         self.preview: Any = None  # the run's coarse preview of the field, under pending tiles
         self.data_version = 0  # bumped when the cache's contents or the tissue change
         self.shown_read_at = 0.0  # when the cache was read for the image shown (benchmarks)
+        self.shown_preview: Any = None  # the preview in the image shown, if any (benchmarks)
 
     # -- data and style (GUI thread) -------------------------------------------------------------
 
@@ -343,17 +345,18 @@ class PredictionOverlay(WindowedLayer):
         x0, y0, x1, y1 = req.window
         lds = cache.level_downsample(req.level)
         w, h = round((x1 - x0) / lds), round((y1 - y0) / lds)
+        used = None
         if probs is None or probs.shape[:2] != (h, w):
             read_at = time.perf_counter()
             probs = cache.read_region(req.level, x0, y0, w, h)
             if preview is not None and not cache.complete:  # pending tiles: the preview stands in
-                probs = fill_pending(probs, cache, preview, x0, y0, lds)
+                probs, used = fill_pending(probs, cache, preview, x0, y0, lds), preview
             if tissue is not None:  # nothing outside tissue, whatever the tiles hold
                 probs *= tissue_clip(tissue, x0, y0, lds, w, h)[..., None]
         scale = req.dpr / req.downsample  # device pixels per level-0 pixel
         sw, sh = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
         img, buf = screen_pixels(probs, req.style, sw, sh, line=req.line)
-        return PredictionImage(req, img, buf, time.perf_counter() - t0, probs, read_at, data_version)
+        return PredictionImage(req, img, buf, time.perf_counter() - t0, probs, read_at, data_version, used)
 
     def accept(self, res: PredictionImage) -> None:
         self._image, self._pixels, self._shown = res.image, res.pixels, res.request
@@ -361,6 +364,7 @@ class PredictionOverlay(WindowedLayer):
         self._probs_key = (res.data_version, res.request.window, res.request.level)
         if res.read_at:
             self.shown_read_at = res.read_at
+            self.shown_preview = res.preview
         self.render_seconds = res.seconds
 
     def blit(self, p: QPainter, vp: Viewport, slide_size: SlideSize) -> None:
