@@ -52,8 +52,8 @@ RUN_FREE_KEYS = ("seeds", "speed_size", "speed_rounds")
 BANK_KEYS = (*TEACHER_KEYS, "bank")
 METHODS = ("student", "kd", "skd", "cwd", "ft", "coco", "coco-gram", "coco-kd", "coco-adv", "coco-full")
 REGEX = r"^(.*?)-\d+-400-\d+$"
-_DEFAULTS: dict[str, Any] = {"data": "ebhi", "augment": "default", "repeat": {}, "bank": 0, "teacher_threads": None,
-                             "student_threads": None}
+_DEFAULTS: dict[str, Any] = {"data": "ebhi", "augment": "default", "repeat": {}, "bank": 0,
+                             "teacher_threads": None, "student_threads": None}
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "quick": {**_DEFAULTS, "size": 64, "crop": 64, "teacher": "unet-resnet34", "teacher_steps": 40,
