@@ -219,6 +219,16 @@ def _selection(report: dict[str, Any], method: str, chosen: bool) -> str:
             f"mIoU {vals[method]:.4f} against the best ({best}, {vals[best]:.4f}). The test split only reports.")
 
 
+def _unfinished(report: dict[str, Any]) -> str:
+    """What the choice could not see: the protocol's runs that had not finished when it was shipped."""
+    missing = report.get("missing_runs") or []
+    if not missing:
+        return ""
+    done = sum(len(row["runs"]) for row in report["methods"].values())
+    return (f" **The ablation was not finished**: {done} of {done + len(missing)} runs, so the choice is among "
+            f"those; missing: {', '.join(missing)}.")
+
+
 def _replaces(r: dict[str, Any]) -> list[str]:
     neg = ""
     if r.get("negatives_tumour_share") is not None and r.get("previous_negatives_tumour_share") is not None:
@@ -300,9 +310,10 @@ def model_card(report: dict[str, Any], meta: dict[str, Any], shipped: dict[str, 
         f"{100 * test['miou'] / t['test_miou']:.1f} % of it); "
         + (f"pixels called tumour on the normal / LGIN / HGIN test tiles together: {100 * neg:.1f} %. "
            if neg is not None else "")
-        + f"Over {len(row['runs'])} seeds the {method} students score test mIoU {row['test_miou_mean']:.4f}"
-        + (f" ± {row['test_miou_sd']:.4f}" if row["test_miou_sd"] is not None else "") + ". "
-        + _selection(report, method, shipped["chosen"]),
+        + (f"Over {len(row['runs'])} seeds the {method} students score test mIoU {row['test_miou_mean']:.4f}"
+           f" ± {row['test_miou_sd']:.4f}. " if row["test_miou_sd"] is not None
+           else f"Only one {method} student (seed {row['runs'][0]['seed']}) has finished. ")
+        + _selection(report, method, shipped["chosen"]) + _unfinished(report),
         *(_replaces(shipped["replaces"]) if shipped.get("replaces") else []),
         "", "Teacher on the same test split:", "",
         "| folder | images | teacher | constants |", "|---|---|---|---|", *_source_rows(t.get("test") or {}), "",

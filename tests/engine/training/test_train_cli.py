@@ -155,6 +155,7 @@ def test_bench_resumes_from_its_workdir_and_ships_the_best_student(tiny_data: Pa
     assert "teacher" in shipped  # a Mobile U-Net teacher is far under the size limit
     card = (dest / "MODEL_CARD.md").read_text()
     assert method in card and "CC BY 4.0" in card and "by case" in card
+    assert f"Only one {method} student (seed 0) has finished." in card and "not finished" not in card
 
 
 def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_path: Path,
@@ -201,6 +202,10 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
     assert set(partial["methods"]) == {"student", "kd"} and not list(tmp_path.glob("student-cwd-*"))
     assert partial["missing_runs"] == ["cwd seed 0", "cwd seed 1", "student seed 2", "cwd seed 2"]
     assert "Not run yet (4)" in markdown(partial)
+    ship_student(partial, tmp_path, tmp_path / "from-partial", data_dir=str(tiny_mixture))
+    card = (tmp_path / "from-partial" / "MODEL_CARD.md").read_text()  # the card says what the choice did not see
+    assert ("**The ablation was not finished**: 5 of 9 runs, so the choice is among those; missing: cwd seed 0, "
+            "cwd seed 1, student seed 2, cwd seed 2.") in card
     shipped = ship_student(report, tmp_path, tmp_path / "models", data_dir=str(tiny_mixture))
     meta = load_meta(tmp_path / "models" / f"{STUDENT_NAME}.safetensors")
     assert set(meta["scale_tolerance"]) == {"0.5", "0.71", "1", "1.41", "2"} and "teacher" in shipped
