@@ -131,8 +131,11 @@ def every_core() -> Iterator[int]:
 
 def lower_priority(nice: int = 10) -> None:
     """The calling thread (and the threads it starts) yields the CPU to the GUI thread when both
-    want it: on two cores, pan frames kept within budget while a model runs."""
+    want it: on two cores, pan frames kept within budget while a model runs. ``nice`` is added to
+    the thread's own niceness (the app's, when the app was started with ``nice``), up to 19: never
+    a higher priority than the GUI's."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
     except (AttributeError, OSError):  # not Linux, or not allowed: the default priority will do
         pass
