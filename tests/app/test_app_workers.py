@@ -209,3 +209,24 @@ def test_a_task_keeps_its_result_or_its_error_and_may_outlive_the_interpreter_s_
     assert not slow._thread.daemon and slow.wait()  # a task never started is not waited for
     slow.start()
     assert not slow.wait(0.01) and slow.wait(5)
+
+
+def test_lower_priority_adds_to_the_threads_own_niceness():
+    """An app started with ``nice`` keeps its inference thread below the GUI: 10 is added to the
+    thread's niceness (capped at 19), not set, which would raise a thread at nice 15 to 10."""
+    from app.state.threads import lower_priority
+
+    starts = [max(os.getpriority(os.PRIO_PROCESS, 0), n) for n in (5, 15)]  # the suite may run under nice
+    seen: list[int] = []
+
+    def job() -> None:
+        tid = threading.get_native_id()
+        for start in starts:  # lowering a thread's own priority needs no privilege
+            os.setpriority(os.PRIO_PROCESS, tid, start)
+            lower_priority()
+            seen.append(os.getpriority(os.PRIO_PROCESS, tid))
+
+    t = threading.Thread(target=job)
+    t.start()
+    t.join(5)
+    assert seen == [min(19, n + 10) for n in starts]
