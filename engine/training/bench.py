@@ -28,7 +28,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,21 +134,70 @@ def _tag(proto: dict[str, Any], keys: tuple[str, ...]) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def paired_test(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str = "test_miou") -> dict[str, Any] | None:
-    """Paired comparison with the plain student over the seeds both have (same seed: same student
-    initialisation and batches): mean and sd of the differences, paired t statistic and two-sided p."""
-    by_seed = {r["seed"]: r[key] for r in base}
-    diffs = [r[key] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed]
-    if len(diffs) < 2:
+def _paired_diffs(runs: list[dict[str, Any]], base: list[dict[str, Any]],
+                  value: Callable[[dict[str, Any]], float | None]) -> dict[str, Any] | None:
+    """``value`` of each run minus that of the ``base`` run of the same seed (same student
+    initialisation and batches), over the seeds both have: the number of pairs, the mean and sd of
+    the differences, the paired t statistic and two-sided p (sd, t and p are None for one pair)."""
+    by_seed = {r["seed"]: value(r) for r in base}
+    diffs = [v - by_seed[r["seed"]] for r in runs
+             if by_seed.get(r["seed"]) is not None and (v := value(r)) is not None]
+    if not diffs:
         return None
-    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    mean = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else None
     out: dict[str, Any] = {"pairs": len(diffs), "diff_mean": mean, "diff_sd": sd, "t": None, "p": None}
-    if sd > 0:
+    if sd:
         from scipy import stats
 
         t = mean / (sd / len(diffs) ** 0.5)
         out["t"], out["p"] = t, float(2 * stats.t.sf(abs(t), len(diffs) - 1))
     return out
+
+
+def paired_test(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str = "test_miou") -> dict[str, Any] | None:
+    """Paired comparison with the plain student over the seeds both have: mean and sd of the
+    differences, paired t statistic and two-sided p; None below two pairs (nothing to test)."""
+    out = _paired_diffs(runs, base, lambda r: r[key])
+    return out if out is not None and out["pairs"] >= 2 else None
+
+
+def _negatives_share(run: dict[str, Any]) -> float | None:
+    return run.get("test", {}).get("negatives_tumour_share")
+
+
+def _benign_mean(run: dict[str, Any]) -> float | None:
+    slides = run.get("benign_slides")
+    return sum(slides.values()) / len(slides) if slides else None
+
+
+#: What each of CoCo DistillNet's terms adds, as the paired difference (same seed) between two
+#: methods whose configurations (resources/configs/distill) differ in that term alone:
+#: (the term, the method with it, the method without it).
+ABLATION = (
+    ("cross-layer correlation, on the labels alone", "coco", "student"),
+    ("cross-layer correlation, on top of pixel KD", "coco-kd", "kd"),
+    ("pixel KD, on top of the correlation", "coco-kd", "coco"),
+    ("adversarial term, on top of the correlation", "coco-adv", "coco"),
+    ("factor transfer and adversarial term, on top of correlation and KD", "coco-full", "coco-kd"),
+    ("positions × positions correlation instead of the channel × channel Gram", "coco", "coco-gram"),
+)
+ABLATION_VALUES: dict[str, Callable[[dict[str, Any]], float | None]] = {
+    "val_miou": lambda r: r["val_miou"], "test_miou": lambda r: r["test_miou"],
+    "negatives": _negatives_share, "benign_slides": _benign_mean}
+
+
+def ablation(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """:data:`ABLATION`'s paired differences for the pairs of methods both run on a common seed."""
+    rows = []
+    for term, with_, without in ABLATION:
+        if with_ not in runs or without not in runs:
+            continue
+        diffs = {k: _paired_diffs(runs[with_], runs[without], v) for k, v in ABLATION_VALUES.items()}
+        if diffs["test_miou"] is not None:
+            rows.append({"term": term, "with": with_, "without": without,
+                         "pairs": diffs["test_miou"]["pairs"], **diffs})
+    return rows
 
 
 @contextlib.contextmanager
@@ -375,6 +424,7 @@ def run_benchmark(
             "student_flops_le_10pct": eff["flops_ratio"] <= 0.10,
             "student_cpu_speedup_ge_5x": eff["cpu_speedup"] >= 5.0,
         },
+        "ablation": ablation(runs),
         "missing_runs": missing,
         "best_method": best,
         "best_method_by_validation": best_val,
@@ -393,6 +443,17 @@ def _paired(r: dict[str, Any] | None) -> str:
     return f"{r['diff_mean']:+.4f} ± {r['diff_sd']:.4f}{p}"
 
 
+def _delta(d: dict[str, Any] | None, scale: float = 1.0) -> str:
+    """A paired difference as "+x ± sd (p = …)", scaled (100: percentage points); "–" without one."""
+    if not d:
+        return "–"
+    digits = 1 if scale != 1.0 else 4
+    text = f"{scale * d['diff_mean']:+.{digits}f}"
+    if d["diff_sd"] is not None:
+        text += f" ± {scale * d['diff_sd']:.{digits}f}"
+    return text + (f" (p = {d['p']:.3f})" if d.get("p") is not None else "")
+
+
 def _percent(shares: list[float]) -> str:
     """Shares over seeds as "mean % ± sd" ("–" when there is none)."""
     if not shares:
@@ -402,8 +463,7 @@ def _percent(shares: list[float]) -> str:
 
 
 def _negatives(r: dict[str, Any]) -> str:
-    shares = [run.get("test", {}).get("negatives_tumour_share") for run in r["runs"]]
-    return _percent([s for s in shares if s is not None])
+    return _percent([s for run in r["runs"] if (s := _negatives_share(run)) is not None])
 
 
 def _source_table(scores: dict[str, Any]) -> list[str]:
@@ -429,7 +489,7 @@ def _benign(check: BenignCheck, model_file: Path, proto: dict[str, Any]) -> dict
 
 
 def _benign_share(runs: list[dict[str, Any]]) -> str:
-    return _percent([sum(r["benign_slides"].values()) / len(r["benign_slides"]) for r in runs if r.get("benign_slides")])
+    return _percent([s for r in runs if (s := _benign_mean(r)) is not None])
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -456,6 +516,17 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_pm(*_mean_sd(vals))} | {_pm(r['test_miou_mean'], r['test_miou_sd'])} | "
                      f"{_paired(r.get('vs_student'))} | {_pm(r['test_dice_mean'], r['test_dice_sd'])} | {share} | "
                      f"{gap} | {_negatives(r)} | {_benign_share(r['runs'])} |")
+    if report.get("ablation"):
+        lines += ["", "What each term of CoCo DistillNet adds: the paired difference (same seed) between two methods "
+                  "that differ in that term alone; validation and test in mIoU, the negatives and the benign slides "
+                  "in percentage points of pixels / tissue called tumour (lower is better there). Mean ± sd over "
+                  "the pairs, with the paired t-test's p; one pair gives the difference alone.", "",
+                  "| term added | with − without | pairs | Δ validation mIoU | Δ test mIoU | Δ negatives | "
+                  "Δ benign slides |", "|---|---|---|---|---|---|---|"]
+        for row in report["ablation"]:
+            lines.append(f"| {row['term']} | {row['with']} − {row['without']} | {row['pairs']} | "
+                         f"{_delta(row['val_miou'])} | {_delta(row['test_miou'])} | "
+                         f"{_delta(row['negatives'], 100)} | {_delta(row['benign_slides'], 100)} |")
     e = report["efficiency"]
     lines += ["", "| network | params | GFLOPs (MACs) at 256² | CPU images/s at "
               f"{e['speed_size']}² ({e['threads']} threads) |", "|---|---|---|---|"]

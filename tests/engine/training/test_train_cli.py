@@ -274,6 +274,39 @@ def test_paired_comparison_with_the_plain_student() -> None:
     assert paired_test(better[:1], base) is None  # one pair: nothing to test
 
 
+def test_ablation_pairs_the_methods_that_differ_in_one_term() -> None:
+    from engine.training.bench import ablation, markdown
+
+    def run(seed: int, test: float, neg: float | None = None, benign: float | None = None) -> dict:
+        r = {"seed": seed, "test_miou": test, "val_miou": test + 0.01, "test": {}}
+        if neg is not None:
+            r["test"]["negatives_tumour_share"] = neg
+        if benign is not None:
+            r["benign_slides"] = {"a.svs": benign, "b.svs": benign + 0.2}
+        return r
+
+    runs = {"coco": [run(0, 0.60, 0.10, 0.05), run(1, 0.62, 0.20, 0.05)],
+            "coco-adv": [run(0, 0.63, 0.05, 0.15), run(1, 0.66, 0.05, 0.25)],
+            "coco-kd": [run(1, 0.70)],  # seed 1 only: one pair with coco, none with a missing kd
+            "student": [run(2, 0.5)]}  # no seed in common with coco: no row
+    rows = {r["term"]: r for r in ablation(runs)}
+    assert set(rows) == {"adversarial term, on top of the correlation", "pixel KD, on top of the correlation"}
+    adv = rows["adversarial term, on top of the correlation"]
+    assert (adv["with"], adv["without"], adv["pairs"]) == ("coco-adv", "coco", 2)
+    assert adv["test_miou"]["diff_mean"] == pytest.approx(0.035) and adv["test_miou"]["p"] is not None
+    assert adv["negatives"]["diff_mean"] == pytest.approx(-0.10)
+    assert adv["benign_slides"]["diff_mean"] == pytest.approx(0.15)  # mean over the slides, paired
+    kd = rows["pixel KD, on top of the correlation"]
+    assert kd["pairs"] == 1 and kd["test_miou"]["diff_mean"] == pytest.approx(0.08) and kd["test_miou"]["diff_sd"] is None
+    assert kd["negatives"] is None and kd["benign_slides"] is None  # coco-kd has neither figure
+    report = {"teacher": {"model": "t", "test_miou": 0.8, "test_dice": 0.9, "val_miou": 0.8}, "protocol": "p",
+              "protocol_note": "n", "methods": {}, "ablation": ablation(runs),
+              "efficiency": {"speed_size": 224, "threads": 1, "flops_ratio": 0.1, "cpu_speedup": 2.0}}
+    md = markdown(report)
+    assert "| adversarial term, on top of the correlation | coco-adv − coco | 2 | +0.0350 ± 0.0071 (p = " in md
+    assert "| -10.0 ± 7.1 (p = " in md and "| +0.0800 | +0.0800 | – | – |" in md
+
+
 def test_evaluate_sweeps_tumour_thresholds(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from engine.models import create_model
     from engine.training.checkpoints import save_model
