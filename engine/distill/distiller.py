@@ -52,6 +52,8 @@ class Distiller(nn.Module):
         self.critic: Discriminator | None = None
         self._critic_opt: torch.optim.Optimizer | None = None
         self._last_logits: tuple[Tensor, Tensor] | None = None
+        #: each returned term's sources (``student.…``, ``critic``, ``connector.…``), set by forward
+        self.term_inputs: dict[str, tuple[str, ...]] = {}
         self._build()
         self.teacher_sources = self._teacher_sources()
         self._dry_run()
@@ -219,6 +221,7 @@ class Distiller(nn.Module):
             except (ValueError, RuntimeError) as exc:
                 raise DistillConfigError(f"{self.config.method}: loss {name!r} failed: {exc}") from exc
             for key, val in out.items():
+                self.term_inputs[key] = tuple(inputs.values())
                 if key in terms:
                     raise DistillConfigError(f"{self.config.method}: two losses both return {key!r}")
                 if key.startswith("loss"):

@@ -179,6 +179,10 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
     kd = report["methods"]["kd"]
     assert len(kd["runs"]) == 2 and kd["vs_student"]["pairs"] == 2 and kd["test_miou_sd"] is not None
     assert "negatives_tumour_share" in kd["runs"][0]["test"]
+    balance = report["gradient_balance"]  # each method's terms against cross-entropy, fresh and trained
+    assert set(balance) == {"student", "kd"} and balance["kd"]["seed"] == 0
+    assert balance["kd"]["start"]["loss_kd"]["vs_ce"] > 0 and balance["kd"]["end"]["loss_kd"]["grad_norm"] > 0
+    assert "loss_kd" not in balance["student"]["end"] and "| kd | dice " in markdown(report)
     stamp = (tmp_path / "student-kd-s1.safetensors").stat().st_mtime_ns
     checked: list[float] = []
 
