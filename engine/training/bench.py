@@ -494,6 +494,11 @@ def _balance(terms: dict[str, Any]) -> str:
                      for k, v in terms.items() if k != "loss_ce" and v.get("vs_ce") is not None) or "–"
 
 
+def _table(intro: str, header: list[str]) -> list[str]:
+    """A report section's opening: a blank line, the paragraph, a blank line, the table's head."""
+    return ["", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+
 def _delta(d: dict[str, Any] | None, scale: float = 1.0) -> str:
     """A paired difference as "+x ± sd (p = …)", scaled (100: percentage points); "–" without one."""
     if not d:
@@ -568,24 +573,24 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{_paired(r.get('vs_student'))} | {_pm(r['test_dice_mean'], r['test_dice_sd'])} | {share} | "
                      f"{gap} | {_negatives(r)} | {_benign_share(r['runs'])} |")
     if report.get("ablation"):
-        lines += ["", "What each term of CoCo DistillNet adds: the paired difference (same seed) between two methods "
-                  "that differ in that term alone; validation and test in mIoU, the negatives and the benign slides "
-                  "in percentage points of pixels / tissue called tumour (lower is better there). Mean ± sd over "
-                  "the pairs, with the paired t-test's p; one pair gives the difference alone.", "",
-                  "| term added | with − without | pairs | Δ validation mIoU | Δ test mIoU | Δ negatives | "
-                  "Δ benign slides |", "|---|---|---|---|---|---|---|"]
+        lines += _table("What each term of CoCo DistillNet adds: the paired difference (same seed) between two "
+                        "methods that differ in that term alone; validation and test in mIoU, the negatives and the "
+                        "benign slides in percentage points of pixels / tissue called tumour (lower is better there). "
+                        "Mean ± sd over the pairs, with the paired t-test's p; one pair gives the difference alone.",
+                        ["term added", "with − without", "pairs", "Δ validation mIoU", "Δ test mIoU", "Δ negatives",
+                         "Δ benign slides"])
         for row in report["ablation"]:
             lines.append(f"| {row['term']} | {row['with']} − {row['without']} | {row['pairs']} | "
                          f"{_delta(row['val_miou'])} | {_delta(row['test_miou'])} | "
                          f"{_delta(row['negatives'], 100)} | {_delta(row['benign_slides'], 100)} |")
     if report.get("gradient_balance"):
-        lines += ["", "How hard each term pulls: its weighted loss and, in brackets, the norm of its gradient on the "
-                  "student's parameters over cross-entropy's, on the same 8 batches of the crop bank, for a fresh "
-                  "student as training starts (paraphraser pre-trained, critic fresh) and for the method's first "
-                  "trained seed. A term far below 1× barely moves the student; one far above drowns the labels. "
-                  "For the trained student the terms reading the critic or a connector (adversarial, factor "
-                  "transfer, the Gram's adapters) are left out: those modules are not saved with it.", "",
-                  "| method | fresh student | trained student |", "|---|---|---|"]
+        lines += _table("How hard each term pulls: its weighted loss and, in brackets, the norm of its gradient on "
+                        "the student's parameters over cross-entropy's, on the same 8 batches of the crop bank, for a "
+                        "fresh student as training starts (paraphraser pre-trained, critic fresh) and for the "
+                        "method's first trained seed. A term far below 1× barely moves the student; one far above "
+                        "drowns the labels. For the trained student the terms reading the critic or a connector "
+                        "(adversarial, factor transfer, the Gram's adapters) are left out: those modules are not "
+                        "saved with it.", ["method", "fresh student", "trained student"])
         for name, row in report["gradient_balance"].items():
             lines.append(f"| {name} | {_balance(row['start'])} | {_balance(row['end'])} (seed {row['seed']}) |")
     e = report["efficiency"]
