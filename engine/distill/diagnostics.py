@@ -14,6 +14,7 @@ from torch import Tensor
 
 from engine.distill.distiller import Distiller
 
+
 def uses_unsaved_state(sources: Iterable[str]) -> bool:
     """Whether a term reads the critic or a connector (not saved with the student)."""
     return any(src == "critic" or src.startswith("connector.") for src in sources)

@@ -448,8 +448,9 @@ def _paired(r: dict[str, Any] | None) -> str:
 def gradient_balances(runs: dict[str, list[dict[str, Any]]], work: Path, teacher: torch.nn.Module,
                       bank: Any, proto: dict[str, Any], batches: int = 8) -> dict[str, Any]:
     """Each method's :func:`~engine.distill.diagnostics.gradient_balance` on the same ``batches``
-    batches of the crop bank: for a fresh student as training starts (paraphraser pre-trained, critic
-    and adapters fresh) and for its first seed's trained student, where the terms reading the critic
+    batches of the crop bank: for a fresh student as training starts (critic and adapters fresh, the
+    paraphraser pre-trained for the protocol's steps, here on those batches) and for its first seed's
+    trained student, where the terms reading the critic
     or a connector are left out (those modules are not saved with a student)."""
     import itertools
     from dataclasses import replace
