@@ -425,7 +425,7 @@ def run_benchmark(
             "student_cpu_speedup_ge_5x": eff["cpu_speedup"] >= 5.0,
         },
         "ablation": ablation(runs),
-        "gradient_balance": (gradient_balances(runs, work, teacher, bank, proto)
+        "gradient_balance": (gradient_balances(runs, work, teacher, bank, proto, run_settings)
                              if bank is not None and runs else {}),
         "missing_runs": missing,
         "best_method": best,
@@ -446,12 +446,13 @@ def _paired(r: dict[str, Any] | None) -> str:
 
 
 def gradient_balances(runs: dict[str, list[dict[str, Any]]], work: Path, teacher: torch.nn.Module,
-                      bank: Any, proto: dict[str, Any], batches: int = 8) -> dict[str, Any]:
+                      bank: Any, proto: dict[str, Any], run_settings: dict[str, Any],
+                      batches: int = 8) -> dict[str, Any]:
     """Each method's :func:`~engine.distill.diagnostics.gradient_balance` on the same ``batches``
     batches of the crop bank: for a fresh student as training starts (critic and adapters fresh, the
     paraphraser pre-trained for the protocol's steps, here on those batches) and for its first seed's
-    trained student, where the terms reading the critic
-    or a connector are left out (those modules are not saved with a student)."""
+    trained student, where the terms reading the critic or a connector are left out (those modules
+    are not saved with a student). Kept in ``work/gradient-balance/``: a later report reads it back."""
     import itertools
     from dataclasses import replace
 
@@ -461,31 +462,37 @@ def gradient_balances(runs: dict[str, list[dict[str, Any]]], work: Path, teacher
     from engine.models import create_model
     from engine.training.checkpoints import load_model
 
-    size = proto["batch_size"]
-    pick = torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[: batches * size].tolist()
-    items = [bank[i] for i in pick]
-    data = [(torch.stack([x for x, _, _ in chunk]), torch.stack([y for _, y, _ in chunk]),
-             {k: torch.stack([t[k] for _, _, t in chunk]) for k in chunk[0][2]})
-            for chunk in (items[j:j + size] for j in range(0, len(items), size))]
+    data: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
     out: dict[str, Any] = {}
     with _threads(proto["student_threads"]):
         for method, rs in runs.items():
             seed = min(r["seed"] for r in rs)
-            torch.manual_seed(seed)
-            fresh = create_model(proto["student"])
-            trained, _ = load_model(work / f"student-{method}-s{seed}.safetensors")
-            row: dict[str, Any] = {"seed": seed}
-            config = replace(load_config(method), paraphraser_steps=proto["paraphraser_steps"])
-            for when, student in (("start", fresh), ("end", trained.float())):
-                distiller = Distiller(config, teacher.float(), student)
-                try:
-                    distiller.train()
-                    if when == "start":  # as training starts: paraphraser pre-trained, critic fresh
-                        distiller.prepare(itertools.cycle([(x, t) for x, _, t in data]))
-                    row[when] = gradient_balance(distiller, data, skip_unsaved=when == "end")
-                finally:
-                    distiller.close()
-            out[method] = row
+            kept = work / "gradient-balance" / f"{method}-s{seed}.json"
+            balance = _read_run(kept, run_settings)
+            if balance is None:
+                if not data:  # made once, and only when a run lacks its balance
+                    size = proto["batch_size"]
+                    pick = torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[: batches * size]
+                    items = [bank[i] for i in pick.tolist()]
+                    data = [(torch.stack([x for x, _, _ in chunk]), torch.stack([y for _, y, _ in chunk]),
+                             {k: torch.stack([t[k] for _, _, t in chunk]) for k in chunk[0][2]})
+                            for chunk in (items[j:j + size] for j in range(0, len(items), size))]
+                torch.manual_seed(seed)
+                fresh = create_model(proto["student"])
+                trained, _ = load_model(work / f"student-{method}-s{seed}.safetensors")
+                config = replace(load_config(method), paraphraser_steps=proto["paraphraser_steps"])
+                balance = {}
+                for when, student in (("start", fresh), ("end", trained.float())):
+                    distiller = Distiller(config, teacher.float(), student)
+                    try:
+                        distiller.train()
+                        if when == "start":  # as training starts: paraphraser pre-trained, critic fresh
+                            distiller.prepare(itertools.cycle([(x, t) for x, _, t in data]))
+                        balance[when] = gradient_balance(distiller, data, skip_unsaved=when == "end")
+                    finally:
+                        distiller.close()
+                _write_run(kept, run_settings, balance)
+            out[method] = {"seed": seed, **balance}
     return out
 
 

@@ -183,6 +183,8 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
     assert set(balance) == {"student", "kd"} and balance["kd"]["seed"] == 0
     assert balance["kd"]["start"]["loss_kd"]["vs_ce"] > 0 and balance["kd"]["end"]["loss_kd"]["grad_norm"] > 0
     assert "loss_kd" not in balance["student"]["end"] and "| kd | dice " in markdown(report)
+    kept = json.loads((tmp_path / "gradient-balance" / "kd-s0.json").read_text())["run"]
+    assert kept["start"] == balance["kd"]["start"]  # kept in the work folder: a later report reads it back
     stamp = (tmp_path / "student-kd-s1.safetensors").stat().st_mtime_ns
     checked: list[float] = []
 
@@ -198,9 +200,14 @@ def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_pa
     assert len(checked) == 4 and set(checked) == {224 / 32}
     assert all(r["benign_slides"] == {"cmu-1-small-region.svs": 0.25} for r in more["methods"]["kd"]["runs"])
     assert more["teacher"]["benign_slides"] and "| 25.0 % ± 0.0 |" in markdown(more)
+    record = tmp_path / "gradient-balance" / "kd-s0.json"
+    saved = json.loads(record.read_text())
+    saved["run"]["end"] = {"loss_ce": {"loss": 1.0, "grad_norm": 1.0, "vs_ce": 1.0}}
+    record.write_text(json.dumps(saved))  # marked: read back, not measured again
     again = run_benchmark(protocol="cpu", data_dir=str(tiny_mixture), methods=["kd"], seeds=3, device="cpu",
                           workdir=tmp_path, overrides=tiny, benign_check=benign, finished_only=True)
     assert len(checked) == 4 and again["methods"]["kd"]["runs"][0]["benign_slides"]  # kept, not measured again
+    assert again["gradient_balance"]["kd"]["end"] == saved["run"]["end"]
     partial = run_benchmark(protocol="cpu", data_dir=str(tiny_mixture), methods=["student", "kd", "cwd"], seeds=3,
                             device="cpu", workdir=tmp_path, overrides=tiny, finished_only=True)
     assert set(partial["methods"]) == {"student", "kd"} and not list(tmp_path.glob("student-cwd-*"))
