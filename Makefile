@@ -64,15 +64,14 @@ bench-distill: setup
 	  --out resources/benchmarks/distill-cpu.json --ship resources/models
 
 # The cpu-long protocol in the background at the lowest priority, resumable in work/: the teacher
-# and its crop bank (2 threads), then the student runs in two processes (1 thread each), then the
-# report of the finished runs. Rerun to continue after a stop; the logs go to work/*.log.
+# and its crop bank (2 threads), then the student runs in two processes (1 thread each; each takes
+# the next run the other has not locked), then the report of the finished runs. Rerun to continue after a stop; the logs go to work/*.log.
 LONG := $(BIN)/cocopath-engine bench distill --protocol cpu-long --workdir work/distill-cpu-long
 bench-distill-long: setup
 	mkdir -p work
 	nice -n 19 $(LONG) --teacher-only >> work/teacher.log 2>&1
-	nice -n 19 $(LONG) --runs-only --methods student,kd,coco,skd,cwd,ft,coco-gram,coco-kd \
-	  >> work/students-a.log 2>&1 & \
-	nice -n 19 $(LONG) --runs-only --methods coco-full,coco-adv >> work/students-b.log 2>&1; wait
+	nice -n 19 $(LONG) --runs-only >> work/students-a.log 2>&1 & \
+	nice -n 19 $(LONG) --runs-only >> work/students-b.log 2>&1; wait
 	$(LONG) --finished-only --out resources/benchmarks/distill-cpu-long.json
 
 clean:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from engine.locks import try_lock
 from engine.training.augment import SCANNER, AugmentConfig
 from engine.training.runs import Data, DataSpec, distill_student, images_per_second, load_data, train_teacher
 from engine.training.evaluate import evaluate
@@ -292,7 +293,9 @@ def run_benchmark(
     bank or method/seed finished there with the same settings is read back instead of made again,
     and an unfinished teacher or student continues from its last saved state (every 100 steps).
     ``teacher_only`` stops after the teacher and the bank; ``runs_only`` after the methods' runs,
-    without the speed measurement and the report (for method subsets run in parallel processes).
+    without the speed measurement and the report. Processes sharing ``workdir`` share its work: a
+    run (or the teacher) is locked while trained; ``runs_only`` skips a run another process holds,
+    and a report waits for it.
     ``finished_only`` reports the runs finished in ``workdir`` and trains nothing (a method or seed
     still missing is left out, and the report lists what is missing).
     """
@@ -318,49 +321,84 @@ def run_benchmark(
     t_start = time.perf_counter()
     spec = _data_spec(proto, data_dir, work)
     data = load_data(spec, seed=0, augment=_augment(proto))
-    teacher, teacher_run = prepare_teacher(proto, data, work, device, progress)
-    if benign_check is not None and "benign_slides" not in teacher_run and not teacher_only:
-        teacher_run["benign_slides"] = _benign(benign_check, work / "teacher.safetensors", proto)
-        _write_run(work / "teacher-run.json", {k: proto[k] for k in TEACHER_KEYS}, teacher_run)
-    bank = None
-    if proto["bank"]:
-        with _threads(proto["teacher_threads"]):
-            bank = load_or_build_bank(work / f"bank-{_tag(proto, BANK_KEYS)}.safetensors", data.train, teacher,
-                                      proto["bank"], progress=progress)
-    runs: dict[str, list[dict[str, Any]]] = {}
+    # one process makes the teacher and the bank; another one started beside it waits, then reads them back
+    with try_lock(work / "teacher.lock", wait=True):
+        teacher, teacher_run = prepare_teacher(proto, data, work, device, progress)
+        if benign_check is not None and "benign_slides" not in teacher_run and not teacher_only:
+            teacher_run["benign_slides"] = _benign(benign_check, work / "teacher.safetensors", proto)
+            _write_run(work / "teacher-run.json", {k: proto[k] for k in TEACHER_KEYS}, teacher_run)
+        bank = None
+        if proto["bank"]:
+            with _threads(proto["teacher_threads"]):
+                bank = load_or_build_bank(work / f"bank-{_tag(proto, BANK_KEYS)}.safetensors", data.train,
+                                          teacher, proto["bank"], progress=progress)
     # what a student run depends on: more seeds or other timing settings keep the finished runs
     run_settings = {k: v for k, v in proto.items() if k not in RUN_FREE_KEYS}
-    missing: list[str] = []
-    # seed-major: a run cut short (across sessions) has every method at its first seeds, paired
-    for seed, method in [] if teacher_only else [(s, m) for s in range(proto["seeds"]) for m in methods]:
+
+    def student_run(seed: int, method: str, wait: bool) -> dict[str, Any] | None:
+        """The run's record: read back, or trained here unless another process is training it (then
+        None, or with ``wait`` its record once that process is done)."""
         run_file = work / "runs" / f"{method}-s{seed}.json"
         run = _read_run(run_file, run_settings)
-        if run is None and finished_only:
-            missing.append(f"{method} seed {seed}")
-            continue
         if run is None:
-            cfg_s = TrainConfig(steps=proto["student_steps"], batch_size=proto["batch_size"], lr=proto["lr"],
-                                seed=seed, device=device, state_every=100)
-            t0 = time.perf_counter()
-            state = work / f"student-{method}-s{seed}-{_tag(run_settings, tuple(sorted(run_settings)))}.state.safetensors"
-            with _threads(proto["student_threads"]):
-                student, res, meta = distill_student(
-                    data, teacher, method, proto["student"], cfg_s,
-                    work / f"student-{method}-s{seed}.safetensors", paraphraser_steps=proto["paraphraser_steps"],
-                    progress=progress, bank=bank, state_path=state, resume=True)
-                test = _scores(student, data, "test")
-                val = _scores(student, data, "val") if len(spec.folders) > 1 else meta["metrics"]["val"]
-            run = {"seed": seed, "test_miou": test["miou"], "test_dice": test["dice"],
-                   "val_miou": meta["metrics"]["val"]["miou"], "final_loss": res.metrics.get("final_loss"),
-                   "seconds": time.perf_counter() - t0 + res.metrics.get("resumed_seconds", 0.0), "test": test,
-                   "val": {k: v for k, v in val.items() if k != "per_class"}}
-            _write_run(run_file, run_settings, run)
-            teacher.cpu()
+            with try_lock(run_file.with_suffix(".lock"), wait=wait) as held:
+                if not held:
+                    return None
+                run = _read_run(run_file, run_settings)  # finished by the process that held the lock
+                if run is None:
+                    run = _train_run(seed, method)
+                    _write_run(run_file, run_settings, run)
         if benign_check is not None and "benign_slides" not in run:
             run["benign_slides"] = _benign(benign_check, work / f"student-{method}-s{seed}.safetensors", proto)
             _write_run(run_file, run_settings, run)
-        runs.setdefault(method, []).append(run)
-        log.info("%s seed %d: test mIoU %.4f", method, seed, run["test_miou"])
+        return run
+
+    def _train_run(seed: int, method: str) -> dict[str, Any]:
+        cfg_s = TrainConfig(steps=proto["student_steps"], batch_size=proto["batch_size"], lr=proto["lr"],
+                            seed=seed, device=device, state_every=100)
+        t0 = time.perf_counter()
+        state = work / f"student-{method}-s{seed}-{_tag(run_settings, tuple(sorted(run_settings)))}.state.safetensors"
+        with _threads(proto["student_threads"]):
+            student, res, meta = distill_student(
+                data, teacher, method, proto["student"], cfg_s,
+                work / f"student-{method}-s{seed}.safetensors", paraphraser_steps=proto["paraphraser_steps"],
+                progress=progress, bank=bank, state_path=state, resume=True)
+            test = _scores(student, data, "test")
+            val = _scores(student, data, "val") if len(spec.folders) > 1 else meta["metrics"]["val"]
+        teacher.cpu()
+        return {"seed": seed, "test_miou": test["miou"], "test_dice": test["dice"],
+                "val_miou": meta["metrics"]["val"]["miou"], "final_loss": res.metrics.get("final_loss"),
+                "seconds": time.perf_counter() - t0 + res.metrics.get("resumed_seconds", 0.0), "test": test,
+                "val": {k: v for k, v in val.items() if k != "per_class"}}
+
+    # seed-major: a run cut short (across sessions) has every method at its first seeds, paired
+    order = [] if teacher_only else [(s, m) for s in range(proto["seeds"]) for m in methods]
+    done: dict[tuple[int, str], dict[str, Any]] = {}
+    busy: list[tuple[int, str]] = []
+    missing: list[str] = []
+    for seed, method in order:
+        if finished_only:
+            run = _read_run(work / "runs" / f"{method}-s{seed}.json", run_settings)
+            if run is None:
+                missing.append(f"{method} seed {seed}")
+                continue
+            if benign_check is not None and "benign_slides" not in run:
+                run = student_run(seed, method, wait=False)
+        else:
+            run = student_run(seed, method, wait=False)
+        if run is None:
+            log.info("%s seed %d: another process is training it", method, seed)
+            busy.append((seed, method))
+        else:
+            done[(seed, method)] = run
+    # the runs other processes had: a report waits for them; runs_only leaves them to those processes
+    for seed, method in [] if runs_only or finished_only else busy:
+        done[(seed, method)] = student_run(seed, method, wait=True)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for seed, method in order:
+        if (seed, method) in done:
+            runs.setdefault(method, []).append(done[(seed, method)])
+            log.info("%s seed %d: test mIoU %.4f", method, seed, done[(seed, method)]["test_miou"])
     if teacher_only or runs_only:
         return {"benchmark": "distill", "partial": True, "teacher": teacher_run, "runs": runs}
     t_miou = teacher_run["test_miou"]

@@ -110,11 +110,12 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--device", default="auto")
     b.add_argument("--teacher-only", action="store_true",
-                   help="stop after the teacher and the crop bank (then run --methods subsets in parallel)")
+                   help="stop after the teacher and the crop bank (then run --runs-only processes in parallel)")
     b.add_argument("--finished-only", action="store_true",
                    help="report the runs finished in --workdir and train nothing (missing ones are listed)")
     b.add_argument("--runs-only", action="store_true",
-                   help="train and evaluate the --methods runs only: no speed measurement, no report")
+                   help="train and evaluate the runs only: no speed measurement, no report. Processes "
+                        "sharing a --workdir share its runs: each skips a run another has locked")
     b.set_defaults(func=cmd_bench_distill)
 
 

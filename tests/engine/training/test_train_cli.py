@@ -158,6 +158,42 @@ def test_bench_resumes_from_its_workdir_and_ships_the_best_student(tiny_data: Pa
     assert f"Only one {method} student (seed 0) has finished." in card and "not finished" not in card
 
 
+def test_processes_sharing_a_workdir_share_its_runs(tiny_data: Path, tmp_path: Path) -> None:
+    """A run another process is training (its lock held) is left to it by ``runs_only``; a report
+    waits for it and reads back what that process wrote instead of training it again."""
+    import threading
+    import time
+
+    from engine.locks import try_lock
+
+    kw = {"protocol": "quick", "data_dir": str(tiny_data), "methods": ["student", "kd"], "device": "cpu",
+          "workdir": tmp_path, "overrides": TINY}
+    with try_lock(tmp_path / "runs" / "kd-s0.lock") as held:
+        assert held
+        partial = run_benchmark(runs_only=True, **kw)
+    assert set(partial["runs"]) == {"student"} and not (tmp_path / "runs" / "kd-s0.json").exists()
+    assert not list(tmp_path.glob("student-kd-s0*"))  # not started: the other process had it
+
+    record = json.loads((tmp_path / "runs" / "student-s0.json").read_text())
+    record["run"]["test_miou"] = 0.4321  # what "the other process" finishes with
+    locked, released = threading.Event(), []
+
+    def other_process() -> None:
+        with try_lock(tmp_path / "runs" / "kd-s0.lock"):
+            locked.set()
+            time.sleep(1.0)
+            (tmp_path / "runs" / "kd-s0.json").write_text(json.dumps(record))
+            released.append(time.monotonic())
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    locked.wait(10)
+    report = run_benchmark(**kw)
+    thread.join(10)
+    assert released and report["methods"]["kd"]["runs"][0]["test_miou"] == 0.4321
+    assert not list(tmp_path.glob("student-kd-s0*"))  # waited and read back, never trained here
+
+
 def test_mixture_protocol_machinery_on_a_tiny_mixture(tiny_mixture: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The cpu protocol's path end to end on tiny settings: mixture data with negatives, a crop bank of
