@@ -346,14 +346,15 @@ def run_benchmark(
                     return None
                 run = _read_run(run_file, run_settings)  # finished by the process that held the lock
                 if run is None:
-                    run = _train_run(seed, method)
+                    run = train_run(seed, method)
                     _write_run(run_file, run_settings, run)
         if benign_check is not None and "benign_slides" not in run:
             run["benign_slides"] = _benign(benign_check, work / f"student-{method}-s{seed}.safetensors", proto)
             _write_run(run_file, run_settings, run)
         return run
 
-    def _train_run(seed: int, method: str) -> dict[str, Any]:
+    def train_run(seed: int, method: str) -> dict[str, Any]:
+        """Train (or resume) one student run and score it."""
         cfg_s = TrainConfig(steps=proto["student_steps"], batch_size=proto["batch_size"], lr=proto["lr"],
                             seed=seed, device=device, state_every=100)
         t0 = time.perf_counter()
@@ -377,15 +378,10 @@ def run_benchmark(
     busy: list[tuple[int, str]] = []
     missing: list[str] = []
     for seed, method in order:
-        if finished_only:
-            run = _read_run(work / "runs" / f"{method}-s{seed}.json", run_settings)
-            if run is None:
-                missing.append(f"{method} seed {seed}")
-                continue
-            if benign_check is not None and "benign_slides" not in run:
-                run = student_run(seed, method, wait=False)
-        else:
-            run = student_run(seed, method, wait=False)
+        if finished_only and _read_run(work / "runs" / f"{method}-s{seed}.json", run_settings) is None:
+            missing.append(f"{method} seed {seed}")
+            continue
+        run = student_run(seed, method, wait=False)
         if run is None:
             log.info("%s seed %d: another process is training it", method, seed)
             busy.append((seed, method))
