@@ -63,10 +63,20 @@ def scanner_artefacts(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentCon
     return np.asarray(im)
 
 
+def _hed(rgb: np.ndarray) -> np.ndarray:
+    """Each pixel's optical density split into hematoxylin, eosin and DAB (Ruifrok & Johnston), N×3."""
+    od = -np.log(np.clip(rgb.astype(np.float64), 1.0, 255.0) / 255.0)
+    return od.reshape(-1, 3) @ _HED_FROM_RGB
+
+
+def hematoxylin(rgb: np.ndarray) -> np.ndarray:
+    """The hematoxylin optical density of an RGB image (H×W float): nuclei are high."""
+    return _hed(rgb)[:, 0].reshape(rgb.shape[:2])
+
+
 def hed_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
     """Scale and shift each stain's optical density by ``1 ± sigma`` and ``± sigma``."""
-    od = -np.log(np.clip(rgb.astype(np.float64), 1.0, 255.0) / 255.0)
-    hed = od.reshape(-1, 3) @ _HED_FROM_RGB
+    hed = _hed(rgb)
     alpha = rng.uniform(1 - sigma, 1 + sigma, 3)
     beta = rng.uniform(-sigma, sigma, 3)
     od2 = (hed * alpha + beta) @ _RGB_FROM_HED

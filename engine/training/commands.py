@@ -85,6 +85,11 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
                         "pixels called tumour on the normal / LGIN / HGIN tiles, at each T, in one pass")
     p.set_defaults(func=cmd_evaluate)
 
+    b = bench.add_parser("scale", help="the training tiles' µm/px checked against nuclei of known size (JSON)")
+    b.add_argument("--per-set", type=int, default=60, help="images per tile folder (spread over it)")
+    b.add_argument("--out", default=None, help="write JSON here and Markdown beside it")
+    b.set_defaults(func=cmd_bench_scale)
+
     b = bench.add_parser("distill", help="ablation of distillation methods on ebhi-adenocarcinoma")
     b.add_argument("--quick", action="store_true", help="same as --protocol quick: tiny images, few steps (minutes)")
     b.add_argument("--protocol", choices=("quick", "session", "cpu", "cpu-long", "full"), default="full",
@@ -273,6 +278,22 @@ def _threshold_sweep(args: argparse.Namespace, model: Any, dataset: Any, classes
         lines.append(f"threshold {r['threshold']:g}: mIoU {r['miou']:.4f}"
                      + (f", negatives {100 * neg:.1f} % called tumour" if neg is not None else "") + f" ({folders})")
     return _emit(args, {"model": str(args.model), "split": args.split, "thresholds": rows}, "\n".join(lines))
+
+
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    from engine.training.scale_check import markdown, shared_data_report
+    from engine.training.ship import EBHI_MPP_ESTIMATE
+
+    report = shared_data_report(args.per_set)
+    md = markdown(report, EBHI_MPP_ESTIMATE)
+    if args.out:
+        from engine.atomic import atomic_write
+
+        out = Path(args.out)
+        atomic_write(out, json.dumps(report, indent=1).encode())
+        atomic_write(out.with_suffix(".md"), md.encode())
+    print(md if args.out else json.dumps(report, indent=1))
+    return 0
 
 
 def cmd_bench_distill(args: argparse.Namespace) -> int:
