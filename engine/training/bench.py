@@ -472,10 +472,15 @@ def _pm(mean: float, sd: float | None) -> str:
     return f"{mean:.4f} ± {sd:.4f}" if sd is not None else f"{mean:.4f} (1 seed)"
 
 
+def _p(p: float) -> str:
+    """A p-value as printed: three decimals, or "< 0.001" where those would read 0.000."""
+    return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
+
+
 def _paired(r: dict[str, Any] | None) -> str:
     if not r:
         return "–"
-    p = f", p = {r['p']:.3f}" if r.get("p") is not None else ""
+    p = f", {_p(r['p'])}" if r.get("p") is not None else ""
     return f"{r['diff_mean']:+.4f} ± {r['diff_sd']:.4f}{p}"
 
 
@@ -549,7 +554,7 @@ def _delta(d: dict[str, Any] | None, scale: float = 1.0) -> str:
     text = f"{scale * d['diff_mean']:+.{digits}f}"
     if d["diff_sd"] is not None:
         text += f" ± {scale * d['diff_sd']:.{digits}f}"
-    return text + (f" (p = {d['p']:.3f})" if d.get("p") is not None else "")
+    return text + (f" ({_p(d['p'])})" if d.get("p") is not None else "")
 
 
 def _percent(shares: list[float]) -> str:

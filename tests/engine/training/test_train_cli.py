@@ -352,6 +352,9 @@ def test_ablation_pairs_the_methods_that_differ_in_one_term() -> None:
     md = markdown(report)
     assert "| adversarial term, on top of the correlation | coco-adv − coco | 2 | +0.0350 ± 0.0071 (p = " in md
     assert "| -10.0 ± 7.1 (p = " in md and "| +0.0800 | +0.0800 | – | – |" in md
+    from engine.training.bench import _p
+
+    assert _p(0.0001) == "p < 0.001" and _p(0.0123) == "p = 0.012"  # never "p = 0.000"
 
 
 def test_evaluate_sweeps_tumour_thresholds(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
