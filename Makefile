@@ -65,7 +65,8 @@ bench-distill: setup
 
 # The cpu-long protocol in the background at the lowest priority, resumable in work/: the teacher
 # and its crop bank (2 threads), then the student runs in two processes (1 thread each; each takes
-# the next run the other has not locked), then the report of the finished runs. Rerun to continue after a stop; the logs go to work/*.log.
+# the next run the other has not locked), then the report of the finished runs. Rerun to continue
+# after a stop; the logs go to work/*.log.
 LONG := $(BIN)/cocopath-engine bench distill --protocol cpu-long --workdir work/distill-cpu-long
 bench-distill-long: setup
 	mkdir -p work

@@ -133,8 +133,10 @@ def shared_data_report(per_set: int = 60) -> dict[str, Any]:
 
     monuseg = sorted((data_path("annotations", "aperio", "images")).glob("*.png"))
     cmu, cmu_mpp = _slide_level0(data_path("slides", "cmu-1-small-region.svs"))
+    if cmu_mpp is None:
+        raise ValueError("cmu-1-small-region.svs states no µm/px: it cannot serve as a ruler")
     rulers = {"MoNuSeg 40x crops (0.25 µm/px)": ([rgb(p) for p in monuseg], 0.25),
-              f"cmu-1-small-region ({cmu_mpp:.3f} µm/px)": ([cmu], float(cmu_mpp or 0.499))}
+              f"cmu-1-small-region ({cmu_mpp:.3f} µm/px)": ([cmu], float(cmu_mpp))}
     tiles: dict[str, list[np.ndarray]] = {}
     seg = data_path("seg")
     for folder in sorted(p for p in seg.iterdir() if (p / "images").is_dir()):
