@@ -44,3 +44,13 @@ def atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of it."""
     atomic_replace(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_report(out: Path, report: dict, markdown: str) -> None:
+    """A benchmark's report: JSON at ``out`` and its Markdown beside it (``.md``), each atomically.
+    Values JSON cannot hold (paths, dates) are written as text."""
+    import json
+
+    out = Path(out)
+    atomic_write(out, json.dumps(report, indent=1, default=str).encode())
+    atomic_write(out.with_suffix(".md"), markdown.encode())

@@ -783,14 +783,12 @@ def _bench_command(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     report = run_bench(cfg, say=lambda m: print(m, file=sys.stderr, flush=True))
-    text = json.dumps(report, indent=1, default=str)
     if args.out:
-        from engine.training.checkpoints import atomic_write
+        from engine.atomic import write_report
 
-        atomic_write(args.out, text.encode())
-        atomic_write(args.out.with_suffix(".md"), markdown(report).encode())
+        write_report(args.out, report, markdown(report))
     else:
-        print(text)
+        print(json.dumps(report, indent=1, default=str))
     for line in figures(report):
         print(line, file=sys.stderr if not args.out else sys.stdout)
     return 0

@@ -663,12 +663,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def write_outputs(report: dict[str, Any], out: Path | None) -> str:
-    import json
-
-    from engine.training.checkpoints import atomic_write
+    from engine.atomic import write_report
 
     md = markdown(report)
     if out is not None:
-        atomic_write(out, json.dumps(report, indent=1).encode())
-        atomic_write(out.with_suffix(".md"), md.encode())
+        write_report(out, report, md)
     return md

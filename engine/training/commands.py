@@ -287,11 +287,9 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     report = shared_data_report(args.per_set)
     md = markdown(report, EBHI_MPP_ESTIMATE)
     if args.out:
-        from engine.atomic import atomic_write
+        from engine.atomic import write_report
 
-        out = Path(args.out)
-        atomic_write(out, json.dumps(report, indent=1).encode())
-        atomic_write(out.with_suffix(".md"), md.encode())
+        write_report(Path(args.out), report, md)
     print(md if args.out else json.dumps(report, indent=1))
     return 0
 
