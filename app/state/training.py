@@ -165,11 +165,18 @@ def verdict(result: Mapping[str, Any]) -> str:
     else:
         how = "Held-out mIoU is unchanged"
     text = f"{how}: new version {version} (from {parent or 'nothing'})."
-    worse = [c for c in result_comparisons(result) if c.worse]
+    comps = result_comparisons(result)
+    worse = [c for c in comps if c.worse and c.part != "elsewhere"]
+    moved = [c for c in comps if c.worse and c.part == "elsewhere"]
     if worse:
         where = " and on the ".join(c.label for c in worse)
         text += (f" It is worse than {parent or 'its parent'} on the {where}: keeping "
                  f"{parent or 'the old version'} is advised.")
+    if moved:
+        names = ", ".join(c.label for c in moved)
+        text += (f" It changes the mask of {names}, which nobody corrected ("
+                 + "; ".join(f"{c.what} {c.before:.0%} → {c.after:.0%} of the sampled tissue" for c in moved)
+                 + "): look at it before keeping this version.")
     return text
 
 

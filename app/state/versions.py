@@ -6,6 +6,12 @@ the base training data is available, on that sample too. The round's result carr
 ``data["guard"]`` (``{"heldout": {"before", "after", "ok"}, "replay": {…} or None, …}``); the registry
 keeps it in the version's ``metrics`` (``heldout_miou`` / ``heldout_miou_parent``, ``replay_miou`` /
 ``replay_miou_parent``).
+
+It also predicts a few tissue patches of each slide nobody corrected in the round, with both
+versions (``guard["elsewhere"]``: per slide, the share of the sampled tissue each class is called
+before and after and the share of pixels whose class changed; the registry keeps
+``metrics["elsewhere"]``). A slide that changed more than the round's limit is not known to be
+worse, only unchecked: making the version active asks first, like a worse one.
 """
 
 from __future__ import annotations
@@ -36,11 +42,22 @@ class Comparison:
     (its guard's ``ok``, which allows the replay sample a small tolerance) or, with no judgement
     recorded, whenever the new one is lower."""
 
-    part: str  # "heldout" | "replay"
+    part: str  # "heldout" | "replay" | "elsewhere" (a slide nobody corrected: ``label`` is its name)
     label: str
-    before: float
+    before: float  # mIoU; for "elsewhere", the share of the sampled tissue called ``what``
     after: float
-    worse: bool
+    worse: bool  # for "elsewhere": more of its pixels changed than the round allows
+    changed: float | None = None  # "elsewhere": the share of the sampled tissue's pixels whose class changed
+    what: str = ""  # "elsewhere": the classes counted in before / after ("tumour")
+
+    def line(self, old: str, new: str) -> str:
+        """One line of the question before it becomes active: both figures, parent → new."""
+        if self.part == "elsewhere":
+            return (f"• {self.label}, which nobody corrected: {self.what} on {self.before:.1%} of the sampled "
+                    f"tissue ({old}) → {self.after:.1%} ({new}); {self.changed or 0.0:.0%} of its pixels "
+                    f"changed class{', look at it first' if self.worse else ''}")
+        mark = "worse" if self.worse else "not worse"
+        return f"• mIoU on the {self.label}: {self.before:.3f} ({old}) → {self.after:.3f} ({new}), {mark}"
 
 
 def comparisons_from_guard(guard: Mapping[str, Any] | None) -> list[Comparison]:
@@ -56,7 +73,29 @@ def comparisons_from_guard(guard: Mapping[str, Any] | None) -> list[Comparison]:
         ok = part.get("ok")
         worse = (ok is False) if isinstance(ok, bool) else after < before
         out.append(Comparison(key, label, before, after, worse))
+    ew = (guard or {}).get("elsewhere")
+    limit = finite_number(ew.get("limit")) if isinstance(ew, Mapping) else None
+    for row in (ew.get("slides") or []) if isinstance(ew, Mapping) else []:
+        if isinstance(row, Mapping):
+            c = _drift(row.get("name"), row.get("before"), row.get("after"), row.get("changed"), limit,
+                       row.get("ok"))
+            if c is not None:
+                out.append(c)
     return out
+
+
+def _drift(name: Any, before: Any, after: Any, changed: Any, limit: float | None,
+           ok: Any = None) -> Comparison | None:
+    """A slide nobody corrected, as a comparison: the foreground classes' share before and after."""
+    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+        return None
+    b = [finite_number(v) for v in before.values()]
+    a = [finite_number(after.get(k)) for k in before]
+    ch = finite_number(changed)
+    if not b or None in b or None in a or ch is None:
+        return None
+    worse = (ok is False) if isinstance(ok, bool) else (limit is not None and ch > limit)
+    return Comparison("elsewhere", str(name), sum(b), sum(a), worse, ch, " or ".join(map(str, before)))
 
 
 def comparisons_from_metrics(metrics: Mapping[str, Any] | None) -> list[Comparison]:
@@ -68,6 +107,13 @@ def comparisons_from_metrics(metrics: Mapping[str, Any] | None) -> list[Comparis
         after = finite_number((metrics or {}).get(f"{key}_miou"))
         if before is not None and after is not None:
             out.append(Comparison(key, label, before, after, after < before))
+    ew = (metrics or {}).get("elsewhere")
+    limit = finite_number((metrics or {}).get("elsewhere_limit"))
+    for name, row in (ew.items() if isinstance(ew, Mapping) else []):
+        if isinstance(row, Mapping):
+            c = _drift(name, row.get("before"), row.get("after"), row.get("changed"), limit)
+            if c is not None:
+                out.append(c)
     return out
 
 
@@ -78,11 +124,16 @@ def is_worse(comparisons: Sequence[Comparison]) -> bool:
 def worse_question(version: str, parent: str | None, comparisons: Sequence[Comparison]) -> str:
     """The confirmation asked before a worse version becomes active: both figures, parent → new."""
     old = parent or "the version it came from"
-    lines = [f"{version} is worse than {old}:"]
-    for c in comparisons:
-        mark = "worse" if c.worse else "not worse"
-        lines.append(f"• mIoU on the {c.label}: {c.before:.3f} ({old}) → {c.after:.3f} "
-                     f"({version}), {mark}")
+    scored = [c for c in comparisons if c.part != "elsewhere"]
+    moved = [c for c in comparisons if c.part == "elsewhere"]
+    worse = any(c.worse for c in scored)
+    lines = [f"{version} is worse than {old}:" if worse else f"{version} is not worse than {old} on what "
+             f"the round measured:"]
+    lines += [c.line(old, version) for c in scored]
+    if any(c.worse for c in moved):
+        lines += ["", f"It changes the masks of slides nobody corrected in the round; it may be right there "
+                      f"or not, and nothing the round measured can tell:"]
+        lines += [c.line(old, version) for c in moved if c.worse]
     lines.append("")
     lines.append(f"Make {version} the active model anyway? Its masks may be worse than {old}'s.")
     return "\n".join(lines)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,26 +220,32 @@ def score_cache(model: nn.Module | None, cache: FeatureCache, classes: Sequence[
     cm = ConfusionMatrix(len(classes))
     truth = cache.truth.numpy()
     lut = None if merge is None else np.asarray(merge, dtype=np.int64)
+    for chunk, pred in cached_classes(model, cache, device, batch, first):
+        for y, p in zip(truth[list(chunk)], pred if lut is None or model is None else lut[pred]):
+            cm.update(y, p)
+    s = cm.summary(list(classes))
+    return {"miou": s["miou"], "dice": s["dice"], "pixel_accuracy": s["pixel_accuracy"],
+            "pixels": s["pixels"], "per_class": s["per_class"]}
 
+
+@torch.no_grad()
+def cached_classes(model: nn.Module | None, cache: FeatureCache, device: torch.device, batch: int = 16,
+                   first: int = 0) -> Iterator[tuple[Sequence[int], np.ndarray]]:
+    """(indices, class maps) of the cached patches, ``batch`` at a time, by ``model``'s trainable
+    part on the cached features; ``model`` None: by the cached parent."""
     def predict(idx: list[int]) -> np.ndarray:
         if model is None:
             return cache.parent[idx].float().argmax(1).numpy()
         was = model.training
         model.eval()
         try:
-            pred = _decode(model, first, cache.batch(idx, device), cache.has_skip).argmax(1).cpu().numpy()
+            return _decode(model, first, cache.batch(idx, device), cache.has_skip).argmax(1).cpu().numpy()
         finally:
             model.train(was)
-        return pred if lut is None else lut[pred]
 
     backoff = Backoff(batch, f"scoring: out of memory even with one patch at a time; {oom_hint(device)}",
                       label="scoring", error=RoundOutOfMemory)
-    for chunk, pred in backoff.chunks(lambda c: predict(list(c)), range(len(cache))):
-        for y, p in zip(truth[list(chunk)], pred):
-            cm.update(y, p)
-    s = cm.summary(list(classes))
-    return {"miou": s["miou"], "dice": s["dice"], "pixel_accuracy": s["pixel_accuracy"],
-            "pixels": s["pixels"], "per_class": s["per_class"]}
+    yield from backoff.chunks(lambda c: predict(list(c)), range(len(cache)))
 
 
 @dataclass
@@ -503,5 +509,5 @@ def limit(patches: Sequence[Patch], n: int, seed: int) -> list[Patch]:
 
 
 __all__ = ["CAPS", "AnchoredResult", "AnchoredTrainer", "FeatureCache", "Pools", "REPLAY_TOLERANCE", "StepPlan",
-           "build_cache", "check_anchorable", "first_trainable", "grow_head", "limit", "merged_log_probs",
+           "build_cache", "cached_classes", "check_anchorable", "first_trainable", "grow_head", "limit", "merged_log_probs",
            "score_cache"]

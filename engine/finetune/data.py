@@ -12,6 +12,10 @@ tissue patches for distillation, and held-out ROIs to measure the round. No torc
   longer side, with a gap. A training patch never shows a held-out region: any of its pixels
   within the held-out zone (held-out geometry grown by half the gap) is blanked to the mean colour
   and unlabelled, and unlabelled tissue patches that meet the zone are not taken.
+- **The slides nobody corrected**: a few tissue patches of each project slide without a correction
+  ROI in the round (:data:`OTHERS_PER_SLIDE`, at most :data:`MAX_OTHER_SLIDES` slides), never
+  trained on: the round measures how much its new version changes their masks
+  (:mod:`engine.finetune.elsewhere`), since nothing else it checks would see it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ log = logging.getLogger(__name__)
 MAX_PATCHES_PER_REGION = 48
 #: A region patch must overlap its region by at least this share of its footprint.
 MIN_REGION_OVERLAP = 0.02
+#: Tissue patches cut from each slide nobody corrected in the round (what its masks are checked on).
+OTHERS_PER_SLIDE = 6
+#: Most slides nobody corrected that a round checks (the first ones of the project).
+MAX_OTHER_SLIDES = 8
 _SYNONYMS = {"tumor": "tumour", "tumours": "tumour", "tumors": "tumour", "cancer": "tumour",
              "carcinoma": "tumour", "normal": "background", "non-tumour": "background",
              "non-tumor": "background", "other": "background"}
@@ -73,6 +81,7 @@ class Patch:
     x: int  # level-0 origin
     y: int
     footprint: float  # level-0 pixels per side
+    tissue: np.ndarray | None = None  # (patch, patch) bool: where it shows tissue (slides nobody corrected)
 
     @property
     def labelled_pixels(self) -> int:
@@ -90,6 +99,8 @@ class RoundData:
     notes: list[str] = field(default_factory=list)
     mpp: float | None = None  # µm/px of the patches, when known
     classes: list[str] = field(default_factory=list)  # the model's classes, then the new ones learnt
+    others: list[Patch] = field(default_factory=list)  # tissue of the slides nobody corrected: checked only
+    other_slides: list[dict[str, Any]] = field(default_factory=list)  # {"id", "name"} of each checked
 
     def summary(self) -> dict[str, Any]:
         """What the round was trained and measured on (for the version's card)."""
@@ -102,7 +113,8 @@ class RoundData:
             "train_regions": [r.key for r in self.train_regions],
             "heldout_regions": [r.key for r in self.heldout_regions],
             "patches": {"labelled": len(self.train), "unlabelled": len(self.unlabelled),
-                        "heldout": len(self.heldout)},
+                        "heldout": len(self.heldout), "elsewhere": len(self.others)},
+            "elsewhere": [dict(s) for s in self.other_slides],
             "pixels": {"labelled": sum(p.labelled_pixels for p in self.train),
                        "heldout": sum(p.labelled_pixels for p in self.heldout)},
             "mpp": self.mpp, "notes": list(self.notes), "classes": list(self.classes),
@@ -427,6 +439,7 @@ class GatherOptions:
     slides: tuple[str, ...] | None = None
     force: bool = False  # learn from a slide far coarser than the model reads (else refused)
     new_classes: tuple[str, ...] = ()  # project classes learnt as new output classes (see class_lut)
+    others_per_slide: int = OTHERS_PER_SLIDE  # tissue patches of each slide nobody corrected (0: none)
 
 
 def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
@@ -444,7 +457,12 @@ def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
         records = ([project.slide(s) for s in opts.slides] if opts.slides is not None
                    else project.slides())
         per_slide = []
+        others = []  # slides with no correction ROI in the round: their masks are checked
         notes: list[str] = []
+        chosen = {r.id for r in records}
+        for rec in project.slides():
+            if rec.id not in chosen or not project.store(rec).rois():
+                others.append(rec)
         for rec in records:
             store = project.store(rec)
             rois = store.rois()
@@ -468,6 +486,8 @@ def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
     notes += class_notes
     data = _cut_all(per_slide, classes, lut, card, model_mpp, opts, notes, progress, cancel)
     data.classes = extended_classes(model_classes, new)
+    if opts.others_per_slide > 0:
+        _cut_others(data, others, classes, lut, card, model_mpp, opts, cancel)
     return data
 
 
@@ -541,6 +561,53 @@ def _cut_all(per_slide: list, classes: Sequence[Any], lut: np.ndarray, card: dic
         raise RoundDataError("the training ROIs gave no labelled pixels; draw another correction ROI")
     log.info("round data: %s", data.summary()["patches"])
     return data
+
+
+def _cut_others(data: RoundData, records: Sequence[Any], classes: Sequence[Any], lut: np.ndarray,
+                card: dict[str, Any], model_mpp: float | None, opts: GatherOptions,
+                cancel: CancelToken | None) -> None:
+    """Tissue patches of the slides nobody corrected (see the module docstring); a slide that is
+    missing, unreadable, far too coarse for the model or without tissue is left out, and said so."""
+    from engine.slide import open_slide
+    from engine.slide.resolution import resolution_problem
+    from engine.slide.tissue import detect_tissue, detect_tissue_rgb
+
+    rng = np.random.default_rng((opts.seed, 31))
+    fill = mean_rgb((card.get("input") or {}).get("mean") or (0.485, 0.456, 0.406))
+    left: list[str] = []
+    for rec in records:
+        _check(cancel)
+        if len(data.other_slides) >= MAX_OTHER_SLIDES:
+            left.append(rec.name)
+            continue
+        if not rec.exists:
+            data.notes.append(f"{rec.name} is missing: its mask was not checked")
+            continue
+        try:
+            src = open_slide(rec.path)
+        except CocoPathError as exc:
+            data.notes.append(f"{rec.name} could not be read, its mask was not checked: {exc}")
+            continue
+        try:
+            problem = resolution_problem(max(src.info.mpp) if src.info.mpp else None, model_mpp)
+            if problem is not None:  # the model's masks there are not meaningful anyway
+                data.notes.append(f"{rec.name}: {problem}; its mask was not checked")
+                continue
+            cutter = SlideCutter(src, rec, [], classes, lut, opts.patch, model_mpp, fill)
+            spots = tissue_positions(detect_tissue(src), src.info.dimensions, cutter.footprint,
+                                     opts.others_per_slide, None, rng)
+            for x, y in spots:
+                p = cutter.cut(x, y, [], None, None)
+                p.tissue = detect_tissue_rgb(p.rgb)
+                if p.tissue.any():
+                    data.others.append(p)
+            if any(p.slide_id == rec.id for p in data.others):
+                data.other_slides.append({"id": rec.id, "name": rec.name})
+        finally:
+            src.close()
+    if left:
+        data.notes.append(f"the masks of {len(left)} more slide{'s' if len(left) != 1 else ''} nobody corrected "
+                          f"were not checked (a round checks {MAX_OTHER_SLIDES}): {', '.join(left)}")
 
 
 def _check_resolution(slides: list, model_mpp: float | None, force: bool, notes: list[str]) -> None:

@@ -190,24 +190,39 @@ def oom_batches(patches: Sequence[Patch], mean: Sequence[float], std: Sequence[f
 
 
 @torch.no_grad()
+def predicted_classes(model: nn.Module, patches: Sequence[Patch], mean: Sequence[float], std: Sequence[float],
+                      device: torch.device, batch: int = 8,
+                      cancel: CancelToken | None = None) -> Iterator[tuple[Sequence[Patch], np.ndarray]]:
+    """(chunk, its class maps) of ``patches`` by ``model`` in eval mode, ``batch`` at a time."""
+    was = model.training
+    model.eval().to(device)
+    stride = int(getattr(model, "stride", 32))
+
+    def run(x: Tensor) -> np.ndarray:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            return predict_logits(model, x, stride).argmax(1).cpu().numpy()
+
+    try:
+        yield from oom_batches(patches, mean, std, device, batch, run, cancel)
+    finally:
+        model.train(was)
+
+
+def class_maps(model: nn.Module, patches: Sequence[Patch], mean: Sequence[float], std: Sequence[float],
+               device: torch.device, batch: int = 8, cancel: CancelToken | None = None) -> list[np.ndarray]:
+    """The class map of each of ``patches`` by ``model`` (uint8)."""
+    return [y.astype(np.uint8) for _, pred in predicted_classes(model, patches, mean, std, device, batch, cancel)
+            for y in pred]
+
+
 def heldout_scores(model: nn.Module, patches: Sequence[Patch], mean: Sequence[float],
                    std: Sequence[float], device: torch.device, class_names: Sequence[str],
                    batch: int = 8, cancel: CancelToken | None = None) -> dict[str, Any]:
     """mIoU, Dice, pixel accuracy over the labelled pixels of ``patches`` (one confusion matrix)."""
-    was = model.training
-    model.eval().to(device)
     cm = ConfusionMatrix(len(class_names))
-    stride = int(getattr(model, "stride", 32))
-    try:
-        def run(x: Tensor) -> np.ndarray:
-            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                return predict_logits(model, x, stride).argmax(1).cpu().numpy()
-
-        for chunk, pred in oom_batches(patches, mean, std, device, batch, run, cancel):
-            for p, y in zip(chunk, pred):
-                cm.update(p.label, y)  # IGNORE (255) is outside the classes: not counted
-    finally:
-        model.train(was)
+    for chunk, pred in predicted_classes(model, patches, mean, std, device, batch, cancel):
+        for p, y in zip(chunk, pred):
+            cm.update(p.label, y)  # IGNORE (255) is outside the classes: not counted
     s = cm.summary(list(class_names))
     return {"miou": s["miou"], "dice": s["dice"], "pixel_accuracy": s["pixel_accuracy"],
             "pixels": s["pixels"], "per_class": s["per_class"]}

@@ -331,6 +331,8 @@ class _Round:
         self.kd_weights: dict[str, float] | None = None  # anchored: KD weight by patch set (None: defaults)
         self.shares: dict[str, float] | None = None  # anchored: batch share by patch set (None: defaults)
         self.replay_truth = True  # anchored: the replay tiles' true masks are a target too
+        self.elsewhere: dict[str, Any] | None = None  # the slides nobody corrected, before and after
+        self.others_before: list[Any] = []  # their class maps by the parent (non-anchored methods)
 
     def gather(self) -> bool:
         """Cut the round's patches; False when there is nothing to learn."""
@@ -366,6 +368,12 @@ class _Round:
         check(self.cancel)
         state.emit("evaluate", 0, 1, message=f"measuring {self.current.version} on the held-out ROIs")
         state.before = self.scores(self.batch)
+        if self.data.others:
+            from engine.finetune.loop import class_maps
+
+            state.emit("evaluate", 0, 1, message="predicting the slides nobody corrected")
+            self.others_before = class_maps(self.student, self.data.others, self.mean, self.std, self.device,
+                                            self.batch, self.cancel)
         self.batcher = Batcher(self.data.train, self.data.unlabelled, self.mean, self.std, s.seed)
 
     def scores(self, batch: int) -> dict:
@@ -443,14 +451,21 @@ class _Round:
             objective.close()
         state.data["batch_size"] = res.batch_size
         after = last.get(s.nominal_steps) or self.scores(res.batch_size)
+        if self.data.others:
+            from engine.finetune.elsewhere import drift
+            from engine.finetune.loop import class_maps
+
+            now = class_maps(self.student, self.data.others, self.mean, self.std, self.device, res.batch_size,
+                             self.cancel)
+            self.elsewhere = drift(self.others_before, now, self.data.others, self.data.other_slides, self.classes)
         check(self.cancel)  # the last moment a cancel leaves the registry as it was
         return after
 
     def train_anchored(self) -> dict:
         """The anchored method (:mod:`engine.finetune.anchored`) within the round's time budget;
         returns the kept step's held-out scores (the parent's when no step beat it)."""
-        from engine.finetune.anchored import (CAPS, AnchoredTrainer, Pools, StepPlan, build_cache, check_anchorable,
-                                              first_trainable, grow_head, limit)
+        from engine.finetune.anchored import (CAPS, AnchoredTrainer, Pools, StepPlan, build_cache, cached_classes,
+                                              check_anchorable, first_trainable, grow_head, limit)
         from engine.finetune.data import new_class_merge
         from engine.finetune.loop import check
         from engine.finetune.replay import replay_sample
@@ -472,7 +487,8 @@ class _Round:
                 "train": (limit(self.data.train, caps["train"], s.seed), True, "unlabelled"),
                 "tissue": (limit(self.data.unlabelled, caps["tissue"], s.seed), True, "unlabelled"),
                 "replay": (replay.patches, self.replay_truth, "labelled"),
-                "check": (checked.patches, False, "none")}
+                "check": (checked.patches, False, "none"),
+                "elsewhere": (self.data.others, False, "none")}
         total, done = sum(len(v[0]) for v in sets.values()), 0
 
         def on_batch(n: int) -> None:
@@ -486,6 +502,7 @@ class _Round:
                                  first=first, batch=s.batch_size, cancel=self.cancel, on_batch=on_batch)
                   for k, v in sets.items()}
         cache_s = time.perf_counter() - t_cache
+        others = caches.pop("elsewhere")
         pools = Pools(**caches)
         merge = None
         if len(self.data.classes) > len(self.classes):  # new output classes, after the parent was cached
@@ -515,6 +532,13 @@ class _Round:
             state.emit(EVAL_STAGE, step, steps, m)
 
         res = trainer.run(plan, self.cancel, on_step, on_score)
+        if len(others):
+            from engine.finetune.elsewhere import drift
+
+            before = [y for _, pred in cached_classes(None, others, self.device) for y in pred]
+            now = [y for _, pred in cached_classes(self.student, others, self.device, first=first) for y in pred]
+            self.elsewhere = drift(before, now, self.data.others, self.data.other_slides,
+                                   self.classes if merge is None else self.classes[:max(merge) + 1], merge)
         state.before = res.before
         self.replay = (res.replay_before, res.replay_after)
         self.best_step = res.best_step
@@ -545,8 +569,10 @@ class _Round:
         return res.after
 
     def guard(self, after: dict) -> dict[str, Any]:
-        """Parent and new version on the held-out ROIs and on the replay sample: which is worse."""
+        """Parent and new version on the held-out ROIs and on the replay sample: which is worse;
+        and the slides nobody corrected: which changed too much to be made active unseen."""
         from engine.finetune.anchored import REPLAY_TOLERANCE
+        from engine.finetune.elsewhere import reason as elsewhere_reason
 
         before = self.state.before
         rep_b, rep_a = self.replay
@@ -561,8 +587,8 @@ class _Round:
             reason = (f"worse on the replay sample of its training data (mIoU {rep['before']:.3f} → "
                       f"{rep['after']:.3f})")
         else:
-            reason = ""
-        return {"heldout": held, "replay": rep, "reason": reason}
+            reason = elsewhere_reason(self.elsewhere)
+        return {"heldout": held, "replay": rep, "elsewhere": self.elsewhere, "reason": reason}
 
     def publish(self, after: dict, t0: float) -> RoundResult:
         s, state, parent = self.settings, self.state, self.current.version
@@ -592,6 +618,10 @@ class _Round:
                    "heldout_pixels": after["pixels"]}
         if guard["replay"] is not None:
             metrics.update(replay_miou=guard["replay"]["after"], replay_miou_parent=guard["replay"]["before"])
+        if guard["elsewhere"] is not None:
+            metrics["elsewhere"] = {r["name"]: {"before": r["before"], "after": r["after"], "changed": r["changed"]}
+                                    for r in guard["elsewhere"]["slides"]}
+            metrics["elsewhere_limit"] = guard["elsewhere"]["limit"]
         state.emit("publish", 0, 1, message="publishing the new version")
         with writing(self.registry.root):  # a failed write leaves no version (the registry's commit)
             version = self.registry.publish(self.student.cpu(), meta, parent, metrics, note, activate)
@@ -601,6 +631,11 @@ class _Round:
             verdict += f" although {guard['reason']} (activate: always)"
         rep = guard["replay"]
         replay_text = "" if rep is None else f"; replay sample {rep['before']:.3f} → {rep['after']:.3f}"
+        ew = guard["elsewhere"]
+        if ew is not None:
+            n_ew = len(ew["slides"])
+            replay_text += (f"; {n_ew} slide{'s' if n_ew != 1 else ''} nobody corrected: at most "
+                            f"{max(r['changed'] for r in ew['slides']):.0%} of the sampled tissue's pixels changed")
         message = (f"{version.version} from {parent}: held-out mIoU {before['miou']:.3f} → "
                    f"{after['miou']:.3f} on {after['pixels']} px{replay_text}; {verdict}. " + "; ".join(self.notes))
         state.emit("publish", 1, 1, message=message)

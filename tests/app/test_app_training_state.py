@@ -101,6 +101,40 @@ def test_registry_metrics_compare_a_version_with_its_parent():
     assert "anyway" in question.splitlines()[-1]
 
 
+ELSEWHERE = {"limit": 0.15, "ok": False, "slides": [
+    {"id": 2, "name": "scc.svs", "before": {"tumour": 0.646}, "after": {"tumour": 0.009}, "changed": 0.64,
+     "ok": False},
+    {"id": 3, "name": "node.tif", "before": {"tumour": 0.1}, "after": {"tumour": 0.12}, "changed": 0.03,
+     "ok": True}]}
+
+
+def test_a_slide_nobody_corrected_that_changed_is_said_and_asks_before_use():
+    guard = {"heldout": {"before": 0.5, "after": 0.625, "ok": True}, "replay": None, "elsewhere": ELSEWHERE}
+    result = {**RESULT, "activated": False, "data": {"guard": guard}}
+    comps = result_comparisons(result)
+    assert [(c.part, c.label, c.worse) for c in comps] == [
+        ("heldout", "held-out ROIs", False), ("elsewhere", "scc.svs", True), ("elsewhere", "node.tif", False)]
+    assert is_worse(comps)  # making it active asks first
+    assert [r.name for r in result_rows(result)] == ["Held-out mIoU", "Held-out Dice"]
+    assert verdict(result).endswith("It changes the mask of scc.svs, which nobody corrected (tumour 65% → 1% "
+                                    "of the sampled tissue): look at it before keeping this version.")
+    question = worse_question("v0002", "v0001", comps).splitlines()
+    assert question[0] == "v0002 is not worse than v0001 on what the round measured:"
+    assert ("• scc.svs, which nobody corrected: tumour on 64.6% of the sampled tissue (v0001) → 0.9% (v0002); "
+            "64% of its pixels changed class, look at it first") in question
+    assert not any("node.tif" in line for line in question)  # within the limit: not listed
+    # the registry's copy (a version chosen later in the Models panel) asks the same
+    metrics = {"heldout_miou": 0.625, "heldout_miou_parent": 0.5, "elsewhere_limit": 0.15,
+               "elsewhere": {r["name"]: {k: r[k] for k in ("before", "after", "changed")}
+                             for r in ELSEWHERE["slides"]}}
+    again = comparisons_from_metrics(metrics)
+    assert [(c.part, c.label, c.worse) for c in again] == [
+        ("heldout", "held-out ROIs", False), ("elsewhere", "scc.svs", True), ("elsewhere", "node.tif", False)]
+    calm = {**ELSEWHERE, "ok": True, "slides": ELSEWHERE["slides"][1:]}
+    assert not is_worse(result_comparisons({**RESULT, "data": {"guard": {**guard, "elsewhere": calm}}}))
+    assert comparisons_from_metrics({**metrics, "elsewhere": {"x": {"before": "?", "after": {}}}})[1:] == []
+
+
 def test_one_sentence_says_which_version_is_active():
     assert active_sentence("v0002", "v0001") == ("Active version: v0002 (fine-tuned from v0001); it "
                                                  "predicts, and the next round starts from it.")

@@ -1,0 +1,90 @@
+"""What a round does to the slides nobody corrected.
+
+A round is checked on its held-out ROIs and on tiles of the model's base training data. Neither
+shows a slide of the project that nobody corrected, and a round can change such a slide's mask
+wholesale: measured on the real slides, three background ROIs on the benign epidermis of one skin
+slide taught the student that squamous epithelium is not tumour, and its mask of a squamous
+carcinoma on another slide went from 64.6 % to 0.9 % of the tissue, with every check passed.
+
+So a round cuts a few tissue patches of each slide nobody corrected (:func:`engine.finetune.data.gather`),
+predicts them with the parent and with the new version, and compares, on the tissue pixels of
+each slide: the share each class is called, and the share of pixels whose class changed. A slide
+where more than :data:`CHANGE_LIMIT` of the pixels changed is named in the guard, and the version
+is not made active on its own: the change may be right (the same mistake, fixed everywhere) or
+wrong, and only the pathologist, looking at that slide, can tell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from engine.finetune.data import Patch
+
+#: Most of a slide's sampled tissue pixels a round may change without being named: a round that
+#: only moves boundaries changes a few per cent; one that erases or paints a tissue type, far more.
+CHANGE_LIMIT = 0.15
+
+
+def drift(before: Sequence[np.ndarray], after: Sequence[np.ndarray], patches: Sequence[Patch],
+          slides: Sequence[dict[str, Any]], classes: Sequence[str],
+          merge: Sequence[int] | None = None) -> dict[str, Any] | None:
+    """Per slide: the share of tissue pixels of each class before and after, and the share whose
+    class changed. ``before`` / ``after``: class maps of ``patches`` by the parent and the new
+    version; ``merge``: the new version's class ``i`` counts as the parent's ``merge[i]`` (a new
+    output class counts as the class it stands for). None when there is nothing to compare."""
+    if not patches or not slides:
+        return None
+    lut = None if merge is None else np.asarray(merge, dtype=np.int64)
+    k = len(classes)
+    counts = {s["id"]: {"before": np.zeros(k, np.int64), "after": np.zeros(k, np.int64), "changed": 0,
+                        "pixels": 0, "patches": 0} for s in slides}
+    for p, b, a in zip(patches, before, after, strict=True):
+        c = counts.get(p.slide_id)
+        if c is None:
+            continue
+        tissue = p.tissue if p.tissue is not None else np.ones(b.shape, bool)
+        a = a if lut is None else lut[a]
+        bt, at = b[tissue].astype(np.int64), a[tissue].astype(np.int64)
+        c["before"] += np.bincount(bt, minlength=k)[:k]
+        c["after"] += np.bincount(at, minlength=k)[:k]
+        c["changed"] += int((bt != at).sum())
+        c["pixels"] += int(tissue.sum())
+        c["patches"] += 1
+    rows = []
+    for s in slides:
+        c = counts[s["id"]]
+        n = max(c["pixels"], 1)
+        changed = c["changed"] / n
+        rows.append({"id": s["id"], "name": s["name"], "patches": c["patches"], "pixels": c["pixels"],
+                     "before": {classes[i]: float(c["before"][i] / n) for i in range(1, k)},
+                     "after": {classes[i]: float(c["after"][i] / n) for i in range(1, k)},
+                     "changed": float(changed), "ok": bool(changed <= CHANGE_LIMIT)})
+    rows = [r for r in rows if r["pixels"]]
+    if not rows:
+        return None
+    return {"slides": rows, "limit": CHANGE_LIMIT, "ok": all(r["ok"] for r in rows)}
+
+
+def describe(row: dict[str, Any]) -> str:
+    """One slide's change in words: "tcga-1.svs: tumour 64.6 % → 0.9 % of the sampled tissue, 64 %
+    of its pixels changed"."""
+    shares = "; ".join(f"{name} {row['before'][name]:.1%} → {row['after'].get(name, 0.0):.1%}"
+                       for name in row["before"])
+    return f"{row['name']}: {shares} of the sampled tissue, {row['changed']:.0%} of its pixels changed"
+
+
+def reason(check: dict[str, Any] | None) -> str:
+    """The guard's sentence when a slide nobody corrected changed too much; "" otherwise."""
+    if not check or check.get("ok", True):
+        return ""
+    moved = [r for r in check["slides"] if not r["ok"]]
+    which = "a slide" if len(moved) == 1 else f"{len(moved)} slides"
+    return (f"it changes the mask of {which} nobody corrected in this round, "
+            + "; ".join(describe(r) for r in moved)
+            + f"; look at {'it' if len(moved) == 1 else 'them'} before making it active")
+
+
+__all__ = ["CHANGE_LIMIT", "describe", "drift", "reason"]
