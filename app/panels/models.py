@@ -184,8 +184,9 @@ class ModelsPanel(QWidget):
 def ask_worse(parent: QWidget, version: str, old: str | None, comps: Sequence[Comparison]) -> bool:
     """Ask before ``version``, worse than ``old`` (both figures in ``comps``), becomes active; the
     default answer keeps the old one. True: use ``version`` anyway."""
-    box = QMessageBox(QMessageBox.Icon.Warning, "A worse version", worse_question(version, old, comps),
-                      parent=parent)
+    worse = any(c.worse for c in comps if c.part != "elsewhere")
+    box = QMessageBox(QMessageBox.Icon.Warning, "A worse version" if worse else "A version to look at first",
+                      worse_question(version, old, comps), parent=parent)
     box.setObjectName("worse-version")
     keep = box.addButton(f"Keep {old or 'the old version'}", QMessageBox.ButtonRole.RejectRole)
     use = box.addButton(f"Use {version} anyway", QMessageBox.ButtonRole.AcceptRole)

@@ -9,9 +9,9 @@ keeps it in the version's ``metrics`` (``heldout_miou`` / ``heldout_miou_parent`
 
 It also predicts a few tissue patches of each slide nobody corrected in the round, with both
 versions (``guard["elsewhere"]``: per slide, the share of the sampled tissue each class is called
-before and after and the share of pixels whose class changed; the registry keeps
-``metrics["elsewhere"]``). A slide that changed more than the round's limit is not known to be
-worse, only unchecked: making the version active asks first, like a worse one.
+before and after, the share of pixels whose class changed, and ``ok``: within the round's limits;
+the registry keeps ``metrics["elsewhere"]``). A slide beyond the limits is not known to be worse,
+only unchecked: making the version active asks first, like a worse one.
 """
 
 from __future__ import annotations
@@ -74,28 +74,26 @@ def comparisons_from_guard(guard: Mapping[str, Any] | None) -> list[Comparison]:
         worse = (ok is False) if isinstance(ok, bool) else after < before
         out.append(Comparison(key, label, before, after, worse))
     ew = (guard or {}).get("elsewhere")
-    limit = finite_number(ew.get("limit")) if isinstance(ew, Mapping) else None
     for row in (ew.get("slides") or []) if isinstance(ew, Mapping) else []:
-        if isinstance(row, Mapping):
-            c = _drift(row.get("name"), row.get("before"), row.get("after"), row.get("changed"), limit,
-                       row.get("ok"))
-            if c is not None:
-                out.append(c)
+        c = _drift(row.get("name"), row) if isinstance(row, Mapping) else None
+        if c is not None:
+            out.append(c)
     return out
 
 
-def _drift(name: Any, before: Any, after: Any, changed: Any, limit: float | None,
-           ok: Any = None) -> Comparison | None:
-    """A slide nobody corrected, as a comparison: the foreground classes' share before and after."""
+def _drift(name: Any, row: Mapping[str, Any]) -> Comparison | None:
+    """A slide nobody corrected, as a comparison: the foreground classes' share before and after;
+    beyond the round's limits when its ``ok`` is False."""
+    before, after = row.get("before"), row.get("after")
     if not isinstance(before, Mapping) or not isinstance(after, Mapping):
         return None
     b = [finite_number(v) for v in before.values()]
     a = [finite_number(after.get(k)) for k in before]
-    ch = finite_number(changed)
+    ch = finite_number(row.get("changed"))
     if not b or None in b or None in a or ch is None:
         return None
-    worse = (ok is False) if isinstance(ok, bool) else (limit is not None and ch > limit)
-    return Comparison("elsewhere", str(name), sum(b), sum(a), worse, ch, " or ".join(map(str, before)))
+    return Comparison("elsewhere", str(name), sum(b), sum(a), row.get("ok") is False, ch,
+                      " or ".join(map(str, before)))
 
 
 def comparisons_from_metrics(metrics: Mapping[str, Any] | None) -> list[Comparison]:
@@ -108,12 +106,10 @@ def comparisons_from_metrics(metrics: Mapping[str, Any] | None) -> list[Comparis
         if before is not None and after is not None:
             out.append(Comparison(key, label, before, after, after < before))
     ew = (metrics or {}).get("elsewhere")
-    limit = finite_number((metrics or {}).get("elsewhere_limit"))
     for name, row in (ew.items() if isinstance(ew, Mapping) else []):
-        if isinstance(row, Mapping):
-            c = _drift(name, row.get("before"), row.get("after"), row.get("changed"), limit)
-            if c is not None:
-                out.append(c)
+        c = _drift(name, row) if isinstance(row, Mapping) else None
+        if c is not None:
+            out.append(c)
     return out
 
 

@@ -48,6 +48,9 @@ MIN_REGION_OVERLAP = 0.02
 OTHERS_PER_SLIDE = 6
 #: Most slides nobody corrected that a round checks (the first ones of the project).
 MAX_OTHER_SLIDES = 8
+#: Other tissue patches of each slide nobody corrected, apart from the checked ones, where the
+#: parent's answer is the target (unlabelled patches).
+ANCHORS_PER_SLIDE = 4
 _SYNONYMS = {"tumor": "tumour", "tumours": "tumour", "tumors": "tumour", "cancer": "tumour",
              "carcinoma": "tumour", "normal": "background", "non-tumour": "background",
              "non-tumor": "background", "other": "background"}
@@ -440,6 +443,7 @@ class GatherOptions:
     force: bool = False  # learn from a slide far coarser than the model reads (else refused)
     new_classes: tuple[str, ...] = ()  # project classes learnt as new output classes (see class_lut)
     others_per_slide: int = OTHERS_PER_SLIDE  # tissue patches of each slide nobody corrected (0: none)
+    anchors_per_slide: int = ANCHORS_PER_SLIDE  # more of them, with the parent as the target (0: none)
 
 
 def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
@@ -486,7 +490,7 @@ def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
     notes += class_notes
     data = _cut_all(per_slide, classes, lut, card, model_mpp, opts, notes, progress, cancel)
     data.classes = extended_classes(model_classes, new)
-    if opts.others_per_slide > 0:
+    if opts.others_per_slide > 0 or opts.anchors_per_slide > 0:
         _cut_others(data, others, classes, lut, card, model_mpp, opts, cancel)
     return data
 
@@ -594,13 +598,18 @@ def _cut_others(data: RoundData, records: Sequence[Any], classes: Sequence[Any],
                 data.notes.append(f"{rec.name}: {problem}; its mask was not checked")
                 continue
             cutter = SlideCutter(src, rec, [], classes, lut, opts.patch, model_mpp, fill)
-            spots = tissue_positions(detect_tissue(src), src.info.dimensions, cutter.footprint,
-                                     opts.others_per_slide, None, rng)
+            tissue = detect_tissue(src)
+            spots = tissue_positions(tissue, src.info.dimensions, cutter.footprint, opts.others_per_slide, None, rng)
             for x, y in spots:
                 p = cutter.cut(x, y, [], None, None)
                 p.tissue = detect_tissue_rgb(p.rgb)
                 if p.tissue.any():
                     data.others.append(p)
+            if opts.anchors_per_slide > 0:  # the parent as the target there, never on a checked patch
+                f = cutter.footprint
+                checked = shapely.union_all([box(x, y, x + f, y + f) for x, y in spots]) if spots else None
+                for x, y in tissue_positions(tissue, src.info.dimensions, f, opts.anchors_per_slide, checked, rng):
+                    data.unlabelled.append(cutter.cut(x, y, [], None, None))
             if any(p.slide_id == rec.id for p in data.others):
                 data.other_slides.append({"id": rec.id, "name": rec.name})
         finally:

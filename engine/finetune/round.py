@@ -619,9 +619,8 @@ class _Round:
         if guard["replay"] is not None:
             metrics.update(replay_miou=guard["replay"]["after"], replay_miou_parent=guard["replay"]["before"])
         if guard["elsewhere"] is not None:
-            metrics["elsewhere"] = {r["name"]: {"before": r["before"], "after": r["after"], "changed": r["changed"]}
+            metrics["elsewhere"] = {r["name"]: {k: r[k] for k in ("before", "after", "changed", "ok")}
                                     for r in guard["elsewhere"]["slides"]}
-            metrics["elsewhere_limit"] = guard["elsewhere"]["limit"]
         state.emit("publish", 0, 1, message="publishing the new version")
         with writing(self.registry.root):  # a failed write leaves no version (the registry's commit)
             version = self.registry.publish(self.student.cpu(), meta, parent, metrics, note, activate)
@@ -631,11 +630,10 @@ class _Round:
             verdict += f" although {guard['reason']} (activate: always)"
         rep = guard["replay"]
         replay_text = "" if rep is None else f"; replay sample {rep['before']:.3f} → {rep['after']:.3f}"
-        ew = guard["elsewhere"]
-        if ew is not None:
-            n_ew = len(ew["slides"])
-            replay_text += (f"; {n_ew} slide{'s' if n_ew != 1 else ''} nobody corrected: at most "
-                            f"{max(r['changed'] for r in ew['slides']):.0%} of the sampled tissue's pixels changed")
+        if guard["elsewhere"] is not None:
+            from engine.finetune.elsewhere import summary
+
+            replay_text += f"; {summary(guard['elsewhere'])}"
         message = (f"{version.version} from {parent}: held-out mIoU {before['miou']:.3f} → "
                    f"{after['miou']:.3f} on {after['pixels']} px{replay_text}; {verdict}. " + "; ".join(self.notes))
         state.emit("publish", 1, 1, message=message)

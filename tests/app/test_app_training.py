@@ -310,6 +310,23 @@ def test_activating_a_worse_version_in_the_models_panel_asks_too(qtbot, training
     qtbot.waitUntil(lambda: not ta.window.predictions.bridge.running, timeout=120000)
 
 
+def test_a_version_that_changed_a_slide_nobody_corrected_asks_before_it_is_used(qtbot, training):
+    ta = training
+    v3 = publish_student(ta.reg, 3, parent="v0001", note="round 2",
+                         metrics={"heldout_miou": 0.5, "heldout_miou_parent": 0.4,
+                                  "elsewhere": {"scc.svs": {"before": {"tumour": 0.566}, "after": {"tumour": 0.004},
+                                                            "changed": 0.56, "ok": False}}})
+    ta.versions.refresh_models()
+    assert ta.versions.panel.select_version(v3.version)
+    seen: list = []
+    answer_dialog(qtbot, "Keep v0001", seen)
+    QTest.mouseClick(ta.versions.panel.activate_button, Qt.MouseButton.LeftButton)
+    [(text, default, _)] = seen
+    assert text.startswith("v0003 is not worse than v0001 on what the round measured:")
+    assert "scc.svs, which nobody corrected: tumour on 56.6% of the sampled tissue (v0001) → 0.4% (v0003)" in text
+    assert default == "Keep v0001" and ta.reg.active_name() == "v0001"
+
+
 def _fully_visible(widget) -> bool:
     """Shown on screen whole: not hidden, not scrolled away, not clipped by the dock."""
     region = widget.visibleRegion()

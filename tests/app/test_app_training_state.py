@@ -101,7 +101,7 @@ def test_registry_metrics_compare_a_version_with_its_parent():
     assert "anyway" in question.splitlines()[-1]
 
 
-ELSEWHERE = {"limit": 0.15, "ok": False, "slides": [
+ELSEWHERE = {"limits": {"share": 0.1, "changed": 0.35}, "ok": False, "slides": [
     {"id": 2, "name": "scc.svs", "before": {"tumour": 0.646}, "after": {"tumour": 0.009}, "changed": 0.64,
      "ok": False},
     {"id": 3, "name": "node.tif", "before": {"tumour": 0.1}, "after": {"tumour": 0.12}, "changed": 0.03,
@@ -124,8 +124,8 @@ def test_a_slide_nobody_corrected_that_changed_is_said_and_asks_before_use():
             "64% of its pixels changed class, look at it first") in question
     assert not any("node.tif" in line for line in question)  # within the limit: not listed
     # the registry's copy (a version chosen later in the Models panel) asks the same
-    metrics = {"heldout_miou": 0.625, "heldout_miou_parent": 0.5, "elsewhere_limit": 0.15,
-               "elsewhere": {r["name"]: {k: r[k] for k in ("before", "after", "changed")}
+    metrics = {"heldout_miou": 0.625, "heldout_miou_parent": 0.5,
+               "elsewhere": {r["name"]: {k: r[k] for k in ("before", "after", "changed", "ok")}
                              for r in ELSEWHERE["slides"]}}
     again = comparisons_from_metrics(metrics)
     assert [(c.part, c.label, c.worse) for c in again] == [

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shapely.geometry import box
 from finetune_fixtures import card, make_project, slide_rgb, tiny_model, write_slide
 
 from engine.finetune import elsewhere
@@ -35,7 +36,8 @@ def test_drift_counts_tissue_pixels_per_slide_and_names_the_slide_that_changed()
     assert by["skin.svs"]["before"] == {"tumour": 0.5} and by["skin.svs"]["after"] == {"tumour": 0.5}
     assert by["scc.svs"]["before"] == {"tumour": 1.0} and by["scc.svs"]["after"] == {"tumour": 0.0}
     assert by["scc.svs"]["changed"] == 1.0 and not by["scc.svs"]["ok"] and by["skin.svs"]["ok"]
-    assert not d["ok"] and d["limit"] == elsewhere.CHANGE_LIMIT
+    assert by["scc.svs"]["shift"] == 1.0 and by["skin.svs"]["shift"] == 0.0
+    assert not d["ok"] and d["limits"] == {"share": elsewhere.SHARE_LIMIT, "changed": elsewhere.CHANGE_LIMIT}
     why = elsewhere.reason(d)
     assert "a slide nobody corrected" in why and "scc.svs: tumour 100.0% → 0.0%" in why
     assert "skin.svs" not in why and why.endswith("; look at it before making it active")
@@ -44,7 +46,19 @@ def test_drift_counts_tissue_pixels_per_slide_and_names_the_slide_that_changed()
                              ["background", "tumour"], merge=[0, 1, 0])
     assert merged["slides"][0]["after"] == {"tumour": 0.0} and merged["slides"][0]["changed"] == 1.0
     assert elsewhere.drift([], [], [], slides, ["background", "tumour"]) is None
+    # tumour that moves within a slide at the same share: named only beyond the changed-pixel limit
+    left, right = np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8)
+    left[:, :2], right[:, 2:] = 1, 1
+    swap = elsewhere.drift([left], [right], [_patch(2, None)], slides[1:2], ["background", "tumour"])["slides"][0]
+    assert swap["shift"] == 0.0 and swap["changed"] == 1.0 and not swap["ok"]
+    edge = left.copy()
+    edge[0, 2] = 1  # one pixel in 16 gained: 6 % changed, 6 points of share
+    small = elsewhere.drift([left], [edge], [_patch(2, None)], slides[1:2], ["background", "tumour"])["slides"][0]
+    assert small["ok"] and small["changed"] == pytest.approx(1 / 16) and small["shift"] == pytest.approx(1 / 16)
     assert elsewhere.reason(None) == "" and elsewhere.reason({**d, "ok": True}) == ""
+    many = {**d, "slides": [{**by["scc.svs"], "name": f"s{i}.svs"} for i in range(5)]}
+    assert elsewhere.summary(many).startswith("slides nobody corrected: s0.svs: tumour 100.0% → 0.0%")
+    assert elsewhere.summary(many).endswith("; 2 more, at most 100% of their pixels changed")
 
 
 def _two_slides(tmp_path: Path, tumour_slide: Path) -> tuple[Path, Path]:
@@ -68,8 +82,16 @@ def test_gather_cuts_tissue_of_the_slides_nobody_corrected(tmp_path: Path, tumou
         assert p.rgb.shape == (64, 64, 3) and p.tissue.shape == (64, 64) and p.tissue.any()
         assert (p.label == 255).all()  # never a training target
     assert data.summary()["patches"]["elsewhere"] == len(data.others)
-    none = gather(folder, card(tiny_model(0)), GatherOptions(patch=64, others_per_slide=0))
+    # more of its tissue is an anchor (the parent as the target), never where it is checked
+    anchors = [p for p in data.unlabelled if p.slide_id in ids]
+    assert 0 < len(anchors) <= GatherOptions().anchors_per_slide
+    checked = [box(p.x, p.y, p.x + p.footprint, p.y + p.footprint) for p in data.others]
+    for p in anchors:
+        assert (p.label == 255).all()
+        assert not any(box(p.x, p.y, p.x + p.footprint, p.y + p.footprint).intersects(c) for c in checked)
+    none = gather(folder, card(tiny_model(0)), GatherOptions(patch=64, others_per_slide=0, anchors_per_slide=0))
     assert none.others == [] and none.other_slides == []
+    assert {p.slide_id for p in none.unlabelled} == {p.slide_id for p in data.train}
     assert MAX_OTHER_SLIDES >= 1
 
 
@@ -88,18 +110,20 @@ def test_a_round_that_changes_an_uncorrected_slide_is_published_but_not_made_act
                                  eval_every=4, teacher=str(checkpoints["teacher"]), **kw)
     # measured first with the limit out of reach, so that the held-out gain is the round's own
     monkeypatch.setattr(elsewhere, "CHANGE_LIMIT", 1.0)
+    monkeypatch.setattr(elsewhere, "SHARE_LIMIT", 1.0)
     free = run_round(folder, settings)
     assert free.status == "done" and free.activated, free.message
     ew = free.data["guard"]["elsewhere"]
     assert [r["name"] for r in ew["slides"]] == [other.name] and ew["ok"]
     row = ew["slides"][0]
     assert row["before"]["tumour"] < 0.05  # the broken parent calls nothing
-    assert row["after"]["tumour"] > 0.15 and row["changed"] > 0.15, row  # the new version paints tumour there
-    assert "1 slide nobody corrected" in free.message
+    assert row["after"]["tumour"] > 0.15 and row["shift"] > 0.15, row  # the new version paints tumour there
+    assert f"slide nobody corrected: {other.name}: tumour " in free.message
     v = reg.get(free.version)
     assert v.metrics["elsewhere"][other.name]["changed"] == pytest.approx(row["changed"])
-    # the same round under the real limit: published, not made active, the slide named
-    monkeypatch.setattr(elsewhere, "CHANGE_LIMIT", 0.15)
+    # the same round under the real limits: published, not made active, the slide named
+    monkeypatch.setattr(elsewhere, "CHANGE_LIMIT", 0.35)
+    monkeypatch.setattr(elsewhere, "SHARE_LIMIT", 0.10)
     reg.activate("v0001")
     held = run_round(folder, settings)
     assert held.status == "done" and held.version is not None and not held.activated, held.message
