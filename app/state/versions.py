@@ -46,7 +46,7 @@ class Comparison:
     label: str
     before: float  # mIoU; for "elsewhere", the share of the sampled tissue called ``what``
     after: float
-    worse: bool  # for "elsewhere": more of its pixels changed than the round allows
+    worse: bool  # for "elsewhere": beyond the round's limits (its share moved, or many pixels changed)
     changed: float | None = None  # "elsewhere": the share of the sampled tissue's pixels whose class changed
     what: str = ""  # "elsewhere": the classes counted in before / after ("tumour")
 

@@ -15,7 +15,10 @@ tissue patches for distillation, and held-out ROIs to measure the round. No torc
 - **The slides nobody corrected**: a few tissue patches of each project slide without a correction
   ROI in the round (:data:`OTHERS_PER_SLIDE`, at most :data:`MAX_OTHER_SLIDES` slides), never
   trained on: the round measures how much its new version changes their masks
-  (:mod:`engine.finetune.elsewhere`), since nothing else it checks would see it.
+  (:mod:`engine.finetune.elsewhere`), since nothing else it checks would see it. A few more of
+  each (:data:`ANCHORS_PER_SLIDE`, apart from the checked ones) join the unlabelled patches, where
+  the parent's answer is the target: on the real slides, a round on one slide's benign skin erased
+  the carcinoma of another without them and kept it with them (README).
 """
 
 from __future__ import annotations
