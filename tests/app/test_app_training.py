@@ -289,16 +289,22 @@ def test_a_worse_version_becomes_active_only_when_the_user_says_so(qtbot, traini
     qtbot.waitUntil(lambda: not ta.window.predictions.bridge.running, timeout=120000)
 
 
-def test_activating_a_worse_version_in_the_models_panel_asks_too(qtbot, training):
-    ta = training
-    v3 = publish_student(ta.reg, 3, parent="v0001", note="round 2",
-                         metrics={"heldout_miou": 0.33, "heldout_miou_parent": 0.404,
-                                  "replay_miou": 0.58, "replay_miou_parent": 0.61})
+def _activate_v3_and_keep_v1(qtbot, ta, metrics: dict) -> list:
+    """Publish v0003 (from v0001) with ``metrics``, press Activate in the Models panel, answer
+    "Keep v0001"; the questions asked."""
+    v3 = publish_student(ta.reg, 3, parent="v0001", note="round 2", metrics=metrics)
     ta.versions.refresh_models()
     assert ta.versions.panel.select_version(v3.version)
     seen: list = []
     answer_dialog(qtbot, "Keep v0001", seen)
     QTest.mouseClick(ta.versions.panel.activate_button, Qt.MouseButton.LeftButton)
+    return seen
+
+
+def test_activating_a_worse_version_in_the_models_panel_asks_too(qtbot, training):
+    ta = training
+    seen = _activate_v3_and_keep_v1(qtbot, ta, {"heldout_miou": 0.33, "heldout_miou_parent": 0.404,
+                                                "replay_miou": 0.58, "replay_miou_parent": 0.61})
     [(text, default, _)] = seen
     assert "0.404 (v0001) → 0.330 (v0003), worse" in text
     assert "0.610 (v0001) → 0.580 (v0003), worse" in text
@@ -312,15 +318,8 @@ def test_activating_a_worse_version_in_the_models_panel_asks_too(qtbot, training
 
 def test_a_version_that_changed_a_slide_nobody_corrected_asks_before_it_is_used(qtbot, training):
     ta = training
-    v3 = publish_student(ta.reg, 3, parent="v0001", note="round 2",
-                         metrics={"heldout_miou": 0.5, "heldout_miou_parent": 0.4,
-                                  "elsewhere": {"scc.svs": {"before": {"tumour": 0.566}, "after": {"tumour": 0.004},
-                                                            "changed": 0.56, "ok": False}}})
-    ta.versions.refresh_models()
-    assert ta.versions.panel.select_version(v3.version)
-    seen: list = []
-    answer_dialog(qtbot, "Keep v0001", seen)
-    QTest.mouseClick(ta.versions.panel.activate_button, Qt.MouseButton.LeftButton)
+    moved = {"scc.svs": {"before": {"tumour": 0.566}, "after": {"tumour": 0.004}, "changed": 0.56, "ok": False}}
+    seen = _activate_v3_and_keep_v1(qtbot, ta, {"heldout_miou": 0.5, "heldout_miou_parent": 0.4, "elsewhere": moved})
     [(text, default, _)] = seen
     assert text.startswith("v0003 is not worse than v0001 on what the round measured:")
     assert "scc.svs, which nobody corrected: tumour on 56.6% of the sampled tissue (v0001) → 0.4% (v0003)" in text
