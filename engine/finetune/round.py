@@ -619,8 +619,10 @@ class _Round:
         if guard["replay"] is not None:
             metrics.update(replay_miou=guard["replay"]["after"], replay_miou_parent=guard["replay"]["before"])
         if guard["elsewhere"] is not None:
-            metrics["elsewhere"] = {r["name"]: {k: r[k] for k in ("before", "after", "changed", "ok")}
-                                    for r in guard["elsewhere"]["slides"]}
+            rows = guard["elsewhere"]["slides"]
+            names = [r["name"] for r in rows]
+            metrics["elsewhere"] = {(r["name"] if names.count(r["name"]) == 1 else f"{r['name']} (slide {r['id']})"):
+                                    {k: r[k] for k in ("before", "after", "changed", "ok")} for r in rows}
         state.emit("publish", 0, 1, message="publishing the new version")
         with writing(self.registry.root):  # a failed write leaves no version (the registry's commit)
             version = self.registry.publish(self.student.cpu(), meta, parent, metrics, note, activate)
