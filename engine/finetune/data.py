@@ -464,16 +464,15 @@ def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
         records = ([project.slide(s) for s in opts.slides] if opts.slides is not None
                    else project.slides())
         per_slide = []
-        others = []  # slides with no correction ROI in the round: their masks are checked
         notes: list[str] = []
         chosen = {r.id for r in records}
-        for rec in project.slides():
-            if rec.id not in chosen or not project.store(rec).rois():
-                others.append(rec)
+        # slides with no correction ROI in the round: their masks are checked
+        others = [rec for rec in project.slides() if rec.id not in chosen]
         for rec in records:
             store = project.store(rec)
             rois = store.rois()
             if not rois:
+                others.append(rec)
                 if opts.slides is not None:
                     notes.append(f"{rec.name} has no correction ROI")
                 continue

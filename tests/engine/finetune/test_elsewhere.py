@@ -12,7 +12,7 @@ from shapely.geometry import box
 from finetune_fixtures import card, make_project, slide_rgb, tiny_model, write_slide
 
 from engine.finetune import elsewhere
-from engine.finetune.data import MAX_OTHER_SLIDES, GatherOptions, Patch, gather
+from engine.finetune.data import GatherOptions, Patch, gather
 from engine.finetune.registry import ModelRegistry
 from engine.finetune.round import RoundSettings, run_round
 
@@ -71,7 +71,8 @@ def _two_slides(tmp_path: Path, tumour_slide: Path) -> tuple[Path, Path]:
     return folder, other
 
 
-def test_gather_cuts_tissue_of_the_slides_nobody_corrected(tmp_path: Path, tumour_slide: Path) -> None:
+def test_gather_cuts_tissue_of_the_slides_nobody_corrected(tmp_path: Path, tumour_slide: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     folder, other = _two_slides(tmp_path, tumour_slide)
     data = gather(folder, card(tiny_model(0)), GatherOptions(patch=64, unlabelled_per_roi=2))
     assert [s["name"] for s in data.other_slides] == [other.name]
@@ -92,7 +93,9 @@ def test_gather_cuts_tissue_of_the_slides_nobody_corrected(tmp_path: Path, tumou
     none = gather(folder, card(tiny_model(0)), GatherOptions(patch=64, others_per_slide=0, anchors_per_slide=0))
     assert none.others == [] and none.other_slides == []
     assert {p.slide_id for p in none.unlabelled} == {p.slide_id for p in data.train}
-    assert MAX_OTHER_SLIDES >= 1
+    monkeypatch.setattr("engine.finetune.data.MAX_OTHER_SLIDES", 0)  # past the cap: named, not checked
+    capped = gather(folder, card(tiny_model(0)), GatherOptions(patch=64))
+    assert capped.others == [] and any(other.name in n and "were not checked" in n for n in capped.notes)
 
 
 @pytest.mark.parametrize("method", ["anchored", "tiny"])
