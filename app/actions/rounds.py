@@ -137,7 +137,8 @@ class RoundActions(QObject):
             distil = self.panel.teacher.isChecked()  # CoCo distillation from the teacher, else anchored
             settings = RoundSettings(budget_s=float(budget) if budget else None, slides=tuple(slides),
                                      method="coco-full" if distil else "anchored", use_teacher=distil,
-                                     new_classes=self.plan.round_new_classes())
+                                     new_classes=self.plan.round_new_classes(),
+                                     check_first=self._viewed_last(project))
             argv = finetune_argv(project.folder, settings, explicit=("budget_s",) if budget else ())
         except CocoPathError as exc:
             self._round_error(str(exc))
@@ -149,6 +150,18 @@ class RoundActions(QObject):
         self._update_enabled()
         self.running_changed.emit(True)
         return True
+
+    def _viewed_last(self, project: Any) -> tuple[str, ...]:
+        """The ids of the project's slides the pathologist viewed last, the open one first: a round
+        checks the masks of a few slides nobody corrected, and these first."""
+        source = self.window.source
+        paths = ([str(source.info.path)] if source is not None else []) + self.window.recent_files()
+        try:
+            ids = {str(Path(rec.path).resolve()): str(rec.id) for rec in project.slides()}
+        except CocoPathError:
+            return ()
+        order = [ids.get(str(Path(p).resolve())) for p in paths]
+        return tuple(dict.fromkeys(i for i in order if i is not None))
 
     def _seed(self, registry: Any) -> bool:
         """An empty registry gets the Model panel's model (else the shipped default) as its first

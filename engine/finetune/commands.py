@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    from engine.finetune.data import MAX_OTHER_SLIDES
     from engine.finetune.round import ACTIVATE_CHOICES, RoundSettings
 
     d, c = RoundSettings(), RoundSettings.for_device("cpu", method="coco-full")
@@ -72,6 +73,9 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--new-class", dest="new_classes", action="append", default=[], metavar="CLASS",
                    help="learn this project class as a new output class of the model when the model lacks "
                         "it (repeatable; anchored method; else such a class is taken as not tumour)")
+    p.add_argument("--check-first", nargs="+", default=[], metavar="SLIDE",
+                   help="slides nobody corrected whose masks the round checks first (ids, paths or names; "
+                        "it checks at most %d, the rest in the project's order)" % MAX_OTHER_SLIDES)
     p.add_argument("--teacher-steps", type=int, default=None, help="teacher adaptation steps")
     p.add_argument("--paraphraser-steps", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None, help="held-out measurement interval")
@@ -134,7 +138,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         patch=args.patch, unlabelled_per_roi=args.unlabelled_per_roi,
         seed=args.seed, activate=args.activate, method=args.method, eval_every=args.eval_every,
         replay_tiles=args.replay_tiles, trainable_blocks=args.trainable_blocks, force=args.force,
-        new_classes=tuple(args.new_classes))
+        new_classes=tuple(args.new_classes), check_first=tuple(args.check_first))
 
 
 class _Printer:

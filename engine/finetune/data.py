@@ -13,12 +13,13 @@ tissue patches for distillation, and held-out ROIs to measure the round. No torc
   within the held-out zone (held-out geometry grown by half the gap) is blanked to the mean colour
   and unlabelled, and unlabelled tissue patches that meet the zone are not taken.
 - **The slides nobody corrected**: a few tissue patches of each project slide without a correction
-  ROI in the round (:data:`OTHERS_PER_SLIDE`, at most :data:`MAX_OTHER_SLIDES` slides), never
-  trained on: the round measures how much its new version changes their masks
-  (:mod:`engine.finetune.elsewhere`), since nothing else it checks would see it. A few more of
-  each (:data:`ANCHORS_PER_SLIDE`, apart from the checked ones) join the unlabelled patches, where
-  the parent's answer is the target: on the real slides, a round on one slide's benign skin erased
-  the carcinoma of another without them and kept it with them (README).
+  ROI in the round (:data:`OTHERS_PER_SLIDE`, at most :data:`MAX_OTHER_SLIDES` slides: those the
+  round is told to check first, then the project's order), never trained on: the round measures
+  how much its new version changes their masks (:mod:`engine.finetune.elsewhere`), since nothing
+  else it checks would see it. A few more of each (:data:`ANCHORS_PER_SLIDE`, apart from the
+  checked ones) join the unlabelled patches, where the parent's answer is the target: on the real
+  slides, a round on one slide's benign skin erased the carcinoma of another without them and kept
+  it with them (README).
 """
 
 from __future__ import annotations
@@ -447,6 +448,7 @@ class GatherOptions:
     new_classes: tuple[str, ...] = ()  # project classes learnt as new output classes (see class_lut)
     others_per_slide: int = OTHERS_PER_SLIDE  # tissue patches of each slide nobody corrected (0: none)
     anchors_per_slide: int = ANCHORS_PER_SLIDE  # more of them, with the parent as the target (0: none)
+    check_first: tuple[str, ...] = ()  # slides nobody corrected to check first (the app: those viewed last)
 
 
 def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
@@ -480,6 +482,7 @@ def gather(project_dir: Path, card: dict[str, Any], opts: GatherOptions,
                 raise RoundDataError(f"{rec.path}: the slide {rec.name} is missing; relink it "
                                      f"(`cocopath-engine project relink`) or leave it out")
             per_slide.append((rec, rois, store.annotations(Kind.REGION)))
+        others = _checked_first(project, others, opts.check_first, notes)
         classes = project.classes()
     if not per_slide:
         return None
@@ -567,6 +570,21 @@ def _cut_all(per_slide: list, classes: Sequence[Any], lut: np.ndarray, card: dic
         raise RoundDataError("the training ROIs gave no labelled pixels; draw another correction ROI")
     log.info("round data: %s", data.summary()["patches"])
     return data
+
+
+def _checked_first(project: Any, others: list, refs: Sequence[str], notes: list[str]) -> list:
+    """``others`` with the slides named in ``refs`` first, in that order, the rest in the project's
+    order: a round checks at most :data:`MAX_OTHER_SLIDES`, so the app names the slides the
+    pathologist viewed last. A name that is not a slide of the project is noted, not an error."""
+    from engine.annotations.errors import ProjectError
+
+    rank: dict[int, int] = {}
+    for ref in refs:
+        try:
+            rank.setdefault(project.slide(ref).id, len(rank))
+        except ProjectError as exc:  # not in the project, or a name two slides share
+            notes.append(f"{str(exc).split(';')[0]}: not checked first")
+    return sorted(others, key=lambda rec: rank.get(rec.id, len(rank)))
 
 
 def _cut_others(data: RoundData, records: Sequence[Any], classes: Sequence[Any], lut: np.ndarray,

@@ -120,5 +120,7 @@ def finetune_argv(project_dir: Path, settings: RoundSettings, explicit: Collecti
         argv.append("--force")
     for name in settings.new_classes:
         argv += ["--new-class", str(name)]
+    if settings.check_first:
+        argv += ["--check-first", *[str(s) for s in settings.check_first]]
     argv.append("--events")
     return argv

@@ -68,6 +68,7 @@ class RoundSettings:
     trainable_blocks: int = 2  # anchored: the last decoder blocks that learn, with the head
     force: bool = False  # fine-tune on a slide far coarser than the model reads
     new_classes: tuple[str, ...] = ()  # project classes the model lacks, learnt as new output classes
+    check_first: tuple[str, ...] = ()  # slides nobody corrected whose masks are checked first (ids or paths)
 
     def validate(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -146,8 +147,9 @@ class RoundSettings:
         kw = {k: v for k, v in d.items() if k in names}
         if kw.get("slides") is not None:
             kw["slides"] = tuple(str(s) for s in kw["slides"])
-        if kw.get("new_classes") is not None:
-            kw["new_classes"] = tuple(str(s) for s in kw["new_classes"])
+        for name in ("new_classes", "check_first"):
+            if kw.get(name) is not None:
+                kw[name] = tuple(str(s) for s in kw[name])
         return cls(**kw)
 
 
@@ -340,7 +342,8 @@ class _Round:
 
         s, state = self.settings, self.state
         state.emit("gather", 0, 1, message="reading the correction ROIs")
-        opts = GatherOptions(s.patch, s.holdout, s.unlabelled_per_roi, s.seed, s.slides, s.force, s.new_classes)
+        opts = GatherOptions(s.patch, s.holdout, s.unlabelled_per_roi, s.seed, s.slides, s.force, s.new_classes,
+                             check_first=s.check_first)
         self.data = gather(self.project_dir, self.card, opts,
                            lambda p: state.emit(p.stage, p.step, p.total, message=p.message), self.cancel)
         if self.data is None:

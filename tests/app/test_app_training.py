@@ -78,6 +78,10 @@ def test_progress_reaches_the_gui_while_the_round_runs(qtbot, training):
     real = real_finetune_argv(project, settings, explicit=ta.state["explicit"])
     assert real[real.index("--budget") + 1] in ("45.0", "45") and "--steps" not in real
     assert [Path(s).name for s in settings.slides] == ["cmu-1-small-region.svs"]
+    # the slides viewed last are checked first by the round (by id): here the open one
+    open_slide = ta.window.annotations.project.slide(ta.window.source.info.path)
+    assert settings.check_first == (str(open_slide.id),)
+    assert real[real.index("--check-first") + 1] == str(open_slide.id)
     assert not panel.finetune_button.isEnabled() and panel.cancel_button.isEnabled()
     # every event before the fake waits for GO: the curves fill while the process still runs
     qtbot.waitUntil(lambda: panel.point_counts().get("heldout_miou") == 2, timeout=20000)

@@ -11,6 +11,7 @@ import pytest
 from shapely.geometry import box
 from finetune_fixtures import card, make_project, slide_rgb, tiny_model, write_slide
 
+from engine.annotations.project import Project
 from engine.finetune import elsewhere
 from engine.finetune.data import GatherOptions, Patch, gather
 from engine.finetune.registry import ModelRegistry
@@ -96,6 +97,25 @@ def test_gather_cuts_tissue_of_the_slides_nobody_corrected(tmp_path: Path, tumou
     monkeypatch.setattr("engine.finetune.data.MAX_OTHER_SLIDES", 0)  # past the cap: named, not checked
     capped = gather(folder, card(tiny_model(0)), GatherOptions(patch=64))
     assert capped.others == [] and any(other.name in n and "were not checked" in n for n in capped.notes)
+
+
+def test_the_slides_viewed_last_are_checked_first(tmp_path: Path, tumour_slide: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, first = _two_slides(tmp_path, tumour_slide)
+    later = write_slide(tmp_path / "viewed-last.tif", slide_rgb(seed=9))
+    project = Project.open(folder)
+    project.add_slide(later)
+    project.close()
+    monkeypatch.setattr("engine.finetune.data.MAX_OTHER_SLIDES", 1)  # room for one of the two
+    opts = GatherOptions(patch=64, unlabelled_per_roi=2, anchors_per_slide=0)
+    plain = gather(folder, card(tiny_model(0)), opts)
+    assert [s["name"] for s in plain.other_slides] == [first.name]  # the project's order
+    assert any(later.name in n and "were not checked" in n for n in plain.notes)
+    told = gather(folder, card(tiny_model(0)), replace(opts, check_first=(str(later), "nowhere.svs")))
+    assert [s["name"] for s in told.other_slides] == [later.name]
+    assert any(first.name in n and "were not checked" in n for n in told.notes)
+    assert any(n.startswith("nowhere.svs: not a slide of the project") and n.endswith(": not checked first")
+               for n in told.notes)
 
 
 @pytest.mark.parametrize("method", ["anchored", "tiny"])

@@ -70,6 +70,7 @@ def test_progress_becomes_progress_and_eval_events() -> None:
     RoundSettings(teacher="/models/teacher.safetensors", activate="never"),
     RoundSettings(budget_s=45.0, replay_tiles=0, force=True, device="cpu"),
     RoundSettings(new_classes=("Stroma", "Necrosis zone")),
+    RoundSettings(check_first=("2", "/data/viewed last.svs")),
 ])
 def test_finetune_argv_runs_the_same_round(settings: RoundSettings) -> None:
     argv = finetune_argv(Path("/projects/p 1"), settings)
@@ -96,7 +97,7 @@ def test_explicit_settings_are_passed_even_at_their_default() -> None:
 
 
 def test_settings_dict_round_trip_and_validation() -> None:
-    s = RoundSettings(slides=("a", "b"), steps=9, new_classes=("Stroma",))
+    s = RoundSettings(slides=("a", "b"), steps=9, new_classes=("Stroma",), check_first=("4",))
     assert RoundSettings.from_dict({**s.to_dict(), "unknown": 1}) == s
     for bad, why in ((dict(steps=0), "steps"), (dict(holdout=1.0), "held-out"), (dict(patch=100), "multiple of 32"),
                      (dict(activate="maybe"), "activate"), (dict(batch_size=0), "batch size"),
