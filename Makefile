@@ -68,17 +68,15 @@ bench-distill: setup
 # the next run the other has not locked), then the report of the finished runs. Rerun to continue
 # after a stop; the logs go to work/*.log.
 LONG := $(BIN)/cocopath-engine bench distill --protocol cpu-long --workdir work/distill-cpu-long
-# Lowest priority, as seen from every other session too: with the kernel's autogroups (on by default
-# on desktop Linux) `nice` only ranks processes within one session, so a nice-19 run started from
-# one terminal still took half the CPU from an app or tests started from another (a round ran 5.7x
-# slower a step). Each run gets a session of its own whose autogroup is set to nice 19.
-BACKGROUND := setsid -w sh -c 'echo 19 > /proc/self/autogroup 2>/dev/null; exec nice -n 19 "$$0" "$$@"'
+# Lowest priority as seen from every session (engine/background.py: a session of its own whose
+# autogroup is at nice 19; plain `nice` only ranks processes within one session). Ctrl-C still stops it.
+BACKGROUND := $(BIN)/python -m engine.background
 bench-distill-long: setup
 	mkdir -p work
 	$(BACKGROUND) $(LONG) --teacher-only >> work/teacher.log 2>&1
 	$(BACKGROUND) $(LONG) --runs-only >> work/students-a.log 2>&1 & \
 	$(BACKGROUND) $(LONG) --runs-only >> work/students-b.log 2>&1; wait
-	$(LONG) --finished-only --out resources/benchmarks/distill-cpu-long.json
+	$(BACKGROUND) $(LONG) --finished-only --out resources/benchmarks/distill-cpu-long.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
