@@ -584,13 +584,14 @@ class _Round:
         if rep_b is not None and rep_a is not None:
             rep = {"before": rep_b["miou"], "after": rep_a["miou"], "tolerance": REPLAY_TOLERANCE,
                    "ok": rep_a["miou"] >= rep_b["miou"] - REPLAY_TOLERANCE}
+        reasons = []  # every check it fails, named
         if not held["ok"]:
-            reason = (f"worse on the held-out ROIs (mIoU {held['before']:.3f} → {held['after']:.3f})")
-        elif rep is not None and not rep["ok"]:
-            reason = (f"worse on the replay sample of its training data (mIoU {rep['before']:.3f} → "
-                      f"{rep['after']:.3f})")
-        else:
-            reason = elsewhere_reason(self.elsewhere)
+            reasons.append(f"worse on the held-out ROIs (mIoU {held['before']:.3f} → {held['after']:.3f})")
+        if rep is not None and not rep["ok"]:
+            reasons.append(f"worse on the replay sample of its training data (mIoU {rep['before']:.3f} → "
+                           f"{rep['after']:.3f})")
+        reasons.append(elsewhere_reason(self.elsewhere))
+        reason = "; and ".join(r for r in reasons if r)
         return {"heldout": held, "replay": rep, "elsewhere": self.elsewhere, "reason": reason}
 
     def publish(self, after: dict, t0: float) -> RoundResult:

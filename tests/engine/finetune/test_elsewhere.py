@@ -60,6 +60,21 @@ def test_drift_counts_tissue_pixels_per_slide_and_names_the_slide_that_changed()
     many = {**d, "slides": [{**by["scc.svs"], "name": f"s{i}.svs"} for i in range(5)]}
     assert elsewhere.summary(many).startswith("slides nobody corrected: s0.svs: tumour 100.0% → 0.0%")
     assert elsewhere.summary(many).endswith("; 2 more, at most 100% of their pixels changed")
+    # the guard names every check a version fails, not only the first
+    from engine.finetune.round import _Round, _State
+
+    r = object.__new__(_Round)  # the guard reads only these
+    r.state, r.replay, r.elsewhere = _State(None), ({"miou": 0.70}, {"miou": 0.60}), d
+    r.state.before = {"miou": 0.50}
+    g = r.guard({"miou": 0.40})
+    assert g["reason"] == ("worse on the held-out ROIs (mIoU 0.500 → 0.400); and worse on the replay sample "
+                           "of its training data (mIoU 0.700 → 0.600); and " + why)
+    g = r.guard({"miou": 0.55})
+    assert g["reason"].startswith("worse on the replay sample") and g["reason"].endswith("; and " + why)
+    r.elsewhere = None
+    assert r.guard({"miou": 0.55})["reason"] == "worse on the replay sample of its training data (mIoU 0.700 → 0.600)"
+    r.replay = ({"miou": 0.70}, {"miou": 0.70})
+    assert r.guard({"miou": 0.55})["reason"] == ""
 
 
 def _two_slides(tmp_path: Path, tumour_slide: Path) -> tuple[Path, Path]:
