@@ -1,14 +1,15 @@
-"""Run a command at the lowest CPU priority, as seen from every session: ``python -m engine.background CMD…``.
+"""Run a command at the lowest CPU priority as seen from every session:
+``python -m engine.background CMD…``.
 
 With the kernel's autogroups (``/proc/sys/kernel/sched_autogroup_enabled``, on by default on desktop
 Linux) the CPU is first shared between sessions and ``nice`` only ranks the processes within one.
 A ``nice -n 19`` training started from one terminal still took half of the two cores from the app
 or the tests started from another: a training step of the shipped student took 5.8 s beside two
-such runs against 1.0 s with them paused (README, "bench finetune"). So the command gets a session
-of its own, that session's autogroup is set to nice 19 (where the kernel has autogroups), and the
-process to nice 19 as well. This process stays in the caller's session and passes SIGINT, SIGTERM
-and SIGHUP on, so Ctrl-C or a kill of the caller still stops the command; it exits with the
-command's status.
+such runs against 1.0 s with them paused (README, the ``cpu-long`` protocol). So the command gets a
+session of its own, that session's autogroup is set to nice 19 (where the kernel has autogroups),
+and the process to nice 19 as well. This process stays in the caller's session and passes SIGINT,
+SIGTERM and SIGHUP on, so Ctrl-C or a kill of the caller still stops the command; it exits with
+the command's status.
 """
 
 from __future__ import annotations
