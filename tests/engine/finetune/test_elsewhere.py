@@ -60,9 +60,15 @@ def test_drift_counts_tissue_pixels_per_slide_and_names_the_slide_that_changed()
     many = {**d, "slides": [{**by["scc.svs"], "name": f"s{i}.svs"} for i in range(5)]}
     assert elsewhere.summary(many).startswith("slides nobody corrected: s0.svs: tumour 100.0% → 0.0%")
     assert elsewhere.summary(many).endswith("; 2 more, at most 100% of their pixels changed")
-    # the guard names every check a version fails, not only the first
+
+
+def test_the_guard_names_every_check_a_version_fails() -> None:
     from engine.finetune.round import _Round, _State
 
+    tumour, bg = np.ones((4, 4), np.uint8), np.zeros((4, 4), np.uint8)
+    d = elsewhere.drift([tumour], [bg], [_patch(2, None)], [{"id": 2, "name": "scc.svs"}], ["background", "tumour"])
+    why = elsewhere.reason(d)
+    assert "scc.svs" in why
     r = object.__new__(_Round)  # the guard reads only these
     r.state, r.replay, r.elsewhere = _State(None), ({"miou": 0.70}, {"miou": 0.60}), d
     r.state.before = {"miou": 0.50}
