@@ -783,12 +783,21 @@ def _bench_command(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     report = run_bench(cfg, say=lambda m: print(m, file=sys.stderr, flush=True))
-    if args.out:
+    return emit_report(args.out, report, markdown, figures)
+
+
+def emit_report(out: Path | None, report: dict[str, Any], md: Callable[[dict[str, Any]], str],
+                lines: Callable[[dict[str, Any]], list[str]]) -> int:
+    """A benchmark's report: the JSON at ``out`` and its Markdown beside it, or the JSON on stdout;
+    then its figures, one per line (on stderr when stdout holds the JSON)."""
+    import sys
+
+    if out:
         from engine.atomic import write_report
 
-        write_report(args.out, report, markdown(report))
+        write_report(out, report, md(report))
     else:
         print(json.dumps(report, indent=1, default=str))
-    for line in figures(report):
-        print(line, file=sys.stderr if not args.out else sys.stdout)
+    for line in lines(report):
+        print(line, file=sys.stderr if not out else sys.stdout)
     return 0

@@ -117,6 +117,10 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
         from engine.finetune.bench import register_bench
 
         register_bench(bench)
+    if importlib.util.find_spec("engine.finetune.slides_bench") is not None:
+        from engine.finetune.slides_bench import register_bench as register_loop_bench
+
+        register_loop_bench(bench)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -8,6 +8,7 @@ first look at a slide without carcinoma must not get worse while the test split 
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
 #: Real whole slides without carcinoma in the shared data (``slides/…``).
@@ -18,21 +19,31 @@ def benign_slide_calls(model: Any, meta: dict[str, Any], slides: tuple[str, ...]
     """The share of the tissue ``model`` (with its card ``meta``) calls tumour on each benign slide this
     machine has (``slides/<name>`` in the shared data; a missing one is left out): whole-slide
     inference at the card's µm/px, eager torch, outputs in a temporary folder."""
+    from engine.shared_data import SharedDataMissing, data_path
+
+    paths = {}
+    for name in slides:
+        try:
+            paths[name] = data_path("slides", name)
+        except SharedDataMissing:
+            continue
+    with tempfile.TemporaryDirectory(prefix="cocopath-benign-") as tmp:
+        return tumour_calls(model, meta, paths, Path(tmp))
+
+
+def tumour_calls(model: Any, meta: dict[str, Any], slides: dict[str, Path], out: Path) -> dict[str, float]:
+    """The share of each slide's tissue ``model`` calls tumour (name → path in ``slides``), run as the
+    app runs it: whole-slide at the card's µm/px (level 0 when the slide states none), eager torch;
+    each slide's mask and summary are written under ``out/<name>/``."""
     from engine.inference.job import InferOptions, infer_slide
     from engine.inference.runner import TorchRunner
     from engine.inference.spec import spec_from_meta
-    from engine.shared_data import SharedDataMissing, data_path
 
-    spec = spec_from_meta(meta, "benign-check")
+    spec = spec_from_meta(meta, "tumour-calls")
     runner = TorchRunner(model.float().eval(), spec)
     tumour = spec.foreground[0]
     calls: dict[str, float] = {}
-    for name in slides:
-        try:
-            path = data_path("slides", name)
-        except SharedDataMissing:
-            continue
-        with tempfile.TemporaryDirectory(prefix="cocopath-benign-") as tmp:
-            summary = infer_slide(path, spec, runner, tmp, InferOptions())
+    for name, path in slides.items():
+        summary = infer_slide(path, spec, runner, out / name, InferOptions())
         calls[name] = float(summary["measurements"]["classes"][tumour]["fraction_of_tissue"] or 0.0)
     return calls

@@ -38,7 +38,8 @@ def test_drift_counts_tissue_pixels_per_slide_and_names_the_slide_that_changed()
     assert by["scc.svs"]["before"] == {"tumour": 1.0} and by["scc.svs"]["after"] == {"tumour": 0.0}
     assert by["scc.svs"]["changed"] == 1.0 and not by["scc.svs"]["ok"] and by["skin.svs"]["ok"]
     assert by["scc.svs"]["shift"] == 1.0 and by["skin.svs"]["shift"] == 0.0
-    assert not d["ok"] and d["limits"] == {"share": elsewhere.SHARE_LIMIT, "changed": elsewhere.CHANGE_LIMIT}
+    assert not d["ok"] and d["limits"] == {"share": elsewhere.SHARE_LIMIT, "changed": elsewhere.CHANGE_LIMIT,
+                                           "clear": elsewhere.CLEAR_SHARE, "marked": elsewhere.MARKED_SHARE}
     why = elsewhere.reason(d)
     assert "a slide nobody corrected" in why and "scc.svs: tumour 100.0% → 0.0%" in why
     assert "skin.svs" not in why and why.endswith("; look at it before making it active")
@@ -60,6 +61,31 @@ def test_drift_counts_tissue_pixels_per_slide_and_names_the_slide_that_changed()
     many = {**d, "slides": [{**by["scc.svs"], "name": f"s{i}.svs"} for i in range(5)]}
     assert elsewhere.summary(many).startswith("slides nobody corrected: s0.svs: tumour 100.0% → 0.0%")
     assert elsewhere.summary(many).endswith("; 2 more, at most 100% of their pixels changed")
+
+
+def test_a_slide_that_showed_no_tumour_and_now_shows_some_is_named_however_small_the_move() -> None:
+    """From ``bench loop``: the benign skin went from 0.1 % to 9.7 % of its sampled tissue called
+    tumour, inside both limits, and that version was made active."""
+    slides = [{"id": 1, "name": "skin.svs"}]
+
+    def share(before: float, after: float) -> dict:
+        b, a = np.zeros((100, 100), np.uint8), np.zeros((100, 100), np.uint8)
+        b.flat[:round(before * 10_000)] = 1
+        a.flat[:round(after * 10_000)] = 1
+        return elsewhere.drift([b], [a], [_patch(1, None)], slides, ["background", "tumour"])
+
+    appears = share(0.001, 0.097)
+    row = appears["slides"][0]
+    assert row["shift"] <= elsewhere.SHARE_LIMIT and row["changed"] <= elsewhere.CHANGE_LIMIT
+    assert row["crossed"] == ["tumour"] and not row["ok"] and not appears["ok"]
+    assert "skin.svs: tumour 0.1% → 9.7% of the sampled tissue (tumour appears where none was called)" in \
+        elsewhere.reason(appears)
+    assert share(0.0, 0.05)["slides"][0]["crossed"] == ["tumour"]  # the first share that counts as marked
+    vanishes = share(0.06, 0.005)
+    assert not vanishes["ok"] and "(tumour vanishes)" in elsewhere.reason(vanishes)
+    for before, after in ((0.0, 0.049), (0.01, 0.09), (0.03, 0.12 - 0.03), (0.2, 0.25), (0.06, 0.01)):
+        row = share(before, after)["slides"][0]
+        assert row["ok"] and row["crossed"] == [], (before, after)
 
 
 def test_the_guard_names_every_check_a_version_fails() -> None:
@@ -153,8 +179,10 @@ def test_a_round_that_changes_an_uncorrected_slide_is_published_but_not_made_act
         settings = RoundSettings(method=tiny_method, steps=12, teacher_steps=2, paraphraser_steps=2,
                                  eval_every=4, teacher=str(checkpoints["teacher"]), **kw)
     # measured first with the limit out of reach, so that the held-out gain is the round's own
+    real = {name: getattr(elsewhere, name) for name in ("CHANGE_LIMIT", "SHARE_LIMIT", "CLEAR_SHARE")}
     monkeypatch.setattr(elsewhere, "CHANGE_LIMIT", 1.0)
     monkeypatch.setattr(elsewhere, "SHARE_LIMIT", 1.0)
+    monkeypatch.setattr(elsewhere, "CLEAR_SHARE", 0.0)  # no share is below 0: no slide counts as clear
     free = run_round(folder, settings)
     assert free.status == "done" and free.activated, free.message
     ew = free.data["guard"]["elsewhere"]
@@ -166,8 +194,8 @@ def test_a_round_that_changes_an_uncorrected_slide_is_published_but_not_made_act
     v = reg.get(free.version)
     assert v.metrics["elsewhere"][other.name]["changed"] == pytest.approx(row["changed"])
     # the same round under the real limits: published, not made active, the slide named
-    monkeypatch.setattr(elsewhere, "CHANGE_LIMIT", 0.35)
-    monkeypatch.setattr(elsewhere, "SHARE_LIMIT", 0.10)
+    for name, value in real.items():
+        monkeypatch.setattr(elsewhere, name, value)
     reg.activate("v0001")
     held = run_round(folder, settings)
     assert held.status == "done" and held.version is not None and not held.activated, held.message
