@@ -46,7 +46,8 @@ class Comparison:
     label: str
     before: float  # mIoU; for "elsewhere", the share of the sampled tissue called ``what``
     after: float
-    worse: bool  # for "elsewhere": beyond the round's limits (its share moved, or many pixels changed)
+    worse: bool  # for "elsewhere": beyond the round's limits (its share moved, many pixels changed, or
+    # tumour appeared on it or vanished)
     changed: float | None = None  # "elsewhere": the share of the sampled tissue's pixels whose class changed
     what: str = ""  # "elsewhere": the classes counted in before / after ("tumour")
 
