@@ -4,8 +4,9 @@ version is worse than the one it was fine-tuned from (so that making it active a
 A round measures its new version and the parent on the held-out ROIs and, when a replay sample of
 the base training data is available, on that sample too. The round's result carries this as
 ``data["guard"]`` (``{"heldout": {"before", "after", "ok"}, "replay": {…} or None, …}``); the registry
-keeps it in the version's ``metrics`` (``heldout_miou`` / ``heldout_miou_parent``, ``replay_miou`` /
-``replay_miou_parent``).
+keeps it in the version's ``metrics`` (``heldout_miou`` / ``heldout_miou_parent`` / ``heldout_ok``,
+``replay_miou`` / ``replay_miou_parent`` / ``replay_ok``; versions registered before the ``_ok`` keys
+were kept have none, and for them a lower score is worse).
 
 It also predicts a few tissue patches of each slide nobody corrected in the round, with both
 versions (``guard["elsewhere"]``: per slide, the share of the sampled tissue each class is called
@@ -68,12 +69,9 @@ def comparisons_from_guard(guard: Mapping[str, Any] | None) -> list[Comparison]:
         part = (guard or {}).get(key)
         if not isinstance(part, Mapping):
             continue
-        before, after = finite_number(part.get("before")), finite_number(part.get("after"))
-        if before is None or after is None:
-            continue
-        ok = part.get("ok")
-        worse = (ok is False) if isinstance(ok, bool) else after < before
-        out.append(Comparison(key, label, before, after, worse))
+        c = _scored(key, label, part.get("before"), part.get("after"), part.get("ok"))
+        if c is not None:
+            out.append(c)
     ew = (guard or {}).get("elsewhere")
     for row in (ew.get("slides") or []) if isinstance(ew, Mapping) else []:
         c = _drift(row.get("name"), row) if isinstance(row, Mapping) else None
@@ -97,16 +95,25 @@ def _drift(name: Any, row: Mapping[str, Any]) -> Comparison | None:
                       " or ".join(map(str, before)))
 
 
+def _scored(key: str, label: str, before: Any, after: Any, ok: Any) -> Comparison | None:
+    """One measured comparison; worse as the round judged it (``ok``), or, with no judgement
+    recorded, whenever the new score is lower. None when either score is missing."""
+    b, a = finite_number(before), finite_number(after)
+    if b is None or a is None:
+        return None
+    return Comparison(key, label, b, a, (ok is False) if isinstance(ok, bool) else a < b)
+
+
 def comparisons_from_metrics(metrics: Mapping[str, Any] | None) -> list[Comparison]:
-    """The same comparisons from a registry version's ``metrics`` (no judgement recorded there: a
-    lower score is worse)."""
+    """The same comparisons from a registry version's ``metrics``: judged as the round judged them
+    where it recorded its ``ok`` (``heldout_ok`` / ``replay_ok``), else a lower score is worse."""
+    m = metrics or {}
     out = []
     for key, label in PARTS:
-        before = finite_number((metrics or {}).get(f"{key}_miou_parent"))
-        after = finite_number((metrics or {}).get(f"{key}_miou"))
-        if before is not None and after is not None:
-            out.append(Comparison(key, label, before, after, after < before))
-    ew = (metrics or {}).get("elsewhere")
+        c = _scored(key, label, m.get(f"{key}_miou_parent"), m.get(f"{key}_miou"), m.get(f"{key}_ok"))
+        if c is not None:
+            out.append(c)
+    ew = m.get("elsewhere")
     for name, row in (ew.items() if isinstance(ew, Mapping) else []):
         c = _drift(name, row) if isinstance(row, Mapping) else None
         if c is not None:

@@ -619,9 +619,10 @@ class _Round:
         meta["classes"] = list(self.classes)
         metrics = {"heldout_miou": after["miou"], "heldout_miou_parent": before["miou"],
                    "heldout_dice": after["dice"], "heldout_dice_parent": before["dice"],
-                   "heldout_pixels": after["pixels"]}
-        if guard["replay"] is not None:
-            metrics.update(replay_miou=guard["replay"]["after"], replay_miou_parent=guard["replay"]["before"])
+                   "heldout_pixels": after["pixels"], "heldout_ok": guard["heldout"]["ok"]}
+        if guard["replay"] is not None:  # ok: within the replay check's tolerance, as the round judged it
+            metrics.update(replay_miou=guard["replay"]["after"], replay_miou_parent=guard["replay"]["before"],
+                           replay_ok=guard["replay"]["ok"])
         if guard["elsewhere"] is not None:
             rows = guard["elsewhere"]["slides"]
             names = [r["name"] for r in rows]

@@ -101,6 +101,22 @@ def test_registry_metrics_compare_a_version_with_its_parent():
     assert "anyway" in question.splitlines()[-1]
 
 
+def test_registry_metrics_judge_as_the_round_judged():
+    """A replay loss inside the round's tolerance was accepted by the round: Accept's question must
+    not call it worse (it did, reading the bare scores, 0.647 → 0.643)."""
+    within = {"heldout_miou": 0.5, "heldout_miou_parent": 0.4, "heldout_ok": True,
+              "replay_miou": 0.643, "replay_miou_parent": 0.647, "replay_ok": True}
+    comps = comparisons_from_metrics(within)
+    assert [(c.part, c.worse) for c in comps] == [("heldout", False), ("replay", False)]
+    assert not is_worse(comps)
+    assert worse_question("v0002", "v0001", comps).splitlines()[2] == (
+        "• mIoU on the replay sample: 0.647 (v0001) → 0.643 (v0002), not worse")
+    # the round's verdict wins both ways; a version registered without it is judged by the scores
+    assert is_worse(comparisons_from_metrics({**within, "replay_ok": False}))
+    legacy = {k: v for k, v in within.items() if not k.endswith("_ok")}
+    assert [c.worse for c in comparisons_from_metrics(legacy)] == [False, True]
+
+
 ELSEWHERE = {"limits": {"share": 0.1, "changed": 0.35}, "ok": False, "slides": [
     {"id": 2, "name": "scc.svs", "before": {"tumour": 0.646}, "after": {"tumour": 0.009}, "changed": 0.64,
      "ok": False},

@@ -232,6 +232,7 @@ def test_a_version_worse_on_the_replay_check_is_published_but_never_activated(
     assert reg.active().version == "v0001"
     v = reg.get("v0002")
     assert v.metrics["replay_miou"] < v.metrics["replay_miou_parent"] - 0.005  # what Accept's question shows
+    assert v.metrics["replay_ok"] is False and v.metrics["heldout_ok"] is True  # the round's own judgement
 
 
 def _tumour_share(model: torch.nn.Module) -> float:
