@@ -45,6 +45,10 @@ class ModelPanel(QWidget):
             form.addRow(title, label)
         self.level_box = QComboBox()  # the slide level to run at, when µm/px cannot decide it
         self.level_box.setToolTip("The slide level (magnification) the model runs at")
+        # its longest item ("Level 0: 4,443 × 3,567 px (full resolution)") must not widen the side
+        # dock past a laptop's: the box shrinks to the dock and shows the rest in its popup
+        self.level_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.level_box.setMinimumContentsLength(12)
         self.level_note = QLabel("")
         self.level_note.setWordWrap(True)
         self.level_group = QWidget()

@@ -61,6 +61,9 @@ def test_a_slide_without_mpp_asks_for_the_level_and_runs_there(qtbot, window, no
     assert panel.level_box.itemText(1).startswith("Level 1: 2,221 × 1,783 px (÷2)")
     assert "does not record its pixel size" in panel.level_note.text()
     assert "level 0, the full resolution" in panel.level_note.text()
+    # the picker's long items do not widen the side dock past a laptop's (it was 342 px, the dock
+    # about 310 at 1280 × 800, so the panel scrolled sideways and cut its lines)
+    assert panel.minimumSizeHint().width() <= 260
     panel.level_box.setCurrentIndex(1)
     with qtbot.waitSignal(pa.bridge.finished, timeout=120000):
         assert pa.run()
