@@ -1,9 +1,12 @@
-"""The Models dock: the project's model registry (``<project>/models``); Activate, Rollback, Export,
-Import, and the choice a round's Accept / Keep old asks for.
+"""The Models dock: the project's model registry (``<project>/models``); Activate, Show on slide,
+Rollback, Export, Import, and the choice a round's Accept / Keep old asks for.
 
 Whenever the active version changes here, the Model panel's model becomes that version and the open
 slide is re-predicted, visible region first (prediction caches are per model version, so a version
-that predicted this slide before shows its predictions at once). Versions added or activated by
+that predicted this slide before shows its predictions at once). Show on slide does the same with
+any version but leaves the active one as it is: the pathologist looks at a held-back version's mask
+(on the slide a round named, say) before choosing it, and the next round still starts from the
+active version. Versions added or activated by
 another process (the command line's ``finetune``) are followed by polling the registry folder.
 Which version is active is said in one sentence (:func:`app.state.versions.active_sentence`), the
 same in the Training, Models and Model panels.
@@ -61,6 +64,7 @@ class RegistryActions(QObject):
         self._poll.setInterval(PROJECT_POLL_MS)
         self._poll.timeout.connect(self._poll_changes)
         self.panel.activate_requested.connect(self.activate)
+        self.panel.show_requested.connect(self.show_version)
         self.panel.rollback_requested.connect(self.rollback)
         self.panel.export_requested.connect(self.export_dialog)
         self.panel.import_requested.connect(self.import_dialog)
@@ -185,7 +189,8 @@ class RegistryActions(QObject):
                 same = Path(spec.checkpoint).resolve() == checkpoint_of(active).resolve()
             except CocoPathError:
                 same = False
-            shown = None if same else spec.name
+            shown = None if same else self._version_named(spec.checkpoint) or spec.name
+        self.panel.set_shown(shown)
         key = (active.version if active else None, active.parent if active else None, shown)
         if key == self._sentence_key:
             return
@@ -195,6 +200,18 @@ class RegistryActions(QObject):
         self.panel.set_sentence(sentence)
         if active is not None and shown is None:
             self.window.predictions.show_status(sentence)
+        elif active is not None:  # the Model panel's own line would call the shown model active
+            self.window.predictions.show_status(f"Shown: {shown}. Active version: {active.version} (the "
+                                                f"next round starts from it).")
+
+    def _version_named(self, checkpoint: str | Path) -> str | None:
+        """The registry version whose file ``checkpoint`` is, or None (a model chosen elsewhere)."""
+        try:
+            path = Path(checkpoint).resolve()
+            return next((v.version for v in self.registry.versions()
+                         if checkpoint_of(v).resolve() == path), None)
+        except (CocoPathError, OSError):
+            return None
 
     def _show_card(self, version: str) -> None:
         if self.registry is None:
@@ -220,6 +237,29 @@ class RegistryActions(QObject):
             self.window.show_error(str(exc))
             return False
         return self._activated()
+
+    def show_version(self, version: str) -> bool:
+        """Show ``version``'s mask on the open slide without making it active: the Model panel holds
+        it and predicts with it (at once from its cache when it predicted this slide before); the
+        registry's active version, which the next round starts from, stays."""
+        if self.registry is None:
+            return False
+        try:
+            chosen = self.registry.get(version)
+        except CocoPathError as exc:
+            self.window.show_error(str(exc))
+            return False
+        if not self._load(chosen):
+            return False
+        self._sentence_key = None
+        self._update_sentence()
+        active = self.active()
+        if active is not None and active.version != version:
+            self.window.statusBar().showMessage(
+                f"Showing {version}'s mask; {active.version} stays active (Activate makes {version} the "
+                f"active model)", 8000)
+        self._predict()
+        return True
 
     def rollback(self) -> bool:
         """Activate the active version's parent (one step back)."""
@@ -289,6 +329,17 @@ class RegistryActions(QObject):
     def _use_version(self, version: Any, predict: bool, quiet: bool = False) -> bool:
         """Make ``version`` the Model panel's model; ``predict``: re-predict the open slide with it
         (an earlier run's predictions of this version are shown at once)."""
+        if not self._load(version, quiet):
+            return False
+        self.active_changed.emit(version, self._parent_of(version))
+        self._sentence_key = None
+        self._update_sentence()
+        if predict:
+            self._predict()
+        return True
+
+    def _load(self, version: Any, quiet: bool = False) -> bool:
+        """Make ``version`` the Model panel's model (nothing to do when it is already)."""
         pa = self.window.predictions
         try:
             path = checkpoint_of(version)
@@ -297,15 +348,14 @@ class RegistryActions(QObject):
                 self.window.show_error(str(exc))
             return False
         current = pa.spec.checkpoint if pa.spec is not None else ""
-        if not current or Path(current).resolve() != path.resolve():
-            if not pa.load_model(str(path), quiet=quiet):
-                return False
-        self.active_changed.emit(version, self._parent_of(version))
-        self._sentence_key = None
-        self._update_sentence()
-        if predict and self.window.source is not None:
-            pa.predict_unless_shown()
-        return True
+        if current and Path(current).resolve() == path.resolve():
+            return True
+        return pa.load_model(str(path), quiet=quiet)
+
+    def _predict(self) -> None:
+        """Predict the open slide with the Model panel's model, unless its predictions are shown."""
+        if self.window.source is not None:
+            self.window.predictions.predict_unless_shown()
 
     # -- what a round tells ----------------------------------------------------------------------
 

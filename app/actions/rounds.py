@@ -41,6 +41,7 @@ class RoundActions(QObject):
     running_changed = Signal(bool)  # a round started (True) or ended (False)
     ended = Signal(object)  # RoundEnd, once the panel shows it
     choose_requested = Signal(str, str)  # (version to activate, the one to keep if it is worse)
+    show_requested = Signal(str)  # a version whose mask to show on the slide, not made active
     versions_changed = Signal()  # a round seeded the registry with its first version
 
     def __init__(self, window: MainWindow) -> None:
@@ -56,6 +57,7 @@ class RoundActions(QObject):
         self.panel.cancel_requested.connect(self.cancel)
         self.panel.accept_requested.connect(self.accept)
         self.panel.keep_old_requested.connect(self.keep_old)
+        self.panel.show_new_requested.connect(self.show_new)
         self.process.event.connect(self._on_event)
         self.process.ended.connect(self._on_ended)
         self.ready = False
@@ -249,6 +251,12 @@ class RoundActions(QObject):
         parent = self._result("parent")
         if parent is not None and self._same_project():
             self.choose_requested.emit(parent, "")
+
+    def show_new(self) -> None:
+        """Show on slide: the round's new version predicts the open slide; the active one stays."""
+        version = self._result("version")
+        if version is not None and self._same_project():
+            self.show_requested.emit(version)
 
     def on_choice_made(self, version: str) -> None:
         """The Models dock made ``version`` active for the round's choice."""

@@ -69,6 +69,7 @@ class TrainingActions(QObject):
         rounds.running_changed.connect(versions.set_round_running)
         rounds.ended.connect(versions.round_ended)
         rounds.choose_requested.connect(versions.choose)
+        rounds.show_requested.connect(versions.show_version)
         rounds.versions_changed.connect(versions.refresh_models)
         versions.sentence_changed.connect(rounds.set_active_sentence)
         versions.choice_made.connect(rounds.on_choice_made)

@@ -1,5 +1,6 @@
 """The models dock: the project's model registry — every version with its parent, date, held-out
-mIoU and note, the active one marked — and Activate, Rollback, Export…, Import…, the model card.
+mIoU and note, the active one marked (and the one shown on the slide, when that is another) — and
+Activate, Show on slide, Rollback, Export…, Import…, the model card.
 
 A thin widget: :mod:`app.actions.training` owns the registry and tells this panel what to show.
 """
@@ -19,12 +20,14 @@ from app.state.versions import Comparison, worse_question
 
 COLUMNS = ("", "Version", "Held-out mIoU", "Parent", "Created", "Note")
 ACTIVE_MARK = "●"
+SHOWN_MARK = "○"  # shown on the slide (Show on slide), not active
 NO_REGISTRY = ("No model versions in this project yet. Import a model (.safetensors), or "
                "fine-tune: the first round registers the model it starts from.")
 
 
 class ModelsPanel(QWidget):
     activate_requested = Signal(str)  # a version
+    show_requested = Signal(str)  # a version whose mask to show, without making it active
     rollback_requested = Signal()
     export_requested = Signal(str)
     import_requested = Signal()
@@ -36,6 +39,8 @@ class ModelsPanel(QWidget):
         self._can_edit = True
         self._count = ""
         self._sentence = ""
+        self._project: str | None = None
+        self._shown: str | None = None  # the version the slide shows when it is not the active one
         self.note = QLabel(NO_REGISTRY)
         self.note.setWordWrap(True)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -50,6 +55,10 @@ class ModelsPanel(QWidget):
         self.activate_button = QPushButton("Activate")
         self.activate_button.setToolTip("Make the selected version the active model "
                                         "(the slide is re-predicted with it)")
+        self.show_button = QPushButton("Show on slide")
+        self.show_button.setToolTip("Show the selected version's mask on the open slide without making "
+                                    "it active: the active version stays, and the next round starts "
+                                    "from it")
         self.rollback_button = QPushButton("Rollback")
         self.rollback_button.setToolTip("Go back to the active version's parent")
         self.export_button = QPushButton("Export…")
@@ -57,12 +66,13 @@ class ModelsPanel(QWidget):
         self.import_button = QPushButton("Import…")
         self.import_button.setToolTip("Add a .safetensors model to this project's versions")
         self.activate_button.clicked.connect(lambda: self._activate_row(self.table.currentRow()))
+        self.show_button.clicked.connect(self._show)
         self.rollback_button.clicked.connect(self.rollback_requested)
         self.export_button.clicked.connect(self._export)
         self.import_button.clicked.connect(self.import_requested)
         buttons = QGridLayout()  # two by two: fits a narrow side dock
-        for i, b in enumerate((self.activate_button, self.rollback_button, self.export_button,
-                               self.import_button)):
+        for i, b in enumerate((self.activate_button, self.show_button, self.rollback_button,
+                               self.export_button, self.import_button)):
             buttons.addWidget(b, i // 2, i % 2)
         self.card = QPlainTextEdit()
         self.card.setReadOnly(True)
@@ -94,12 +104,14 @@ class ModelsPanel(QWidget):
         """Show ``rows`` (newest first); the selection stays on the same version if it still exists."""
         keep = self.selected_version()
         self.rows = list(rows)
+        self._project = project
         self.table.blockSignals(True)
         self.table.setRowCount(len(rows))
         select = None
         for i, row in enumerate(rows):
-            cells = (ACTIVE_MARK if row.active else "", row.version, row.miou, row.parent,
-                     row.created, row.note)
+            shown = not row.active and row.version == self._shown
+            cells = (ACTIVE_MARK if row.active else SHOWN_MARK if shown else "", row.version, row.miou,
+                     row.parent, row.created, row.note)
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if row.active:
@@ -107,7 +119,8 @@ class ModelsPanel(QWidget):
                     f.setBold(True)
                     item.setFont(f)
                 if j == 0:
-                    item.setToolTip("the active model" if row.active else "")
+                    item.setToolTip("the active model" if row.active else
+                                    "shown on the slide, not active" if shown else "")
                     item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 self.table.setItem(i, j, item)
             if row.version == keep or (keep is None and row.active):
@@ -139,10 +152,17 @@ class ModelsPanel(QWidget):
         parent = next((r.parent for r in self.rows if r.active), "—")
         sel = self.selected_version()
         self.activate_button.setEnabled(can_edit and sel is not None and sel != active)
+        self.show_button.setEnabled(can_edit and sel is not None)
         self.rollback_button.setEnabled(can_edit and has and parent not in ("—", ""))
         self.export_button.setEnabled(sel is not None)
         self.import_button.setEnabled(can_edit)
         self._can_edit = can_edit
+
+    def set_shown(self, version: str | None) -> None:
+        """The version whose mask the slide shows when it is not the active one (None: the active)."""
+        if version != self._shown:
+            self._shown = version
+            self.set_rows(self.rows, self._project, self._can_edit)
 
     def active_version(self) -> str | None:
         return next((r.version for r in self.rows if r.active), None)
@@ -170,6 +190,11 @@ class ModelsPanel(QWidget):
     def _activate_row(self, row: int) -> None:
         if 0 <= row < len(self.rows) and self._can_edit and not self.rows[row].active:
             self.activate_requested.emit(self.rows[row].version)
+
+    def _show(self) -> None:
+        v = self.selected_version()
+        if v is not None and self._can_edit:
+            self.show_requested.emit(v)
 
     def _export(self) -> None:
         v = self.selected_version()

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QBoxLayout, QCheckBox, QFormLayout, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QListWidget, QListWidgetItem, QPlainTextEdit,
-                               QProgressBar, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
-                               QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QBoxLayout, QCheckBox, QFormLayout, QGridLayout, QGroupBox,
+                               QHBoxLayout, QHeaderView, QLabel, QListWidget, QListWidgetItem,
+                               QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget,
+                               QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
 
 from app.panels.model import WARNING_STYLE
 from app.state.round_plan import SlideRow, roi_text
@@ -55,6 +55,7 @@ class TrainingPanel(QWidget):
     cancel_requested = Signal()
     accept_requested = Signal()
     keep_old_requested = Signal()
+    show_new_requested = Signal()  # show the new version's mask on the open slide, not made active
     ticks_changed = Signal(str, bool)  # a slide's path, ticked: the user ticked or unticked it
     options_changed = Signal()  # a setting that changes the class plan
 
@@ -154,11 +155,17 @@ class TrainingPanel(QWidget):
         self.keep_button = QPushButton("Keep old")
         self.keep_button.setToolTip("Keep the version the round started from active "
                                     "(the new one stays in the Models panel)")
+        self.show_button = QPushButton("Show on slide")
+        self.show_button.setToolTip("Show the new version's mask on the open slide without making it "
+                                    "active (open another slide to see it there too); Accept or Keep "
+                                    "old chooses")
         self.accept_button.clicked.connect(self.accept_requested)
         self.keep_button.clicked.connect(self.keep_old_requested)
-        choice = QHBoxLayout()
-        choice.addWidget(self.accept_button)
-        choice.addWidget(self.keep_button)
+        self.show_button.clicked.connect(self.show_new_requested)
+        choice = QGridLayout()  # two columns: fits the narrow side dock
+        choice.addWidget(self.accept_button, 0, 0)
+        choice.addWidget(self.keep_button, 0, 1)
+        choice.addWidget(self.show_button, 1, 0, 1, 2)
         rl = QVBoxLayout(self.result_box)
         rl.setContentsMargins(6, 4, 6, 4)
         rl.addWidget(self.verdict)
@@ -425,6 +432,7 @@ class TrainingPanel(QWidget):
         has_new = bool(result.get("version"))
         self.accept_button.setEnabled(has_new)
         self.keep_button.setEnabled(has_new and bool(result.get("parent")))
+        self.show_button.setEnabled(has_new)
         self.result_box.setVisible(True)
 
     def choice_made(self) -> None:

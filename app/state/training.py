@@ -176,7 +176,8 @@ def verdict(result: Mapping[str, Any]) -> str:
         names = ", ".join(c.label for c in moved)
         text += (f" It changes the mask of {names}, which nobody corrected ("
                  + "; ".join(f"{c.what} {c.before:.0%} → {c.after:.0%} of the sampled tissue" for c in moved)
-                 + "): look at it before keeping this version.")
+                 + f"): open {'that slide' if len(moved) == 1 else 'each'} and press Show on slide to look "
+                   f"at it before keeping this version.")
     return text
 
 

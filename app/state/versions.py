@@ -139,6 +139,8 @@ def worse_question(version: str, parent: str | None, comparisons: Sequence[Compa
                       f"or not, and nothing the round measured can tell:"]
         lines += [c.line(old, version) for c in moved if c.worse]
     lines.append("")
+    lines.append(f"To look first, keep {old} and press Show on slide (Training or Models panel): it "
+                 f"shows {version}'s mask without making it active.")
     lines.append(f"Make {version} the active model anyway? Its masks may be worse than {old}'s.")
     return "\n".join(lines)
 

@@ -115,6 +115,12 @@ def test_accept_activates_the_new_version_and_keep_old_its_parent(qtbot, trainin
     _start(qtbot, ta)
     qtbot.waitUntil(lambda: ta.rounds.last_end is not None, timeout=20000)
     assert reg.active_name() == "v0001"
+    # Show on slide: the new version's mask, the old one still active and still chosen by nothing
+    assert ta.rounds.panel.show_button.isEnabled()
+    QTest.mouseClick(ta.rounds.panel.show_button, Qt.MouseButton.LeftButton)
+    assert reg.active_name() == "v0001" and Path(pa.spec.checkpoint) == reg.get("v0002").path.resolve()
+    assert ta.rounds.panel.active_label.text().endswith("The Model panel shows another model (v0002).")
+    assert ta.rounds.panel.accept_button.isEnabled() and ta.rounds.panel.keep_button.isEnabled()
     QTest.mouseClick(ta.rounds.panel.accept_button, Qt.MouseButton.LeftButton)
     assert reg.active_name() == "v0002"
     assert Path(pa.spec.checkpoint) == reg.get("v0002").path.resolve()
@@ -344,7 +350,7 @@ def test_the_verdict_and_the_choice_are_seen_without_scrolling(qtbot, training, 
     _worse_round(qtbot, ta)
     panel = ta.rounds.panel
     qtbot.waitUntil(lambda: _fully_visible(panel.accept_button), timeout=5000)
-    for w in (panel.active_label, panel.verdict, panel.accept_button, panel.keep_button):
+    for w in (panel.active_label, panel.verdict, panel.accept_button, panel.keep_button, panel.show_button):
         assert _fully_visible(w), w
     bar = ta.training_dock.widget().verticalScrollBar()
     assert bar.value() == 0 and bar.maximum() > 0  # the panel is taller than the dock: it scrolls

@@ -108,6 +108,38 @@ def test_activate_and_rollback_switch_the_model_and_repredict(qtbot, with_regist
     assert review.list.item(0).text().startswith("1. disagreement ")
 
 
+def test_show_on_slide_shows_a_version_and_leaves_the_active_one(qtbot, with_registry):
+    """A held-back version is looked at before it is chosen: its mask is shown, the registry's
+    active version (which the next round starts from) stays, and the table and the sentence say so."""
+    window, reg = with_registry
+    ta, pa = window.training, window.predictions
+    panel = ta.versions.panel
+    assert panel.select_version("v0002") and panel.show_button.isEnabled()
+    QTest.mouseClick(panel.show_button, Qt.MouseButton.LeftButton)
+    assert reg.active_name() == "v0001" and _marked(panel) == ["v0001"]
+    assert Path(pa.spec.checkpoint) == reg.get("v0002").path.resolve()
+    assert window.statusBar().currentMessage() == ("Showing v0002's mask; v0001 stays active (Activate "
+                                                   "makes v0002 the active model)")
+    _wait_run(qtbot, window)
+    cache = window.view.predictions.cache
+    assert cache is not None and cache.version == pa.spec.version and "v0002" in cache.version
+    row = [panel.cell(r, 1) for r in range(panel.table.rowCount())].index("v0002")
+    assert panel.cell(row, 0) == "○" and panel.table.item(row, 0).toolTip() == "shown on the slide, not active"
+    sentence = ("Active version: v0001; the next round starts from it. The Model panel shows another "
+                "model (v0002).")
+    assert sentence in panel.note.text() and ta.rounds.panel.active_label.text() == sentence
+    assert pa.panel.status.text() == "Shown: v0002. Active version: v0001 (the next round starts from it)."
+    # the active version again: its mask, no mark, the plain sentence
+    assert panel.select_version("v0001")
+    previous = pa.last_finished
+    QTest.mouseClick(panel.show_button, Qt.MouseButton.LeftButton)
+    assert Path(pa.spec.checkpoint) == reg.get("v0001").path.resolve()
+    _wait_run(qtbot, window, previous)
+    assert "v0001" in window.view.predictions.cache.version and "○" not in [panel.cell(r, 0) for r in range(2)]
+    assert panel.note.text().endswith("Active version: v0001; it predicts, and the next round starts from it.")
+    assert pa.panel.status.text().startswith("Active version: v0001;")
+
+
 def test_import_refuses_pickles_and_export_writes_the_same_weights(qtbot, with_registry, tmp_path,
                                                                   student_files):
     window, reg = with_registry

@@ -133,7 +133,8 @@ def test_a_slide_nobody_corrected_that_changed_is_said_and_asks_before_use():
     assert is_worse(comps)  # making it active asks first
     assert [r.name for r in result_rows(result)] == ["Held-out mIoU", "Held-out Dice"]
     assert verdict(result).endswith("It changes the mask of scc.svs, which nobody corrected (tumour 65% → 1% "
-                                    "of the sampled tissue): look at it before keeping this version.")
+                                    "of the sampled tissue): open that slide and press Show on slide to look "
+                                    "at it before keeping this version.")
     question = worse_question("v0002", "v0001", comps).splitlines()
     assert question[0] == "v0002 is not worse than v0001 on what the round measured:"
     assert ("• scc.svs, which nobody corrected: tumour on 64.6% of the sampled tissue (v0001) → 0.9% (v0002); "
