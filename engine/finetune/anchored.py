@@ -17,6 +17,11 @@ only the trainable part:
   true masks are a target as well (measured on the benchmark's slide: with distillation alone
   every step that gained on the held-out ROIs lost 0.02-0.07 mIoU on the base data's validation
   tiles; with their masks too, a step gained +0.04 there at -0.004).
+- **Every kind of correction as much.** The correction patches are drawn kind by kind (the slide
+  and the classes a patch labels, :func:`patch_strata`) and each one's cross-entropy is the mean
+  over its own labelled pixels, so a few thin background ROIs on septa beside large tumour boxes are
+  learnt (measured on tcga-cr-7395 with three septa marked, one held out: drawn patch by patch, the
+  trained septum stayed 70 % tumour and the slide 65 %; kind by kind, 44 % and 50 %).
 - **The best step, not the last.** The held-out ROIs and the replay check (tiles of the base
   data's *validation* cases, never trained on) are scored from the cache every few steps; the
   kept weights are those with the best held-out mIoU among the steps that are not worse than the
@@ -115,6 +120,7 @@ class FeatureCache:
     label: Tensor  # N×H×W uint8
     kd: Tensor  # N×H×W bool
     truth: Tensor  # N×H×W uint8
+    strata: list[list[int]] = field(default_factory=list)  # patches by kind (see :func:`patch_strata`)
 
     def __len__(self) -> int:
         return int(self.parent.shape[0])
@@ -208,7 +214,40 @@ def build_cache(model: nn.Module, patches: Sequence[Patch], mean: Sequence[float
     unknown = labels == IGNORE
     kd_mask = unknown if kd == "unlabelled" else ~unknown if kd == "labelled" else torch.zeros_like(unknown)
     return FeatureCache([torch.cat(level) for level in zip(*feats)], has_skip, torch.cat(logits),
-                        labels if supervise else torch.full_like(labels, IGNORE), kd_mask, labels)
+                        labels if supervise else torch.full_like(labels, IGNORE), kd_mask, labels,
+                        patch_strata(patches) if supervise else [])
+
+
+def draw(cache: FeatureCache, n: int, rng: np.random.Generator, by_kind: bool = False) -> list[int]:
+    """``n`` patch indices of ``cache`` at random; ``by_kind``: each of its :attr:`~FeatureCache.strata`
+    as often, then a patch of it at random (every patch when it has no strata)."""
+    if not by_kind or not cache.strata:
+        return rng.integers(0, len(cache), n).tolist()
+    kinds = rng.integers(0, len(cache.strata), n)
+    return [cache.strata[k][int(rng.integers(0, len(cache.strata[k])))] for k in kinds]
+
+
+#: Least share of a patch's labelled pixels for a class to make the patch's kind.
+STRATUM_SHARE = 0.02
+
+
+def patch_strata(patches: Sequence[Patch]) -> list[list[int]]:
+    """The patches' indices grouped by kind: the slide and the classes labelled on at least
+    :data:`STRATUM_SHARE` of its labelled pixels (patches with no label are left out).
+
+    A round draws its correction patches kind by kind, each kind as often (:class:`AnchoredTrainer`):
+    drawn patch by patch, three thin septa a pathologist marked as background on a carcinoma were
+    about one patch in twenty of the round, beside large tumour boxes and another slide's ROIs, and
+    the round never learnt them (70 % of the trained septum still called tumour)."""
+    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    for i, p in enumerate(patches):
+        lab = p.label[p.label != IGNORE]
+        if not lab.size:
+            continue
+        counts = np.bincount(lab.astype(np.int64))
+        kind = tuple(int(c) for c in np.flatnonzero(counts >= STRATUM_SHARE * lab.size))
+        groups.setdefault((p.slide_id, kind), []).append(i)
+    return [groups[k] for k in sorted(groups)]
 
 
 @torch.no_grad()
@@ -377,7 +416,7 @@ class AnchoredTrainer:
         parts = self._composition(self.batch_size)
         n_all = sum(n for _, _, n in parts)
         for name, cache, n in parts:
-            idx = rng.integers(0, len(cache), n).tolist()
+            idx = draw(cache, n, rng, by_kind=name == "train")
             logits = _decode(self.model, self.first, cache.batch(idx, self.device), cache.has_skip)
             i = torch.as_tensor(idx, dtype=torch.long)
             label = cache.label.index_select(0, i).to(self.device).long()
@@ -387,7 +426,9 @@ class AnchoredTrainer:
                       merged_log_probs(logits, self.merge, len(self.parent_classes)))
             if (label != IGNORE).any():
                 target = merged if name == "replay" else logits  # replay masks: the parent's classes
-                for k, v in partial_label_loss(target, label, self.dice_weight).items():
+                # a correction patch counts as much as another, however few pixels it labels
+                for k, v in partial_label_loss(target, label, self.dice_weight,
+                                               per_image=name == "train").items():
                     terms[k] = terms.get(k, 0) + v.detach() * n / n_all
                     loss = loss + v
             mask = cache.kd.index_select(0, i).to(self.device)

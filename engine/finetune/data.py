@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,17 +270,25 @@ def split_region(region: Region, holdout: float, gap_share: float = 0.05) -> tup
 MIN_WHOLE_REGIONS = 4
 
 
-def split_regions(regions: Sequence[Region], holdout: float, seed: int
+def split_regions(regions: Sequence[Region], holdout: float, seed: int,
+                  kinds: Mapping[str, Hashable] | None = None
                   ) -> tuple[list[Region], list[Region], float, str | None]:
     """(train, held out, gap, note).
 
     With :data:`MIN_WHOLE_REGIONS` or more regions, whole regions are held out: a seeded order is
-    walked and regions join the held-out side while its share of the ROIs' *area* stays near
-    ``holdout`` (at most 1.5×), at least one each side. Choosing by count instead let one large
+    walked and regions join the held-out side while they bring its share of the ROIs' *area* nearer
+    ``holdout`` (never past 1.5×), at least one each side. Choosing by count instead let one large
     region be held out with the small ones trained on (a real round on tcga-cr-7395: 87 % of the
     drawn area held out, and a Stroma band never learnt). With fewer regions, or when no choice of
     whole regions comes within half of ``holdout``, every region is cut across its longer side and
     its last ``holdout`` held out (:func:`split_region`), so each class drawn is learnt and checked.
+
+    ``kinds`` (region key → its kind: the slide and the classes it teaches, see
+    :meth:`SlideCutter.classes_in`): a region is held out whole only while another of its kind stays
+    to be learnt, and one of each kind that has two or more is held out first, so it is checked
+    too. Without it, choosing by area alone held out all three septa a pathologist had marked as
+    background on tcga-cr-7395 (the smallest regions fill the share first): the round never
+    learnt them, and no step beat the parent.
     """
     if not 0 < holdout < 1:
         raise RoundDataError(f"the held-out share must be between 0 and 1, not {holdout}")
@@ -288,13 +297,23 @@ def split_regions(regions: Sequence[Region], holdout: float, seed: int
     if n >= MIN_WHOLE_REGIONS:
         areas = np.array([r.geometry.area for r in regions], dtype=float)
         total = float(areas.sum()) or 1.0
+        kind = [(kinds or {}).get(r.key, r.key if kinds else None) for r in regions]
+        left = Counter(kind)  # regions of each kind still on the training side
+        order = np.random.default_rng(seed).permutation(n).tolist()
         held_i: list[int] = []
         share = 0.0
-        for i in np.random.default_rng(seed).permutation(n).tolist():
-            if share >= holdout or len(held_i) == n - 1:
-                break
-            if share + areas[i] / total <= 1.5 * holdout:
+        for first in (True, False):  # one of each kind first, then up to the share
+            for i in order:
+                if (share >= holdout and not first) or len(held_i) == n - 1:
+                    break
+                if i in held_i or left[kind[i]] < 2 or share + areas[i] / total > 1.5 * holdout:
+                    continue
+                if first and any(kind[j] == kind[i] for j in held_i):
+                    continue
+                if not first and abs(share + areas[i] / total - holdout) >= abs(share - holdout):
+                    continue  # past the first of each kind, a region joins only to come nearer the share
                 held_i.append(i)
+                left[kind[i]] -= 1
                 share += areas[i] / total
         if held_i and share >= holdout / 2:
             held = sorted((regions[i] for i in held_i), key=lambda r: r.key)
@@ -399,6 +418,22 @@ class SlideCutter:
         rois = [r.as_roi() for r in side if r.geometry.intersects(box(x, y, x + f, y + f))]
         raw = partial_label_mask(near + rois, self.classes, x, y, self.patch, self.patch, self.ds)
         return self.lut[raw]
+
+    def classes_in(self, region: Region, size: int = 96, least: float = 0.02) -> frozenset[int]:
+        """The model classes ``region`` teaches: those on at least ``least`` of its labelled pixels,
+        read from its labels drawn ``size`` pixels across (background: reviewed, nothing drawn)."""
+        x0, y0, x1, y1 = region.geometry.bounds
+        ds = max(x1 - x0, y1 - y0, 1.0) / size
+        w, h = max(1, math.ceil((x1 - x0) / ds)), max(1, math.ceil((y1 - y0) / ds))
+        near = ([self.regions[i] for i in np.sort(self.tree.query(box(x0, y0, x1, y1)))]
+                if self.tree else [])
+        raw = partial_label_mask(near + [region.as_roi()], self.classes, x0, y0, w, h, ds)
+        label = self.lut[raw]
+        label = label[label != IGNORE]
+        if not label.size:
+            return frozenset()
+        counts = np.bincount(label.astype(np.int64))
+        return frozenset(int(c) for c in np.flatnonzero(counts >= least * label.size))
 
     def zone_mask(self, x: int, y: int, zone: BaseGeometry | None) -> np.ndarray | None:
         """Pixels of the patch inside ``zone`` (None when it does not meet the patch)."""
@@ -516,7 +551,8 @@ def _cut_all(per_slide: list, classes: Sequence[Any], lut: np.ndarray, card: dic
         regions: list[Region] = []
         for rec, rois, _, _ in slides:
             regions += cluster_rois(rois, rec.id, gap=cutters[rec.id].footprint / 4)
-        train_r, held_r, gap, note = split_regions(regions, opts.holdout, opts.seed)
+        kinds = {r.key: (r.slide_id, cutters[r.slide_id].classes_in(r)) for r in regions}
+        train_r, held_r, gap, note = split_regions(regions, opts.holdout, opts.seed, kinds)
         if note:
             notes.append(note)
         grids = {c.grid.note for c in cutters.values() if c.grid.note}

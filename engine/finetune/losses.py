@@ -16,19 +16,25 @@ IGNORE = 255
 
 
 def partial_label_loss(logits: Tensor, target: Tensor, dice_weight: float = 1.0,
-                       ignore_index: int = IGNORE) -> dict[str, Tensor]:
+                       ignore_index: int = IGNORE, per_image: bool = False) -> dict[str, Tensor]:
     """Cross-entropy + soft Dice over labelled pixels only.
 
     ``logits`` B×K×H×W, ``target`` B×H×W int64 (``ignore_index`` where unknown) →
-    ``loss_ce`` (mean over labelled pixels; 0 when there are none) and ``loss_dice`` (soft Dice per image
-    with labelled pixels, smoothed, mean over classes, then over those images; 0 when there are
-    none). Unlabelled pixels get no gradient from either.
+    ``loss_ce`` (mean over labelled pixels; 0 when there are none; ``per_image``: mean over each
+    image's labelled pixels, then over the images with any, so an image labelling few pixels counts
+    as much as one labelling many) and ``loss_dice`` (soft Dice per image with labelled pixels,
+    smoothed, mean over classes, then over those images; 0 when there are none). Unlabelled pixels
+    get no gradient from either.
     """
     valid = target != ignore_index
     n = valid.sum()
     safe = torch.where(valid, target, torch.zeros_like(target))
     ce_map = F.cross_entropy(logits.float(), safe, reduction="none") * valid
-    ce = ce_map.sum() / n.clamp_min(1)
+    if per_image:
+        per = valid.flatten(1).sum(1)
+        ce = (ce_map.flatten(1).sum(1) / per.clamp_min(1)).sum() / (per > 0).sum().clamp_min(1)
+    else:
+        ce = ce_map.sum() / n.clamp_min(1)
     out = {"loss_ce": ce}
     if dice_weight:
         k = logits.shape[1]

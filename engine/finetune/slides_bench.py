@@ -11,6 +11,11 @@ called tumour by whole-slide inference at the card's µm/px, for the start model
 measured in the same run) and for the round's new version, active or held back, with the round's
 verdict and reason. A benign slide is right when it stays clear; on the carcinoma the share is the
 lobules plus whatever else is painted, so look at the mask too (``--workdir`` keeps the masks).
+
+The ``septa`` scenario is the loop's second turn: the ``both`` round's project goes on with three
+background ROIs on septa of the frozen section (thin fibrous and lymphoid bands between the
+carcinoma lobules, which that round's version may paint), and a second round starts from the
+version then active; its baseline is that version's shares.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ SLIDES = {"cmu-1-small-region.svs": False, "tcga-cr-7395-01a-01-ts1.svs": True}
 #: The corrections drawn on each slide (files in ``resources/benchmarks/loop/``).
 CORRECTIONS = {"cmu-1-small-region.svs": "cmu-1-background-rois.geojson",
                "tcga-cr-7395-01a-01-ts1.svs": "tcga-cr-7395-tumour-boxes.geojson"}
+#: Corrections a second round adds: slide → file in ``resources/benchmarks/loop/``.
+SEPTA = {"tcga-cr-7395-01a-01-ts1.svs": "tcga-cr-7395-septa-rois.geojson"}
+#: Scenarios of a second round: name → (what it adds, the scenario it goes on from, its corrections).
+FOLLOW_UPS = {
+    "septa": ("after the both round: background ROIs on three septa of the carcinoma, a second round",
+              "both", SEPTA),
+}
 #: Scenario → (what the pathologist corrects, the slides corrected).
 SCENARIOS = {
     "both": ("tumour boxes on the carcinoma and background ROIs on the skin, in one round",
@@ -45,17 +57,17 @@ SCENARIOS = {
 @dataclass
 class LoopConfig:
     model: Path | None = None
-    scenarios: tuple[str, ...] = tuple(SCENARIOS)
+    scenarios: tuple[str, ...] = (*SCENARIOS, *FOLLOW_UPS)
     budget_s: float | None = None  # None: the round's default
     steps: int | None = None
     seed: int = 0
     workdir: Path | None = None
 
 
-def corrections_path(slide: str) -> Path:
+def corrections_path(slide: str, files: dict[str, str] = CORRECTIONS) -> Path:
     from engine.resources import resource_path
 
-    path = resource_path("benchmarks", "loop", CORRECTIONS[slide])
+    path = resource_path("benchmarks", "loop", files[slide])
     if not path.is_file():
         raise CocoPathError(f"{path}: the corrections of the loop benchmark are missing (they live in "
                             "the source checkout's resources/benchmarks/loop/)")
@@ -97,16 +109,42 @@ def _project(folder: Path, slides: dict[str, Path], corrected: tuple[str, ...], 
 
 def _scenario(name: str, cfg: LoopConfig, work: Path, slides: dict[str, Path], model: Path,
               before: dict[str, float], say: Say) -> dict[str, Any]:
-    from engine.finetune.registry import ModelRegistry
-    from engine.finetune.round import RoundSettings, run_round
-
     what, corrected = SCENARIOS[name]
     folder = work / name
     shutil.rmtree(folder, ignore_errors=True)
     _project(folder, slides, corrected, model)
     say(f"{name}: {what}: one round")
+    return _round(folder, what, list(corrected), cfg, slides, before)
+
+
+def _follow_up(name: str, cfg: LoopConfig, work: Path, slides: dict[str, Path], base: dict[str, Any],
+               start: dict[str, float], say: Say) -> dict[str, Any]:
+    """A second round: ``base``'s project (its scenario's folder) copied, the follow-up's corrections
+    added, a round from the version active there; ``start``: that version's shares."""
+    from engine.annotations.formats import import_file
+    from engine.annotations.project import Project
+
+    what, after, files = FOLLOW_UPS[name]
+    folder = work / name
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(work / after, folder, ignore=shutil.ignore_patterns("inference"))
+    with Project.open(folder) as project:
+        for slide in files:
+            import_file(project.store(slides[slide]), corrections_path(slide, files))
+    say(f"{name}: {what}: a second round")
+    entry = _round(folder, what, sorted({*base["corrected"], *files}), cfg, slides, start)
+    entry["after_scenario"] = after
+    return entry
+
+
+def _round(folder: Path, what: str, corrected: list[str], cfg: LoopConfig, slides: dict[str, Path],
+           before: dict[str, float]) -> dict[str, Any]:
+    """One round in ``folder``'s project, and each slide's share with its new version."""
+    from engine.finetune.registry import ModelRegistry
+    from engine.finetune.round import RoundSettings, run_round
+
     r = run_round(folder, RoundSettings(budget_s=cfg.budget_s, steps=cfg.steps, seed=cfg.seed))
-    entry: dict[str, Any] = {"corrections": what, "corrected": list(corrected), "status": r.status,
+    entry: dict[str, Any] = {"corrections": what, "corrected": corrected, "before": before, "status": r.status,
                              "activated": r.activated, "message": r.message, "seconds": r.seconds,
                              "steps": (r.data.get("anchored") or {}).get("steps"),
                              "heldout_miou": [r.before.get("miou"), r.after.get("miou")],
@@ -140,13 +178,17 @@ def run_loop_bench(cfg: LoopConfig, say: Say | None = None) -> dict[str, Any]:
     from engine.finetune.bench import resolve_model
 
     say = say or (lambda _m: None)
-    unknown = [s for s in cfg.scenarios if s not in SCENARIOS]
+    known = (*SCENARIOS, *FOLLOW_UPS)
+    unknown = [s for s in cfg.scenarios if s not in known]
     if unknown:
-        raise CocoPathError(f"unknown scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}")
+        raise CocoPathError(f"unknown scenario {', '.join(unknown)}: choose from {', '.join(known)}")
     model = resolve_model(cfg.model)
     slides = slide_paths()
     for name in SLIDES:
         corrections_path(name)
+    for _what, _after, files in FOLLOW_UPS.values():
+        for name in files:
+            corrections_path(name, files)
     work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="cocopath-loop-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -156,8 +198,17 @@ def run_loop_bench(cfg: LoopConfig, say: Say | None = None) -> dict[str, Any]:
             "benchmark": "loop", "model": str(model), "budget_s": cfg.budget_s, "steps": cfg.steps,
             "seed": cfg.seed, "slides": {s: {"carcinoma": c, "path": str(slides[s])} for s, c in SLIDES.items()},
             "before": before, "scenarios": {}}
-        for name in cfg.scenarios:
-            report["scenarios"][name] = _scenario(name, cfg, work, slides, model, before, say)
+        done = report["scenarios"]
+        for name in sorted(cfg.scenarios, key=lambda n: n in FOLLOW_UPS):  # second rounds last
+            if name in SCENARIOS:
+                done[name] = _scenario(name, cfg, work, slides, model, before, say)
+                continue
+            after = FOLLOW_UPS[name][1]
+            if after not in done:  # the first round it goes on from, reported too
+                done[after] = _scenario(after, cfg, work, slides, model, before, say)
+            base = done[after]
+            start = base["after"] if base["activated"] else before  # the version active after it
+            done[name] = _follow_up(name, cfg, work, slides, base, start, say)
         return report
     finally:
         if cfg.workdir is None:
@@ -183,15 +234,16 @@ def markdown(report: dict[str, Any]) -> str:
              f"Start model `{Path(report['model']).name}`; one round per scenario "
              f"({'budget ' + str(report['budget_s']) + ' s' if report['budget_s'] else 'the default budget'}"
              f"{', ' + str(report['steps']) + ' steps' if report['steps'] else ''}); the share of each slide's "
-             "tissue called tumour, whole-slide at the card's µm/px, before (the start model) → after (the "
-             "round's new version, active or not).", "",
+             "tissue called tumour, whole-slide at the card's µm/px, before (the start model; for a second "
+             "round, the version active after the first) → after (the round's new version, active or not).", "",
              f"| scenario | steps | held-out mIoU | verdict | {head} |",
              "|---|---|---|---|" + "---|" * len(names)]
     for name, e in report["scenarios"].items():
         held = e["heldout_miou"]
         held_s = "–" if None in held else f"{held[0]:.3f} → {held[1]:.3f}"
         verdict = _verdict_word(e)
-        cells = " | ".join(f"{_pct(report['before'][n])} → {_pct((e.get('after') or {}).get(n))}" for n in names)
+        start = e.get("before") or report["before"]
+        cells = " | ".join(f"{_pct(start[n])} → {_pct((e.get('after') or {}).get(n))}" for n in names)
         lines.append(f"| {name}: {e['corrections']} | {e['steps'] or '–'} | {held_s} | {verdict} | {cells} |")
     lines += ["", "Each round's message:", ""]
     lines += [f"- {name}: {e['message']}" for name, e in report["scenarios"].items()]
@@ -202,7 +254,8 @@ def figures(report: dict[str, Any]) -> list[str]:
     out = []
     for name, e in report["scenarios"].items():
         verdict = _verdict_word(e)
-        shares = ", ".join(f"{n.split('-')[0]} {_pct(report['before'][n])} → {_pct((e.get('after') or {}).get(n))}"
+        start = e.get("before") or report["before"]
+        shares = ", ".join(f"{n.split('-')[0]} {_pct(start[n])} → {_pct((e.get('after') or {}).get(n))}"
                            for n in report["slides"])
         out.append(f"{name}: {verdict}; {shares}")
     return out
@@ -213,8 +266,8 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     b = bench.add_parser("loop", help="one round on the real slides from the shipped student: "
                                       "the tumour share of each slide before and after (JSON + markdown)")
     b.add_argument("--model", type=Path, default=None, help="start checkpoint (default: the shipped student)")
-    b.add_argument("--scenario", action="append", choices=list(SCENARIOS), default=None,
-                   help="run this scenario (repeatable; default: all)")
+    b.add_argument("--scenario", action="append", choices=[*SCENARIOS, *FOLLOW_UPS], default=None,
+                   help="run this scenario (repeatable; default: all; a second round runs the first too)")
     b.add_argument("--budget", type=float, default=None, metavar="S",
                    help="the round's wall-clock budget in seconds (default: the round's)")
     b.add_argument("--steps", type=int, default=None, help="round steps (default: the budget's)")
@@ -229,7 +282,7 @@ def _bench_command(args: argparse.Namespace) -> int:
         raise CocoPathError("--budget must be a positive number of seconds")
     if args.steps is not None and args.steps < 1:
         raise CocoPathError("--steps must be at least 1")
-    cfg = LoopConfig(model=args.model, scenarios=tuple(args.scenario or SCENARIOS), budget_s=args.budget,
+    cfg = LoopConfig(model=args.model, scenarios=tuple(args.scenario or (*SCENARIOS, *FOLLOW_UPS)), budget_s=args.budget,
                      steps=args.steps, seed=args.seed, workdir=args.workdir)
     from engine.finetune.bench import emit_report
 

@@ -281,6 +281,33 @@ def _class_shares(model: torch.nn.Module) -> np.ndarray:
     return np.bincount(pred.ravel(), minlength=model.classes) / pred.size
 
 
+def test_correction_patches_are_drawn_kind_by_kind() -> None:
+    """Patches group by slide and the classes they label; a round draws each group as often, so a
+    few thin septa beside many tumour patches are seen as often as the tumour."""
+    from engine.finetune.data import Patch
+
+    def patch(slide: int, tumour: float, label: bool = True) -> Patch:
+        lab = np.full((10, 10), anchored.IGNORE if not label else 0, np.uint8)
+        lab.flat[:int(100 * tumour)] = 1 if label else anchored.IGNORE
+        return Patch(np.zeros((10, 10, 3), np.uint8), lab, slide, "r", 0, 0, 10.0)
+
+    patches = [patch(1, 1.0)] * 8 + [patch(1, 0.0), patch(2, 0.0), patch(1, 0.5), patch(1, 0.01),
+                                       patch(1, 0.0, label=False)]
+    strata = anchored.patch_strata(patches)
+    # slide 1 background-only (a 1 % tumour sliver is below the 2 % that makes a kind), slide 1
+    # mixed, slide 1 tumour-only, slide 2 background; the unlabelled patch in none
+    assert strata == [[8, 11], [10], list(range(8)), [9]]
+    cache = anchored.FeatureCache([torch.zeros(13, 1, 2, 2)], (), torch.zeros(13, 2, 10, 10),
+                                  torch.zeros(13, 10, 10, dtype=torch.uint8), torch.zeros(13, 10, 10, dtype=torch.bool),
+                                  torch.zeros(13, 10, 10, dtype=torch.uint8), strata)
+    rng = np.random.default_rng(0)
+    drawn = np.array(anchored.draw(cache, 4000, rng, by_kind=True))
+    shares = [np.isin(drawn, group).mean() for group in strata]
+    assert shares == pytest.approx([0.25] * 4, abs=0.03)  # each kind a quarter, the 8 tumour patches too
+    plain = np.array(anchored.draw(cache, 4000, rng))
+    assert np.isin(plain, strata[2]).mean() == pytest.approx(8 / 13, abs=0.03)  # patch by patch
+
+
 def test_a_class_the_model_lacks_can_become_a_new_output_class(tmp_path: Path, tumour_slide: Path) -> None:
     model = tiny_model(2)
     start = save_model(tmp_path / "start.safetensors", model, card(model))

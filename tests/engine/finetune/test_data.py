@@ -110,6 +110,39 @@ def test_whole_regions_are_held_out_by_area_not_by_count() -> None:
         assert 0 < share <= 0.375
 
 
+def test_whole_regions_hold_out_each_kind_but_never_its_last() -> None:
+    # a real round's regions on tcga-cr-7395 and cmu-1 (level-0 areas): three tumour boxes, three
+    # septa marked as background, the skin's background ROIs. By area alone, seed 0 held out all
+    # three septa (the smallest fill the share first) and the round never learnt them.
+    areas = {"1:t1": (200000, "tumour"), "1:t2": (150000, "tumour"), "1:t3": (175000, "tumour"),
+             "1:s1": (28800, "septum"), "1:s2": (28550, "septum"), "1:s3": (39000, "septum"),
+             "2:skin": (475200, "skin")}
+    regions = [Region(k, int(k[0]), (k,), box(10000 * i, 0, 10000 * i + a / 100, 100))
+               for i, (k, (a, _)) in enumerate(areas.items())]
+    kinds = {k: kind for k, (_, kind) in areas.items()}
+    total = sum(a for a, _ in areas.values())
+    for seed in range(20):
+        train, held, _, note = split_regions(regions, 0.25, seed, kinds)
+        assert note is None, seed
+        for kind in ("tumour", "septum"):  # learnt, and checked: two or more regions of each
+            assert any(kinds[r.key] == kind for r in train) and any(kinds[r.key] == kind for r in held), seed
+        assert "2:skin" in {r.key for r in train}  # the only one of its kind: learnt
+        assert 0.125 <= sum(areas[r.key][0] for r in held) / total <= 0.375, seed
+
+
+def test_a_region_is_told_by_the_classes_it_teaches(tmp_path: Path, tumour_slide: Path) -> None:
+    # three large ROIs inside tumour squares, three small ones on stroma (reviewed background)
+    tumour_rois = [(350, 50, 430, 130), (500, 200, 580, 280), (650, 350, 730, 430)]
+    stroma_rois = [(157, 157, 173, 173), (292, 172, 308, 188), (457, 307, 473, 323)]
+    make_project(tmp_path / "p", tumour_slide, rois=tumour_rois + stroma_rois).close()
+    is_tumour = {b: True for b in tumour_rois} | {b: False for b in stroma_rois}
+    for seed in range(4):
+        data = _gather(tmp_path / "p", seed=seed)
+        sides = [{is_tumour[tuple(round(v) for v in r.geometry.bounds)] for r in regions}
+                 for regions in (data.train_regions, data.heldout_regions)]
+        assert sides == [{True, False}, {True, False}], seed  # each kind learnt and checked
+
+
 def test_few_regions_are_each_cut_so_every_class_is_learnt_and_checked() -> None:
     regions = [Region("1:a", 1, ("a",), box(0, 0, 400, 100)), Region("1:b", 1, ("b",), box(1000, 0, 1100, 800)),
                Region("1:c", 1, ("c",), box(3000, 0, 3001, 1))]  # c: too small to cut, learnt whole

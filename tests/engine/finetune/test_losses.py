@@ -36,6 +36,27 @@ def test_partial_loss_ignores_pixels_outside_rois() -> None:
     assert torch.allclose(terms["loss_ce"], F.cross_entropy(logits.detach(), target, ignore_index=IGNORE))
 
 
+def test_per_image_cross_entropy_counts_a_thin_correction_as_much_as_a_large_one() -> None:
+    # image 0 labels 4 pixels (a thin septum), all wrong; image 1 labels 200, all right
+    target = torch.full((2, 16, 16), IGNORE, dtype=torch.long)
+    target[0, 0, :4] = 0
+    target[1, :, :] = 1
+    target[1, :7, :8] = IGNORE
+    logits = torch.zeros(2, 2, 16, 16)
+    logits[:, 1] = 3.0  # tumour everywhere
+    wrong, right = F.cross_entropy(torch.tensor([[0.0, 3.0]]), torch.tensor([0])), \
+        F.cross_entropy(torch.tensor([[0.0, 3.0]]), torch.tensor([1]))
+    pooled = partial_label_loss(logits, target, 0.0)["loss_ce"]
+    each = partial_label_loss(logits, target, 0.0, per_image=True)["loss_ce"]
+    assert pooled == pytest.approx(float(4 * wrong + 200 * right) / 204, rel=1e-5)  # the thin one drowns
+    assert each == pytest.approx(float(wrong + right) / 2, rel=1e-5)
+    # an image with no labelled pixel counts for nothing, and the mean over none is 0, not nan
+    target[1] = IGNORE
+    assert partial_label_loss(logits, target, 0.0, per_image=True)["loss_ce"] == pytest.approx(float(wrong), rel=1e-5)
+    target[0] = IGNORE
+    assert partial_label_loss(logits, target, 0.0, per_image=True)["loss_ce"] == 0
+
+
 def test_partial_loss_of_unlabelled_patches_is_zero_not_nan() -> None:
     logits = torch.randn(2, 2, 8, 8, requires_grad=True)
     terms = partial_label_loss(logits, torch.full((2, 8, 8), IGNORE, dtype=torch.long))

@@ -53,6 +53,25 @@ def test_a_carcinoma_round_reports_each_slide_before_and_after(tmp_path: Path) -
     assert slides_bench.figures(report)[0].startswith("carcinoma: ")
 
 
+def test_a_second_round_goes_on_from_the_first_with_the_septa_marked(tmp_path: Path) -> None:
+    septa = json.loads(slides_bench.corrections_path(SCC, slides_bench.SEPTA).read_text())["features"]
+    assert len(septa) == 3 and all(f["properties"]["metadata"]["cocopath.kind"] == "roi" for f in septa)
+    report = run_loop_bench(LoopConfig(model=SHIPPED, scenarios=("septa",), steps=5, workdir=tmp_path))
+    assert list(report["scenarios"]) == ["both", "septa"]  # the first round it goes on from, run first
+    both, e = report["scenarios"]["both"], report["scenarios"]["septa"]
+    assert e["after_scenario"] == "both" and e["corrected"] == sorted([SKIN, SCC])
+    # its baseline is the version active after the first round
+    assert e["before"] == (both["after"] if both["activated"] else report["before"])
+    from engine.annotations.project import Project
+
+    with Project.open(tmp_path / "septa") as project:
+        rois = {r.name: len(project.store(r).rois()) for r in project.slides()}
+    assert rois == {SCC: 6, SKIN: 3}  # the tumour boxes and the septa; the skin's ROIs
+    md = slides_bench.markdown(report)
+    start = e["before"][SCC]
+    assert "| septa: after the both round" in md and f"{100 * start:.1f} % → " in md.split("| septa:")[1]
+
+
 def test_bad_requests_get_a_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(CocoPathError, match="unknown scenario nope"):
