@@ -271,7 +271,7 @@ MIN_WHOLE_REGIONS = 4
 
 
 def split_regions(regions: Sequence[Region], holdout: float, seed: int,
-                  teaches: Mapping[str, frozenset[Hashable]] | None = None
+                  kinds: Mapping[str, Hashable] | None = None
                   ) -> tuple[list[Region], list[Region], float, str | None]:
     """(train, held out, gap, note).
 
@@ -283,66 +283,43 @@ def split_regions(regions: Sequence[Region], holdout: float, seed: int,
     whole regions comes within half of ``holdout``, every region is cut across its longer side and
     its last ``holdout`` held out (:func:`split_region`), so each class drawn is learnt and checked.
 
-    ``teaches`` (region key → what it teaches: (slide, class) pairs, see
-    :meth:`SlideCutter.classes_in`): a region is held out whole only while every pair it teaches
-    stays taught by another, and regions that bring a pair the held-out side lacks go first, so
-    each pair is learnt and checked; a pair only one region teaches has that region cut, as above.
-    Without it, choosing by area alone held out all three septa a pathologist had marked as
-    background on tcga-cr-7395 (the smallest regions fill the share first), so the round never learnt
-    them and no step beat the parent; and with tumour boxes on that slide and the skin's background
-    ROIs (one region), it held out tumour alone, so the best step on the held-out ROIs was the one
-    that called the most tumour, and it painted 90 % of the frozen section.
+    ``kinds`` (region key → its kind: the slide and the classes it teaches, see
+    :meth:`SlideCutter.classes_in`): a region is held out whole only while another of its kind stays
+    to be learnt, and one of each kind that has two or more is held out first, so it is checked
+    too. Without it, choosing by area alone held out all three septa a pathologist had marked as
+    background on tcga-cr-7395 (the smallest regions fill the share first): the round never
+    learnt them, and no step beat the parent.
     """
     if not 0 < holdout < 1:
         raise RoundDataError(f"the held-out share must be between 0 and 1, not {holdout}")
     regions = sorted(regions, key=lambda r: (r.slide_id, r.geometry.bounds))  # not by random ids
     n = len(regions)
     if n >= MIN_WHOLE_REGIONS:
-        what = [frozenset((teaches or {}).get(r.key, ())) for r in regions]
-        taught = Counter(p for w in what for p in w)
-        alone = [i for i in range(n) if any(taught[p] == 1 for p in what[i])]  # cut, not held whole
-        held_i = _whole_regions(regions, what, [i for i in range(n) if i not in alone], holdout, seed)
-        if held_i:
-            train = [r for i, r in enumerate(regions) if i not in held_i and i not in alone]
-            held = [regions[i] for i in held_i]
-            if not alone:
-                return sorted(train, key=lambda r: r.key), sorted(held, key=lambda r: r.key), 0.0, None
-            t, h, gap, _ = _cut_each([regions[i] for i in alone], holdout)
-            note = (f"{len(held)} whole region{'s' if len(held) != 1 else ''} of {n - len(alone)} held out; "
-                    f"the last {holdout:.0%} of {len(alone)} region{'s' if len(alone) != 1 else ''} that "
-                    f"alone teach{'es' if len(alone) == 1 else ''} a class of a slide, with a gap of up to "
-                    f"{gap:.0f} px")
-            return sorted(train + t, key=lambda r: r.key), sorted(held + h, key=lambda r: r.key), gap, note
+        areas = np.array([r.geometry.area for r in regions], dtype=float)
+        total = float(areas.sum()) or 1.0
+        kind = [(kinds or {}).get(r.key, r.key if kinds else None) for r in regions]
+        left = Counter(kind)  # regions of each kind still on the training side
+        order = np.random.default_rng(seed).permutation(n).tolist()
+        held_i: list[int] = []
+        share = 0.0
+        for first in (True, False):  # one of each kind first, then up to the share
+            for i in order:
+                if (share >= holdout and not first) or len(held_i) == n - 1:
+                    break
+                if i in held_i or left[kind[i]] < 2 or share + areas[i] / total > 1.5 * holdout:
+                    continue
+                if first and any(kind[j] == kind[i] for j in held_i):
+                    continue
+                if not first and abs(share + areas[i] / total - holdout) >= abs(share - holdout):
+                    continue  # past the first of each kind, a region joins only to come nearer the share
+                held_i.append(i)
+                left[kind[i]] -= 1
+                share += areas[i] / total
+        if held_i and share >= holdout / 2:
+            held = sorted((regions[i] for i in held_i), key=lambda r: r.key)
+            train = sorted((r for i, r in enumerate(regions) if i not in held_i), key=lambda r: r.key)
+            return train, held, 0.0, None
     return _cut_each(regions, holdout)
-
-
-def _whole_regions(regions: Sequence[Region], what: Sequence[frozenset], candidates: Sequence[int],
-                   holdout: float, seed: int) -> list[int]:
-    """The indices of ``candidates`` held out whole (see :func:`split_regions`); [] when no choice
-    comes within half of ``holdout`` of their area."""
-    areas = {i: regions[i].geometry.area for i in candidates}
-    total = float(sum(areas.values())) or 1.0
-    left = Counter(p for w in what for p in w)  # regions on the training side teaching each pair
-    allowed = set(candidates)
-    order = [i for i in np.random.default_rng(seed).permutation(len(regions)).tolist() if i in allowed]
-    held: list[int] = []
-    covered: set = set()
-    share = 0.0
-    for first in (True, False):  # regions bringing a pair the held-out lacks, then up to the share
-        for i in order:
-            if (share >= holdout and not first) or len(held) == len(regions) - 1:
-                break
-            if i in held or any(left[p] < 2 for p in what[i]) or share + areas[i] / total > 1.5 * holdout:
-                continue
-            if first and what[i] <= covered:
-                continue
-            if not first and abs(share + areas[i] / total - holdout) >= abs(share - holdout):
-                continue  # past the first pass, a region joins only to come nearer the share
-            held.append(i)
-            covered |= what[i]
-            left.subtract(what[i])
-            share += areas[i] / total
-    return held if held and share >= holdout / 2 else []
 
 
 def _cut_each(regions: Sequence[Region], holdout: float) -> tuple[list[Region], list[Region], float, str]:
@@ -574,8 +551,8 @@ def _cut_all(per_slide: list, classes: Sequence[Any], lut: np.ndarray, card: dic
         regions: list[Region] = []
         for rec, rois, _, _ in slides:
             regions += cluster_rois(rois, rec.id, gap=cutters[rec.id].footprint / 4)
-        teaches = {r.key: frozenset((r.slide_id, c) for c in cutters[r.slide_id].classes_in(r)) for r in regions}
-        train_r, held_r, gap, note = split_regions(regions, opts.holdout, opts.seed, teaches)
+        kinds = {r.key: (r.slide_id, cutters[r.slide_id].classes_in(r)) for r in regions}
+        train_r, held_r, gap, note = split_regions(regions, opts.holdout, opts.seed, kinds)
         if note:
             notes.append(note)
         grids = {c.grid.note for c in cutters.values() if c.grid.note}
