@@ -60,6 +60,7 @@ class RegistryActions(QObject):
         self._round_result: Mapping[str, Any] | None = None  # the last round's result, its guard
         self._sentence_key: tuple | None = None  # what the active sentence was made from
         self._stamp: tuple[int, int] | None = None  # the registry folder's and active.json's mtimes
+        self._named: tuple[tuple, str | None] | None = None  # (checkpoint, stamp) → its version
         self._poll = QTimer(self)
         self._poll.setInterval(PROJECT_POLL_MS)
         self._poll.timeout.connect(self._poll_changes)
@@ -205,13 +206,19 @@ class RegistryActions(QObject):
                                                 f"next round starts from it).")
 
     def _version_named(self, checkpoint: str | Path) -> str | None:
-        """The registry version whose file ``checkpoint`` is, or None (a model chosen elsewhere)."""
+        """The registry version whose file ``checkpoint`` is, or None (a model chosen elsewhere);
+        read again only when the checkpoint or the registry changed (this runs on every poll)."""
+        key = (str(checkpoint), self._stamp)
+        if self._named is not None and self._named[0] == key:
+            return self._named[1]
         try:
             path = Path(checkpoint).resolve()
-            return next((v.version for v in self.registry.versions()
-                         if checkpoint_of(v).resolve() == path), None)
+            name = next((v.version for v in self.registry.versions() if checkpoint_of(v).resolve() == path),
+                        None)
         except (CocoPathError, OSError):
-            return None
+            name = None
+        self._named = (key, name)
+        return name
 
     def _show_card(self, version: str) -> None:
         if self.registry is None:

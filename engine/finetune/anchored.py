@@ -20,7 +20,7 @@ only the trainable part:
 - **Every kind of correction as much.** The correction patches are drawn kind by kind (the slide
   and the classes a patch labels, :func:`patch_strata`) and each one's cross-entropy is the mean
   over its own labelled pixels, so a few thin background ROIs on septa beside large tumour boxes are
-  learnt (measured on tcga-cr-7395 with three septa marked, one held out: drawn patch by patch, the
+  learnt (measured on tcga-cr-7395 with three septa marked, two held out: drawn patch by patch, the
   trained septum stayed 70 % tumour and the slide 65 %; kind by kind, 44 % and 50 %).
 - **The best step, not the last.** The held-out ROIs and the replay check (tiles of the base
   data's *validation* cases, never trained on) are scored from the cache every few steps; the
