@@ -219,6 +219,11 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f} %"
 
 
+def _baseline(report: dict[str, Any], e: dict[str, Any]) -> dict[str, float]:
+    """A scenario's shares before its round: its own (a second round's start) or the start model's."""
+    return e.get("before") or report["before"]
+
+
 def _verdict_word(e: dict[str, Any]) -> str:
     if e["activated"]:
         return "active"
@@ -242,7 +247,7 @@ def markdown(report: dict[str, Any]) -> str:
         held = e["heldout_miou"]
         held_s = "–" if None in held else f"{held[0]:.3f} → {held[1]:.3f}"
         verdict = _verdict_word(e)
-        start = e.get("before") or report["before"]
+        start = _baseline(report, e)
         cells = " | ".join(f"{_pct(start[n])} → {_pct((e.get('after') or {}).get(n))}" for n in names)
         lines.append(f"| {name}: {e['corrections']} | {e['steps'] or '–'} | {held_s} | {verdict} | {cells} |")
     lines += ["", "Each round's message:", ""]
@@ -254,7 +259,7 @@ def figures(report: dict[str, Any]) -> list[str]:
     out = []
     for name, e in report["scenarios"].items():
         verdict = _verdict_word(e)
-        start = e.get("before") or report["before"]
+        start = _baseline(report, e)
         shares = ", ".join(f"{n.split('-')[0]} {_pct(start[n])} → {_pct((e.get('after') or {}).get(n))}"
                            for n in report["slides"])
         out.append(f"{name}: {verdict}; {shares}")
